@@ -1,0 +1,244 @@
+//! What goes into a protocol ([`Input`]) and what comes out ([`Outbox`]).
+//!
+//! # Ordering rules, and why each is needed
+//!
+//! A protocol does no I/O. The runtime (kvnode's, or the simulator's) carries
+//! out each outbox in this order, exactly as written:
+//!
+//! 1. **Messages and replies marked [`Timing::Now`] leave at once.** A
+//!    protocol marks a message `Now` only when it depends on no write of this
+//!    outbox: a heartbeat, or (parallel leader persist, in raft-optimized)
+//!    entries a leader sends while its own copy is still being written. The
+//!    leader must then not count itself toward a commit quorum until
+//!    [`Input::Persisted`] says its copy is durable.
+//! 2. **[`Outbox::persist`] is made durable, in order, with one sync.** Raft's
+//!    safety rests on stable storage: a vote must be remembered before it is
+//!    announced (else a restarted node could vote twice in a term and elect
+//!    two leaders), and an entry must be on disk before a follower
+//!    acknowledges it (else a majority "holding" a committed entry could
+//!    forget it in a crash, and a new leader without it would be elected).
+//! 3. **Messages and replies marked [`Timing::AfterPersist`] leave**, only
+//!    once step 2 finished: that is the "persist before send" these rules
+//!    protect.
+//! 4. **[`Outbox::apply`] entries are applied in index order**, then
+//!    [`Outbox::reads`] are served from the state machine. A protocol emits an
+//!    entry for apply only once it is committed and durable in this node's
+//!    own log, so a restart never finds the state machine ahead of the log.
+//!    Reads come after applies because a read may have waited for exactly
+//!    those entries (ReadIndex: "answer once applied >= read index").
+//! 5. **The runtime reports back**: [`Input::Persisted`] after a non-empty
+//!    persist, [`Input::Applied`] after a non-empty apply.
+//!
+//! The runtime adds no optimization of its own: it never merges the writes
+//! of two outboxes into one sync, nor reorders messages, so a measured
+//! difference between protocols comes from the protocols.
+//!
+//! Client replies work as follows: the runtime remembers which caller waits
+//! for each [`RequestId`]. When it applies an entry (or serves a read)
+//! carrying that id, it answers the caller with the result. A protocol's own
+//! [`Reply`] is for every other answer: a redirect, "unavailable", a refusal,
+//! or a Nil-ext durability acknowledgement.
+
+use crate::message::Message;
+use crate::types::{ClientRequest, Entry, LogIndex, NodeId, RequestId, Term};
+
+/// An event a protocol reacts to.
+#[derive(Clone, Debug)]
+pub enum Input {
+    /// One unit of logical time passed. The runtime maps ticks to
+    /// milliseconds; timeouts in protocols are counted in ticks.
+    Tick,
+    /// A message from another replica.
+    Message {
+        /// The sender.
+        from: NodeId,
+        /// The message.
+        message: Message,
+    },
+    /// A client request arrived at this node.
+    Request(ClientRequest),
+    /// Everything this node asked to persist so far is durable: its durable
+    /// log now ends at (`last_index`, `last_term`).
+    Persisted {
+        /// Index of the last entry of the durable log (0: empty).
+        last_index: LogIndex,
+        /// Its term (0: empty log).
+        last_term: Term,
+    },
+    /// The state machine has applied every entry up to `index`.
+    Applied {
+        /// The new applied index.
+        index: LogIndex,
+    },
+}
+
+/// Whether an outgoing message or reply may leave before the outbox's
+/// [`Outbox::persist`] writes are durable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Timing {
+    /// May leave at once: it depends on no write of this outbox.
+    Now,
+    /// Must wait until every write of this outbox is durable.
+    AfterPersist,
+}
+
+/// A message to another replica.
+#[derive(Clone, Debug)]
+pub struct Envelope {
+    /// The recipient.
+    pub to: NodeId,
+    /// The message.
+    pub message: Message,
+    /// When it may leave.
+    pub timing: Timing,
+}
+
+/// Figure 2's persistent state on all servers, other than the log.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HardState {
+    /// Latest term the server has seen.
+    pub term: Term,
+    /// The candidate that received this server's vote in `term`, if any.
+    pub voted_for: Option<NodeId>,
+}
+
+/// A write that must be durable before what depends on it happens.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Write {
+    /// Replace the stored term and vote.
+    HardState(HardState),
+    /// Remove every log entry with index >= `from`.
+    TruncateLog {
+        /// The first index removed.
+        from: LogIndex,
+    },
+    /// Append entries, contiguous with the end of the stored log (after any
+    /// truncation earlier in the same outbox).
+    AppendLog(Vec<Entry>),
+}
+
+/// An answer to a client other than the result of applying its command.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ReplyOutcome {
+    /// This node is not the leader; `leader` is the one it knows, if any.
+    NotLeader {
+        /// The leader this node knows of.
+        leader: Option<NodeId>,
+    },
+    /// No leader, or a leader that cannot reach a quorum; retry later.
+    Unavailable,
+    /// The request is invalid; it changed nothing.
+    Rejected(String),
+}
+
+/// A protocol's answer to a waiting client request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reply {
+    /// The request answered.
+    pub request: RequestId,
+    /// The answer.
+    pub outcome: ReplyOutcome,
+    /// When it may leave.
+    pub timing: Timing,
+}
+
+/// Everything a protocol asks the runtime to do after one [`Input`].
+#[derive(Debug, Default)]
+pub struct Outbox {
+    /// Writes to make durable, in order, with one sync.
+    pub persist: Vec<Write>,
+    /// Messages to other replicas.
+    pub send: Vec<Envelope>,
+    /// Committed entries to apply, in index order, with no gaps.
+    pub apply: Vec<Entry>,
+    /// Reads to serve from the state machine after `apply`, without a log
+    /// entry (their linearizability is the protocol's to ensure).
+    pub reads: Vec<ClientRequest>,
+    /// Answers to clients other than results.
+    pub reply: Vec<Reply>,
+}
+
+impl Outbox {
+    /// True when there is nothing to do.
+    pub fn is_empty(&self) -> bool {
+        self.persist.is_empty()
+            && self.send.is_empty()
+            && self.apply.is_empty()
+            && self.reads.is_empty()
+            && self.reply.is_empty()
+    }
+
+    /// Queues a message.
+    pub fn send(&mut self, to: NodeId, message: Message, timing: Timing) {
+        self.send.push(Envelope {
+            to,
+            message,
+            timing,
+        });
+    }
+
+    /// Queues a reply.
+    pub fn reply(&mut self, request: RequestId, outcome: ReplyOutcome, timing: Timing) {
+        self.reply.push(Reply {
+            request,
+            outcome,
+            timing,
+        });
+    }
+}
+
+/// What a node knows of its own role (Figure 2: "Rules for Servers").
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Role {
+    /// Follows a leader, or waits for one.
+    Follower,
+    /// Asks for pre-votes before campaigning (pre-vote, where used).
+    PreCandidate,
+    /// Campaigns for votes in its term.
+    Candidate,
+    /// Leads its term.
+    Leader,
+}
+
+impl Role {
+    /// Lower-case name, for status output.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Follower => "follower",
+            Role::PreCandidate => "pre-candidate",
+            Role::Candidate => "candidate",
+            Role::Leader => "leader",
+        }
+    }
+}
+
+/// A snapshot of a node's state, for status calls, logs and the simulator's
+/// invariant checks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Status {
+    /// The node.
+    pub id: NodeId,
+    /// Its role.
+    pub role: Role,
+    /// Its current term.
+    pub term: Term,
+    /// The leader it knows for `term`.
+    pub leader: Option<NodeId>,
+    /// Highest log index known committed.
+    pub commit_index: LogIndex,
+    /// Highest log index applied to the state machine.
+    pub applied_index: LogIndex,
+    /// Index of the last entry of its (in-memory) log.
+    pub last_log_index: LogIndex,
+}
+
+/// What a node finds in its storage when it starts.
+#[derive(Clone, Debug, Default)]
+pub struct Recovered {
+    /// The durable term and vote.
+    pub hard_state: HardState,
+    /// The durable log, from index 1, without gaps.
+    pub log: Vec<Entry>,
+    /// The state machine's durable applied index.
+    pub applied_index: LogIndex,
+}

@@ -1,0 +1,98 @@
+//! Messages between replicas, in the vocabulary of the Raft paper (Figure 2),
+//! with the extensions the optimized variants need (pre-vote, read contexts,
+//! conflict hints). `proto/raft.proto` mirrors these one to one.
+
+use crate::types::{Entry, LogIndex, NodeId, Term};
+
+/// Figure 2, "AppendEntries RPC": replicate entries, and heartbeat.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AppendEntries {
+    /// The leader's term.
+    pub term: Term,
+    /// So the follower can redirect clients.
+    pub leader_id: NodeId,
+    /// Index of the entry immediately preceding `entries`.
+    pub prev_log_index: LogIndex,
+    /// Term of the entry at `prev_log_index`.
+    pub prev_log_term: Term,
+    /// Entries to store (empty for a heartbeat).
+    pub entries: Vec<Entry>,
+    /// The leader's `commitIndex`.
+    pub leader_commit: LogIndex,
+    /// Opaque to the follower and echoed in its response; leaders use it to
+    /// match responses to read-index rounds. Zero when unused.
+    pub context: u64,
+}
+
+/// Figure 2, the AppendEntries RPC's results.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AppendEntriesResponse {
+    /// The follower's `currentTerm`, for the leader to update itself.
+    pub term: Term,
+    /// True if the follower held an entry matching `prev_log_index` and
+    /// `prev_log_term` and now holds the entries sent.
+    pub success: bool,
+    /// On success, the index of the last entry the request made the
+    /// follower's log agree with.
+    pub match_index: LogIndex,
+    /// On failure, the index the follower suggests to retry from (for
+    /// vanilla Raft, the rejected `prev_log_index`).
+    pub conflict_index: LogIndex,
+    /// On failure, the term of the follower's conflicting entry (0: none).
+    pub conflict_term: Term,
+    /// The request's `context`, echoed.
+    pub context: u64,
+}
+
+/// Figure 2, "RequestVote RPC"; with `pre_vote`, the Pre-Vote of the Raft
+/// thesis (section 9.6), which asks without raising anybody's term.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RequestVote {
+    /// The candidate's term (for a pre-vote: the term it would campaign in).
+    pub term: Term,
+    /// Who asks.
+    pub candidate_id: NodeId,
+    /// Index of the candidate's last log entry.
+    pub last_log_index: LogIndex,
+    /// Term of the candidate's last log entry.
+    pub last_log_term: Term,
+    /// A pre-vote: grants change no state.
+    pub pre_vote: bool,
+}
+
+/// Figure 2, the RequestVote RPC's results.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RequestVoteResponse {
+    /// The voter's `currentTerm` (for a pre-vote: the term asked about when
+    /// granted).
+    pub term: Term,
+    /// True means the candidate received the vote.
+    pub vote_granted: bool,
+    /// Answers a pre-vote.
+    pub pre_vote: bool,
+}
+
+/// Any message between replicas.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Message {
+    /// See [`AppendEntries`].
+    AppendEntries(AppendEntries),
+    /// See [`AppendEntriesResponse`].
+    AppendEntriesResponse(AppendEntriesResponse),
+    /// See [`RequestVote`].
+    RequestVote(RequestVote),
+    /// See [`RequestVoteResponse`].
+    RequestVoteResponse(RequestVoteResponse),
+}
+
+impl Message {
+    /// The sender's term carried by the message.
+    pub fn term(&self) -> Term {
+        match self {
+            Message::AppendEntries(m) => m.term,
+            Message::AppendEntriesResponse(m) => m.term,
+            Message::RequestVote(m) => m.term,
+            Message::RequestVoteResponse(m) => m.term,
+        }
+    }
+}

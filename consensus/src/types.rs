@@ -1,0 +1,230 @@
+//! Shared vocabulary: identifiers, commands, log entries and command results.
+
+use std::fmt;
+
+/// A replica's identity within its cluster. Ids start at 1; 0 means "none".
+pub type NodeId = u64;
+/// A Raft term (Figure 2: `currentTerm`).
+pub type Term = u64;
+/// A position in the replicated log; the first entry has index 1.
+pub type LogIndex = u64;
+/// A client's identity, chosen by the client at random so ids do not collide.
+pub type ClientId = u64;
+/// A client's request number; a client numbers its requests 1, 2, 3, ...
+pub type Seq = u64;
+
+/// Identifies one client request across all its retries: the state machine
+/// applies each `RequestId` at most once (exactly-once client sessions).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RequestId {
+    /// Who sent the request.
+    pub client: ClientId,
+    /// The client's sequence number for it.
+    pub seq: Seq,
+}
+
+impl fmt::Display for RequestId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:x}/{}", self.client, self.seq)
+    }
+}
+
+/// Keys and values are arbitrary bytes.
+pub type Key = Vec<u8>;
+/// See [`Key`].
+pub type Value = Vec<u8>;
+
+/// One operation on the key-value store.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Command {
+    /// Set `key` to `value`. Nilext: returns only an acknowledgement.
+    Put {
+        /// The key to set.
+        key: Key,
+        /// Its new value.
+        value: Value,
+    },
+    /// Remove `key`. Nilext.
+    Delete {
+        /// The key to remove.
+        key: Key,
+    },
+    /// Set several keys atomically. Nilext.
+    MultiPut {
+        /// The pairs to set, applied together.
+        pairs: Vec<(Key, Value)>,
+    },
+    /// Set `key` to `new` if its current value equals `expected` (`None`:
+    /// the key is absent). A non-nilext update: returns whether it swapped.
+    CompareAndSwap {
+        /// The key to test and set.
+        key: Key,
+        /// The value the key must hold for the swap to happen.
+        expected: Option<Value>,
+        /// The value to set.
+        new: Value,
+    },
+    /// Add `by` to the decimal integer stored at `key` (absent reads as 0)
+    /// and return the result. A non-nilext update.
+    Increment {
+        /// The counter's key.
+        key: Key,
+        /// The amount to add (may be negative).
+        by: i64,
+    },
+    /// Read one key.
+    Get {
+        /// The key to read.
+        key: Key,
+    },
+    /// Read several keys at one point in time.
+    MultiGet {
+        /// The keys to read.
+        keys: Vec<Key>,
+    },
+}
+
+/// How a command relates to Nil-ext's fast path (DESIGN.md, "Client semantics").
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CommandClass {
+    /// Returns nothing but an acknowledgement: put, delete, multi-put.
+    Nilext,
+    /// An update whose result depends on the state: compare-and-swap, increment.
+    NonNilextUpdate,
+    /// A read: get, multi-get.
+    Read,
+}
+
+impl Command {
+    /// The command's class (nilext write, non-nilext update, read).
+    pub fn class(&self) -> CommandClass {
+        match self {
+            Command::Put { .. } | Command::Delete { .. } | Command::MultiPut { .. } => {
+                CommandClass::Nilext
+            }
+            Command::CompareAndSwap { .. } | Command::Increment { .. } => {
+                CommandClass::NonNilextUpdate
+            }
+            Command::Get { .. } | Command::MultiGet { .. } => CommandClass::Read,
+        }
+    }
+
+    /// True for commands that do not change the state.
+    pub fn is_read(&self) -> bool {
+        self.class() == CommandClass::Read
+    }
+
+    /// Every key the command reads or writes.
+    pub fn keys(&self) -> Vec<&[u8]> {
+        match self {
+            Command::Put { key, .. }
+            | Command::Delete { key }
+            | Command::CompareAndSwap { key, .. }
+            | Command::Increment { key, .. }
+            | Command::Get { key } => vec![key.as_slice()],
+            Command::MultiPut { pairs } => pairs.iter().map(|(k, _)| k.as_slice()).collect(),
+            Command::MultiGet { keys } => keys.iter().map(Vec::as_slice).collect(),
+        }
+    }
+
+    /// An estimate of the command's size on the wire and on disk, for byte
+    /// limits on batches.
+    pub fn size_bytes(&self) -> usize {
+        match self {
+            Command::Put { key, value } => key.len() + value.len(),
+            Command::Delete { key } | Command::Get { key } => key.len(),
+            Command::MultiPut { pairs } => pairs.iter().map(|(k, v)| k.len() + v.len()).sum(),
+            Command::CompareAndSwap { key, expected, new } => {
+                key.len() + expected.as_ref().map_or(0, Vec::len) + new.len()
+            }
+            Command::Increment { key, .. } => key.len() + 8,
+            Command::MultiGet { keys } => keys.iter().map(Vec::len).sum(),
+        }
+    }
+}
+
+/// A command together with the identity that makes its retries idempotent.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct ClientRequest {
+    /// Who asked, and which of their requests this is.
+    pub id: RequestId,
+    /// What to do.
+    pub command: Command,
+}
+
+/// What a log entry carries.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum EntryPayload {
+    /// An entry with no command (a new leader's first entry, where a protocol
+    /// uses one).
+    Noop,
+    /// A client command.
+    Command(ClientRequest),
+}
+
+/// One entry of the replicated log (Figure 2: "log[]").
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Entry {
+    /// The term in which a leader created the entry.
+    pub term: Term,
+    /// The entry's position in the log.
+    pub index: LogIndex,
+    /// The command, if any.
+    pub payload: EntryPayload,
+}
+
+impl Entry {
+    /// The entry's size for byte limits: the command's size plus a fixed
+    /// header.
+    pub fn size_bytes(&self) -> usize {
+        const HEADER_BYTES: usize = 32;
+        HEADER_BYTES
+            + match &self.payload {
+                EntryPayload::Noop => 0,
+                EntryPayload::Command(request) => request.command.size_bytes(),
+            }
+    }
+}
+
+/// The result of executing a command on the state machine.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum CommandResult {
+    /// A put, delete or multi-put took effect.
+    Written,
+    /// The value read by a get (`None`: absent).
+    Value(Option<Value>),
+    /// The values read by a multi-get, in the order of its keys.
+    Values(Vec<Option<Value>>),
+    /// The outcome of a compare-and-swap, with the value found.
+    Swapped {
+        /// Whether the key held the expected value and was set.
+        succeeded: bool,
+        /// The value the key held before the command.
+        current: Option<Value>,
+    },
+    /// The counter's value after an increment.
+    Counter(i64),
+    /// The command could not be executed, and changed nothing.
+    Failed(ExecutionError),
+}
+
+/// Why the state machine refused to execute a command. These are results,
+/// not faults: they are replicated and cached like any other result.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, thiserror::Error)]
+pub enum ExecutionError {
+    /// Increment of a value that is not a decimal integer.
+    #[error("the value at the key is not a decimal integer")]
+    NotAnInteger,
+    /// Increment whose result does not fit in an i64.
+    #[error("the increment overflows a 64-bit integer")]
+    Overflow,
+    /// A request older than the client's latest: its result is no longer kept,
+    /// and the client has already moved past it.
+    #[error("request {seq} is older than the session's latest ({latest})")]
+    StaleRequest {
+        /// The request's sequence number.
+        seq: Seq,
+        /// The newest sequence number the session has applied.
+        latest: Seq,
+    },
+}
