@@ -1,1 +1,4 @@
-//! placeholder
+//! The deterministic simulator and the linearizability checker.
+
+pub mod history_formats;
+pub mod linearizability;
