@@ -1,1 +1,529 @@
-//! placeholder
+//! Raft as in Figure 2 of "In Search of an Understandable Consensus
+//! Algorithm" (Ongaro & Ousterhout, 2014), and nothing more: the baseline the
+//! other variants are measured against.
+//!
+//! # Message flow
+//!
+//! *Leader election (section 5.2).* A follower that hears from no leader for
+//! an election timeout (randomized in `[T, 2T)` ticks) becomes a candidate:
+//! it increments its term, votes for itself, **persists term and vote**, and
+//! only then sends `RequestVote` to every peer. A peer grants its vote if it
+//! has not voted for another candidate in that term and the candidate's log
+//! is at least as up to date as its own (section 5.4.1); it persists the vote
+//! before answering. A candidate with votes from a majority becomes leader.
+//!
+//! *Log replication (section 5.3).* The leader appends each client command
+//! to its log as its own entry, **persists it with its own sync**, and then
+//! sends `AppendEntries` carrying that entry to the followers, one entry per
+//! message and one message in flight per follower. A follower checks that
+//! its log holds the entry before the new one (`prev_log_index`,
+//! `prev_log_term`), deletes a conflicting suffix, appends, **persists**, and
+//! answers. On a rejection the leader decrements `next_index` by one and
+//! retries. Heartbeats (every `heartbeat_ticks`) repeat the message in flight,
+//! so a lost message is retried.
+//!
+//! *Commitment (sections 5.3, 5.4.2).* The leader commits index N once a
+//! majority's `match_index` (its own durable log included) reaches N and the
+//! entry at N is of its current term; earlier entries commit with it
+//! (Figure 8 is why an older term's entry is never committed by counting
+//! replicas). Followers learn the commit index from `leader_commit`.
+//!
+//! *Applying.* Every node applies committed entries in order, but only those
+//! durable in its own log. The runtime answers the waiting client with the
+//! result of applying its command; reads go through the log like writes.
+//!
+//! No batching, no pipelining, no pre-vote, no leases: those belong to
+//! `raft-optimized`.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use consensus::io::{HardState, Input, Outbox, Recovered, ReplyOutcome, Role, Status, Timing, Write};
+use consensus::log::RaftLog;
+use consensus::message::{AppendEntries, AppendEntriesResponse, Message, RequestVote, RequestVoteResponse};
+use consensus::quorum::{majority, quorum_index};
+use consensus::rng::DetRng;
+use consensus::{ClientRequest, Consensus, Entry, EntryPayload, LogIndex, NodeId, RequestId, Term};
+
+/// A deliberate protocol bug, for the tests that prove the simulator catches
+/// unsafe protocols. Never set outside those tests; `kvnode` has no flag for
+/// it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InjectedBug {
+    /// The leader treats an entry as committed as soon as it is in its own
+    /// durable log, before a majority holds it.
+    CommitWithoutQuorum,
+    /// The leader commits an entry of an earlier term by counting replicas
+    /// (the unsafe rule of the paper's Figure 8).
+    CommitPreviousTermByCounting,
+}
+
+/// Settings of one node.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// This node.
+    pub id: NodeId,
+    /// Every member of the cluster, this node included.
+    pub members: Vec<NodeId>,
+    /// Base election timeout in ticks; each timeout is drawn from
+    /// `[election_timeout_ticks, 2 * election_timeout_ticks)`.
+    pub election_timeout_ticks: u64,
+    /// Ticks between a leader's heartbeats.
+    pub heartbeat_ticks: u64,
+    /// Seed of the generator for election timeouts.
+    pub seed: u64,
+    /// A deliberate bug (tests only).
+    pub injected_bug: Option<InjectedBug>,
+}
+
+impl Config {
+    /// Defaults: election timeout 10 ticks, heartbeat every 2 ticks.
+    pub fn new(id: NodeId, members: Vec<NodeId>, seed: u64) -> Self {
+        Config {
+            id,
+            members,
+            election_timeout_ticks: 10,
+            heartbeat_ticks: 2,
+            seed,
+            injected_bug: None,
+        }
+    }
+}
+
+/// Figure 2, "Volatile state on leaders", for one follower.
+#[derive(Clone, Copy, Debug)]
+struct Progress {
+    /// Index of the next log entry to send to that server.
+    next_index: LogIndex,
+    /// Index of the highest log entry known to be replicated on that server.
+    match_index: LogIndex,
+    /// An AppendEntries carrying entries is awaiting its response.
+    in_flight: bool,
+}
+
+/// One vanilla Raft node.
+#[derive(Debug)]
+pub struct VanillaRaft {
+    config: Config,
+    rng: DetRng,
+    // Figure 2, persistent state (mirrored in storage through `Write`s).
+    term: Term,
+    voted_for: Option<NodeId>,
+    log: RaftLog,
+    // Volatile state.
+    role: Role,
+    leader: Option<NodeId>,
+    /// Highest index known committed. Invariant: never decreases.
+    commit_index: LogIndex,
+    /// Highest index the runtime reported applied.
+    applied_index: LogIndex,
+    /// Highest index handed to the runtime for apply. Invariant:
+    /// `applied_index <= apply_emitted <= min(commit_index, durable_index)`
+    /// at the time of emission.
+    apply_emitted: LogIndex,
+    /// Highest index of this node's log known durable and equal to memory.
+    durable_index: LogIndex,
+    election_elapsed: u64,
+    election_timeout: u64,
+    heartbeat_elapsed: u64,
+    votes: BTreeSet<NodeId>,
+    progress: BTreeMap<NodeId, Progress>,
+    /// Requests this leader appended and has not yet applied.
+    pending: BTreeMap<LogIndex, RequestId>,
+}
+
+impl VanillaRaft {
+    /// A node rebuilt from what its storage holds.
+    pub fn new(config: Config, recovered: Recovered) -> Self {
+        assert!(config.members.contains(&config.id), "a node is a member of its cluster");
+        assert!(config.heartbeat_ticks >= 1 && config.election_timeout_ticks > config.heartbeat_ticks);
+        let log = RaftLog::new(recovered.log);
+        let applied = recovered.applied_index;
+        assert!(applied <= log.last_index(), "the state machine is never ahead of the durable log");
+        let mut rng = DetRng::new(config.seed ^ config.id.wrapping_mul(0x9E37_79B9));
+        let election_timeout = rng.range(config.election_timeout_ticks, 2 * config.election_timeout_ticks);
+        VanillaRaft {
+            term: recovered.hard_state.term,
+            voted_for: recovered.hard_state.voted_for,
+            durable_index: log.last_index(),
+            log,
+            role: Role::Follower,
+            leader: None,
+            commit_index: applied,
+            applied_index: applied,
+            apply_emitted: applied,
+            election_elapsed: 0,
+            election_timeout,
+            heartbeat_elapsed: 0,
+            votes: BTreeSet::new(),
+            progress: BTreeMap::new(),
+            pending: BTreeMap::new(),
+            config,
+            rng,
+        }
+    }
+
+    fn peers(&self) -> impl Iterator<Item = NodeId> + '_ {
+        self.config.members.iter().copied().filter(move |&m| m != self.config.id)
+    }
+
+    fn hard_state(&self) -> HardState {
+        HardState {
+            term: self.term,
+            voted_for: self.voted_for,
+        }
+    }
+
+    fn reset_election_timer(&mut self) {
+        self.election_elapsed = 0;
+        let base = self.config.election_timeout_ticks;
+        self.election_timeout = self.rng.range(base, 2 * base);
+    }
+
+    /// Figure 2, all servers: "If RPC request or response contains term
+    /// T > currentTerm: set currentTerm = T, convert to follower".
+    fn become_follower(&mut self, term: Term, leader: Option<NodeId>, out: &mut Outbox) {
+        if term > self.term {
+            self.term = term;
+            self.voted_for = None;
+            out.persist.push(Write::HardState(self.hard_state()));
+        }
+        if self.role == Role::Leader {
+            // Entries this leader appended may still commit under the next
+            // leader; the clients retry there under the same request id, and
+            // their sessions make the retry take effect once.
+            for (_, request) in std::mem::take(&mut self.pending) {
+                out.reply(request, ReplyOutcome::NotLeader { leader }, Timing::Now);
+            }
+            self.progress.clear();
+        }
+        self.role = Role::Follower;
+        self.leader = leader;
+        self.votes.clear();
+    }
+
+    fn start_election(&mut self, out: &mut Outbox) {
+        self.term += 1;
+        self.role = Role::Candidate;
+        self.leader = None;
+        self.voted_for = Some(self.config.id);
+        self.votes = BTreeSet::from([self.config.id]);
+        self.reset_election_timer();
+        // The vote must be durable before any RequestVote leaves: a node
+        // that forgot its vote after a crash could vote twice in one term.
+        out.persist.push(Write::HardState(self.hard_state()));
+        let request = RequestVote {
+            term: self.term,
+            candidate_id: self.config.id,
+            last_log_index: self.log.last_index(),
+            last_log_term: self.log.last_term(),
+            pre_vote: false,
+        };
+        for peer in self.peers().collect::<Vec<_>>() {
+            out.send(peer, Message::RequestVote(request.clone()), Timing::AfterPersist);
+        }
+        self.maybe_win(out);
+    }
+
+    fn maybe_win(&mut self, out: &mut Outbox) {
+        if self.role == Role::Candidate && self.votes.len() >= majority(self.config.members.len()) {
+            self.become_leader(out);
+        }
+    }
+
+    fn become_leader(&mut self, out: &mut Outbox) {
+        self.role = Role::Leader;
+        self.leader = Some(self.config.id);
+        self.heartbeat_elapsed = 0;
+        let next_index = self.log.last_index() + 1;
+        self.progress = self
+            .peers()
+            .map(|peer| {
+                let progress = Progress {
+                    next_index,
+                    match_index: 0,
+                    in_flight: false,
+                };
+                (peer, progress)
+            })
+            .collect();
+        // Announce leadership at once (Figure 2: "send initial empty
+        // AppendEntries RPCs (heartbeat) to each server").
+        self.broadcast_append(out);
+    }
+
+    /// Sends AppendEntries to `peer`: the entry at `next_index` when one is
+    /// durable here and none is in flight, else a heartbeat (when `heartbeat`).
+    fn send_append(&mut self, peer: NodeId, heartbeat: bool, out: &mut Outbox) {
+        let Some(progress) = self.progress.get(&peer).copied() else {
+            return;
+        };
+        let has_entry = progress.next_index <= self.durable_index;
+        if !(heartbeat || (has_entry && !progress.in_flight)) {
+            return;
+        }
+        let prev_log_index = progress.next_index - 1;
+        let entries = if has_entry {
+            self.log.get(progress.next_index).cloned().into_iter().collect()
+        } else {
+            Vec::new()
+        };
+        let Some(prev_log_term) = self.log.term(prev_log_index) else {
+            unreachable!("next_index never passes the end of the leader's log");
+        };
+        let message = AppendEntries {
+            term: self.term,
+            leader_id: self.config.id,
+            prev_log_index,
+            prev_log_term,
+            entries,
+            leader_commit: self.commit_index,
+            context: 0,
+        };
+        if has_entry {
+            if let Some(p) = self.progress.get_mut(&peer) {
+                p.in_flight = true;
+            }
+        }
+        // Everything sent is already durable here (`next_index <=
+        // durable_index`) and the term was persisted before the election.
+        out.send(peer, Message::AppendEntries(message), Timing::AfterPersist);
+    }
+
+    fn broadcast_append(&mut self, out: &mut Outbox) {
+        for peer in self.peers().collect::<Vec<_>>() {
+            self.send_append(peer, true, out);
+        }
+    }
+
+    fn handle_request(&mut self, request: ClientRequest, out: &mut Outbox) {
+        if let Err(invalid) = consensus::limits::validate(&request.command) {
+            out.reply(request.id, ReplyOutcome::Rejected(invalid.to_string()), Timing::Now);
+            return;
+        }
+        if self.role != Role::Leader {
+            let outcome = ReplyOutcome::NotLeader { leader: self.leader };
+            out.reply(request.id, outcome, Timing::Now);
+            return;
+        }
+        let entry = Entry {
+            term: self.term,
+            index: self.log.last_index() + 1,
+            payload: EntryPayload::Command(request.clone()),
+        };
+        self.pending.insert(entry.index, request.id);
+        self.log.push(entry.clone());
+        // One client command, one durable write, one sync. Followers get
+        // the entry once it is durable here (see `Input::Persisted`).
+        out.persist.push(Write::AppendLog(vec![entry]));
+    }
+
+    fn handle_append(&mut self, from: NodeId, m: AppendEntries, out: &mut Outbox) {
+        let reject = |term, conflict_index| AppendEntriesResponse {
+            term,
+            success: false,
+            match_index: 0,
+            conflict_index,
+            conflict_term: 0,
+            context: m.context,
+        };
+        if m.term < self.term {
+            let response = reject(self.term, m.prev_log_index);
+            out.send(from, Message::AppendEntriesResponse(response), Timing::Now);
+            return;
+        }
+        // m.term == self.term: `from` is this term's leader.
+        debug_assert!(self.role != Role::Leader, "two leaders in term {}", self.term);
+        if self.role != Role::Follower || self.leader != Some(m.leader_id) {
+            self.become_follower(m.term, Some(m.leader_id), out);
+        }
+        self.election_elapsed = 0;
+        if self.log.term(m.prev_log_index) != Some(m.prev_log_term) {
+            let response = reject(self.term, m.prev_log_index);
+            out.send(from, Message::AppendEntriesResponse(response), Timing::AfterPersist);
+            return;
+        }
+        let mut new_entries = Vec::new();
+        for entry in m.entries.iter() {
+            match self.log.term(entry.index) {
+                Some(term) if term == entry.term => continue,
+                Some(_) => {
+                    // Figure 2: "If an existing entry conflicts with a new one,
+                    // delete the existing entry and all that follow it".
+                    assert!(entry.index > self.commit_index, "a committed entry is never overwritten");
+                    self.log.truncate_from(entry.index);
+                    self.durable_index = self.durable_index.min(entry.index - 1);
+                    out.persist.push(Write::TruncateLog { from: entry.index });
+                }
+                None => {}
+            }
+            self.log.push(entry.clone());
+            new_entries.push(entry.clone());
+        }
+        if !new_entries.is_empty() {
+            out.persist.push(Write::AppendLog(new_entries));
+        }
+        let match_index = m.prev_log_index + m.entries.len() as LogIndex;
+        if m.leader_commit > self.commit_index {
+            self.commit_index = m.leader_commit.min(match_index).max(self.commit_index);
+        }
+        let response = AppendEntriesResponse {
+            term: self.term,
+            success: true,
+            match_index,
+            conflict_index: 0,
+            conflict_term: 0,
+            context: m.context,
+        };
+        // The acknowledgement promises the entries are on stable storage.
+        out.send(from, Message::AppendEntriesResponse(response), Timing::AfterPersist);
+        self.emit_applies(out);
+    }
+
+    fn handle_append_response(&mut self, from: NodeId, m: AppendEntriesResponse, out: &mut Outbox) {
+        if self.role != Role::Leader || m.term != self.term {
+            return;
+        }
+        let Some(progress) = self.progress.get_mut(&from) else {
+            return;
+        };
+        progress.in_flight = false;
+        if m.success {
+            progress.match_index = progress.match_index.max(m.match_index);
+            progress.next_index = progress.next_index.max(progress.match_index + 1);
+            self.advance_commit(out);
+        } else if m.conflict_index + 1 == progress.next_index && progress.next_index > 1 {
+            // Figure 2: "If AppendEntries fails because of log inconsistency:
+            // decrement nextIndex and retry". Stale rejections are ignored.
+            progress.next_index -= 1;
+        }
+        self.send_append(from, false, out);
+    }
+
+    fn handle_vote_request(&mut self, from: NodeId, m: RequestVote, out: &mut Outbox) {
+        let can_vote = self.voted_for.is_none_or(|v| v == m.candidate_id);
+        let granted = m.term == self.term
+            && can_vote
+            && self.log.candidate_is_up_to_date(m.last_log_index, m.last_log_term);
+        if granted && self.voted_for.is_none() {
+            self.voted_for = Some(m.candidate_id);
+            out.persist.push(Write::HardState(self.hard_state()));
+        }
+        if granted {
+            self.reset_election_timer();
+        }
+        let response = RequestVoteResponse {
+            term: self.term,
+            vote_granted: granted,
+            pre_vote: false,
+        };
+        // A granted vote must be durable before the candidate can count it.
+        out.send(from, Message::RequestVoteResponse(response), Timing::AfterPersist);
+    }
+
+    fn handle_vote_response(&mut self, from: NodeId, m: RequestVoteResponse, out: &mut Outbox) {
+        if self.role == Role::Candidate && m.term == self.term && m.vote_granted {
+            self.votes.insert(from);
+            self.maybe_win(out);
+        }
+    }
+
+    /// Figure 2, leaders: commit the highest N held by a majority whose entry
+    /// is of the current term.
+    fn advance_commit(&mut self, out: &mut Outbox) {
+        let mut matches: Vec<LogIndex> = self.progress.values().map(|p| p.match_index).collect();
+        matches.push(self.durable_index);
+        let candidate = match self.config.injected_bug {
+            Some(InjectedBug::CommitWithoutQuorum) => self.durable_index,
+            _ => quorum_index(&matches),
+        };
+        let of_current_term = self.log.term(candidate) == Some(self.term);
+        let allowed = of_current_term || self.config.injected_bug == Some(InjectedBug::CommitPreviousTermByCounting);
+        if candidate > self.commit_index && allowed {
+            self.commit_index = candidate;
+            self.emit_applies(out);
+        }
+    }
+
+    /// Hands committed entries that are durable here to the runtime.
+    fn emit_applies(&mut self, out: &mut Outbox) {
+        let upto = self.commit_index.min(self.durable_index);
+        while self.apply_emitted < upto {
+            self.apply_emitted += 1;
+            let entry = self.log.get(self.apply_emitted).cloned();
+            let Some(entry) = entry else {
+                unreachable!("committed entries are in the log");
+            };
+            self.pending.remove(&entry.index);
+            out.apply.push(entry);
+        }
+    }
+
+    fn handle_persisted(&mut self, last_index: LogIndex, last_term: Term, out: &mut Outbox) {
+        if self.log.term(last_index) == Some(last_term) {
+            self.durable_index = self.durable_index.max(last_index);
+        }
+        if self.role == Role::Leader {
+            self.advance_commit(out);
+            for peer in self.peers().collect::<Vec<_>>() {
+                self.send_append(peer, false, out);
+            }
+        }
+        self.emit_applies(out);
+    }
+
+    fn tick(&mut self, out: &mut Outbox) {
+        if self.role == Role::Leader {
+            self.heartbeat_elapsed += 1;
+            if self.heartbeat_elapsed >= self.config.heartbeat_ticks {
+                self.heartbeat_elapsed = 0;
+                self.broadcast_append(out);
+            }
+            return;
+        }
+        self.election_elapsed += 1;
+        if self.election_elapsed >= self.election_timeout {
+            self.start_election(out);
+        }
+    }
+}
+
+impl Consensus for VanillaRaft {
+    fn step(&mut self, input: Input, out: &mut Outbox) {
+        match input {
+            Input::Tick => self.tick(out),
+            Input::Request(request) => self.handle_request(request, out),
+            Input::Persisted { last_index, last_term } => self.handle_persisted(last_index, last_term, out),
+            Input::Applied { index } => {
+                debug_assert!(index <= self.apply_emitted);
+                self.applied_index = self.applied_index.max(index);
+            }
+            Input::Message { from, message } => {
+                if message.term() > self.term {
+                    let leader = match &message {
+                        Message::AppendEntries(m) => Some(m.leader_id),
+                        _ => None,
+                    };
+                    self.become_follower(message.term(), leader, out);
+                }
+                match message {
+                    Message::AppendEntries(m) => self.handle_append(from, m, out),
+                    Message::AppendEntriesResponse(m) => self.handle_append_response(from, m, out),
+                    Message::RequestVote(m) => self.handle_vote_request(from, m, out),
+                    Message::RequestVoteResponse(m) => self.handle_vote_response(from, m, out),
+                }
+            }
+        }
+    }
+
+    fn status(&self) -> Status {
+        Status {
+            id: self.config.id,
+            role: self.role,
+            term: self.term,
+            leader: self.leader,
+            commit_index: self.commit_index,
+            applied_index: self.applied_index,
+            last_log_index: self.log.last_index(),
+        }
+    }
+}
