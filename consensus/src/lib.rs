@@ -24,8 +24,7 @@ pub mod state_machine;
 pub mod types;
 
 pub use io::{
-    Envelope, HardState, Input, Outbox, Recovered, Reply, ReplyOutcome, Role, Status, Timing,
-    Write,
+    Envelope, HardState, Input, Outbox, Recovered, Reply, ReplyOutcome, Role, Status, Timing, Write,
 };
 pub use message::Message;
 pub use types::{

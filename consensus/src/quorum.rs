@@ -37,8 +37,14 @@ mod tests {
 
     #[test]
     fn majorities_and_supermajorities() {
-        assert_eq!((majority(1), majority(3), majority(5), majority(4)), (1, 2, 3, 3));
-        assert_eq!((max_failures(3), max_failures(5), max_failures(7)), (1, 2, 3));
+        assert_eq!(
+            (majority(1), majority(3), majority(5), majority(4)),
+            (1, 2, 3, 3)
+        );
+        assert_eq!(
+            (max_failures(3), max_failures(5), max_failures(7)),
+            (1, 2, 3)
+        );
         assert_eq!(supermajority(3), 3);
         assert_eq!(supermajority(5), 4);
         assert_eq!(supermajority(7), 6);

@@ -158,7 +158,9 @@ impl StateMachine {
 fn execute_read<S: KvRead + ?Sized>(store: &S, command: &Command) -> CommandResult {
     match command {
         Command::Get { key } => CommandResult::Value(store.get(key)),
-        Command::MultiGet { keys } => CommandResult::Values(keys.iter().map(|k| store.get(k)).collect()),
+        Command::MultiGet { keys } => {
+            CommandResult::Values(keys.iter().map(|k| store.get(k)).collect())
+        }
         other => unreachable!("not a read: {other:?}"),
     }
 }
@@ -289,7 +291,10 @@ mod tests {
             &mut kv,
             &[entry(1, 7, 1, incr.clone()), entry(2, 7, 1, incr.clone())],
         );
-        assert_eq!(results, vec![CommandResult::Counter(5), CommandResult::Counter(5)]);
+        assert_eq!(
+            results,
+            vec![CommandResult::Counter(5), CommandResult::Counter(5)]
+        );
         assert_eq!(kv.get(b"n"), Some(b"5".to_vec()));
         // A later batch still answers the retry from the session.
         let results = apply(&mut sm, &mut kv, &[entry(3, 7, 1, incr.clone())]);
@@ -365,12 +370,31 @@ mod tests {
             &mut kv,
             &[
                 entry(1, 1, 1, put("a", "text")),
-                entry(2, 1, 2, Command::Increment { key: "a".into(), by: 1 }),
+                entry(
+                    2,
+                    1,
+                    2,
+                    Command::Increment {
+                        key: "a".into(),
+                        by: 1,
+                    },
+                ),
                 entry(3, 1, 3, put("m", &i64::MAX.to_string())),
-                entry(4, 1, 4, Command::Increment { key: "m".into(), by: 1 }),
+                entry(
+                    4,
+                    1,
+                    4,
+                    Command::Increment {
+                        key: "m".into(),
+                        by: 1,
+                    },
+                ),
             ],
         );
-        assert_eq!(results[1], CommandResult::Failed(ExecutionError::NotAnInteger));
+        assert_eq!(
+            results[1],
+            CommandResult::Failed(ExecutionError::NotAnInteger)
+        );
         assert_eq!(results[3], CommandResult::Failed(ExecutionError::Overflow));
         assert_eq!(kv.get(b"a"), Some(b"text".to_vec()));
     }

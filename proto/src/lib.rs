@@ -2,7 +2,12 @@
 //! protocol (`raft`). The .proto files under `proto/` are the source of truth;
 //! `build.rs` compiles them with `protox`, so no system `protoc` is needed.
 
-#![allow(missing_docs, clippy::all, clippy::pedantic, missing_debug_implementations)]
+#![allow(
+    missing_docs,
+    clippy::all,
+    clippy::pedantic,
+    missing_debug_implementations
+)]
 
 /// The client API: requests, replies, error details and the `Kv` service.
 pub mod kv {

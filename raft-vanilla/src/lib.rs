@@ -37,9 +37,13 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use consensus::io::{HardState, Input, Outbox, Recovered, ReplyOutcome, Role, Status, Timing, Write};
+use consensus::io::{
+    HardState, Input, Outbox, Recovered, ReplyOutcome, Role, Status, Timing, Write,
+};
 use consensus::log::RaftLog;
-use consensus::message::{AppendEntries, AppendEntriesResponse, Message, RequestVote, RequestVoteResponse};
+use consensus::message::{
+    AppendEntries, AppendEntriesResponse, Message, RequestVote, RequestVoteResponse,
+};
 use consensus::quorum::{majority, quorum_index};
 use consensus::rng::DetRng;
 use consensus::{ClientRequest, Consensus, Entry, EntryPayload, LogIndex, NodeId, RequestId, Term};
@@ -134,13 +138,24 @@ pub struct VanillaRaft {
 impl VanillaRaft {
     /// A node rebuilt from what its storage holds.
     pub fn new(config: Config, recovered: Recovered) -> Self {
-        assert!(config.members.contains(&config.id), "a node is a member of its cluster");
-        assert!(config.heartbeat_ticks >= 1 && config.election_timeout_ticks > config.heartbeat_ticks);
+        assert!(
+            config.members.contains(&config.id),
+            "a node is a member of its cluster"
+        );
+        assert!(
+            config.heartbeat_ticks >= 1 && config.election_timeout_ticks > config.heartbeat_ticks
+        );
         let log = RaftLog::new(recovered.log);
         let applied = recovered.applied_index;
-        assert!(applied <= log.last_index(), "the state machine is never ahead of the durable log");
+        assert!(
+            applied <= log.last_index(),
+            "the state machine is never ahead of the durable log"
+        );
         let mut rng = DetRng::new(config.seed ^ config.id.wrapping_mul(0x9E37_79B9));
-        let election_timeout = rng.range(config.election_timeout_ticks, 2 * config.election_timeout_ticks);
+        let election_timeout = rng.range(
+            config.election_timeout_ticks,
+            2 * config.election_timeout_ticks,
+        );
         VanillaRaft {
             term: recovered.hard_state.term,
             voted_for: recovered.hard_state.voted_for,
@@ -163,7 +178,11 @@ impl VanillaRaft {
     }
 
     fn peers(&self) -> impl Iterator<Item = NodeId> + '_ {
-        self.config.members.iter().copied().filter(move |&m| m != self.config.id)
+        self.config
+            .members
+            .iter()
+            .copied()
+            .filter(move |&m| m != self.config.id)
     }
 
     fn hard_state(&self) -> HardState {
@@ -219,7 +238,11 @@ impl VanillaRaft {
             pre_vote: false,
         };
         for peer in self.peers().collect::<Vec<_>>() {
-            out.send(peer, Message::RequestVote(request.clone()), Timing::AfterPersist);
+            out.send(
+                peer,
+                Message::RequestVote(request.clone()),
+                Timing::AfterPersist,
+            );
         }
         self.maybe_win(out);
     }
@@ -263,7 +286,11 @@ impl VanillaRaft {
         }
         let prev_log_index = progress.next_index - 1;
         let entries = if has_entry {
-            self.log.get(progress.next_index).cloned().into_iter().collect()
+            self.log
+                .get(progress.next_index)
+                .cloned()
+                .into_iter()
+                .collect()
         } else {
             Vec::new()
         };
@@ -279,10 +306,8 @@ impl VanillaRaft {
             leader_commit: self.commit_index,
             context: 0,
         };
-        if has_entry {
-            if let Some(p) = self.progress.get_mut(&peer) {
-                p.in_flight = true;
-            }
+        if has_entry && let Some(p) = self.progress.get_mut(&peer) {
+            p.in_flight = true;
         }
         // Everything sent is already durable here (`next_index <=
         // durable_index`) and the term was persisted before the election.
@@ -297,11 +322,17 @@ impl VanillaRaft {
 
     fn handle_request(&mut self, request: ClientRequest, out: &mut Outbox) {
         if let Err(invalid) = consensus::limits::validate(&request.command) {
-            out.reply(request.id, ReplyOutcome::Rejected(invalid.to_string()), Timing::Now);
+            out.reply(
+                request.id,
+                ReplyOutcome::Rejected(invalid.to_string()),
+                Timing::Now,
+            );
             return;
         }
         if self.role != Role::Leader {
-            let outcome = ReplyOutcome::NotLeader { leader: self.leader };
+            let outcome = ReplyOutcome::NotLeader {
+                leader: self.leader,
+            };
             out.reply(request.id, outcome, Timing::Now);
             return;
         }
@@ -332,14 +363,22 @@ impl VanillaRaft {
             return;
         }
         // m.term == self.term: `from` is this term's leader.
-        debug_assert!(self.role != Role::Leader, "two leaders in term {}", self.term);
+        debug_assert!(
+            self.role != Role::Leader,
+            "two leaders in term {}",
+            self.term
+        );
         if self.role != Role::Follower || self.leader != Some(m.leader_id) {
             self.become_follower(m.term, Some(m.leader_id), out);
         }
         self.election_elapsed = 0;
         if self.log.term(m.prev_log_index) != Some(m.prev_log_term) {
             let response = reject(self.term, m.prev_log_index);
-            out.send(from, Message::AppendEntriesResponse(response), Timing::AfterPersist);
+            out.send(
+                from,
+                Message::AppendEntriesResponse(response),
+                Timing::AfterPersist,
+            );
             return;
         }
         let mut new_entries = Vec::new();
@@ -349,7 +388,10 @@ impl VanillaRaft {
                 Some(_) => {
                     // Figure 2: "If an existing entry conflicts with a new one,
                     // delete the existing entry and all that follow it".
-                    assert!(entry.index > self.commit_index, "a committed entry is never overwritten");
+                    assert!(
+                        entry.index > self.commit_index,
+                        "a committed entry is never overwritten"
+                    );
                     self.log.truncate_from(entry.index);
                     self.durable_index = self.durable_index.min(entry.index - 1);
                     out.persist.push(Write::TruncateLog { from: entry.index });
@@ -375,7 +417,11 @@ impl VanillaRaft {
             context: m.context,
         };
         // The acknowledgement promises the entries are on stable storage.
-        out.send(from, Message::AppendEntriesResponse(response), Timing::AfterPersist);
+        out.send(
+            from,
+            Message::AppendEntriesResponse(response),
+            Timing::AfterPersist,
+        );
         self.emit_applies(out);
     }
 
@@ -403,7 +449,9 @@ impl VanillaRaft {
         let can_vote = self.voted_for.is_none_or(|v| v == m.candidate_id);
         let granted = m.term == self.term
             && can_vote
-            && self.log.candidate_is_up_to_date(m.last_log_index, m.last_log_term);
+            && self
+                .log
+                .candidate_is_up_to_date(m.last_log_index, m.last_log_term);
         if granted && self.voted_for.is_none() {
             self.voted_for = Some(m.candidate_id);
             out.persist.push(Write::HardState(self.hard_state()));
@@ -417,7 +465,11 @@ impl VanillaRaft {
             pre_vote: false,
         };
         // A granted vote must be durable before the candidate can count it.
-        out.send(from, Message::RequestVoteResponse(response), Timing::AfterPersist);
+        out.send(
+            from,
+            Message::RequestVoteResponse(response),
+            Timing::AfterPersist,
+        );
     }
 
     fn handle_vote_response(&mut self, from: NodeId, m: RequestVoteResponse, out: &mut Outbox) {
@@ -437,7 +489,8 @@ impl VanillaRaft {
             _ => quorum_index(&matches),
         };
         let of_current_term = self.log.term(candidate) == Some(self.term);
-        let allowed = of_current_term || self.config.injected_bug == Some(InjectedBug::CommitPreviousTermByCounting);
+        let allowed = of_current_term
+            || self.config.injected_bug == Some(InjectedBug::CommitPreviousTermByCounting);
         if candidate > self.commit_index && allowed {
             self.commit_index = candidate;
             self.emit_applies(out);
@@ -492,7 +545,10 @@ impl Consensus for VanillaRaft {
         match input {
             Input::Tick => self.tick(out),
             Input::Request(request) => self.handle_request(request, out),
-            Input::Persisted { last_index, last_term } => self.handle_persisted(last_index, last_term, out),
+            Input::Persisted {
+                last_index,
+                last_term,
+            } => self.handle_persisted(last_index, last_term, out),
             Input::Applied { index } => {
                 debug_assert!(index <= self.apply_emitted);
                 self.applied_index = self.applied_index.max(index);

@@ -90,7 +90,10 @@ pub fn parse_jepsen_register(text: &str) -> Result<Vec<Operation>, ParseError> {
             }
             ":ok" | ":fail" | ":info" => {
                 let Some(mut op) = open.remove(&process) else {
-                    return Err(error(number + 1, format!("process {process} completes nothing")));
+                    return Err(error(
+                        number + 1,
+                        format!("process {process} completes nothing"),
+                    ));
                 };
                 match (kind, f) {
                     (":ok", ":read") => {
@@ -186,7 +189,10 @@ pub fn parse_kv_edn(text: &str) -> Result<Vec<Operation>, ParseError> {
             }
             ":ok" => {
                 let Some(mut op) = open.remove(&process) else {
-                    return Err(error(number + 1, format!("process {process} completes nothing")));
+                    return Err(error(
+                        number + 1,
+                        format!("process {process} completes nothing"),
+                    ));
                 };
                 op.ret = Some(number as u64);
                 op.output = Some(match f {

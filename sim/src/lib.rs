@@ -1,4 +1,75 @@
 //! The deterministic simulator and the linearizability checker.
+//!
+//! - [`simulator`]: runs a cluster of any [`consensus::Consensus`] protocol
+//!   under injected faults and checks it (see the module's documentation).
+//! - [`linearizability`]: the checker, usable on any recorded history.
+//! - [`history_formats`]: readers for Jepsen and Porcupine history files.
+//! - [`run_seeds`]: the test driver every protocol crate uses: many seeds,
+//!   or one seed from `SIM_SEED` to replay a failure.
 
 pub mod history_formats;
 pub mod linearizability;
+pub mod simulator;
+
+pub use simulator::{Failure, Faults, RunStats, SimConfig, Simulation};
+
+use consensus::io::Recovered;
+use consensus::{Consensus, NodeId};
+
+/// Runs one simulation per seed, building each run's config with
+/// `configure(seed)` and each node with `factory`. A protocol panic counts as
+/// a failure of that seed. When the environment variable `SIM_SEED` is set,
+/// runs only that seed, printing every event.
+///
+/// Returns the stats of every passing run, or an error naming every failing
+/// seed with `replay` (a command with `{seed}` in it) filled in.
+pub fn run_seeds<P, F, C>(
+    seeds: impl IntoIterator<Item = u64>,
+    configure: C,
+    factory: F,
+    replay: &str,
+) -> Result<Vec<RunStats>, String>
+where
+    P: Consensus,
+    F: Fn(NodeId, &[NodeId], Recovered, u64) -> P + Clone,
+    C: Fn(u64) -> SimConfig,
+{
+    let only: Option<u64> = std::env::var("SIM_SEED").ok().and_then(|s| s.parse().ok());
+    let seeds: Vec<u64> = match only {
+        Some(seed) => vec![seed],
+        None => seeds.into_iter().collect(),
+    };
+    let mut passed = Vec::new();
+    let mut failures = Vec::new();
+    for seed in seeds {
+        let mut config = configure(seed);
+        config.verbose = only.is_some();
+        let factory = factory.clone();
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+            Simulation::new(config, factory).run()
+        }));
+        let replay_command = replay.replace("{seed}", &seed.to_string());
+        match outcome {
+            Ok(Ok(stats)) => passed.push(stats),
+            Ok(Err(failure)) => failures.push(format!("{failure}replay: {replay_command}\n")),
+            Err(panic) => {
+                let message = panic
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_default();
+                failures.push(format!(
+                    "seed {seed} panicked: {message}\nreplay: {replay_command}\n"
+                ));
+            }
+        }
+        if failures.len() >= 3 {
+            break;
+        }
+    }
+    if failures.is_empty() {
+        Ok(passed)
+    } else {
+        Err(failures.join("\n"))
+    }
+}

@@ -123,7 +123,9 @@ fn parse_counter(value: Option<&Value>) -> Option<i64> {
 fn step(state: &State, input: &KvInput, output: Option<&KvOutput>) -> Option<State> {
     let matches = |expected: KvOutput| output.is_none_or(|o| *o == expected);
     match input {
-        KvInput::Get(key) => matches(KvOutput::Value(state.get(key).cloned())).then(|| state.clone()),
+        KvInput::Get(key) => {
+            matches(KvOutput::Value(state.get(key).cloned())).then(|| state.clone())
+        }
         KvInput::MultiGet(keys) => matches(KvOutput::Values(
             keys.iter().map(|k| state.get(k).cloned()).collect(),
         ))
@@ -145,7 +147,9 @@ fn step(state: &State, input: &KvInput, output: Option<&KvOutput>) -> Option<Sta
         }),
         KvInput::Append(key, value) => matches(KvOutput::Written).then(|| {
             let mut next = state.clone();
-            next.entry(key.clone()).or_default().extend_from_slice(value);
+            next.entry(key.clone())
+                .or_default()
+                .extend_from_slice(value);
             next
         }),
         KvInput::Cas { key, expected, new } => {
@@ -262,7 +266,9 @@ fn partition(history: &[Operation]) -> Vec<(Vec<Key>, Vec<usize>)> {
                 parent.len() - 1
             })
         });
-        let first = ids.next().expect("every operation touches at least one key");
+        let first = ids
+            .next()
+            .expect("every operation touches at least one key");
         for other in ids.collect::<Vec<_>>() {
             let (a, b) = (find(&mut parent, first), find(&mut parent, other));
             parent[a] = b;
@@ -412,7 +418,13 @@ fn check_part(ops: &[&Operation], step_budget: u64) -> PartResult {
 mod tests {
     use super::*;
 
-    fn op(client: u64, call: u64, ret: Option<u64>, input: KvInput, output: Option<KvOutput>) -> Operation {
+    fn op(
+        client: u64,
+        call: u64,
+        ret: Option<u64>,
+        input: KvInput,
+        output: Option<KvOutput>,
+    ) -> Operation {
         Operation {
             client,
             call,
@@ -487,7 +499,9 @@ mod tests {
         let verdict = check(&h);
         assert!(!verdict.is_linearizable());
         match verdict {
-            Verdict::NotLinearizable { keys, operations, .. } => {
+            Verdict::NotLinearizable {
+                keys, operations, ..
+            } => {
                 assert_eq!(keys, vec![k("a"), k("b")]);
                 assert_eq!(operations, vec![0, 1]);
             }
@@ -505,10 +519,12 @@ mod tests {
             expected: e.map(k),
             new: k(n),
         };
-        let swapped = |s: bool| Some(KvOutput::Cas {
-            succeeded: s,
-            current: None,
-        });
+        let swapped = |s: bool| {
+            Some(KvOutput::Cas {
+                succeeded: s,
+                current: None,
+            })
+        };
         let h = vec![
             op(0, 0, Some(1), cas(None, "a"), swapped(true)),
             op(0, 2, Some(3), cas(None, "b"), swapped(false)),

@@ -11,8 +11,9 @@ use sim::linearizability::{KvInput, KvOutput, Operation, check};
 fn testdata_dir() -> Option<PathBuf> {
     let dir = match std::env::var_os("LINEARIZABILITY_TESTDATA") {
         Some(dir) => PathBuf::from(dir),
-        None => PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join("../../shared/testdata/linearizability"),
+        None => {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/testdata/linearizability")
+        }
     };
     if dir.join("VERDICTS.tsv").is_file() {
         return Some(dir);

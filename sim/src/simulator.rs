@@ -1,0 +1,1405 @@
+//! The deterministic cluster simulator.
+//!
+//! One thread, one seeded generator, logical time: the same seed gives the
+//! same run, bit for bit. The simulator plays every part the real system has
+//! around a protocol:
+//!
+//! - **the runtime**: it carries out each [`Outbox`] by the rules of
+//!   `consensus::io` (messages marked `Now` leave at once; writes become
+//!   durable after a simulated disk delay, first in, first out; messages and
+//!   replies marked `AfterPersist` leave only once every write issued before
+//!   them is durable; committed entries are applied to the shared
+//!   [`StateMachine`] over a [`MemKv`]);
+//! - **storage** that knows what was synced: a crash loses every write still
+//!   waiting for its sync, and a restart rebuilds the protocol from what is
+//!   durable;
+//! - **the network**: delays, drops, duplicates, reordering, and partitions
+//!   (symmetric, one-way, leader isolated, minority / majority);
+//! - **clients** issuing random operations with timeouts and retries under the
+//!   same (client, sequence), and recording a history of invocations and
+//!   completions, unknown outcomes included;
+//! - **a nemesis** that injects those faults during a fault phase, then heals
+//!   everything.
+//!
+//! After every event it checks the safety invariants (at most one leader per
+//! term, log matching, leader completeness, the same entry applied at each
+//! index on every node); at the end, liveness (every client operation issued
+//! after healing completes) and linearizability of the whole history.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, HashSet, VecDeque};
+use std::fmt::Write as _;
+use std::hash::{DefaultHasher, Hash, Hasher};
+
+use consensus::io::{
+    Envelope, HardState, Input, Outbox, Recovered, Reply, ReplyOutcome, Role, Timing, Write,
+};
+use consensus::message::Message;
+use consensus::rng::DetRng;
+use consensus::state_machine::{MemKv, StateMachine};
+use consensus::{
+    ClientId, ClientRequest, Command, CommandResult, Consensus, Entry, EntryPayload, LogIndex,
+    NodeId, RequestId, Term,
+};
+
+use crate::linearizability::{self, KvInput, KvOutput, Operation, Verdict};
+
+/// Logical time, in simulated milliseconds.
+pub type Time = u64;
+
+/// The kinds of fault the nemesis and the network may inject.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Faults {
+    /// Messages are lost at random.
+    pub drops: bool,
+    /// Messages are delivered twice at random.
+    pub duplicates: bool,
+    /// Some messages take far longer than the rest, so they arrive out of
+    /// order (every message already has a random delay).
+    pub long_delays: bool,
+    /// Symmetric partitions: a random split, the leader isolated, a
+    /// minority cut from the majority.
+    pub partitions: bool,
+    /// One-way partitions: a node that can hear but not speak, or the
+    /// reverse.
+    pub one_way: bool,
+    /// Nodes crash (losing unsynced writes) and restart later.
+    pub crashes: bool,
+}
+
+impl Faults {
+    /// Every kind of fault.
+    pub fn all() -> Self {
+        Faults {
+            drops: true,
+            duplicates: true,
+            long_delays: true,
+            partitions: true,
+            one_way: true,
+            crashes: true,
+        }
+    }
+
+    /// No faults: a perfect network and no crashes.
+    pub fn none() -> Self {
+        Faults {
+            drops: false,
+            duplicates: false,
+            long_delays: false,
+            partitions: false,
+            one_way: false,
+            crashes: false,
+        }
+    }
+}
+
+/// The shape of one simulated run.
+#[derive(Clone, Debug)]
+pub struct SimConfig {
+    /// The seed: the same seed gives the same run.
+    pub seed: u64,
+    /// Cluster size (nodes are numbered 1..=nodes).
+    pub nodes: usize,
+    /// Concurrent clients.
+    pub clients: usize,
+    /// Keys are `k0..k{keys}`, in pairs that multi-key operations stay
+    /// within (so the checker's independent parts stay small), plus two
+    /// counters.
+    pub keys: usize,
+    /// Faults injected during the fault phase.
+    pub faults: Faults,
+    /// Length of the fault phase; then everything heals.
+    pub fault_phase_ms: Time,
+    /// Operations each client completes after healing (liveness).
+    pub ops_after_heal: usize,
+    /// Time allowed after healing for every client to finish.
+    pub liveness_deadline_ms: Time,
+    /// Interval between ticks of each node.
+    pub tick_ms: Time,
+    /// One-way network delay range.
+    pub net_delay_ms: (Time, Time),
+    /// Disk sync delay range.
+    pub persist_delay_ms: (Time, Time),
+    /// A client retries an attempt unanswered for this long.
+    pub client_timeout_ms: Time,
+    /// A client abandons an operation (unknown outcome) after this long,
+    /// during the fault phase only.
+    pub give_up_ms: Time,
+    /// Print every event (for replaying one seed).
+    pub verbose: bool,
+}
+
+impl SimConfig {
+    /// A run with every fault kind on a cluster of `nodes`.
+    pub fn new(seed: u64, nodes: usize) -> Self {
+        SimConfig {
+            seed,
+            nodes,
+            clients: 4,
+            keys: 6,
+            faults: Faults::all(),
+            fault_phase_ms: 3_000,
+            ops_after_heal: 3,
+            liveness_deadline_ms: 10_000,
+            tick_ms: 10,
+            net_delay_ms: (1, 5),
+            persist_delay_ms: (0, 3),
+            client_timeout_ms: 150,
+            give_up_ms: 600,
+            verbose: false,
+        }
+    }
+}
+
+/// Why a run failed.
+#[derive(Clone, Debug)]
+pub struct Failure {
+    /// The run's seed.
+    pub seed: u64,
+    /// When the failure was found.
+    pub time: Time,
+    /// What went wrong.
+    pub message: String,
+    /// The last events before the failure.
+    pub trace: Vec<String>,
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "seed {} failed at t={}ms: {}",
+            self.seed, self.time, self.message
+        )?;
+        if !self.trace.is_empty() {
+            writeln!(f, "last events:")?;
+            for line in &self.trace {
+                writeln!(f, "  {line}")?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What a successful run did, for reports and for tests that look at the
+/// protocol's shape.
+#[derive(Clone, Debug, Default)]
+pub struct RunStats {
+    /// Operations completed with a known result.
+    pub completed: usize,
+    /// Operations abandoned with an unknown outcome.
+    pub unknown: usize,
+    /// Peer messages sent, by kind.
+    pub messages: BTreeMap<&'static str, u64>,
+    /// Synced write batches, over all nodes.
+    pub syncs: u64,
+    /// Crashes injected.
+    pub crashes: u64,
+    /// Partitions injected.
+    pub partitions: u64,
+    /// Highest term reached.
+    pub max_term: Term,
+    /// The recorded history.
+    pub history: Vec<Operation>,
+}
+
+#[derive(Debug)]
+enum Event {
+    Tick {
+        node: NodeId,
+        incarnation: u64,
+    },
+    Deliver {
+        from: NodeId,
+        to: NodeId,
+        message: Message,
+    },
+    PersistDone {
+        node: NodeId,
+        incarnation: u64,
+    },
+    ClientArrive {
+        node: NodeId,
+        client: usize,
+        request: ClientRequest,
+    },
+    ClientReply {
+        client: usize,
+        seq: u64,
+        attempt: u64,
+        answer: Answer,
+    },
+    ClientTimeout {
+        client: usize,
+        seq: u64,
+        attempt: u64,
+    },
+    ClientRetry {
+        client: usize,
+        seq: u64,
+        attempt: u64,
+    },
+    ClientNext {
+        client: usize,
+    },
+    Nemesis,
+    Restart {
+        node: NodeId,
+    },
+    Heal,
+}
+
+#[derive(Clone, Debug)]
+enum Answer {
+    Result(CommandResult),
+    Other(ReplyOutcome),
+}
+
+struct Queued {
+    time: Time,
+    order: u64,
+    event: Event,
+}
+
+impl PartialEq for Queued {
+    fn eq(&self, other: &Self) -> bool {
+        (self.time, self.order) == (other.time, other.order)
+    }
+}
+impl Eq for Queued {}
+impl PartialOrd for Queued {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Queued {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (self.time, self.order).cmp(&(other.time, other.order))
+    }
+}
+
+/// Writes waiting for their sync, with what must wait for them.
+struct PendingPersist {
+    writes: Vec<Write>,
+    after: Vec<Envelope>,
+    replies: Vec<Reply>,
+}
+
+/// A node's durable storage: what survives a crash.
+#[derive(Default)]
+struct Storage {
+    hard_state: HardState,
+    log: Vec<Entry>,
+    /// `chain[i]` digests `log[..=i]`: equal digests mean equal prefixes.
+    chain: Vec<u64>,
+}
+
+impl Storage {
+    fn last(&self) -> (LogIndex, Term) {
+        self.log.last().map_or((0, 0), |e| (e.index, e.term))
+    }
+}
+
+fn digest<T: Hash>(value: &T) -> u64 {
+    let mut hasher = DefaultHasher::new();
+    value.hash(&mut hasher);
+    hasher.finish()
+}
+
+struct Node<P> {
+    protocol: Option<P>,
+    incarnation: u64,
+    storage: Storage,
+    state_machine: StateMachine,
+    kv: MemKv,
+    pending: VecDeque<PendingPersist>,
+    /// Which client waits for which request at this node.
+    waiters: HashMap<RequestId, (usize, u64)>,
+}
+
+struct ClientOp {
+    history_index: usize,
+    request: ClientRequest,
+    attempt: u64,
+    started: Time,
+}
+
+struct Client {
+    id: ClientId,
+    seq: u64,
+    leader_guess: NodeId,
+    current: Option<ClientOp>,
+    ops_after_heal_left: usize,
+    last_seen: Option<Vec<u8>>,
+}
+
+/// The invariant checker's memory.
+#[derive(Default)]
+struct Invariants {
+    leader_of_term: HashMap<Term, NodeId>,
+    /// (index, term) -> digest of the log prefix ending there.
+    prefix_at: HashMap<(LogIndex, Term), u64>,
+    /// index -> (term, entry digest, highest term in the cluster when first applied).
+    applied_at: BTreeMap<LogIndex, (Term, u64, Term)>,
+    /// (node, term) pairs already checked for leader completeness.
+    leaders_checked: HashSet<(NodeId, Term)>,
+}
+
+/// A simulated cluster running protocol `P`, built by `F` from a node id, the
+/// member list, what storage recovered, and a seed.
+pub struct Simulation<P, F> {
+    config: SimConfig,
+    rng: DetRng,
+    now: Time,
+    order: u64,
+    queue: BinaryHeap<Reverse<Queued>>,
+    nodes: BTreeMap<NodeId, Node<P>>,
+    factory: F,
+    clients: Vec<Client>,
+    history: Vec<Operation>,
+    history_clock: u64,
+    /// Directed links currently cut: (from, to).
+    cut: HashSet<(NodeId, NodeId)>,
+    healed: bool,
+    heal_time: Time,
+    invariants: Invariants,
+    trace: VecDeque<String>,
+    stats: RunStats,
+    failure: Option<String>,
+}
+
+const TRACE_LEN: usize = 60;
+
+impl<P, F> std::fmt::Debug for Simulation<P, F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Simulation")
+            .field("seed", &self.config.seed)
+            .field("now", &self.now)
+            .field("nodes", &self.nodes.len())
+            .field("operations", &self.history.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<P, F> Simulation<P, F>
+where
+    P: Consensus,
+    F: FnMut(NodeId, &[NodeId], Recovered, u64) -> P,
+{
+    /// A cluster with empty storage, not yet started.
+    pub fn new(config: SimConfig, mut factory: F) -> Self {
+        assert!(config.nodes >= 1 && config.clients >= 1 && config.keys >= 2);
+        let members: Vec<NodeId> = (1..=config.nodes as NodeId).collect();
+        let mut rng = DetRng::new(config.seed);
+        let nodes = members
+            .iter()
+            .map(|&id| {
+                let protocol = factory(id, &members, Recovered::default(), rng.next_u64());
+                let node = Node {
+                    protocol: Some(protocol),
+                    incarnation: 0,
+                    storage: Storage::default(),
+                    state_machine: StateMachine::default(),
+                    kv: MemKv::default(),
+                    pending: VecDeque::new(),
+                    waiters: HashMap::new(),
+                };
+                (id, node)
+            })
+            .collect();
+        let clients = (0..config.clients)
+            .map(|i| Client {
+                id: 1000 + i as ClientId,
+                seq: 0,
+                leader_guess: 1 + (i % config.nodes) as NodeId,
+                current: None,
+                ops_after_heal_left: config.ops_after_heal,
+                last_seen: None,
+            })
+            .collect();
+        Simulation {
+            rng,
+            now: 0,
+            order: 0,
+            queue: BinaryHeap::new(),
+            nodes,
+            factory,
+            clients,
+            history: Vec::new(),
+            history_clock: 0,
+            cut: HashSet::new(),
+            healed: false,
+            heal_time: config.fault_phase_ms,
+            invariants: Invariants::default(),
+            trace: VecDeque::new(),
+            stats: RunStats::default(),
+            failure: None,
+            config,
+        }
+    }
+
+    fn members(&self) -> Vec<NodeId> {
+        self.nodes.keys().copied().collect()
+    }
+
+    fn schedule(&mut self, delay: Time, event: Event) {
+        self.order += 1;
+        self.queue.push(Reverse(Queued {
+            time: self.now + delay,
+            order: self.order,
+            event,
+        }));
+    }
+
+    fn log(&mut self, line: impl FnOnce() -> String) {
+        let line = format!("t={} {}", self.now, line());
+        if self.config.verbose {
+            eprintln!("{line}");
+        }
+        if self.trace.len() == TRACE_LEN {
+            self.trace.pop_front();
+        }
+        self.trace.push_back(line);
+    }
+
+    fn fail(&mut self, message: String) {
+        if self.failure.is_none() {
+            self.failure = Some(message);
+        }
+    }
+
+    /// Runs to the end: fault phase, healing, liveness phase, then the
+    /// linearizability check of the whole history.
+    pub fn run(mut self) -> Result<RunStats, Failure> {
+        for id in self.members() {
+            let phase = self.rng.range(0, self.config.tick_ms);
+            self.schedule(
+                phase,
+                Event::Tick {
+                    node: id,
+                    incarnation: 0,
+                },
+            );
+        }
+        for client in 0..self.clients.len() {
+            let start = self.rng.range(0, 20);
+            self.schedule(start, Event::ClientNext { client });
+        }
+        if self.config.fault_phase_ms > 0 {
+            let first = self.rng.range(50, 300);
+            self.schedule(first, Event::Nemesis);
+        }
+        let heal_at = self.config.fault_phase_ms;
+        self.schedule(heal_at, Event::Heal);
+        let deadline = heal_at + self.config.liveness_deadline_ms;
+        while let Some(Reverse(queued)) = self.queue.pop() {
+            self.now = queued.time;
+            if self.now > deadline {
+                let waiting: Vec<String> = self
+                    .clients
+                    .iter()
+                    .filter(|c| c.current.is_some() || c.ops_after_heal_left > 0)
+                    .map(|c| format!("client {} (seq {})", c.id, c.seq))
+                    .collect();
+                self.fail(format!(
+                    "liveness: {} ms after healing, these clients have not finished: {}",
+                    self.config.liveness_deadline_ms,
+                    waiting.join(", ")
+                ));
+                break;
+            }
+            self.handle(queued.event);
+            if self.failure.is_none() {
+                self.check_invariants();
+            }
+            if self.failure.is_some() || self.finished() {
+                break;
+            }
+        }
+        if self.failure.is_none() && !self.finished() {
+            self.fail("the run stopped with clients unfinished".into());
+        }
+        if self.failure.is_none() {
+            let verdict = linearizability::check(&self.history);
+            match verdict {
+                Verdict::Linearizable => {}
+                Verdict::Unknown => self.fail("linearizability check exceeded its budget".into()),
+                Verdict::NotLinearizable {
+                    keys,
+                    operations,
+                    deepest,
+                } => {
+                    let mut text = format!(
+                        "history not linearizable on keys {:?}; {} operations, search stuck after {}:\n",
+                        keys.iter()
+                            .map(|k| String::from_utf8_lossy(k).into_owned())
+                            .collect::<Vec<_>>(),
+                        operations.len(),
+                        deepest.len()
+                    );
+                    for &i in operations.iter().take(80) {
+                        let _ = writeln!(text, "    {}", describe(&self.history[i]));
+                    }
+                    self.fail(text);
+                }
+            }
+        }
+        match self.failure.take() {
+            None => {
+                self.stats.completed = self.history.iter().filter(|o| o.ret.is_some()).count();
+                self.stats.unknown = self.history.len() - self.stats.completed;
+                self.stats.history = std::mem::take(&mut self.history);
+                Ok(self.stats)
+            }
+            Some(message) => Err(Failure {
+                seed: self.config.seed,
+                time: self.now,
+                message,
+                trace: self.trace.into_iter().collect(),
+            }),
+        }
+    }
+
+    fn finished(&self) -> bool {
+        self.healed
+            && self
+                .clients
+                .iter()
+                .all(|c| c.current.is_none() && c.ops_after_heal_left == 0)
+    }
+
+    fn handle(&mut self, event: Event) {
+        match event {
+            Event::Tick { node, incarnation } => {
+                let Some(n) = self.nodes.get(&node) else {
+                    return;
+                };
+                if n.protocol.is_none() || n.incarnation != incarnation {
+                    return;
+                }
+                self.step(node, Input::Tick);
+                let tick = self.config.tick_ms;
+                self.schedule(tick, Event::Tick { node, incarnation });
+            }
+            Event::Deliver { from, to, message } => {
+                if self.cut.contains(&(from, to)) || self.nodes[&to].protocol.is_none() {
+                    return;
+                }
+                self.log(|| format!("{from}->{to} {}", short(&message)));
+                self.step(to, Input::Message { from, message });
+            }
+            Event::PersistDone { node, incarnation } => self.persist_done(node, incarnation),
+            Event::ClientArrive {
+                node,
+                client,
+                request,
+            } => {
+                let n = self.nodes.get_mut(&node).expect("node exists");
+                if n.protocol.is_none() {
+                    return;
+                }
+                let attempt = self.clients[client]
+                    .current
+                    .as_ref()
+                    .map_or(0, |c| c.attempt);
+                n.waiters.insert(request.id, (client, attempt));
+                self.log(|| {
+                    format!(
+                        "client {} -> {node}: {} {:?}",
+                        request.id.client, request.id, request.command
+                    )
+                });
+                self.step(node, Input::Request(request));
+            }
+            Event::ClientReply {
+                client,
+                seq,
+                attempt,
+                answer,
+            } => self.client_reply(client, seq, attempt, answer),
+            Event::ClientTimeout {
+                client,
+                seq,
+                attempt,
+            } => {
+                let c = &self.clients[client];
+                let Some(op) = &c.current else { return };
+                if c.seq != seq || op.attempt != attempt {
+                    return;
+                }
+                let give_up = !self.healed && self.now >= op.started + self.config.give_up_ms;
+                if give_up {
+                    self.log(|| format!("client {client} gives up seq {seq}: outcome unknown"));
+                    self.clients[client].current = None;
+                    self.schedule(1, Event::ClientNext { client });
+                } else {
+                    let guess = self.random_node();
+                    self.clients[client].leader_guess = guess;
+                    self.send_attempt(client);
+                }
+            }
+            Event::ClientRetry {
+                client,
+                seq,
+                attempt,
+            } => {
+                let c = &self.clients[client];
+                if c.seq == seq && c.current.as_ref().is_some_and(|op| op.attempt == attempt) {
+                    self.send_attempt(client);
+                }
+            }
+            Event::ClientNext { client } => self.next_op(client),
+            Event::Nemesis => {
+                if !self.healed {
+                    self.nemesis();
+                    let next = self.rng.range(100, 400);
+                    self.schedule(next, Event::Nemesis);
+                }
+            }
+            Event::Restart { node } => self.restart(node),
+            Event::Heal => {
+                self.healed = true;
+                self.heal_time = self.now;
+                self.cut.clear();
+                self.log(|| {
+                    "heal: partitions removed, crashed nodes restart, network reliable".into()
+                });
+                for id in self.members() {
+                    if self.nodes[&id].protocol.is_none() {
+                        self.restart(id);
+                    }
+                }
+                for client in 0..self.clients.len() {
+                    if self.clients[client].current.is_none() {
+                        self.schedule(1, Event::ClientNext { client });
+                    }
+                }
+            }
+        }
+    }
+
+    fn random_node(&mut self) -> NodeId {
+        1 + self.rng.range(0, self.config.nodes as u64)
+    }
+
+    // ----- the runtime -----
+
+    fn step(&mut self, id: NodeId, input: Input) {
+        let mut inputs = VecDeque::from([input]);
+        let mut rounds = 0;
+        while let Some(input) = inputs.pop_front() {
+            rounds += 1;
+            assert!(rounds < 10_000, "node {id} keeps producing work");
+            let mut out = Outbox::default();
+            let node = self.nodes.get_mut(&id).expect("node exists");
+            let Some(protocol) = node.protocol.as_mut() else {
+                return;
+            };
+            protocol.step(input, &mut out);
+            self.carry_out(id, out, &mut inputs);
+        }
+    }
+
+    /// Carries out an outbox by the rules of `consensus::io`.
+    fn carry_out(&mut self, id: NodeId, out: Outbox, follow_ups: &mut VecDeque<Input>) {
+        let Outbox {
+            persist,
+            send,
+            apply,
+            reads,
+            reply,
+        } = out;
+        let (now_msgs, after_msgs): (Vec<_>, Vec<_>) =
+            send.into_iter().partition(|e| e.timing == Timing::Now);
+        let (now_replies, after_replies): (Vec<_>, Vec<_>) =
+            reply.into_iter().partition(|r| r.timing == Timing::Now);
+        for envelope in now_msgs {
+            self.send_message(id, envelope);
+        }
+        for r in now_replies {
+            self.protocol_reply(id, r);
+        }
+        let node = self.nodes.get_mut(&id).expect("node exists");
+        if !persist.is_empty() || !node.pending.is_empty() {
+            // AfterPersist waits for every write issued so far, this
+            // outbox's and earlier ones.
+            let fresh = !persist.is_empty();
+            if fresh {
+                node.pending.push_back(PendingPersist {
+                    writes: persist,
+                    after: after_msgs,
+                    replies: after_replies,
+                });
+                let delay = self.rng.range(
+                    self.config.persist_delay_ms.0,
+                    self.config.persist_delay_ms.1 + 1,
+                );
+                let incarnation = node.incarnation;
+                self.schedule(
+                    delay,
+                    Event::PersistDone {
+                        node: id,
+                        incarnation,
+                    },
+                );
+            } else {
+                let last = node.pending.back_mut().expect("non-empty");
+                last.after.extend(after_msgs);
+                last.replies.extend(after_replies);
+            }
+        } else {
+            for envelope in after_msgs {
+                self.send_message(id, envelope);
+            }
+            for r in after_replies {
+                self.protocol_reply(id, r);
+            }
+        }
+        if !apply.is_empty() {
+            self.apply(id, &apply);
+            let index = apply.last().map_or(0, |e| e.index);
+            follow_ups.push_back(Input::Applied { index });
+        }
+        for request in reads {
+            let node = &self.nodes[&id];
+            let result = node.state_machine.read(&node.kv, &request.command);
+            self.answer(id, request.id, Answer::Result(result));
+        }
+    }
+
+    fn persist_done(&mut self, id: NodeId, incarnation: u64) {
+        let node = self.nodes.get_mut(&id).expect("node exists");
+        if node.protocol.is_none() || node.incarnation != incarnation {
+            return;
+        }
+        let Some(batch) = node.pending.pop_front() else {
+            return;
+        };
+        self.stats.syncs += 1;
+        for write in batch.writes {
+            self.durable_write(id, write);
+        }
+        for envelope in batch.after {
+            self.send_message(id, envelope);
+        }
+        for r in batch.replies {
+            self.protocol_reply(id, r);
+        }
+        let (last_index, last_term) = self.nodes[&id].storage.last();
+        self.step(
+            id,
+            Input::Persisted {
+                last_index,
+                last_term,
+            },
+        );
+    }
+
+    fn durable_write(&mut self, id: NodeId, write: Write) {
+        let storage = &mut self.nodes.get_mut(&id).expect("node exists").storage;
+        match write {
+            Write::HardState(hard_state) => {
+                let before = storage.hard_state.term;
+                storage.hard_state = hard_state;
+                if hard_state.term < before {
+                    self.fail(format!(
+                        "node {id} persisted term {} after term {before}",
+                        hard_state.term
+                    ));
+                }
+            }
+            Write::TruncateLog { from } => {
+                let keep = (from.max(1) - 1) as usize;
+                storage.log.truncate(keep);
+                storage.chain.truncate(keep);
+            }
+            Write::AppendLog(entries) => {
+                let mut problems = Vec::new();
+                for entry in entries {
+                    if entry.index != storage.log.len() as LogIndex + 1 {
+                        problems.push(format!(
+                            "node {id} appended index {} after {}",
+                            entry.index,
+                            storage.log.len()
+                        ));
+                        break;
+                    }
+                    let previous = storage.chain.last().copied().unwrap_or(0);
+                    let chain = digest(&(previous, &entry));
+                    let key = (entry.index, entry.term);
+                    match self.invariants.prefix_at.get(&key) {
+                        Some(&seen) if seen != chain => problems.push(format!(
+                            "log matching: node {id} holds an entry at index {} term {} whose log prefix differs from another node's",
+                            entry.index, entry.term
+                        )),
+                        Some(_) => {}
+                        None => {
+                            self.invariants.prefix_at.insert(key, chain);
+                        }
+                    }
+                    storage.chain.push(chain);
+                    storage.log.push(entry);
+                }
+                for problem in problems {
+                    self.fail(problem);
+                }
+            }
+        }
+    }
+
+    fn apply(&mut self, id: NodeId, entries: &[Entry]) {
+        let max_term = self.max_term();
+        let node = self.nodes.get_mut(&id).expect("node exists");
+        let mut problems = Vec::new();
+        for entry in entries {
+            // Applied entries must be durable in this node's own log.
+            let stored = node.storage.log.get(entry.index as usize - 1);
+            if stored != Some(entry) {
+                problems.push(format!(
+                    "node {id} applied index {} term {} that is not durable in its log",
+                    entry.index, entry.term
+                ));
+            }
+            let entry_digest = digest(entry);
+            match self.invariants.applied_at.get(&entry.index) {
+                Some(&(term, d, _)) if d != entry_digest => problems.push(format!(
+                    "state machine safety: node {id} applied index {} term {}, another node applied term {term} there",
+                    entry.index, entry.term
+                )),
+                Some(_) => {}
+                None => {
+                    self.invariants.applied_at.insert(entry.index, (entry.term, entry_digest, max_term));
+                }
+            }
+        }
+        let batch = node.state_machine.apply(&node.kv, entries);
+        node.kv.commit(&batch);
+        self.log(|| format!("node {id} applied up to {}", batch.applied_index));
+        for problem in problems {
+            self.fail(problem);
+        }
+        for (_, request, result) in batch.results {
+            self.answer(id, request, Answer::Result(result));
+        }
+    }
+
+    fn answer(&mut self, id: NodeId, request: RequestId, answer: Answer) {
+        let node = self.nodes.get_mut(&id).expect("node exists");
+        let Some((client, attempt)) = node.waiters.remove(&request) else {
+            return;
+        };
+        let delay = self.net_delay();
+        self.schedule(
+            delay,
+            Event::ClientReply {
+                client,
+                seq: request.seq,
+                attempt,
+                answer,
+            },
+        );
+    }
+
+    fn protocol_reply(&mut self, id: NodeId, reply: Reply) {
+        self.answer(id, reply.request, Answer::Other(reply.outcome));
+    }
+
+    fn net_delay(&mut self) -> Time {
+        let (low, high) = self.config.net_delay_ms;
+        let mut delay = self.rng.range(low, high + 1);
+        if !self.healed && self.config.faults.long_delays && self.rng.chance(0.03) {
+            delay += self.rng.range(20, 200);
+        }
+        delay
+    }
+
+    fn send_message(&mut self, from: NodeId, envelope: Envelope) {
+        *self
+            .stats
+            .messages
+            .entry(kind(&envelope.message))
+            .or_default() += 1;
+        let to = envelope.to;
+        if self.cut.contains(&(from, to)) {
+            return;
+        }
+        let faults = self.config.faults;
+        if !self.healed && faults.drops && self.rng.chance(0.05) {
+            return;
+        }
+        let copies = if !self.healed && faults.duplicates && self.rng.chance(0.03) {
+            2
+        } else {
+            1
+        };
+        for _ in 0..copies {
+            let delay = self.net_delay();
+            self.schedule(
+                delay,
+                Event::Deliver {
+                    from,
+                    to,
+                    message: envelope.message.clone(),
+                },
+            );
+        }
+    }
+
+    // ----- crashes -----
+
+    fn crash(&mut self, id: NodeId) {
+        let node = self.nodes.get_mut(&id).expect("node exists");
+        if node.protocol.is_none() {
+            return;
+        }
+        node.protocol = None;
+        node.incarnation += 1;
+        let lost = node.pending.len();
+        node.pending.clear();
+        node.waiters.clear();
+        self.stats.crashes += 1;
+        self.log(|| format!("crash node {id}: {lost} unsynced write batches lost"));
+    }
+
+    fn restart(&mut self, id: NodeId) {
+        let members = self.members();
+        let seed = self.rng.next_u64();
+        let node = self.nodes.get_mut(&id).expect("node exists");
+        if node.protocol.is_some() {
+            return;
+        }
+        let recovered = Recovered {
+            hard_state: node.storage.hard_state,
+            log: node.storage.log.clone(),
+            applied_index: node.state_machine.applied_index(),
+        };
+        node.protocol = Some((self.factory)(id, &members, recovered, seed));
+        let incarnation = node.incarnation;
+        self.log(|| format!("restart node {id}"));
+        let phase = self.rng.range(0, self.config.tick_ms);
+        self.schedule(
+            phase,
+            Event::Tick {
+                node: id,
+                incarnation,
+            },
+        );
+    }
+
+    // ----- the nemesis -----
+
+    fn current_leader(&self) -> Option<NodeId> {
+        self.nodes
+            .iter()
+            .filter_map(|(&id, n)| n.protocol.as_ref().map(|p| (id, p.status())))
+            .filter(|(_, s)| s.role == Role::Leader)
+            .max_by_key(|(_, s)| s.term)
+            .map(|(id, _)| id)
+    }
+
+    fn isolate(&mut self, group: &BTreeSet<NodeId>) {
+        let members = self.members();
+        for &a in group {
+            for &b in &members {
+                if !group.contains(&b) {
+                    self.cut.insert((a, b));
+                    self.cut.insert((b, a));
+                }
+            }
+        }
+    }
+
+    fn nemesis(&mut self) {
+        let faults = self.config.faults;
+        let n = self.config.nodes;
+        let mut actions: Vec<&'static str> = vec!["heal"];
+        if faults.partitions && n > 1 {
+            actions.extend(["random-split", "isolate-leader", "minority-majority"]);
+        }
+        if faults.one_way && n > 1 {
+            actions.push("one-way");
+        }
+        if faults.crashes {
+            actions.extend(["crash", "crash-leader"]);
+        }
+        if actions.len() == 1 {
+            return;
+        }
+        let action = actions[self.rng.range(0, actions.len() as u64) as usize];
+        let members = self.members();
+        match action {
+            "heal" => self.cut.clear(),
+            "random-split" => {
+                self.cut.clear();
+                let size = self.rng.range(1, n as u64) as usize;
+                let mut group = BTreeSet::new();
+                while group.len() < size {
+                    group.insert(members[self.rng.range(0, n as u64) as usize]);
+                }
+                self.isolate(&group);
+                self.stats.partitions += 1;
+            }
+            "isolate-leader" => {
+                self.cut.clear();
+                if let Some(leader) = self.current_leader() {
+                    self.isolate(&BTreeSet::from([leader]));
+                    self.stats.partitions += 1;
+                }
+            }
+            "minority-majority" => {
+                self.cut.clear();
+                let minority = consensus::quorum::max_failures(n);
+                let mut group = BTreeSet::new();
+                while group.len() < minority.max(1) {
+                    group.insert(members[self.rng.range(0, n as u64) as usize]);
+                }
+                self.isolate(&group);
+                self.stats.partitions += 1;
+            }
+            "one-way" => {
+                let a = members[self.rng.range(0, n as u64) as usize];
+                let deaf = self.rng.chance(0.5);
+                for &b in &members {
+                    if b != a {
+                        self.cut.insert(if deaf { (b, a) } else { (a, b) });
+                    }
+                }
+                self.stats.partitions += 1;
+            }
+            "crash" | "crash-leader" => {
+                let target = if action == "crash-leader" {
+                    self.current_leader()
+                } else {
+                    Some(members[self.rng.range(0, n as u64) as usize])
+                };
+                if let Some(id) = target {
+                    self.crash(id);
+                    let down_for = self.rng.range(50, 800);
+                    self.schedule(down_for, Event::Restart { node: id });
+                }
+            }
+            _ => unreachable!(),
+        }
+        let cut = self.cut.len();
+        self.log(|| format!("nemesis: {action} ({cut} links cut)"));
+    }
+
+    // ----- clients -----
+
+    fn next_op(&mut self, client: usize) {
+        if self.clients[client].current.is_some() {
+            return;
+        }
+        if self.healed {
+            if self.clients[client].ops_after_heal_left == 0 {
+                return;
+            }
+            self.clients[client].ops_after_heal_left -= 1;
+        }
+        let command = self.random_command(client);
+        let c = &mut self.clients[client];
+        c.seq += 1;
+        let request = ClientRequest {
+            id: RequestId {
+                client: c.id,
+                seq: c.seq,
+            },
+            command: command.clone(),
+        };
+        self.history_clock += 1;
+        self.history.push(Operation {
+            client: c.id,
+            call: self.history_clock,
+            ret: None,
+            input: to_input(&command),
+            output: None,
+        });
+        c.current = Some(ClientOp {
+            history_index: self.history.len() - 1,
+            request,
+            attempt: 0,
+            started: self.now,
+        });
+        self.send_attempt(client);
+    }
+
+    fn send_attempt(&mut self, client: usize) {
+        let delay = self.net_delay();
+        let timeout = self.config.client_timeout_ms;
+        let c = &mut self.clients[client];
+        let op = c.current.as_mut().expect("an operation is in progress");
+        op.attempt += 1;
+        let (seq, attempt, request, node) = (c.seq, op.attempt, op.request.clone(), c.leader_guess);
+        self.schedule(
+            delay,
+            Event::ClientArrive {
+                node,
+                client,
+                request,
+            },
+        );
+        self.schedule(
+            timeout,
+            Event::ClientTimeout {
+                client,
+                seq,
+                attempt,
+            },
+        );
+    }
+
+    fn client_reply(&mut self, client: usize, seq: u64, attempt: u64, answer: Answer) {
+        let c = &self.clients[client];
+        let Some(op) = &c.current else { return };
+        if c.seq != seq {
+            return;
+        }
+        match answer {
+            Answer::Result(result) => {
+                let index = op.history_index;
+                self.history_clock += 1;
+                let record = &mut self.history[index];
+                record.ret = Some(self.history_clock);
+                record.output = Some(to_output(&result));
+                if let CommandResult::Value(v) = &result {
+                    self.clients[client].last_seen = v.clone();
+                }
+                self.log(|| format!("client {client} seq {seq} done: {result:?}"));
+                self.clients[client].current = None;
+                let think = self.rng.range(0, 10);
+                self.schedule(think, Event::ClientNext { client });
+            }
+            Answer::Other(outcome) => {
+                if op.attempt != attempt {
+                    return;
+                }
+                let backoff = match outcome {
+                    ReplyOutcome::NotLeader {
+                        leader: Some(leader),
+                    } => {
+                        self.clients[client].leader_guess = leader;
+                        self.rng.range(1, 5)
+                    }
+                    ReplyOutcome::NotLeader { leader: None } | ReplyOutcome::Unavailable => {
+                        let guess = self.random_node();
+                        self.clients[client].leader_guess = guess;
+                        self.rng.range(5, 30)
+                    }
+                    ReplyOutcome::Rejected(reason) => {
+                        self.fail(format!("a valid request was rejected: {reason}"));
+                        return;
+                    }
+                };
+                // The retry goes out under the same (client, seq).
+                let (seq, attempt) = (self.clients[client].seq, attempt);
+                self.schedule(
+                    backoff,
+                    Event::ClientRetry {
+                        client,
+                        seq,
+                        attempt,
+                    },
+                );
+            }
+        }
+    }
+
+    fn random_command(&mut self, client: usize) -> Command {
+        let keys = self.config.keys as u64;
+        let key = |i: u64| format!("k{i}").into_bytes();
+        let c = &self.clients[client];
+        let value = format!("{}.{}", c.id, c.seq + 1).into_bytes();
+        let last_seen = c.last_seen.clone();
+        let pair = self.rng.range(0, keys.div_ceil(2)) * 2;
+        let k = pair + self.rng.range(0, 2).min(keys - 1 - pair.min(keys - 1));
+        let roll = self.rng.range(0, 100);
+        match roll {
+            0..30 => Command::Get { key: key(k) },
+            30..55 => Command::Put { key: key(k), value },
+            55..60 => Command::Delete { key: key(k) },
+            60..75 => Command::CompareAndSwap {
+                key: key(k),
+                expected: if self.rng.chance(0.7) {
+                    last_seen
+                } else {
+                    None
+                },
+                new: value,
+            },
+            75..85 => {
+                let partner = (pair + 1).min(keys - 1);
+                let mut pairs = vec![(key(pair), value.clone())];
+                if partner != pair {
+                    pairs.push((key(partner), value));
+                }
+                Command::MultiPut { pairs }
+            }
+            85..95 => {
+                let partner = (pair + 1).min(keys - 1);
+                let mut keys = vec![key(pair)];
+                if partner != pair {
+                    keys.push(key(partner));
+                }
+                Command::MultiGet { keys }
+            }
+            _ => {
+                let counter = format!("n{}", self.rng.range(0, 2)).into_bytes();
+                if self.rng.chance(0.5) {
+                    Command::Increment {
+                        key: counter,
+                        by: self.rng.range(1, 10) as i64,
+                    }
+                } else {
+                    Command::Get { key: counter }
+                }
+            }
+        }
+    }
+
+    // ----- invariants -----
+
+    fn max_term(&self) -> Term {
+        self.nodes
+            .values()
+            .map(|n| {
+                let live = n.protocol.as_ref().map_or(0, |p| p.status().term);
+                live.max(n.storage.hard_state.term)
+            })
+            .max()
+            .unwrap_or(0)
+    }
+
+    fn check_invariants(&mut self) {
+        let mut problems = Vec::new();
+        for (&id, node) in &self.nodes {
+            let Some(protocol) = &node.protocol else {
+                continue;
+            };
+            let status = protocol.status();
+            self.stats.max_term = self.stats.max_term.max(status.term);
+            if status.role != Role::Leader {
+                continue;
+            }
+            // Election safety: at most one leader per term.
+            match self.invariants.leader_of_term.get(&status.term) {
+                Some(&other) if other != id => problems.push(format!(
+                    "election safety: nodes {other} and {id} are both leaders of term {}",
+                    status.term
+                )),
+                Some(_) => {}
+                None => {
+                    self.invariants.leader_of_term.insert(status.term, id);
+                }
+            }
+            // Leader completeness: an entry committed while the highest term
+            // was below this leader's term is in this leader's log.
+            if self.invariants.leaders_checked.insert((id, status.term)) {
+                for (&index, &(term, entry_digest, max_term_then)) in &self.invariants.applied_at {
+                    if max_term_then >= status.term {
+                        continue;
+                    }
+                    let held = node.storage.log.get(index as usize - 1);
+                    if held.is_none_or(|e| digest(e) != entry_digest) {
+                        problems.push(format!(
+                            "leader completeness: leader {id} of term {} lacks committed entry {index} (term {term})",
+                            status.term
+                        ));
+                    }
+                }
+            }
+        }
+        for problem in problems {
+            self.fail(problem);
+        }
+    }
+}
+
+fn kind(message: &Message) -> &'static str {
+    match message {
+        Message::AppendEntries(m) if m.entries.is_empty() => "heartbeat",
+        Message::AppendEntries(_) => "append_entries",
+        Message::AppendEntriesResponse(_) => "append_entries_response",
+        Message::RequestVote(m) if m.pre_vote => "pre_vote",
+        Message::RequestVote(_) => "request_vote",
+        Message::RequestVoteResponse(_) => "request_vote_response",
+    }
+}
+
+fn short(message: &Message) -> String {
+    match message {
+        Message::AppendEntries(m) => format!(
+            "AE t{} prev {}/{} n={} commit {}",
+            m.term,
+            m.prev_log_index,
+            m.prev_log_term,
+            m.entries.len(),
+            m.leader_commit
+        ),
+        Message::AppendEntriesResponse(m) => {
+            format!(
+                "AER t{} ok={} match {} conflict {}",
+                m.term, m.success, m.match_index, m.conflict_index
+            )
+        }
+        Message::RequestVote(m) => format!(
+            "RV t{} last {}/{} pre={}",
+            m.term, m.last_log_index, m.last_log_term, m.pre_vote
+        ),
+        Message::RequestVoteResponse(m) => format!(
+            "RVR t{} granted={} pre={}",
+            m.term, m.vote_granted, m.pre_vote
+        ),
+    }
+}
+
+/// The checker's view of a command.
+pub fn to_input(command: &Command) -> KvInput {
+    match command.clone() {
+        Command::Put { key, value } => KvInput::Put(key, value),
+        Command::Delete { key } => KvInput::Delete(key),
+        Command::MultiPut { pairs } => KvInput::MultiPut(pairs),
+        Command::CompareAndSwap { key, expected, new } => KvInput::Cas { key, expected, new },
+        Command::Increment { key, by } => KvInput::Increment(key, by),
+        Command::Get { key } => KvInput::Get(key),
+        Command::MultiGet { keys } => KvInput::MultiGet(keys),
+    }
+}
+
+/// The checker's view of a result.
+pub fn to_output(result: &CommandResult) -> KvOutput {
+    match result.clone() {
+        CommandResult::Written => KvOutput::Written,
+        CommandResult::Value(v) => KvOutput::Value(v),
+        CommandResult::Values(v) => KvOutput::Values(v),
+        CommandResult::Swapped { succeeded, current } => KvOutput::Cas {
+            succeeded,
+            current: Some(current),
+        },
+        CommandResult::Counter(n) => KvOutput::Counter(n),
+        CommandResult::Failed(_) => KvOutput::Failed,
+    }
+}
+
+/// One line describing an operation of a history.
+pub fn describe(op: &Operation) -> String {
+    let ret = op.ret.map_or("unknown".to_string(), |r| r.to_string());
+    let output = op
+        .output
+        .as_ref()
+        .map_or("?".to_string(), |o| format!("{o:?}"));
+    let input = format!("{:?}", op.input);
+    let printable = |s: String| s.chars().take(160).collect::<String>();
+    format!(
+        "client {} [{} .. {}] {} -> {}",
+        op.client,
+        op.call,
+        ret,
+        printable(input),
+        printable(output)
+    )
+}
+
+/// Whether an entry carries a client command (helper for tests).
+pub fn is_command(entry: &Entry) -> bool {
+    matches!(entry.payload, EntryPayload::Command(_))
+}
