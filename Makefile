@@ -15,15 +15,15 @@ deps:
 compare: deps
 	cargo run --release -p bench -- compare $(ARGS)
 
-# nextest runs the tests of every crate in parallel processes; doctests
-# (which nextest does not run) follow with the same profile and features.
+# Doctests first (nextest does not run them), then every crate's tests in
+# parallel processes under nextest, whose summary closes the output.
 test: deps
+	cargo test --workspace --doc
 	@if cargo nextest --version >/dev/null 2>&1; then \
 		cargo nextest run --workspace --no-fail-fast; \
 	else \
 		cargo test --workspace --no-fail-fast; \
 	fi
-	cargo test --workspace --doc
 
 fmt:
 	cargo fmt --all
