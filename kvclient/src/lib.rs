@@ -1,3 +1,463 @@
-//! The client library (leader discovery, retries, sessions) and `kvctl`.
+//! The client library of the replicated key-value store.
 //!
-//! Not built yet: an empty library until the kvnode/kvctl issue lands.
+//! A [`Client`] holds a list of endpoints (client addresses of the nodes),
+//! finds the leader, follows "not leader" redirects, backs off when no
+//! leader is known, and retries a request under the same (client id,
+//! sequence number) until its deadline: the servers' exactly-once sessions
+//! make a retried request take effect once. When the deadline passes the
+//! outcome is unknown, and the error says so.
+//!
+//! The library depends only on `proto` and `consensus`, so an application
+//! embeds it without compiling RocksDB. `kvctl`, `bench` and the tests use it.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use consensus::{Command, CommandResult};
+use prost::Message as _;
+use proto::kv::error_detail::Kind;
+use proto::kv::kv_client::KvClient;
+use proto::kv::*;
+use tokio::time::Instant;
+use tonic::transport::Channel;
+
+pub use proto::kv::StatusResponse;
+
+/// Settings of a [`Client`].
+#[derive(Clone, Debug)]
+pub struct ClientOptions {
+    /// How long one operation may take, all retries included.
+    pub timeout: Duration,
+    /// How long one attempt at one node may take.
+    pub attempt_timeout: Duration,
+    /// The client's id; random when `None`. Two clients must not share one.
+    pub client_id: Option<u64>,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        ClientOptions {
+            timeout: Duration::from_secs(10),
+            attempt_timeout: Duration::from_secs(2),
+            client_id: None,
+        }
+    }
+}
+
+/// Why an operation failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ClientError {
+    /// The client was given no endpoint.
+    #[error("no endpoints given")]
+    NoEndpoints,
+    /// The request is invalid; it changed nothing.
+    #[error("invalid request: {0}")]
+    Invalid(String),
+    /// The store executed the command and it failed (e.g. incrementing a
+    /// value that is not an integer); it changed nothing.
+    #[error("the command failed: {0}")]
+    Execution(String),
+    /// No answer before the deadline: the operation may or may not have
+    /// taken effect.
+    #[error("no answer within {timeout_ms} ms (last error: {last_error}); the outcome is unknown")]
+    Timeout {
+        /// The deadline, in milliseconds.
+        timeout_ms: u128,
+        /// The last error seen, to explain why.
+        last_error: String,
+    },
+}
+
+impl ClientError {
+    /// True when the operation may have taken effect.
+    pub fn outcome_unknown(&self) -> bool {
+        matches!(self, ClientError::Timeout { .. })
+    }
+}
+
+/// What a failed attempt means for the next one.
+enum Retry {
+    /// Go to this endpoint (a redirect).
+    To(String),
+    /// Try another endpoint, after a backoff.
+    Elsewhere,
+    /// Stop: the answer is final.
+    Fail(ClientError),
+}
+
+/// Reads the machine-readable detail of a server error.
+pub fn error_detail(status: &tonic::Status) -> Option<ErrorDetail> {
+    ErrorDetail::decode(status.details())
+        .ok()
+        .filter(|d| d.kind != Kind::Unspecified as i32)
+}
+
+fn classify(status: &tonic::Status) -> Retry {
+    match error_detail(status) {
+        Some(detail) => match Kind::try_from(detail.kind).unwrap_or(Kind::Unspecified) {
+            Kind::NotLeader if !detail.leader_client_addr.is_empty() => {
+                Retry::To(detail.leader_client_addr)
+            }
+            Kind::NotLeader | Kind::Unavailable | Kind::DeadlineExceeded | Kind::Unspecified => {
+                Retry::Elsewhere
+            }
+            Kind::InvalidArgument => Retry::Fail(ClientError::Invalid(detail.message)),
+            Kind::Execution => Retry::Fail(ClientError::Execution(detail.message)),
+        },
+        // No detail: a transport error, a timeout of this attempt, a node
+        // going away. Try elsewhere.
+        None => Retry::Elsewhere,
+    }
+}
+
+/// A client of one cluster. One operation at a time (`&mut self`): each
+/// operation gets the next sequence number of this client's session.
+#[derive(Debug)]
+pub struct Client {
+    endpoints: Vec<String>,
+    connections: HashMap<String, KvClient<Channel>>,
+    leader: Option<String>,
+    next: usize,
+    client_id: u64,
+    seq: u64,
+    options: ClientOptions,
+}
+
+impl Client {
+    /// A client of the cluster reachable at `endpoints` (HOST:PORT client
+    /// addresses). Connects lazily.
+    pub fn new(endpoints: Vec<String>, options: ClientOptions) -> Result<Client, ClientError> {
+        let endpoints: Vec<String> = endpoints
+            .into_iter()
+            .map(|e| e.trim().to_string())
+            .filter(|e| !e.is_empty())
+            .collect();
+        if endpoints.is_empty() {
+            return Err(ClientError::NoEndpoints);
+        }
+        let client_id = options
+            .client_id
+            .unwrap_or_else(|| rand::random::<u64>().max(1));
+        Ok(Client {
+            next: rand::random::<u32>() as usize % endpoints.len(),
+            endpoints,
+            connections: HashMap::new(),
+            leader: None,
+            client_id,
+            seq: 0,
+            options,
+        })
+    }
+
+    /// This client's id.
+    pub fn client_id(&self) -> u64 {
+        self.client_id
+    }
+
+    /// The endpoint currently believed to be the leader.
+    pub fn leader(&self) -> Option<&str> {
+        self.leader.as_deref()
+    }
+
+    async fn connection(
+        &mut self,
+        endpoint: &str,
+        timeout: Duration,
+    ) -> Result<KvClient<Channel>, String> {
+        if let Some(client) = self.connections.get(endpoint) {
+            return Ok(client.clone());
+        }
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{endpoint}"))
+            .map_err(|e| format!("bad endpoint {endpoint:?}: {e}"))?
+            .connect_timeout(timeout)
+            .tcp_nodelay(true)
+            .connect()
+            .await
+            .map_err(|e| format!("cannot connect to {endpoint}: {e}"))?;
+        let client = KvClient::new(channel).max_decoding_message_size(64 * 1024 * 1024);
+        self.connections
+            .insert(endpoint.to_string(), client.clone());
+        Ok(client)
+    }
+
+    fn header(&self) -> Option<RequestHeader> {
+        Some(RequestHeader {
+            client_id: self.client_id,
+            seq: self.seq,
+        })
+    }
+
+    /// Runs one command with retries until its deadline.
+    pub async fn execute(&mut self, command: Command) -> Result<CommandResult, ClientError> {
+        if let Err(invalid) = consensus::limits::validate(&command) {
+            return Err(ClientError::Invalid(invalid.to_string()));
+        }
+        self.seq += 1;
+        let deadline = Instant::now() + self.options.timeout;
+        let mut backoff = Duration::from_millis(10);
+        let mut last_error = String::from("no attempt made");
+        let mut redirects = 0;
+        loop {
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(ClientError::Timeout {
+                    timeout_ms: self.options.timeout.as_millis(),
+                    last_error,
+                });
+            }
+            let attempt_timeout = self.options.attempt_timeout.min(deadline - now);
+            let target = match &self.leader {
+                Some(leader) => leader.clone(),
+                None => self.endpoints[self.next % self.endpoints.len()].clone(),
+            };
+            let retry = match self.connection(&target, attempt_timeout).await {
+                Err(error) => {
+                    last_error = error;
+                    Retry::Elsewhere
+                }
+                Ok(connection) => match self.attempt(connection, &command, attempt_timeout).await {
+                    Ok(result) => {
+                        self.leader = Some(target);
+                        return Ok(result);
+                    }
+                    Err(status) => {
+                        last_error = format!("{target}: {}", status.message());
+                        if error_detail(&status).is_none() {
+                            self.connections.remove(&target);
+                        }
+                        classify(&status)
+                    }
+                },
+            };
+            match retry {
+                Retry::Fail(error) => return Err(error),
+                Retry::To(leader) => {
+                    redirects += 1;
+                    if !self.endpoints.contains(&leader) {
+                        self.endpoints.push(leader.clone());
+                    }
+                    self.leader = Some(leader);
+                    // Two nodes pointing at each other during an election:
+                    // slow down.
+                    if redirects > 3 {
+                        tokio::time::sleep(
+                            backoff.min(deadline.saturating_duration_since(Instant::now())),
+                        )
+                        .await;
+                        backoff = (backoff * 2).min(Duration::from_millis(500));
+                    }
+                }
+                Retry::Elsewhere => {
+                    self.leader = None;
+                    self.next += 1;
+                    let jitter = Duration::from_millis(rand::random::<u64>() % 10);
+                    tokio::time::sleep(
+                        (backoff + jitter).min(deadline.saturating_duration_since(Instant::now())),
+                    )
+                    .await;
+                    backoff = (backoff * 2).min(Duration::from_millis(500));
+                }
+            }
+        }
+    }
+
+    async fn attempt(
+        &self,
+        mut kv: KvClient<Channel>,
+        command: &Command,
+        timeout: Duration,
+    ) -> Result<CommandResult, tonic::Status> {
+        fn request<T>(message: T, timeout: Duration) -> tonic::Request<T> {
+            let mut request = tonic::Request::new(message);
+            request.set_timeout(timeout);
+            request
+        }
+        let header = self.header();
+        let value = |v: Option<OptionalValue>| v.filter(|v| v.present).map(|v| v.value);
+        Ok(match command.clone() {
+            Command::Put { key, value } => {
+                kv.put(request(PutRequest { header, key, value }, timeout))
+                    .await?;
+                CommandResult::Written
+            }
+            Command::Delete { key } => {
+                kv.delete(request(DeleteRequest { header, key }, timeout))
+                    .await?;
+                CommandResult::Written
+            }
+            Command::MultiPut { pairs } => {
+                let pairs = pairs
+                    .into_iter()
+                    .map(|(key, value)| KeyValue { key, value })
+                    .collect();
+                kv.multi_put(request(MultiPutRequest { header, pairs }, timeout))
+                    .await?;
+                CommandResult::Written
+            }
+            Command::Get { key } => {
+                let response = kv
+                    .get(request(GetRequest { header, key }, timeout))
+                    .await?
+                    .into_inner();
+                CommandResult::Value(value(response.value))
+            }
+            Command::MultiGet { keys } => {
+                let response = kv
+                    .multi_get(request(MultiGetRequest { header, keys }, timeout))
+                    .await?
+                    .into_inner();
+                CommandResult::Values(
+                    response
+                        .values
+                        .into_iter()
+                        .map(|v| value(Some(v)))
+                        .collect(),
+                )
+            }
+            Command::CompareAndSwap { key, expected, new } => {
+                let expected = Some(match expected {
+                    Some(value) => OptionalValue {
+                        present: true,
+                        value,
+                    },
+                    None => OptionalValue::default(),
+                });
+                let message = CompareAndSwapRequest {
+                    header,
+                    key,
+                    expected,
+                    new_value: new,
+                };
+                let response = kv
+                    .compare_and_swap(request(message, timeout))
+                    .await?
+                    .into_inner();
+                CommandResult::Swapped {
+                    succeeded: response.succeeded,
+                    current: value(response.current),
+                }
+            }
+            Command::Increment { key, by } => {
+                let response = kv
+                    .increment(request(IncrementRequest { header, key, by }, timeout))
+                    .await?
+                    .into_inner();
+                CommandResult::Counter(response.value)
+            }
+        })
+    }
+
+    /// Sets `key` to `value`.
+    pub async fn put(
+        &mut self,
+        key: impl Into<Vec<u8>>,
+        value: impl Into<Vec<u8>>,
+    ) -> Result<(), ClientError> {
+        self.execute(Command::Put {
+            key: key.into(),
+            value: value.into(),
+        })
+        .await
+        .map(drop)
+    }
+
+    /// Removes `key`.
+    pub async fn delete(&mut self, key: impl Into<Vec<u8>>) -> Result<(), ClientError> {
+        self.execute(Command::Delete { key: key.into() })
+            .await
+            .map(drop)
+    }
+
+    /// Sets several keys atomically.
+    pub async fn multi_put(&mut self, pairs: Vec<(Vec<u8>, Vec<u8>)>) -> Result<(), ClientError> {
+        self.execute(Command::MultiPut { pairs }).await.map(drop)
+    }
+
+    /// Reads `key`.
+    pub async fn get(&mut self, key: impl Into<Vec<u8>>) -> Result<Option<Vec<u8>>, ClientError> {
+        match self.execute(Command::Get { key: key.into() }).await? {
+            CommandResult::Value(value) => Ok(value),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Reads several keys at one point in time.
+    pub async fn multi_get(
+        &mut self,
+        keys: Vec<Vec<u8>>,
+    ) -> Result<Vec<Option<Vec<u8>>>, ClientError> {
+        match self.execute(Command::MultiGet { keys }).await? {
+            CommandResult::Values(values) => Ok(values),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Sets `key` to `new` if it holds `expected` (`None`: absent). Returns
+    /// whether it swapped and the value found.
+    pub async fn compare_and_swap(
+        &mut self,
+        key: impl Into<Vec<u8>>,
+        expected: Option<Vec<u8>>,
+        new: impl Into<Vec<u8>>,
+    ) -> Result<(bool, Option<Vec<u8>>), ClientError> {
+        let command = Command::CompareAndSwap {
+            key: key.into(),
+            expected,
+            new: new.into(),
+        };
+        match self.execute(command).await? {
+            CommandResult::Swapped { succeeded, current } => Ok((succeeded, current)),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Adds `by` to the counter at `key` and returns the new value.
+    pub async fn increment(
+        &mut self,
+        key: impl Into<Vec<u8>>,
+        by: i64,
+    ) -> Result<i64, ClientError> {
+        match self
+            .execute(Command::Increment {
+                key: key.into(),
+                by,
+            })
+            .await?
+        {
+            CommandResult::Counter(n) => Ok(n),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// The status of every endpoint (errors for those that do not answer
+    /// within the attempt timeout).
+    pub async fn status_all(&mut self) -> Vec<(String, Result<StatusResponse, String>)> {
+        let timeout = self.options.attempt_timeout;
+        let mut out = Vec::new();
+        for endpoint in self.endpoints.clone() {
+            let result = match self.connection(&endpoint, timeout).await {
+                Err(error) => Err(error),
+                Ok(mut kv) => {
+                    let mut request = tonic::Request::new(StatusRequest {});
+                    request.set_timeout(timeout);
+                    kv.status(request)
+                        .await
+                        .map(|r| r.into_inner())
+                        .map_err(|s| {
+                            self.connections.remove(&endpoint);
+                            format!("{endpoint}: {}", s.message())
+                        })
+                }
+            };
+            out.push((endpoint, result));
+        }
+        out
+    }
+}
+
+fn unexpected(result: CommandResult) -> ClientError {
+    match result {
+        CommandResult::Failed(error) => ClientError::Execution(error.to_string()),
+        other => ClientError::Execution(format!("unexpected result {other:?}")),
+    }
+}

@@ -1,3 +1,23 @@
-//! The `kvnode` server: runtime, gRPC services, RocksDB storage.
+//! The `kvnode` server: one replica of the replicated key-value store.
 //!
-//! Not built yet: an empty library until the kvnode/kvctl issue lands.
+//! One module per concern, as in mini-redis:
+//!
+//! - [`config`]: flags, the TOML file, defaults, validation;
+//! - [`storage`]: RocksDB, one database per node, column families for the log,
+//!   hard state, durability log, data and metadata;
+//! - [`runtime`]: the loop that owns the protocol and carries out its outbox
+//!   exactly as written;
+//! - [`transport`]: long-lived gRPC streams between peers;
+//! - [`service`]: the client API;
+//! - [`node`]: assembly, startup checks, graceful shutdown;
+//! - [`launcher`]: `kvnode cluster`, a local cluster of child processes;
+//! - [`convert`]: protocol types to and from their protobuf forms.
+
+pub mod config;
+pub mod convert;
+pub mod launcher;
+pub mod node;
+pub mod runtime;
+pub mod service;
+pub mod storage;
+pub mod transport;

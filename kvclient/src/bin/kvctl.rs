@@ -1,0 +1,257 @@
+//! `kvctl`: the command-line client of the replicated key-value store.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use kvclient::{Client, ClientError, ClientOptions};
+use serde_json::json;
+
+/// Talks to a cluster: finds the leader, follows redirects, retries under the
+/// same request id until --timeout.
+///
+/// Exit codes: 0 done; 1 no answer in time (the outcome is unknown) or the
+/// cluster is unreachable; 2 invalid request or usage; 3 the command failed
+/// (e.g. increment of a non-integer).
+#[derive(Parser, Debug)]
+#[command(name = "kvctl", version)]
+struct Cli {
+    /// Client addresses of the nodes, comma-separated.
+    #[arg(
+        long,
+        env = "KVCTL_ENDPOINTS",
+        value_delimiter = ',',
+        default_value = "127.0.0.1:6101,127.0.0.1:6102,127.0.0.1:6103"
+    )]
+    endpoints: Vec<String>,
+    /// Give up after this long (e.g. 500ms, 10s), retries included.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    timeout: Duration,
+    /// Print results as JSON.
+    #[arg(long)]
+    json: bool,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Set KEY to VALUE.
+    Put { key: String, value: String },
+    /// Read KEY.
+    Get { key: String },
+    /// Remove KEY.
+    Del { key: String },
+    /// Set several keys atomically: KEY=VALUE ...
+    Mput {
+        #[arg(required = true)]
+        pairs: Vec<String>,
+    },
+    /// Read several keys at one point in time.
+    Mget {
+        #[arg(required = true)]
+        keys: Vec<String>,
+    },
+    /// Set KEY to NEW if it holds --expect VALUE (or is absent, with --absent).
+    Cas {
+        key: String,
+        new: String,
+        /// The value KEY must hold.
+        #[arg(long, conflicts_with = "absent", required_unless_present = "absent")]
+        expect: Option<String>,
+        /// KEY must be absent.
+        #[arg(long)]
+        absent: bool,
+    },
+    /// Add BY (default 1) to the integer at KEY; prints the new value.
+    Incr {
+        key: String,
+        #[arg(default_value_t = 1, allow_negative_numbers = true)]
+        by: i64,
+    },
+    /// Show every node's role, term, leader and indexes.
+    Status,
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let (number, unit) = text.split_at(
+        text.find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(text.len()),
+    );
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration like 500ms or 10s"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "s" | "" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(60 * n)),
+        _ => Err(format!("{text:?}: unknown unit {unit:?} (use ms, s or m)")),
+    }
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn show_value(value: &Option<Vec<u8>>) -> String {
+    value.as_deref().map_or("(absent)".to_string(), text)
+}
+
+fn json_value(value: &Option<Vec<u8>>) -> serde_json::Value {
+    value
+        .as_deref()
+        .map_or(serde_json::Value::Null, |v| json!(text(v)))
+}
+
+async fn run(cli: Cli) -> Result<(String, serde_json::Value), ClientError> {
+    let options = ClientOptions {
+        timeout: cli.timeout,
+        attempt_timeout: cli.timeout.min(Duration::from_secs(2)),
+        client_id: None,
+    };
+    let mut client = Client::new(cli.endpoints, options)?;
+    Ok(match cli.command {
+        Cmd::Put { key, value } => {
+            client.put(key, value).await?;
+            ("OK".into(), json!({"ok": true}))
+        }
+        Cmd::Del { key } => {
+            client.delete(key).await?;
+            ("OK".into(), json!({"ok": true}))
+        }
+        Cmd::Mput { pairs } => {
+            let mut parsed = Vec::new();
+            for pair in pairs {
+                let (k, v) = pair
+                    .split_once('=')
+                    .ok_or_else(|| ClientError::Invalid(format!("{pair:?} is not KEY=VALUE")))?;
+                parsed.push((k.as_bytes().to_vec(), v.as_bytes().to_vec()));
+            }
+            client.multi_put(parsed).await?;
+            ("OK".into(), json!({"ok": true}))
+        }
+        Cmd::Get { key } => {
+            let value = client.get(key).await?;
+            (
+                show_value(&value),
+                json!({"ok": true, "value": json_value(&value)}),
+            )
+        }
+        Cmd::Mget { keys } => {
+            let values = client
+                .multi_get(keys.iter().map(|k| k.as_bytes().to_vec()).collect())
+                .await?;
+            let lines: Vec<String> = keys
+                .iter()
+                .zip(&values)
+                .map(|(k, v)| format!("{k} = {}", show_value(v)))
+                .collect();
+            let map: serde_json::Map<String, serde_json::Value> = keys
+                .iter()
+                .zip(&values)
+                .map(|(k, v)| (k.clone(), json_value(v)))
+                .collect();
+            (lines.join("\n"), json!({"ok": true, "values": map}))
+        }
+        Cmd::Cas {
+            key,
+            new,
+            expect,
+            absent,
+        } => {
+            let expected = if absent {
+                None
+            } else {
+                expect.map(String::into_bytes)
+            };
+            let (succeeded, current) = client.compare_and_swap(key, expected, new).await?;
+            let line = if succeeded {
+                "SWAPPED".to_string()
+            } else {
+                format!("NOT SWAPPED (current: {})", show_value(&current))
+            };
+            (
+                line,
+                json!({"ok": true, "succeeded": succeeded, "current": json_value(&current)}),
+            )
+        }
+        Cmd::Incr { key, by } => {
+            let n = client.increment(key, by).await?;
+            (n.to_string(), json!({"ok": true, "value": n}))
+        }
+        Cmd::Status => {
+            let mut lines = Vec::new();
+            let mut nodes = Vec::new();
+            for (endpoint, status) in client.status_all().await {
+                match status {
+                    Ok(s) => {
+                        lines.push(format!(
+                            "{endpoint}  node {} {:<9} term {:<4} leader {:<3} commit {:<6} applied {:<6} last log {} ({})",
+                            s.node_id, s.role, s.term, s.leader_id, s.commit_index, s.applied_index, s.last_log_index, s.protocol
+                        ));
+                        nodes.push(json!({
+                            "endpoint": endpoint, "node_id": s.node_id, "role": s.role, "term": s.term,
+                            "leader_id": s.leader_id, "leader_client_addr": s.leader_client_addr,
+                            "commit_index": s.commit_index, "applied_index": s.applied_index,
+                            "last_log_index": s.last_log_index, "last_log_term": s.last_log_term,
+                            "protocol": s.protocol, "cluster_id": s.cluster_id,
+                        }));
+                    }
+                    Err(error) => {
+                        lines.push(format!("{endpoint}  unreachable: {error}"));
+                        nodes.push(json!({"endpoint": endpoint, "error": error}));
+                    }
+                }
+            }
+            (lines.join("\n"), json!({"ok": true, "nodes": nodes}))
+        }
+    })
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "error".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let json_output = cli.json;
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("kvctl: cannot start: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok((line, value)) => {
+            if json_output {
+                println!("{value}");
+            } else {
+                println!("{line}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            let code = match error {
+                ClientError::Invalid(_) | ClientError::NoEndpoints => 2,
+                ClientError::Execution(_) => 3,
+                ClientError::Timeout { .. } => 1,
+            };
+            if json_output {
+                println!(
+                    "{}",
+                    json!({"ok": false, "error": error.to_string(), "outcome_unknown": error.outcome_unknown()})
+                );
+            }
+            eprintln!("kvctl: {error}");
+            ExitCode::from(code)
+        }
+    }
+}

@@ -1,0 +1,312 @@
+//! `kvnode`'s settings: command-line flags, an optional TOML file holding the
+//! same settings (flags win), defaults, and validation.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use consensus::NodeId;
+use serde::Deserialize;
+
+/// The protocols `kvnode` knows by name.
+pub const PROTOCOLS: [&str; 3] = ["vanilla", "optimized", "nilext"];
+
+/// Settings as given: every one optional, from flags or from the file.
+#[derive(clap::Args, Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct NodeArgs {
+    /// A TOML file with any of these settings (keys as the flags, without
+    /// dashes in front: `id = 1`, `peers = ["1=..."]`); flags override it.
+    #[arg(long, value_name = "FILE")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+    /// The consensus protocol: vanilla, optimized or nilext.
+    #[arg(long)]
+    pub protocol: Option<String>,
+    /// This node's id (1, 2, ...), one of the members in --peers.
+    #[arg(long)]
+    pub id: Option<NodeId>,
+    /// Every member of the cluster, this node included, as
+    /// ID=PEER_ADDR/CLIENT_ADDR, comma-separated
+    /// (e.g. 1=127.0.0.1:7001/127.0.0.1:6001,2=...).
+    #[arg(long, value_delimiter = ',')]
+    pub peers: Option<Vec<String>>,
+    /// Where this node keeps its RocksDB database.
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Address the client API listens on (default: this node's CLIENT_ADDR in --peers).
+    #[arg(long)]
+    pub client_addr: Option<String>,
+    /// Address the peer service listens on (default: this node's PEER_ADDR in --peers).
+    #[arg(long)]
+    pub peer_addr: Option<String>,
+    /// The cluster's id (default: derived from --peers, the same on every member).
+    #[arg(long)]
+    pub cluster_id: Option<String>,
+    /// Length of one logical tick in milliseconds [default: 20].
+    #[arg(long)]
+    pub tick_ms: Option<u64>,
+    /// Base election timeout in ticks; each timeout is drawn from [T, 2T) [default: 15].
+    #[arg(long)]
+    pub election_timeout_ticks: Option<u64>,
+    /// Ticks between heartbeats [default: 3].
+    #[arg(long)]
+    pub heartbeat_ticks: Option<u64>,
+    /// How long a client request may wait for its answer, in milliseconds [default: 5000].
+    #[arg(long)]
+    pub request_timeout_ms: Option<u64>,
+}
+
+impl NodeArgs {
+    /// Fills what the flags left out from `other`.
+    fn or(self, other: NodeArgs) -> NodeArgs {
+        NodeArgs {
+            config: self.config.or(other.config),
+            protocol: self.protocol.or(other.protocol),
+            id: self.id.or(other.id),
+            peers: self.peers.or(other.peers),
+            data_dir: self.data_dir.or(other.data_dir),
+            client_addr: self.client_addr.or(other.client_addr),
+            peer_addr: self.peer_addr.or(other.peer_addr),
+            cluster_id: self.cluster_id.or(other.cluster_id),
+            tick_ms: self.tick_ms.or(other.tick_ms),
+            election_timeout_ticks: self.election_timeout_ticks.or(other.election_timeout_ticks),
+            heartbeat_ticks: self.heartbeat_ticks.or(other.heartbeat_ticks),
+            request_timeout_ms: self.request_timeout_ms.or(other.request_timeout_ms),
+        }
+    }
+}
+
+/// One member's addresses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    /// Where its peer service listens.
+    pub peer_addr: String,
+    /// Where its client API listens.
+    pub client_addr: String,
+}
+
+/// Complete, validated settings of one node.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// The protocol's name.
+    pub protocol: String,
+    /// This node.
+    pub id: NodeId,
+    /// Every member, this node included.
+    pub members: BTreeMap<NodeId, Member>,
+    /// The data directory.
+    pub data_dir: PathBuf,
+    /// Client API listen address.
+    pub client_addr: String,
+    /// Peer service listen address.
+    pub peer_addr: String,
+    /// The cluster id.
+    pub cluster_id: String,
+    /// Tick length.
+    pub tick_ms: u64,
+    /// Base election timeout in ticks.
+    pub election_timeout_ticks: u64,
+    /// Heartbeat interval in ticks.
+    pub heartbeat_ticks: u64,
+    /// Client request deadline.
+    pub request_timeout_ms: u64,
+}
+
+/// Parses `ID=PEER_ADDR/CLIENT_ADDR` entries.
+pub fn parse_members(specs: &[String]) -> anyhow::Result<BTreeMap<NodeId, Member>> {
+    let mut members = BTreeMap::new();
+    for spec in specs.iter().map(|s| s.trim()).filter(|s| !s.is_empty()) {
+        let (id, addrs) = spec
+            .split_once('=')
+            .with_context(|| format!("peer {spec:?} is not ID=PEER_ADDR/CLIENT_ADDR"))?;
+        let id: NodeId = id
+            .trim()
+            .parse()
+            .with_context(|| format!("peer {spec:?}: the id is not a number"))?;
+        if id == 0 {
+            bail!("peer {spec:?}: node ids start at 1");
+        }
+        let (peer_addr, client_addr) = addrs
+            .split_once('/')
+            .with_context(|| format!("peer {spec:?} is not ID=PEER_ADDR/CLIENT_ADDR"))?;
+        for addr in [peer_addr, client_addr] {
+            if addr
+                .rsplit_once(':')
+                .is_none_or(|(_, port)| port.parse::<u16>().is_err())
+            {
+                bail!("peer {spec:?}: {addr:?} is not HOST:PORT");
+            }
+        }
+        let member = Member {
+            peer_addr: peer_addr.to_string(),
+            client_addr: client_addr.to_string(),
+        };
+        if members.insert(id, member).is_some() {
+            bail!("node {id} appears twice in --peers");
+        }
+    }
+    Ok(members)
+}
+
+/// The canonical form of a member list, as the launcher and tests pass it.
+pub fn format_members(members: &BTreeMap<NodeId, Member>) -> String {
+    members
+        .iter()
+        .map(|(id, m)| format!("{id}={}/{}", m.peer_addr, m.client_addr))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// A cluster id every member derives alike from the member list (FNV-1a of
+/// its canonical form), for clusters started without --cluster-id.
+pub fn derived_cluster_id(members: &BTreeMap<NodeId, Member>) -> String {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in format_members(members).bytes() {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("c-{hash:016x}")
+}
+
+fn read_file(path: &Path) -> anyhow::Result<NodeArgs> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read config file {}", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("config file {} is invalid", path.display()))
+}
+
+impl NodeConfig {
+    /// Validates flags (and the file they name) into complete settings.
+    pub fn from_args(args: NodeArgs) -> anyhow::Result<NodeConfig> {
+        let args = match &args.config {
+            Some(path) => {
+                let file = read_file(path)?;
+                args.or(file)
+            }
+            None => args,
+        };
+        let protocol = args
+            .protocol
+            .context("--protocol is required (vanilla, optimized or nilext)")?;
+        if !PROTOCOLS.contains(&protocol.as_str()) {
+            bail!(
+                "unknown protocol {protocol:?}; choose one of {}",
+                PROTOCOLS.join(", ")
+            );
+        }
+        let id = args.id.context("--id is required")?;
+        let members = parse_members(&args.peers.context("--peers is required")?)?;
+        let me = members
+            .get(&id)
+            .with_context(|| format!("--id {id} is not among the members in --peers"))?;
+        let data_dir = args.data_dir.context("--data-dir is required")?;
+        let tick_ms = args.tick_ms.unwrap_or(20);
+        let election_timeout_ticks = args.election_timeout_ticks.unwrap_or(15);
+        let heartbeat_ticks = args.heartbeat_ticks.unwrap_or(3);
+        if tick_ms == 0 || heartbeat_ticks == 0 || election_timeout_ticks <= heartbeat_ticks {
+            bail!(
+                "need tick-ms > 0, heartbeat-ticks > 0 and election-timeout-ticks > heartbeat-ticks"
+            );
+        }
+        Ok(NodeConfig {
+            client_addr: args.client_addr.unwrap_or_else(|| me.client_addr.clone()),
+            peer_addr: args.peer_addr.unwrap_or_else(|| me.peer_addr.clone()),
+            cluster_id: args
+                .cluster_id
+                .unwrap_or_else(|| derived_cluster_id(&members)),
+            protocol,
+            id,
+            members,
+            data_dir,
+            tick_ms,
+            election_timeout_ticks,
+            heartbeat_ticks,
+            request_timeout_ms: args.request_timeout_ms.unwrap_or(5000),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peers() -> Vec<String> {
+        vec![
+            "1=127.0.0.1:7001/127.0.0.1:6001".into(),
+            "2=127.0.0.1:7002/127.0.0.1:6002".into(),
+        ]
+    }
+
+    #[test]
+    fn flags_override_the_file_and_defaults_fill_the_rest() {
+        let dir = std::env::temp_dir().join(format!("kvnode-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        let file = dir.join("node.toml");
+        std::fs::write(
+            &file,
+            "protocol = \"vanilla\"\nid = 2\npeers = [\"1=127.0.0.1:7001/127.0.0.1:6001\", \"2=127.0.0.1:7002/127.0.0.1:6002\"]\ndata-dir = \"/tmp/x\"\ntick-ms = 50\n",
+        )
+        .expect("write");
+        let args = NodeArgs {
+            config: Some(file),
+            tick_ms: Some(10),
+            ..NodeArgs::default()
+        };
+        let config = NodeConfig::from_args(args).expect("valid");
+        assert_eq!(config.id, 2);
+        assert_eq!(config.tick_ms, 10);
+        assert_eq!(config.client_addr, "127.0.0.1:6002");
+        assert_eq!(config.heartbeat_ticks, 3);
+        assert!(config.cluster_id.starts_with("c-"));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn bad_settings_are_explained() {
+        let base = NodeArgs {
+            protocol: Some("vanilla".into()),
+            id: Some(1),
+            peers: Some(peers()),
+            data_dir: Some("/tmp/x".into()),
+            ..NodeArgs::default()
+        };
+        assert!(NodeConfig::from_args(base.clone()).is_ok());
+        let error =
+            |args: NodeArgs| format!("{:#}", NodeConfig::from_args(args).expect_err("invalid"));
+        assert!(
+            error(NodeArgs {
+                protocol: Some("paxos".into()),
+                ..base.clone()
+            })
+            .contains("unknown protocol")
+        );
+        assert!(
+            error(NodeArgs {
+                id: Some(3),
+                ..base.clone()
+            })
+            .contains("not among the members")
+        );
+        assert!(
+            error(NodeArgs {
+                peers: Some(vec!["1=nohost".into()]),
+                ..base.clone()
+            })
+            .contains("ID=PEER_ADDR/CLIENT_ADDR")
+        );
+        assert!(
+            error(NodeArgs {
+                data_dir: None,
+                ..base.clone()
+            })
+            .contains("--data-dir")
+        );
+        let same_members = parse_members(&peers()).expect("valid");
+        let mut reversed = peers();
+        reversed.reverse();
+        assert_eq!(
+            derived_cluster_id(&same_members),
+            derived_cluster_id(&parse_members(&reversed).expect("valid"))
+        );
+    }
+}

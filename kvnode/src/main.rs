@@ -1,0 +1,58 @@
+//! `kvnode`: runs one replica, or (`kvnode cluster`) a local cluster.
+
+use clap::{Parser, Subcommand};
+use kvnode::config::{NodeArgs, NodeConfig};
+use kvnode::launcher::ClusterArgs;
+
+/// A replica of the replicated key-value store, running vanilla Raft,
+/// optimized Raft or Nil-ext Raft over RocksDB.
+#[derive(Parser, Debug)]
+#[command(name = "kvnode", version, args_conflicts_with_subcommands = true)]
+#[command(
+    after_help = "Example:\n  kvnode --protocol vanilla --id 1 \\\n    --peers 1=127.0.0.1:7001/127.0.0.1:6001,2=127.0.0.1:7002/127.0.0.1:6002,3=127.0.0.1:7003/127.0.0.1:6003 \\\n    --data-dir ./data1\n\nLogging: RUST_LOG=info (default warn)."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Commands>,
+    #[command(flatten)]
+    node: NodeArgs,
+}
+
+#[derive(Subcommand, Debug)]
+enum Commands {
+    /// Start a local cluster of kvnode processes on loopback.
+    Cluster(ClusterArgs),
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("kvnode: cannot start the async runtime: {error}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Some(Commands::Cluster(args)) => kvnode::launcher::run(args).await,
+            None => kvnode::node::run(NodeConfig::from_args(cli.node)?).await,
+        }
+    });
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("kvnode: {error:#}");
+            std::process::ExitCode::from(1)
+        }
+    }
+}

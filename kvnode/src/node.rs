@@ -1,0 +1,214 @@
+//! Assembles and runs one node: storage, protocol, runtime thread, peer
+//! transport, gRPC servers, and graceful shutdown.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use consensus::io::Recovered;
+use consensus::state_machine::StateMachine;
+use proto::kv::kv_server::KvServer;
+use proto::raft::raft_peer_server::RaftPeerServer;
+use tokio::sync::mpsc;
+
+use crate::config::NodeConfig;
+use crate::runtime::{BoxedProtocol, Event, Runtime};
+use crate::service::KvService;
+use crate::storage::{Identity, Storage};
+use crate::transport::{PEER_QUEUE_MESSAGES_MAX, PeerService, run_peer_sender};
+
+/// Capacity of the runtime's event queue.
+pub const EVENT_QUEUE_MAX: usize = 8192;
+
+/// Builds the protocol named in `config` from what storage recovered; a
+/// protocol that is not built yet is refused with a clear message.
+pub fn build_protocol(
+    config: &NodeConfig,
+    recovered: Option<Recovered>,
+) -> anyhow::Result<BoxedProtocol> {
+    let members: Vec<u64> = config.members.keys().copied().collect();
+    match config.protocol.as_str() {
+        "vanilla" => {
+            let mut settings = raft_vanilla::Config::new(config.id, members, rand::random());
+            settings.election_timeout_ticks = config.election_timeout_ticks;
+            settings.heartbeat_ticks = config.heartbeat_ticks;
+            Ok(Box::new(raft_vanilla::VanillaRaft::new(
+                settings,
+                recovered.unwrap_or_default(),
+            )))
+        }
+        other @ ("optimized" | "nilext") => bail!(
+            "protocol {other:?} is not built yet in this version of kvnode; use --protocol vanilla"
+        ),
+        other => bail!("unknown protocol {other:?}"),
+    }
+}
+
+fn parse_listen(addr: &str, what: &str) -> anyhow::Result<SocketAddr> {
+    addr.parse()
+        .with_context(|| format!("{what} {addr:?} is not IP:PORT"))
+}
+
+/// Runs a node until SIGTERM or Ctrl-C, then shuts down gracefully.
+pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
+    // Refuse an unbuilt protocol before touching the data directory.
+    build_protocol(&config, None)?;
+    let client_addr = parse_listen(&config.client_addr, "client address")?;
+    let peer_addr = parse_listen(&config.peer_addr, "peer address")?;
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("cannot create data directory {}", config.data_dir.display()))?;
+    let identity = Identity {
+        cluster_id: config.cluster_id.clone(),
+        protocol: config.protocol.clone(),
+        node_id: config.id,
+    };
+    let (storage, loaded) = Storage::open(&config.data_dir, &identity)?;
+    tracing::info!(
+        node = config.id,
+        protocol = %config.protocol,
+        cluster = %config.cluster_id,
+        term = loaded.recovered.hard_state.term,
+        log_entries = loaded.recovered.log.len(),
+        applied = loaded.recovered.applied_index,
+        "storage opened"
+    );
+    let state_machine = StateMachine::restore(loaded.recovered.applied_index, loaded.sessions);
+    let protocol = build_protocol(&config, Some(loaded.recovered))?;
+
+    let (events_tx, events_rx) = mpsc::channel(EVENT_QUEUE_MAX);
+    let mut peer_queues = HashMap::new();
+    for (&peer, member) in config.members.iter().filter(|(id, _)| **id != config.id) {
+        let (tx, rx) = mpsc::channel(PEER_QUEUE_MESSAGES_MAX);
+        peer_queues.insert(peer, tx);
+        tokio::spawn(run_peer_sender(
+            config.id,
+            peer,
+            member.peer_addr.clone(),
+            config.cluster_id.clone(),
+            rx,
+        ));
+    }
+    let runtime = Runtime::new(config.id, protocol, storage, state_machine, peer_queues);
+    let runtime_thread = std::thread::Builder::new()
+        .name(format!("runtime-{}", config.id))
+        .spawn(move || runtime.run(events_rx))
+        .context("cannot start the runtime thread")?;
+
+    let ticks = events_tx.clone();
+    let tick = Duration::from_millis(config.tick_ms);
+    let ticker = tokio::spawn(async move {
+        let mut interval = tokio::time::interval(tick);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            interval.tick().await;
+            if ticks.send(Event::Tick).await.is_err() {
+                return;
+            }
+        }
+    });
+
+    let kv = KvService {
+        node_id: config.id,
+        protocol: config.protocol.clone(),
+        cluster_id: config.cluster_id.clone(),
+        client_addrs: config
+            .members
+            .iter()
+            .map(|(id, m)| (*id, m.client_addr.clone()))
+            .collect(),
+        events: events_tx.clone(),
+        request_timeout: Duration::from_millis(config.request_timeout_ms),
+    };
+    let peers = PeerService {
+        node_id: config.id,
+        cluster_id: config.cluster_id.clone(),
+        members: config.members.keys().copied().collect::<HashSet<_>>(),
+        events: events_tx.clone(),
+    };
+    let client_listener = tokio::net::TcpListener::bind(client_addr)
+        .await
+        .with_context(|| format!("cannot listen for clients on {client_addr}"))?;
+    let peer_listener = tokio::net::TcpListener::bind(peer_addr)
+        .await
+        .with_context(|| format!("cannot listen for peers on {peer_addr}"))?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+    let client_server = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .add_service(KvServer::new(kv))
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(client_listener),
+            stopped(stop_rx.clone()),
+        );
+    let peer_server = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .add_service(RaftPeerServer::new(peers))
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(peer_listener),
+            stopped(stop_rx),
+        );
+    let client_task = tokio::spawn(client_server);
+    let peer_task = tokio::spawn(peer_server);
+    tracing::info!(node = config.id, %client_addr, %peer_addr, "kvnode serving");
+    println!(
+        "kvnode {} serving clients on {client_addr}, peers on {peer_addr}",
+        config.id
+    );
+
+    let mut runtime_done = tokio::task::spawn_blocking(move || runtime_thread.join());
+    let early_exit = tokio::select! {
+        _ = shutdown_signal() => None,
+        ended = &mut runtime_done => Some(ended),
+    };
+    if let Some(ended) = early_exit {
+        // The runtime stopped on its own: storage failed. Stop serving.
+        let _ = stop_tx.send(true);
+        return match ended {
+            Ok(Ok(Err(storage_error))) => {
+                Err(anyhow::Error::from(storage_error).context("the node stopped"))
+            }
+            _ => bail!("the runtime thread stopped unexpectedly"),
+        };
+    }
+    tracing::info!(node = config.id, "shutting down");
+    let _ = stop_tx.send(true);
+    ticker.abort();
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        let _ = client_task.await;
+        let _ = peer_task.await;
+    })
+    .await;
+    let _ = events_tx.send(Event::Shutdown).await;
+    match runtime_done.await {
+        Ok(Ok(Ok(()))) => Ok(()),
+        Ok(Ok(Err(storage_error))) => Err(storage_error.into()),
+        _ => bail!("the runtime thread panicked"),
+    }
+}
+
+/// Waits for SIGTERM or Ctrl-C (SIGINT).
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}

@@ -1,0 +1,327 @@
+//! The client API: the `Kv` gRPC service.
+//!
+//! Each call is validated, turned into a [`ClientRequest`] under the
+//! caller's (client id, sequence number), handed to the runtime, and
+//! answered when the runtime answers or the node's request deadline passes.
+//! Errors are gRPC status codes whose details carry a `kv.ErrorDetail`
+//! (prost-encoded) that clients read: not leader (with the leader's client
+//! address when known), unavailable, invalid argument, deadline exceeded,
+//! execution error.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use consensus::io::ReplyOutcome;
+use consensus::{ClientRequest, Command, CommandResult, NodeId, RequestId};
+use prost::Message as _;
+use proto::kv::error_detail::Kind;
+use proto::kv::kv_server::Kv;
+use proto::kv::*;
+use tokio::sync::{mpsc, oneshot};
+use tonic::{Code, Request, Response, Status};
+
+use crate::convert::{from_optional_value, optional_value};
+use crate::runtime::{ClientAnswer, Event};
+
+/// The client service of one node.
+#[derive(Debug, Clone)]
+pub struct KvService {
+    /// This node.
+    pub node_id: NodeId,
+    /// The protocol's name, for Status.
+    pub protocol: String,
+    /// The cluster id, for Status.
+    pub cluster_id: String,
+    /// Each member's client address, for redirect hints.
+    pub client_addrs: HashMap<NodeId, String>,
+    /// The runtime's queue.
+    pub events: mpsc::Sender<Event>,
+    /// How long a request may wait for its answer.
+    pub request_timeout: Duration,
+}
+
+/// A gRPC status with a machine-readable detail.
+pub fn error_status(
+    code: Code,
+    kind: Kind,
+    message: impl Into<String>,
+    leader: Option<(NodeId, String)>,
+) -> Status {
+    let message = message.into();
+    let (leader_id, leader_client_addr) = leader.unwrap_or_default();
+    let detail = ErrorDetail {
+        kind: kind as i32,
+        leader_id,
+        leader_client_addr,
+        message: message.clone(),
+    };
+    Status::with_details(code, message, detail.encode_to_vec().into())
+}
+
+fn header_id(header: Option<RequestHeader>) -> Result<RequestId, Status> {
+    match header {
+        Some(RequestHeader { client_id, seq }) if client_id != 0 && seq != 0 => Ok(RequestId {
+            client: client_id,
+            seq,
+        }),
+        _ => Err(error_status(
+            Code::InvalidArgument,
+            Kind::InvalidArgument,
+            "every request needs a header with a non-zero client_id and seq",
+            None,
+        )),
+    }
+}
+
+impl KvService {
+    async fn execute(
+        &self,
+        header: Option<RequestHeader>,
+        command: Command,
+    ) -> Result<CommandResult, Status> {
+        let id = header_id(header)?;
+        if let Err(invalid) = consensus::limits::validate(&command) {
+            return Err(error_status(
+                Code::InvalidArgument,
+                Kind::InvalidArgument,
+                invalid.to_string(),
+                None,
+            ));
+        }
+        let (reply, answer) = oneshot::channel();
+        let event = Event::Client {
+            request: ClientRequest { id, command },
+            reply,
+        };
+        let deadline = tokio::time::Instant::now() + self.request_timeout;
+        let unavailable = || {
+            error_status(
+                Code::Unavailable,
+                Kind::Unavailable,
+                "node is shutting down",
+                None,
+            )
+        };
+        match tokio::time::timeout_at(deadline, self.events.send(event)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return Err(unavailable()),
+            Err(_) => return Err(self.deadline_exceeded()),
+        }
+        match tokio::time::timeout_at(deadline, answer).await {
+            Err(_) => Err(self.deadline_exceeded()),
+            Ok(Err(_)) => Err(unavailable()),
+            Ok(Ok(ClientAnswer::Result(CommandResult::Failed(error)))) => Err(error_status(
+                Code::FailedPrecondition,
+                Kind::Execution,
+                error.to_string(),
+                None,
+            )),
+            Ok(Ok(ClientAnswer::Result(result))) => Ok(result),
+            Ok(Ok(ClientAnswer::Outcome(outcome))) => Err(self.outcome_status(outcome)),
+        }
+    }
+
+    fn deadline_exceeded(&self) -> Status {
+        error_status(
+            Code::DeadlineExceeded,
+            Kind::DeadlineExceeded,
+            format!(
+                "no answer within {} ms; the outcome is unknown: retry with the same request id",
+                self.request_timeout.as_millis()
+            ),
+            None,
+        )
+    }
+
+    fn outcome_status(&self, outcome: ReplyOutcome) -> Status {
+        match outcome {
+            ReplyOutcome::NotLeader { leader } => {
+                let hint =
+                    leader.and_then(|id| self.client_addrs.get(&id).map(|addr| (id, addr.clone())));
+                let message = match &hint {
+                    Some((id, addr)) => format!(
+                        "node {} is not the leader; node {id} at {addr} is",
+                        self.node_id
+                    ),
+                    None => format!(
+                        "node {} is not the leader and knows no leader",
+                        self.node_id
+                    ),
+                };
+                error_status(Code::Unavailable, Kind::NotLeader, message, hint)
+            }
+            ReplyOutcome::Unavailable => error_status(
+                Code::Unavailable,
+                Kind::Unavailable,
+                format!(
+                    "node {} cannot serve now (no leader or no quorum)",
+                    self.node_id
+                ),
+                None,
+            ),
+            ReplyOutcome::Rejected(reason) => {
+                error_status(Code::InvalidArgument, Kind::InvalidArgument, reason, None)
+            }
+        }
+    }
+
+    fn write_ack(&self, result: CommandResult) -> Result<Response<WriteAck>, Status> {
+        match result {
+            CommandResult::Written => Ok(Response::new(WriteAck {
+                term: 0,
+                from_leader: true,
+                node_id: self.node_id,
+                durable_only: false,
+            })),
+            other => Err(unexpected(other)),
+        }
+    }
+}
+
+fn unexpected(result: CommandResult) -> Status {
+    Status::internal(format!("unexpected result for this call: {result:?}"))
+}
+
+#[tonic::async_trait]
+impl Kv for KvService {
+    async fn put(&self, request: Request<PutRequest>) -> Result<Response<WriteAck>, Status> {
+        let r = request.into_inner();
+        let result = self
+            .execute(
+                r.header,
+                Command::Put {
+                    key: r.key,
+                    value: r.value,
+                },
+            )
+            .await?;
+        self.write_ack(result)
+    }
+
+    async fn delete(&self, request: Request<DeleteRequest>) -> Result<Response<WriteAck>, Status> {
+        let r = request.into_inner();
+        let result = self
+            .execute(r.header, Command::Delete { key: r.key })
+            .await?;
+        self.write_ack(result)
+    }
+
+    async fn multi_put(
+        &self,
+        request: Request<MultiPutRequest>,
+    ) -> Result<Response<WriteAck>, Status> {
+        let r = request.into_inner();
+        let pairs = r.pairs.into_iter().map(|kv| (kv.key, kv.value)).collect();
+        let result = self.execute(r.header, Command::MultiPut { pairs }).await?;
+        self.write_ack(result)
+    }
+
+    async fn get(&self, request: Request<GetRequest>) -> Result<Response<GetResponse>, Status> {
+        let r = request.into_inner();
+        match self.execute(r.header, Command::Get { key: r.key }).await? {
+            CommandResult::Value(value) => Ok(Response::new(GetResponse {
+                value: Some(optional_value(value)),
+            })),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn multi_get(
+        &self,
+        request: Request<MultiGetRequest>,
+    ) -> Result<Response<MultiGetResponse>, Status> {
+        let r = request.into_inner();
+        match self
+            .execute(r.header, Command::MultiGet { keys: r.keys })
+            .await?
+        {
+            CommandResult::Values(values) => Ok(Response::new(MultiGetResponse {
+                values: values.into_iter().map(optional_value).collect(),
+            })),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn compare_and_swap(
+        &self,
+        request: Request<CompareAndSwapRequest>,
+    ) -> Result<Response<CompareAndSwapResponse>, Status> {
+        let r = request.into_inner();
+        let command = Command::CompareAndSwap {
+            key: r.key,
+            expected: from_optional_value(r.expected),
+            new: r.new_value,
+        };
+        match self.execute(r.header, command).await? {
+            CommandResult::Swapped { succeeded, current } => {
+                Ok(Response::new(CompareAndSwapResponse {
+                    succeeded,
+                    current: Some(optional_value(current)),
+                }))
+            }
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn increment(
+        &self,
+        request: Request<IncrementRequest>,
+    ) -> Result<Response<IncrementResponse>, Status> {
+        let r = request.into_inner();
+        match self
+            .execute(
+                r.header,
+                Command::Increment {
+                    key: r.key,
+                    by: r.by,
+                },
+            )
+            .await?
+        {
+            CommandResult::Counter(value) => Ok(Response::new(IncrementResponse { value })),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn status(
+        &self,
+        _request: Request<StatusRequest>,
+    ) -> Result<Response<StatusResponse>, Status> {
+        let (reply, answer) = oneshot::channel();
+        let unavailable = || {
+            error_status(
+                Code::Unavailable,
+                Kind::Unavailable,
+                "node is shutting down",
+                None,
+            )
+        };
+        self.events
+            .send(Event::Status { reply })
+            .await
+            .map_err(|_| unavailable())?;
+        let node = tokio::time::timeout(self.request_timeout, answer)
+            .await
+            .map_err(|_| self.deadline_exceeded())?
+            .map_err(|_| unavailable())?;
+        let s = node.status;
+        let leader_id = s.leader.unwrap_or(0);
+        Ok(Response::new(StatusResponse {
+            node_id: s.id,
+            role: s.role.as_str().to_string(),
+            term: s.term,
+            leader_id,
+            leader_client_addr: self
+                .client_addrs
+                .get(&leader_id)
+                .cloned()
+                .unwrap_or_default(),
+            commit_index: s.commit_index,
+            applied_index: s.applied_index,
+            last_log_index: s.last_log_index,
+            protocol: self.protocol.clone(),
+            cluster_id: self.cluster_id.clone(),
+            last_log_term: node.last_log_term,
+        }))
+    }
+}

@@ -1,0 +1,536 @@
+//! Durable storage on RocksDB: one database per node.
+//!
+//! Column families:
+//!
+//! | family | key | value |
+//! |---|---|---|
+//! | `log` | index, 8 bytes big-endian | `raft.Entry` |
+//! | `hard_state` | `hs` | `raft.StoredHardState` (term, vote) |
+//! | `durability_log` | (Nil-ext) | (Nil-ext durability-log records) |
+//! | `data` | the user's key | the user's value |
+//! | `meta` | `cluster_id`, `protocol`, `node_id`, `applied_index`, `s/<client>` | identity, applied index, sessions |
+//!
+//! [`Storage::persist`] writes what a protocol asked to make durable in one
+//! `WriteBatch` with `sync` on: nothing that depends on it leaves the node
+//! before it returns. [`Storage::apply`] writes the data changes of applied
+//! entries, the new applied index and the changed sessions in one atomic
+//! `WriteBatch`, so a crash never applies an entry twice; it need not be
+//! synced, since the log it came from is, and entries lost in a crash are
+//! applied again from the log on restart.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use consensus::io::{HardState, Recovered, Write};
+use consensus::state_machine::{ApplyBatch, KvRead, Session};
+use consensus::{ClientId, Entry, LogIndex, Term, Value};
+use prost::Message as _;
+use rocksdb::{
+    ColumnFamily, ColumnFamilyDescriptor, DB, IteratorMode, Options, WriteBatch, WriteOptions,
+};
+
+use crate::convert;
+
+const CF_LOG: &str = "log";
+const CF_HARD_STATE: &str = "hard_state";
+const CF_DURABILITY_LOG: &str = "durability_log";
+const CF_DATA: &str = "data";
+const CF_META: &str = "meta";
+const FAMILIES: [&str; 5] = [CF_LOG, CF_HARD_STATE, CF_DURABILITY_LOG, CF_DATA, CF_META];
+
+const KEY_HARD_STATE: &[u8] = b"hs";
+const KEY_CLUSTER_ID: &[u8] = b"cluster_id";
+const KEY_PROTOCOL: &[u8] = b"protocol";
+const KEY_NODE_ID: &[u8] = b"node_id";
+const KEY_APPLIED_INDEX: &[u8] = b"applied_index";
+const SESSION_PREFIX: &[u8] = b"s/";
+
+/// What a data directory belongs to. Fixed at first start; a node refuses to
+/// start on a directory of another cluster, protocol or node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Identity {
+    /// The cluster's id.
+    pub cluster_id: String,
+    /// The protocol the cluster runs.
+    pub protocol: String,
+    /// This node's id.
+    pub node_id: u64,
+}
+
+/// Why storage failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    /// RocksDB refused to open the directory (corrupt, locked, unreadable).
+    #[error("cannot open data directory {dir}: {source}")]
+    Open {
+        /// The directory.
+        dir: PathBuf,
+        /// RocksDB's reason.
+        source: rocksdb::Error,
+    },
+    /// The directory holds files but no kvnode database.
+    #[error(
+        "{dir} is not a kvnode data directory (it is not empty and holds no database); choose an empty or new directory"
+    )]
+    NotADataDir {
+        /// The directory.
+        dir: PathBuf,
+    },
+    /// The directory belongs to another cluster, protocol or node.
+    #[error(
+        "data directory {dir} belongs to {field} {found:?}, but this node was started with {field} {expected:?}; use that directory with the matching setting, or start on a new directory"
+    )]
+    IdentityMismatch {
+        /// The directory.
+        dir: PathBuf,
+        /// Which setting differs.
+        field: &'static str,
+        /// What the directory holds.
+        found: String,
+        /// What the node was started with.
+        expected: String,
+    },
+    /// A stored record could not be decoded or the log has a gap.
+    #[error("data directory is corrupt: {0}")]
+    Corrupt(String),
+    /// A RocksDB read or write failed.
+    #[error("storage I/O failed: {0}")]
+    Io(#[from] rocksdb::Error),
+}
+
+/// What a node finds on disk at start.
+#[derive(Debug)]
+pub struct Loaded {
+    /// Hard state, log and applied index, for the protocol.
+    pub recovered: Recovered,
+    /// The client-session table, for the state machine.
+    pub sessions: HashMap<ClientId, Session>,
+}
+
+/// One node's RocksDB database.
+#[derive(Debug)]
+pub struct Storage {
+    db: DB,
+    last_index: LogIndex,
+    last_term: Term,
+    synced_writes: u64,
+}
+
+fn index_key(index: LogIndex) -> [u8; 8] {
+    index.to_be_bytes()
+}
+
+fn session_key(client: ClientId) -> Vec<u8> {
+    let mut key = SESSION_PREFIX.to_vec();
+    key.extend_from_slice(&client.to_be_bytes());
+    key
+}
+
+impl Storage {
+    /// Opens (or creates) the database in `dir` and checks it belongs to
+    /// `identity`.
+    pub fn open(dir: &Path, identity: &Identity) -> Result<(Storage, Loaded), StorageError> {
+        let exists = dir.join("CURRENT").is_file();
+        if !exists
+            && dir.is_dir()
+            && std::fs::read_dir(dir)
+                .map(|mut d| d.next().is_some())
+                .unwrap_or(false)
+        {
+            return Err(StorageError::NotADataDir {
+                dir: dir.to_path_buf(),
+            });
+        }
+        let mut options = Options::default();
+        options.create_if_missing(true);
+        options.create_missing_column_families(true);
+        // Fail on corruption found while opening rather than dropping data.
+        options.set_paranoid_checks(true);
+        let families = FAMILIES
+            .iter()
+            .map(|name| ColumnFamilyDescriptor::new(*name, Options::default()));
+        let db = DB::open_cf_descriptors(&options, dir, families).map_err(|source| {
+            StorageError::Open {
+                dir: dir.to_path_buf(),
+                source,
+            }
+        })?;
+        let mut storage = Storage {
+            db,
+            last_index: 0,
+            last_term: 0,
+            synced_writes: 0,
+        };
+        storage.check_identity(dir, identity, exists)?;
+        let loaded = storage.load()?;
+        Ok((storage, loaded))
+    }
+
+    fn cf(&self, name: &str) -> &ColumnFamily {
+        self.db
+            .cf_handle(name)
+            .expect("every column family is created at open")
+    }
+
+    fn check_identity(
+        &mut self,
+        dir: &Path,
+        identity: &Identity,
+        existed: bool,
+    ) -> Result<(), StorageError> {
+        let fields: [(&'static str, &[u8], String); 3] = [
+            ("cluster id", KEY_CLUSTER_ID, identity.cluster_id.clone()),
+            ("protocol", KEY_PROTOCOL, identity.protocol.clone()),
+            ("node id", KEY_NODE_ID, identity.node_id.to_string()),
+        ];
+        let meta = self.cf(CF_META);
+        let stored = self.db.get_cf(meta, KEY_CLUSTER_ID)?;
+        if stored.is_none() {
+            if existed
+                && self
+                    .db
+                    .iterator_cf(self.cf(CF_LOG), IteratorMode::Start)
+                    .next()
+                    .is_some()
+            {
+                return Err(StorageError::Corrupt(
+                    "the log exists but the cluster identity is missing".into(),
+                ));
+            }
+            let mut batch = WriteBatch::default();
+            for (_, key, value) in &fields {
+                batch.put_cf(meta, key, value.as_bytes());
+            }
+            self.write_synced(batch)?;
+            return Ok(());
+        }
+        for (field, key, expected) in fields {
+            let found = self.db.get_cf(self.cf(CF_META), key)?.unwrap_or_default();
+            let found = String::from_utf8_lossy(&found).into_owned();
+            if found != expected {
+                return Err(StorageError::IdentityMismatch {
+                    dir: dir.to_path_buf(),
+                    field,
+                    found,
+                    expected,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn load(&mut self) -> Result<Loaded, StorageError> {
+        let corrupt =
+            |what: &str, e: &dyn std::fmt::Display| StorageError::Corrupt(format!("{what}: {e}"));
+        let hard_state = match self.db.get_cf(self.cf(CF_HARD_STATE), KEY_HARD_STATE)? {
+            None => HardState::default(),
+            Some(bytes) => convert::hard_state_from_proto(
+                proto::raft::StoredHardState::decode(bytes.as_slice())
+                    .map_err(|e| corrupt("hard state", &e))?,
+            ),
+        };
+        let mut log: Vec<Entry> = Vec::new();
+        for item in self.db.iterator_cf(self.cf(CF_LOG), IteratorMode::Start) {
+            let (key, value) = item?;
+            let index = u64::from_be_bytes(
+                key.as_ref()
+                    .try_into()
+                    .map_err(|_| corrupt("log key", &"not 8 bytes"))?,
+            );
+            let entry =
+                proto::raft::Entry::decode(value.as_ref()).map_err(|e| corrupt("log entry", &e))?;
+            let entry = convert::entry_from_proto(entry).map_err(|e| corrupt("log entry", &e))?;
+            if entry.index != index || index != log.len() as u64 + 1 {
+                return Err(StorageError::Corrupt(format!(
+                    "log entry {index} out of place after {}",
+                    log.len()
+                )));
+            }
+            log.push(entry);
+        }
+        let meta = self.cf(CF_META);
+        let applied_index = match self.db.get_cf(meta, KEY_APPLIED_INDEX)? {
+            None => 0,
+            Some(bytes) => u64::from_be_bytes(
+                bytes
+                    .as_slice()
+                    .try_into()
+                    .map_err(|_| corrupt("applied index", &"not 8 bytes"))?,
+            ),
+        };
+        if applied_index > log.len() as u64 {
+            return Err(StorageError::Corrupt(format!(
+                "applied index {applied_index} is past the end of the log ({})",
+                log.len()
+            )));
+        }
+        let mut sessions = HashMap::new();
+        for item in self.db.prefix_iterator_cf(meta, SESSION_PREFIX) {
+            let (key, value) = item?;
+            if !key.starts_with(SESSION_PREFIX) {
+                break;
+            }
+            let client = u64::from_be_bytes(
+                key[SESSION_PREFIX.len()..]
+                    .try_into()
+                    .map_err(|_| corrupt("session key", &"not 8 bytes"))?,
+            );
+            let session = proto::raft::StoredSession::decode(value.as_ref())
+                .map_err(|e| corrupt("session", &e))?;
+            sessions.insert(
+                client,
+                convert::session_from_proto(session).map_err(|e| corrupt("session", &e))?,
+            );
+        }
+        self.last_index = log.last().map_or(0, |e| e.index);
+        self.last_term = log.last().map_or(0, |e| e.term);
+        Ok(Loaded {
+            recovered: Recovered {
+                hard_state,
+                log,
+                applied_index,
+            },
+            sessions,
+        })
+    }
+
+    fn write_synced(&mut self, batch: WriteBatch) -> Result<(), StorageError> {
+        let mut options = WriteOptions::default();
+        options.set_sync(true);
+        self.db.write_opt(batch, &options)?;
+        self.synced_writes += 1;
+        Ok(())
+    }
+
+    /// Makes `writes` durable, in order, in one synced batch.
+    pub fn persist(&mut self, writes: &[Write]) -> Result<(), StorageError> {
+        let mut batch = WriteBatch::default();
+        let (mut last_index, mut last_term) = (self.last_index, self.last_term);
+        // Terms of entries appended earlier in this same batch (not yet in
+        // the database), for a truncation that ends the log among them.
+        let mut appended: HashMap<LogIndex, Term> = HashMap::new();
+        for write in writes {
+            match write {
+                Write::HardState(hard_state) => {
+                    let bytes = convert::hard_state_to_proto(hard_state).encode_to_vec();
+                    batch.put_cf(self.cf(CF_HARD_STATE), KEY_HARD_STATE, bytes);
+                }
+                Write::TruncateLog { from } => {
+                    batch.delete_range_cf(self.cf(CF_LOG), index_key(*from), index_key(u64::MAX));
+                    if *from <= last_index {
+                        last_index = from - 1;
+                        last_term = match appended.get(&last_index) {
+                            _ if last_index == 0 => 0,
+                            Some(&term) => term,
+                            None => self.stored_term(last_index)?,
+                        };
+                    }
+                }
+                Write::AppendLog(entries) => {
+                    for entry in entries {
+                        debug_assert_eq!(entry.index, last_index + 1, "appends are contiguous");
+                        let bytes = convert::entry_to_proto(entry).encode_to_vec();
+                        batch.put_cf(self.cf(CF_LOG), index_key(entry.index), bytes);
+                        appended.insert(entry.index, entry.term);
+                        (last_index, last_term) = (entry.index, entry.term);
+                    }
+                }
+            }
+        }
+        self.write_synced(batch)?;
+        (self.last_index, self.last_term) = (last_index, last_term);
+        Ok(())
+    }
+
+    /// The term of the stored entry at `index`.
+    fn stored_term(&self, index: LogIndex) -> Result<Term, StorageError> {
+        let bytes = self
+            .db
+            .get_cf(self.cf(CF_LOG), index_key(index))?
+            .ok_or_else(|| StorageError::Corrupt(format!("log entry {index} missing")))?;
+        let entry = proto::raft::Entry::decode(bytes.as_slice())
+            .map_err(|e| StorageError::Corrupt(e.to_string()))?;
+        Ok(entry.term)
+    }
+
+    /// The last entry of the durable log: (index, term), (0, 0) when empty.
+    pub fn last_log(&self) -> (LogIndex, Term) {
+        (self.last_index, self.last_term)
+    }
+
+    /// How many synced batches this node has written since it started.
+    pub fn synced_writes(&self) -> u64 {
+        self.synced_writes
+    }
+
+    /// Commits the outcome of applying entries atomically: data changes, the
+    /// applied index and changed sessions.
+    pub fn apply(&mut self, applied: &ApplyBatch) -> Result<(), StorageError> {
+        let mut batch = WriteBatch::default();
+        let (data, meta) = (self.cf(CF_DATA), self.cf(CF_META));
+        for (key, change) in &applied.data {
+            match change {
+                Some(value) => batch.put_cf(data, key, value),
+                None => batch.delete_cf(data, key),
+            }
+        }
+        for (client, session) in &applied.sessions {
+            batch.put_cf(
+                meta,
+                session_key(*client),
+                convert::session_to_proto(session).encode_to_vec(),
+            );
+        }
+        batch.put_cf(meta, KEY_APPLIED_INDEX, applied.applied_index.to_be_bytes());
+        self.db.write(batch)?;
+        Ok(())
+    }
+}
+
+impl KvRead for Storage {
+    fn get(&self, key: &[u8]) -> Option<Value> {
+        // A failed read of local storage cannot be answered correctly, and
+        // answering "absent" would be a lie: stop the node.
+        self.db
+            .get_cf(self.cf(CF_DATA), key)
+            .expect("RocksDB read failed")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use consensus::state_machine::StateMachine;
+    use consensus::{ClientRequest, Command, EntryPayload, RequestId};
+
+    fn identity() -> Identity {
+        Identity {
+            cluster_id: "c1".into(),
+            protocol: "vanilla".into(),
+            node_id: 1,
+        }
+    }
+
+    fn entry(index: u64, term: u64, seq: u64) -> Entry {
+        Entry {
+            term,
+            index,
+            payload: EntryPayload::Command(ClientRequest {
+                id: RequestId { client: 5, seq },
+                command: Command::Put {
+                    key: format!("k{index}").into_bytes(),
+                    value: b"v".to_vec(),
+                },
+            }),
+        }
+    }
+
+    fn temp_dir(name: &str) -> PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("kvnode-storage-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        dir
+    }
+
+    #[test]
+    fn a_reopened_database_holds_what_was_persisted_and_applied() {
+        let dir = temp_dir("reopen");
+        {
+            let (mut storage, loaded) = Storage::open(&dir, &identity()).expect("open");
+            assert!(loaded.recovered.log.is_empty());
+            storage
+                .persist(&[
+                    Write::HardState(HardState {
+                        term: 2,
+                        voted_for: Some(1),
+                    }),
+                    Write::AppendLog(vec![entry(1, 1, 1), entry(2, 1, 2), entry(3, 2, 3)]),
+                ])
+                .expect("persist");
+            storage
+                .persist(&[
+                    Write::TruncateLog { from: 3 },
+                    Write::AppendLog(vec![entry(3, 2, 4)]),
+                ])
+                .expect("persist");
+            storage
+                .persist(&[Write::TruncateLog { from: 2 }])
+                .expect("persist");
+            assert_eq!(storage.last_log(), (1, 1));
+            storage
+                .persist(&[Write::AppendLog(vec![entry(2, 2, 5)])])
+                .expect("persist");
+            let mut sm = StateMachine::default();
+            let batch = sm.apply(&storage, &[entry(1, 1, 1)]);
+            storage.apply(&batch).expect("apply");
+        }
+        let (storage, loaded) = Storage::open(&dir, &identity()).expect("reopen");
+        assert_eq!(
+            loaded.recovered.hard_state,
+            HardState {
+                term: 2,
+                voted_for: Some(1)
+            }
+        );
+        assert_eq!(loaded.recovered.log, vec![entry(1, 1, 1), entry(2, 2, 5)]);
+        assert_eq!(loaded.recovered.applied_index, 1);
+        assert_eq!(loaded.sessions[&5].last_seq, 1);
+        assert_eq!(storage.get(b"k1"), Some(b"v".to_vec()));
+        assert_eq!(storage.last_log(), (2, 2));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_directory_of_another_cluster_protocol_or_node_is_refused() {
+        let dir = temp_dir("identity");
+        drop(Storage::open(&dir, &identity()).expect("create"));
+        for (field, other) in [
+            (
+                "cluster id",
+                Identity {
+                    cluster_id: "c2".into(),
+                    ..identity()
+                },
+            ),
+            (
+                "protocol",
+                Identity {
+                    protocol: "nilext".into(),
+                    ..identity()
+                },
+            ),
+            (
+                "node id",
+                Identity {
+                    node_id: 2,
+                    ..identity()
+                },
+            ),
+        ] {
+            match Storage::open(&dir, &other) {
+                Err(StorageError::IdentityMismatch { field: f, .. }) => assert_eq!(f, field),
+                other => panic!("expected a {field} mismatch, got {other:?}"),
+            }
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_corrupt_or_foreign_directory_is_an_error_not_a_panic() {
+        let dir = temp_dir("foreign");
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        std::fs::write(dir.join("notes.txt"), "hello").expect("write");
+        assert!(matches!(
+            Storage::open(&dir, &identity()),
+            Err(StorageError::NotADataDir { .. })
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+
+        let dir = temp_dir("corrupt");
+        drop(Storage::open(&dir, &identity()).expect("create"));
+        std::fs::write(dir.join("CURRENT"), "MANIFEST-999999\n").expect("corrupt");
+        let error = Storage::open(&dir, &identity()).expect_err("must refuse");
+        assert!(matches!(error, StorageError::Open { .. }), "{error}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
