@@ -57,6 +57,7 @@ pub async fn run(args: ClusterArgs) -> anyhow::Result<()> {
     for id in members.keys() {
         let dir = args.data_dir.join(format!("node{id}"));
         let child = tokio::process::Command::new(&exe)
+            .arg("--exit-with-parent")
             .arg("--protocol")
             .arg(&args.protocol)
             .arg("--id")

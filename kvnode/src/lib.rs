@@ -11,10 +11,12 @@
 //! - [`service`]: the client API;
 //! - [`node`]: assembly, startup checks, graceful shutdown;
 //! - [`launcher`]: `kvnode cluster`, a local cluster of child processes;
+//! - [`harness`]: the same from Rust, for the process-level tests and the benchmark;
 //! - [`convert`]: protocol types to and from their protobuf forms.
 
 pub mod config;
 pub mod convert;
+pub mod harness;
 pub mod launcher;
 pub mod node;
 pub mod runtime;

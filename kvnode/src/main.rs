@@ -16,6 +16,25 @@ struct Cli {
     command: Option<Commands>,
     #[command(flatten)]
     node: NodeArgs,
+    /// Exit when the process that started this one exits (used by
+    /// `kvnode cluster` and the tests, so no node outlives its launcher).
+    #[arg(long, global = true)]
+    exit_with_parent: bool,
+}
+
+/// Exits the process once its parent is gone (it is then re-parented, and
+/// the parent pid changes).
+fn exit_with_parent() {
+    let parent = nix::unistd::getppid();
+    std::thread::spawn(move || {
+        loop {
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            if nix::unistd::getppid() != parent {
+                eprintln!("kvnode: parent process {parent} exited; exiting");
+                std::process::exit(1);
+            }
+        }
+    });
 }
 
 #[derive(Subcommand, Debug)]
@@ -26,6 +45,9 @@ enum Commands {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    if cli.exit_with_parent {
+        exit_with_parent();
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),

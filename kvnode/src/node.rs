@@ -176,11 +176,18 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
     tracing::info!(node = config.id, "shutting down");
     let _ = stop_tx.send(true);
     ticker.abort();
-    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+    // In-flight client calls get a moment to finish; peers' streams never
+    // end by themselves, so the servers are not waited for longer.
+    let (client_abort, peer_abort) = (client_task.abort_handle(), peer_task.abort_handle());
+    let drained = tokio::time::timeout(Duration::from_millis(500), async {
         let _ = client_task.await;
         let _ = peer_task.await;
     })
     .await;
+    if drained.is_err() {
+        client_abort.abort();
+        peer_abort.abort();
+    }
     let _ = events_tx.send(Event::Shutdown).await;
     match runtime_done.await {
         Ok(Ok(Ok(()))) => Ok(()),

@@ -1,0 +1,231 @@
+//! Shared pieces of the process-level tests: a cluster per test in a
+//! temporary directory, a client-history recorder checked for
+//! linearizability, and a watcher of leaders per term.
+
+#![allow(dead_code)]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use consensus::{Command, CommandResult};
+use kvclient::{Client, ClientError, ClientOptions};
+use kvnode::harness::LocalCluster;
+use sim::linearizability::{KvOutput, Operation, Verdict, check};
+use sim::simulator::{describe, to_input, to_output};
+
+/// The protocols the process-level scenarios run against: every one built.
+pub const PROTOCOLS: &[&str] = &["vanilla"];
+
+/// Node flags for tests: short ticks so elections take a few hundred ms.
+pub const NODE_FLAGS: &[&str] = &["--tick-ms", "10", "--request-timeout-ms", "2000"];
+
+/// A test's cluster and its directory, removed at the end.
+pub struct TestCluster {
+    pub cluster: LocalCluster,
+    pub dir: tempfile::TempDir,
+    pub leaders: LeaderWatch,
+}
+
+impl TestCluster {
+    pub fn start(protocol: &str, nodes: u64) -> TestCluster {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let cluster = LocalCluster::start(
+            Path::new(env!("CARGO_BIN_EXE_kvnode")),
+            protocol,
+            nodes,
+            dir.path(),
+            NODE_FLAGS,
+        )
+        .expect("start the cluster");
+        TestCluster {
+            cluster,
+            dir,
+            leaders: LeaderWatch::default(),
+        }
+    }
+
+    pub fn client(&self, timeout: Duration) -> Client {
+        let options = ClientOptions {
+            timeout,
+            attempt_timeout: Duration::from_millis(1000).min(timeout),
+            client_id: None,
+        };
+        Client::new(self.cluster.endpoints(), options).expect("endpoints")
+    }
+
+    /// Waits for a leader, noting every status seen.
+    pub async fn leader(&self) -> (u64, u64) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            let statuses = self.cluster.statuses().await;
+            self.leaders.observe(&statuses);
+            if let Some((id, s)) = statuses
+                .iter()
+                .filter(|(_, s)| s.role == "leader")
+                .max_by_key(|(_, s)| s.term)
+            {
+                return (*id, s.term);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!(
+            "no leader within 15 s; node logs are in {}",
+            self.dir.path().display()
+        );
+    }
+
+    /// Waits until every node in `ids` reports the same (last log index,
+    /// last log term, commit index) as the others, with applied = commit.
+    pub async fn converged(&self, ids: &[u64], timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            let statuses = self.cluster.statuses().await;
+            self.leaders.observe(&statuses);
+            let views: BTreeSet<(u64, u64, u64)> = ids
+                .iter()
+                .filter_map(|id| statuses.get(id))
+                .filter(|s| s.applied_index == s.commit_index)
+                .map(|s| (s.last_log_index, s.last_log_term, s.commit_index))
+                .collect();
+            if views.len() == 1 && ids.iter().all(|id| statuses.contains_key(id)) {
+                let (last, _, commit) = *views.iter().next().expect("one view");
+                if last == commit {
+                    return true;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        false
+    }
+}
+
+/// Records the leaders seen per term; at most one node may lead a term.
+#[derive(Default, Clone)]
+pub struct LeaderWatch {
+    seen: Arc<Mutex<BTreeMap<u64, BTreeSet<u64>>>>,
+}
+
+impl LeaderWatch {
+    pub fn observe(&self, statuses: &BTreeMap<u64, proto::kv::StatusResponse>) {
+        let mut seen = self.seen.lock().expect("lock");
+        for (id, s) in statuses {
+            if s.role == "leader" {
+                seen.entry(s.term).or_default().insert(*id);
+            }
+        }
+    }
+
+    pub fn assert_one_leader_per_term(&self) {
+        let seen = self.seen.lock().expect("lock");
+        for (term, leaders) in seen.iter() {
+            assert!(leaders.len() <= 1, "term {term} had leaders {leaders:?}");
+        }
+        assert!(!seen.is_empty(), "some leader was observed");
+    }
+}
+
+/// Client operations with their real-time intervals, for the checker.
+#[derive(Clone)]
+pub struct Recorder {
+    start: Instant,
+    ops: Arc<Mutex<Vec<Operation>>>,
+}
+
+impl Default for Recorder {
+    fn default() -> Self {
+        Recorder {
+            start: Instant::now(),
+            ops: Arc::default(),
+        }
+    }
+}
+
+impl Recorder {
+    fn now(&self) -> u64 {
+        self.start.elapsed().as_nanos() as u64
+    }
+
+    /// Runs `command`, recording its invocation and completion (an unknown
+    /// outcome when the client gives up).
+    pub async fn run(
+        &self,
+        client: &mut Client,
+        command: Command,
+    ) -> Result<CommandResult, ClientError> {
+        let call = self.now();
+        let result = client.execute(command.clone()).await;
+        let ret = self.now();
+        let (ret, output) = match &result {
+            Ok(r) => (Some(ret), Some(to_output(r))),
+            Err(ClientError::Execution(_)) => (Some(ret), Some(KvOutput::Failed)),
+            Err(e) if e.outcome_unknown() => (None, None),
+            Err(_) => return result,
+        };
+        self.ops.lock().expect("lock").push(Operation {
+            client: client.client_id(),
+            call,
+            ret,
+            input: to_input(&command),
+            output,
+        });
+        result
+    }
+
+    pub fn assert_linearizable(&self) {
+        let ops = self.ops.lock().expect("lock").clone();
+        assert!(!ops.is_empty());
+        match check(&ops) {
+            Verdict::Linearizable => {}
+            Verdict::NotLinearizable { operations, .. } => {
+                let lines: Vec<String> = operations.iter().map(|&i| describe(&ops[i])).collect();
+                panic!("history not linearizable:\n{}", lines.join("\n"));
+            }
+            Verdict::Unknown => panic!("linearizability check ran out of budget"),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.ops.lock().expect("lock").len()
+    }
+}
+
+/// Concurrent clients doing random register operations on a few keys until
+/// `stop` is set; every operation recorded.
+pub fn spawn_load(
+    test: &TestCluster,
+    recorder: &Recorder,
+    clients: usize,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> Vec<tokio::task::JoinHandle<usize>> {
+    (0..clients)
+        .map(|i| {
+            let mut client = test.client(Duration::from_secs(3));
+            let recorder = recorder.clone();
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let mut done = 0;
+                let mut n = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    n += 1;
+                    let key = format!("r{}", (n + i as u64) % 3).into_bytes();
+                    let value = format!("{i}.{n}").into_bytes();
+                    let command = match n % 4 {
+                        0 | 1 => Command::Put { key, value },
+                        2 => Command::Get { key },
+                        _ => Command::CompareAndSwap {
+                            key,
+                            expected: None,
+                            new: value,
+                        },
+                    };
+                    if recorder.run(&mut client, command).await.is_ok() {
+                        done += 1;
+                    }
+                }
+                done
+            })
+        })
+        .collect()
+}
