@@ -136,7 +136,7 @@ impl Runtime {
                 Event::Shutdown => break,
                 Event::Tick => {
                     self.ticks += 1;
-                    if self.ticks % 64 == 0 {
+                    if self.ticks.is_multiple_of(64) {
                         self.prune_abandoned_waiters();
                     }
                     Input::Tick

@@ -1,0 +1,364 @@
+//! What a node refuses, and how: invalid requests (each with its error and
+//! no effect), a peer of another cluster, a data directory that is corrupt
+//! or belongs to another cluster or protocol, a protocol not built yet.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command as Process;
+use std::time::Duration;
+
+use common::{PROTOCOLS, TestCluster};
+use consensus::limits::{KEY_BYTES_MAX, MULTI_KEYS_MAX, VALUE_BYTES_MAX};
+use kvclient::error_detail;
+use proto::kv::error_detail::Kind;
+use proto::kv::kv_client::KvClient;
+use proto::kv::*;
+use proto::raft::PeerBatch;
+use proto::raft::raft_peer_client::RaftPeerClient;
+
+fn kvnode() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_kvnode"))
+}
+
+fn header(seq: u64) -> Option<RequestHeader> {
+    Some(RequestHeader {
+        client_id: 4242,
+        seq,
+    })
+}
+
+fn expect_error<T: std::fmt::Debug>(
+    result: Result<tonic::Response<T>, tonic::Status>,
+    code: tonic::Code,
+    kind: Kind,
+) {
+    let status = result.expect_err("the request must be refused");
+    assert_eq!(status.code(), code, "{status:?}");
+    let detail = error_detail(&status).expect("a machine-readable detail");
+    assert_eq!(detail.kind, kind as i32, "{detail:?}");
+    assert!(!detail.message.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn invalid_requests_get_their_error_and_change_nothing() {
+    for protocol in PROTOCOLS {
+        let test = TestCluster::start(protocol, 3);
+        let (leader, _) = test.leader().await;
+        let addr = test.cluster.members()[&leader].client_addr.clone();
+        let mut kv = KvClient::connect(format!("http://{addr}"))
+            .await
+            .expect("connect")
+            .max_decoding_message_size(8 << 20)
+            .max_encoding_message_size(8 << 20);
+        kv.put(PutRequest {
+            header: header(1),
+            key: b"k".to_vec(),
+            value: b"original".to_vec(),
+        })
+        .await
+        .expect("a valid put");
+        let long_key = vec![b'k'; KEY_BYTES_MAX + 1];
+        let big_value = vec![0u8; VALUE_BYTES_MAX + 1];
+        use tonic::Code::InvalidArgument as Invalid;
+        let bad = Kind::InvalidArgument;
+        expect_error(
+            kv.put(PutRequest {
+                header: header(2),
+                key: vec![],
+                value: b"v".to_vec(),
+            })
+            .await,
+            Invalid,
+            bad,
+        );
+        expect_error(
+            kv.put(PutRequest {
+                header: header(3),
+                key: long_key.clone(),
+                value: b"v".to_vec(),
+            })
+            .await,
+            Invalid,
+            bad,
+        );
+        expect_error(
+            kv.put(PutRequest {
+                header: header(4),
+                key: b"k".to_vec(),
+                value: big_value.clone(),
+            })
+            .await,
+            Invalid,
+            bad,
+        );
+        expect_error(
+            kv.get(GetRequest {
+                header: header(5),
+                key: long_key.clone(),
+            })
+            .await,
+            Invalid,
+            bad,
+        );
+        let too_many: Vec<KeyValue> = (0..=MULTI_KEYS_MAX)
+            .map(|i| KeyValue {
+                key: format!("m{i}").into_bytes(),
+                value: b"v".to_vec(),
+            })
+            .collect();
+        expect_error(
+            kv.multi_put(MultiPutRequest {
+                header: header(6),
+                pairs: too_many,
+            })
+            .await,
+            Invalid,
+            bad,
+        );
+        let keys: Vec<Vec<u8>> = (0..=MULTI_KEYS_MAX)
+            .map(|i| format!("m{i}").into_bytes())
+            .collect();
+        expect_error(
+            kv.multi_get(MultiGetRequest {
+                header: header(7),
+                keys,
+            })
+            .await,
+            Invalid,
+            bad,
+        );
+        expect_error(
+            kv.multi_put(MultiPutRequest {
+                header: header(8),
+                pairs: vec![],
+            })
+            .await,
+            Invalid,
+            bad,
+        );
+        expect_error(
+            kv.compare_and_swap(CompareAndSwapRequest {
+                header: header(9),
+                key: b"k".to_vec(),
+                expected: None,
+                new_value: big_value,
+            })
+            .await,
+            Invalid,
+            bad,
+        );
+        expect_error(
+            kv.put(PutRequest {
+                header: None,
+                key: b"k".to_vec(),
+                value: b"v".to_vec(),
+            })
+            .await,
+            Invalid,
+            bad,
+        );
+        // An execution error is reported as such and changes nothing either.
+        expect_error(
+            kv.increment(IncrementRequest {
+                header: header(10),
+                key: b"k".to_vec(),
+                by: 1,
+            })
+            .await,
+            tonic::Code::FailedPrecondition,
+            Kind::Execution,
+        );
+        let value = kv
+            .get(GetRequest {
+                header: header(11),
+                key: b"k".to_vec(),
+            })
+            .await
+            .expect("read")
+            .into_inner();
+        assert_eq!(value.value.expect("value").value, b"original");
+        let absent = kv
+            .get(GetRequest {
+                header: header(12),
+                key: b"m0".to_vec(),
+            })
+            .await
+            .expect("read")
+            .into_inner();
+        assert!(
+            !absent.value.expect("value").present,
+            "the refused multi-put wrote nothing"
+        );
+
+        // A follower redirects to the leader's client address.
+        let follower = (1..=3).find(|id| *id != leader).expect("follower");
+        let addr = test.cluster.members()[&follower].client_addr.clone();
+        let mut kv = KvClient::connect(format!("http://{addr}"))
+            .await
+            .expect("connect");
+        let status = kv
+            .put(PutRequest {
+                header: header(13),
+                key: b"k".to_vec(),
+                value: b"v".to_vec(),
+            })
+            .await
+            .expect_err("a follower does not take writes");
+        let detail = error_detail(&status).expect("detail");
+        assert_eq!(detail.kind, Kind::NotLeader as i32);
+        assert_eq!(detail.leader_id, leader);
+        assert_eq!(
+            detail.leader_client_addr,
+            test.cluster.members()[&leader].client_addr
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_peer_of_another_cluster_is_refused() {
+    let test = TestCluster::start(PROTOCOLS[0], 3);
+    test.leader().await;
+    let peer_addr = test.cluster.members()[&1].peer_addr.clone();
+    let mut peer = RaftPeerClient::connect(format!("http://{peer_addr}"))
+        .await
+        .expect("connect");
+    let batch = PeerBatch {
+        cluster_id: "another-cluster".into(),
+        from: 2,
+        messages: vec![],
+    };
+    let call = peer.stream(tokio_stream::iter(vec![batch]));
+    let status = tokio::time::timeout(Duration::from_secs(5), call)
+        .await
+        .expect("answered in time")
+        .expect_err("refused");
+    assert_eq!(status.code(), tonic::Code::PermissionDenied);
+    assert!(
+        status.message().contains("another-cluster"),
+        "{}",
+        status.message()
+    );
+    // The node is unharmed.
+    test.leader().await;
+}
+
+/// Runs kvnode to completion (it must exit by itself) and returns its exit
+/// code and standard error.
+fn run_kvnode(args: &[&str], data_dir: &Path) -> (i32, String) {
+    let mut child = Process::new(kvnode())
+        .args(args)
+        .arg("--data-dir")
+        .arg(data_dir)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start kvnode");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            let mut stderr = String::new();
+            use std::io::Read;
+            child
+                .stderr
+                .take()
+                .expect("stderr")
+                .read_to_string(&mut stderr)
+                .expect("read");
+            return (status.code().unwrap_or(-1), stderr);
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("kvnode did not exit on a bad start");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn bad_data_directories_and_unbuilt_protocols_give_clear_errors() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ports = kvnode::harness::free_ports(2).expect("ports");
+    let peers = format!("1=127.0.0.1:{}/127.0.0.1:{}", ports[0], ports[1]);
+    let base = ["--id", "1", "--peers", peers.as_str()];
+    let with = |extra: &[&'static str]| -> Vec<&str> {
+        let mut args: Vec<&str> = base.to_vec();
+        args.extend_from_slice(extra);
+        args
+    };
+    let no_panic = |stderr: &str| assert!(!stderr.contains("panicked"), "{stderr}");
+
+    // A data directory made by one cluster and protocol...
+    let data = dir.path().join("node");
+    std::fs::create_dir_all(&data).expect("mkdir");
+    {
+        // Create it, then stop the node (it runs until signalled).
+        let mut child = Process::new(kvnode())
+            .args(with(&["--protocol", "vanilla", "--cluster-id", "alpha"]))
+            .arg("--data-dir")
+            .arg(&data)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start");
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while !data.join("CURRENT").exists() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .expect("signal");
+        let status = child.wait().expect("wait");
+        assert!(
+            status.success(),
+            "graceful shutdown on SIGTERM exits 0: {status}"
+        );
+    }
+    // ... is refused to another cluster ...
+    let (code, stderr) = run_kvnode(
+        &with(&["--protocol", "vanilla", "--cluster-id", "beta"]),
+        &data,
+    );
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains("cluster id") && stderr.contains("alpha"),
+        "{stderr}"
+    );
+    no_panic(&stderr);
+    // ... and to another protocol (one that is not built is refused first,
+    // with its own message, before the directory is touched).
+    let (code, stderr) = run_kvnode(
+        &with(&["--protocol", "optimized", "--cluster-id", "alpha"]),
+        &data,
+    );
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("not built yet"), "{stderr}");
+    no_panic(&stderr);
+
+    // A corrupt directory.
+    std::fs::write(data.join("CURRENT"), "MANIFEST-424242\n").expect("corrupt");
+    let (code, stderr) = run_kvnode(
+        &with(&["--protocol", "vanilla", "--cluster-id", "alpha"]),
+        &data,
+    );
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("cannot open data directory"), "{stderr}");
+    no_panic(&stderr);
+
+    // A directory that is not a kvnode directory at all.
+    let foreign = dir.path().join("photos");
+    std::fs::create_dir_all(&foreign).expect("mkdir");
+    std::fs::write(foreign.join("cat.jpg"), "meow").expect("write");
+    let (code, stderr) = run_kvnode(&with(&["--protocol", "vanilla"]), &foreign);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("not a kvnode data directory"), "{stderr}");
+    no_panic(&stderr);
+
+    // Bad flags.
+    let (code, stderr) = run_kvnode(&with(&["--protocol", "paxos"]), &dir.path().join("x"));
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("unknown protocol"), "{stderr}");
+}
