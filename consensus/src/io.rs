@@ -18,8 +18,10 @@
 //!    acknowledges it (else a majority "holding" a committed entry could
 //!    forget it in a crash, and a new leader without it would be elected).
 //! 3. **Messages and replies marked [`Timing::AfterPersist`] leave**, only
-//!    once step 2 finished: that is the "persist before send" these rules
-//!    protect.
+//!    once step 2 finished, and every write of earlier outboxes too: that is
+//!    the "persist before send" these rules protect. (A vote granted again
+//!    to the same candidate writes nothing new, but its answer must still
+//!    wait for the earlier write of that vote.)
 //! 4. **[`Outbox::apply`] entries are applied in index order**, then
 //!    [`Outbox::reads`] are served from the state machine. A protocol emits an
 //!    entry for apply only once it is committed and durable in this node's
@@ -28,6 +30,14 @@
 //!    those entries (ReadIndex: "answer once applied >= read index").
 //! 5. **The runtime reports back**: [`Input::Persisted`] after a non-empty
 //!    persist, [`Input::Applied`] after a non-empty apply.
+//!
+//! Writes are carried out one outbox at a time, in order, but the runtime
+//! need not wait for a sync before taking the next input (kvnode syncs on a
+//! persist thread; the simulator gives each sync a random delay). A protocol
+//! therefore learns that its writes are durable only from
+//! [`Input::Persisted`], and may meanwhile gather new work for its next
+//! write (group commit) or send entries it is still writing (parallel
+//! persist); vanilla Raft does neither.
 //!
 //! The runtime adds no optimization of its own: it never merges the writes
 //! of two outboxes into one sync, nor reorders messages, so a measured

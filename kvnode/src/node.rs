@@ -89,7 +89,13 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
             rx,
         ));
     }
-    let runtime = Runtime::new(config.id, protocol, storage, state_machine, peer_queues);
+    let runtime = Runtime::new(
+        config.id,
+        protocol,
+        std::sync::Arc::new(storage),
+        state_machine,
+        peer_queues,
+    );
     let runtime_thread = std::thread::Builder::new()
         .name(format!("runtime-{}", config.id))
         .spawn(move || runtime.run(events_rx))

@@ -20,6 +20,8 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use consensus::io::{HardState, Recovered, Write};
 use consensus::state_machine::{ApplyBatch, KvRead, Session};
@@ -107,13 +109,15 @@ pub struct Loaded {
     pub sessions: HashMap<ClientId, Session>,
 }
 
-/// One node's RocksDB database.
+/// One node's RocksDB database. Shared by the runtime thread (applies,
+/// reads) and the persist thread (log and hard-state writes); RocksDB is
+/// safe for concurrent use, and the durable log's end is behind a mutex.
 #[derive(Debug)]
 pub struct Storage {
     db: DB,
-    last_index: LogIndex,
-    last_term: Term,
-    synced_writes: u64,
+    /// (last index, last term) of the durable log.
+    last: Mutex<(LogIndex, Term)>,
+    synced_writes: AtomicU64,
 }
 
 fn index_key(index: LogIndex) -> [u8; 8] {
@@ -157,9 +161,8 @@ impl Storage {
         })?;
         let mut storage = Storage {
             db,
-            last_index: 0,
-            last_term: 0,
-            synced_writes: 0,
+            last: Mutex::new((0, 0)),
+            synced_writes: AtomicU64::new(0),
         };
         storage.check_identity(dir, identity, exists)?;
         let loaded = storage.load()?;
@@ -282,8 +285,10 @@ impl Storage {
                 convert::session_from_proto(session).map_err(|e| corrupt("session", &e))?,
             );
         }
-        self.last_index = log.last().map_or(0, |e| e.index);
-        self.last_term = log.last().map_or(0, |e| e.term);
+        *self.last.get_mut().unwrap_or_else(|e| e.into_inner()) = (
+            log.last().map_or(0, |e| e.index),
+            log.last().map_or(0, |e| e.term),
+        );
         Ok(Loaded {
             recovered: Recovered {
                 hard_state,
@@ -294,18 +299,20 @@ impl Storage {
         })
     }
 
-    fn write_synced(&mut self, batch: WriteBatch) -> Result<(), StorageError> {
+    fn write_synced(&self, batch: WriteBatch) -> Result<(), StorageError> {
         let mut options = WriteOptions::default();
         options.set_sync(true);
         self.db.write_opt(batch, &options)?;
-        self.synced_writes += 1;
+        self.synced_writes.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 
-    /// Makes `writes` durable, in order, in one synced batch.
-    pub fn persist(&mut self, writes: &[Write]) -> Result<(), StorageError> {
+    /// Makes `writes` durable, in order, in one synced batch. Called from one
+    /// thread at a time (the persist thread), in the order of the outboxes.
+    pub fn persist(&self, writes: &[Write]) -> Result<(), StorageError> {
         let mut batch = WriteBatch::default();
-        let (mut last_index, mut last_term) = (self.last_index, self.last_term);
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        let (mut last_index, mut last_term) = *last;
         // Terms of entries appended earlier in this same batch (not yet in
         // the database), for a truncation that ends the log among them.
         let mut appended: HashMap<LogIndex, Term> = HashMap::new();
@@ -338,7 +345,7 @@ impl Storage {
             }
         }
         self.write_synced(batch)?;
-        (self.last_index, self.last_term) = (last_index, last_term);
+        *last = (last_index, last_term);
         Ok(())
     }
 
@@ -355,17 +362,17 @@ impl Storage {
 
     /// The last entry of the durable log: (index, term), (0, 0) when empty.
     pub fn last_log(&self) -> (LogIndex, Term) {
-        (self.last_index, self.last_term)
+        *self.last.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// How many synced batches this node has written since it started.
     pub fn synced_writes(&self) -> u64 {
-        self.synced_writes
+        self.synced_writes.load(Ordering::Relaxed)
     }
 
     /// Commits the outcome of applying entries atomically: data changes, the
     /// applied index and changed sessions.
-    pub fn apply(&mut self, applied: &ApplyBatch) -> Result<(), StorageError> {
+    pub fn apply(&self, applied: &ApplyBatch) -> Result<(), StorageError> {
         let mut batch = WriteBatch::default();
         let (data, meta) = (self.cf(CF_DATA), self.cf(CF_META));
         for (key, change) in &applied.data {
@@ -436,7 +443,7 @@ mod tests {
     fn a_reopened_database_holds_what_was_persisted_and_applied() {
         let dir = temp_dir("reopen");
         {
-            let (mut storage, loaded) = Storage::open(&dir, &identity()).expect("open");
+            let (storage, loaded) = Storage::open(&dir, &identity()).expect("open");
             assert!(loaded.recovered.log.is_empty());
             storage
                 .persist(&[
