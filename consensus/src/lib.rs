@@ -19,6 +19,7 @@ pub mod limits;
 pub mod log;
 pub mod message;
 pub mod quorum;
+pub mod raft;
 pub mod rng;
 pub mod state_machine;
 pub mod types;

@@ -37,16 +37,11 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use consensus::io::{
-    HardState, Input, Outbox, Recovered, ReplyOutcome, Role, Status, Timing, Write,
-};
-use consensus::log::RaftLog;
-use consensus::message::{
-    AppendEntries, AppendEntriesResponse, Message, RequestVote, RequestVoteResponse,
-};
-use consensus::quorum::{majority, quorum_index};
-use consensus::rng::DetRng;
-use consensus::{ClientRequest, Consensus, Entry, EntryPayload, LogIndex, NodeId, RequestId, Term};
+use consensus::io::{Input, Outbox, Recovered, ReplyOutcome, Role, Status, Timing};
+use consensus::message::{AppendEntries, AppendEntriesResponse, Message, RequestVoteResponse};
+use consensus::quorum::quorum_index;
+use consensus::raft::{ElectionTimer, RaftCore};
+use consensus::{ClientRequest, Consensus, EntryPayload, LogIndex, NodeId, RequestId, Term};
 
 /// A deliberate protocol bug, for the tests that prove the simulator catches
 /// unsafe protocols. Never set outside those tests; `kvnode` has no flag for
@@ -100,7 +95,7 @@ struct Progress {
     next_index: LogIndex,
     /// Index of the highest log entry known to be replicated on that server.
     match_index: LogIndex,
-    /// An AppendEntries carrying entries is awaiting its response.
+    /// An AppendEntries carrying an entry is awaiting its response.
     in_flight: bool,
 }
 
@@ -108,26 +103,10 @@ struct Progress {
 #[derive(Debug)]
 pub struct VanillaRaft {
     config: Config,
-    rng: DetRng,
-    // Figure 2, persistent state (mirrored in storage through `Write`s).
-    term: Term,
-    voted_for: Option<NodeId>,
-    log: RaftLog,
-    // Volatile state.
+    core: RaftCore,
     role: Role,
     leader: Option<NodeId>,
-    /// Highest index known committed. Invariant: never decreases.
-    commit_index: LogIndex,
-    /// Highest index the runtime reported applied.
-    applied_index: LogIndex,
-    /// Highest index handed to the runtime for apply. Invariant:
-    /// `applied_index <= apply_emitted <= min(commit_index, durable_index)`
-    /// at the time of emission.
-    apply_emitted: LogIndex,
-    /// Highest index of this node's log known durable and equal to memory.
-    durable_index: LogIndex,
-    election_elapsed: u64,
-    election_timeout: u64,
+    election: ElectionTimer,
     heartbeat_elapsed: u64,
     votes: BTreeSet<NodeId>,
     progress: BTreeMap<NodeId, Progress>,
@@ -139,73 +118,26 @@ impl VanillaRaft {
     /// A node rebuilt from what its storage holds.
     pub fn new(config: Config, recovered: Recovered) -> Self {
         assert!(
-            config.members.contains(&config.id),
-            "a node is a member of its cluster"
-        );
-        assert!(
             config.heartbeat_ticks >= 1 && config.election_timeout_ticks > config.heartbeat_ticks
         );
-        let log = RaftLog::new(recovered.log);
-        let applied = recovered.applied_index;
-        assert!(
-            applied <= log.last_index(),
-            "the state machine is never ahead of the durable log"
-        );
-        let mut rng = DetRng::new(config.seed ^ config.id.wrapping_mul(0x9E37_79B9));
-        let election_timeout = rng.range(
-            config.election_timeout_ticks,
-            2 * config.election_timeout_ticks,
-        );
+        let seed = config.seed ^ config.id.wrapping_mul(0x9E37_79B9);
         VanillaRaft {
-            term: recovered.hard_state.term,
-            voted_for: recovered.hard_state.voted_for,
-            durable_index: log.last_index(),
-            log,
+            core: RaftCore::new(config.id, config.members.clone(), recovered),
             role: Role::Follower,
             leader: None,
-            commit_index: applied,
-            applied_index: applied,
-            apply_emitted: applied,
-            election_elapsed: 0,
-            election_timeout,
+            election: ElectionTimer::new(config.election_timeout_ticks, seed),
             heartbeat_elapsed: 0,
             votes: BTreeSet::new(),
             progress: BTreeMap::new(),
             pending: BTreeMap::new(),
             config,
-            rng,
         }
-    }
-
-    fn peers(&self) -> impl Iterator<Item = NodeId> + '_ {
-        self.config
-            .members
-            .iter()
-            .copied()
-            .filter(move |&m| m != self.config.id)
-    }
-
-    fn hard_state(&self) -> HardState {
-        HardState {
-            term: self.term,
-            voted_for: self.voted_for,
-        }
-    }
-
-    fn reset_election_timer(&mut self) {
-        self.election_elapsed = 0;
-        let base = self.config.election_timeout_ticks;
-        self.election_timeout = self.rng.range(base, 2 * base);
     }
 
     /// Figure 2, all servers: "If RPC request or response contains term
     /// T > currentTerm: set currentTerm = T, convert to follower".
     fn become_follower(&mut self, term: Term, leader: Option<NodeId>, out: &mut Outbox) {
-        if term > self.term {
-            self.term = term;
-            self.voted_for = None;
-            out.persist.push(Write::HardState(self.hard_state()));
-        }
+        self.core.observe_term(term, out);
         if self.role == Role::Leader {
             // Entries this leader appended may still commit under the next
             // leader; the clients retry there under the same request id, and
@@ -221,23 +153,12 @@ impl VanillaRaft {
     }
 
     fn start_election(&mut self, out: &mut Outbox) {
-        self.term += 1;
         self.role = Role::Candidate;
         self.leader = None;
-        self.voted_for = Some(self.config.id);
         self.votes = BTreeSet::from([self.config.id]);
-        self.reset_election_timer();
-        // The vote must be durable before any RequestVote leaves: a node
-        // that forgot its vote after a crash could vote twice in one term.
-        out.persist.push(Write::HardState(self.hard_state()));
-        let request = RequestVote {
-            term: self.term,
-            candidate_id: self.config.id,
-            last_log_index: self.log.last_index(),
-            last_log_term: self.log.last_term(),
-            pre_vote: false,
-        };
-        for peer in self.peers().collect::<Vec<_>>() {
+        self.election.reset();
+        let request = self.core.campaign(out);
+        for peer in self.core.peers() {
             out.send(
                 peer,
                 Message::RequestVote(request.clone()),
@@ -248,7 +169,7 @@ impl VanillaRaft {
     }
 
     fn maybe_win(&mut self, out: &mut Outbox) {
-        if self.role == Role::Candidate && self.votes.len() >= majority(self.config.members.len()) {
+        if self.role == Role::Candidate && self.votes.len() >= self.core.majority() {
             self.become_leader(out);
         }
     }
@@ -257,9 +178,11 @@ impl VanillaRaft {
         self.role = Role::Leader;
         self.leader = Some(self.config.id);
         self.heartbeat_elapsed = 0;
-        let next_index = self.log.last_index() + 1;
+        let next_index = self.core.log.last_index() + 1;
         self.progress = self
+            .core
             .peers()
+            .into_iter()
             .map(|peer| {
                 let progress = Progress {
                     next_index,
@@ -280,13 +203,14 @@ impl VanillaRaft {
         let Some(progress) = self.progress.get(&peer).copied() else {
             return;
         };
-        let has_entry = progress.next_index <= self.durable_index;
+        let has_entry = progress.next_index <= self.core.durable_index;
         if !(heartbeat || (has_entry && !progress.in_flight)) {
             return;
         }
         let prev_log_index = progress.next_index - 1;
         let entries = if has_entry {
-            self.log
+            self.core
+                .log
                 .get(progress.next_index)
                 .cloned()
                 .into_iter()
@@ -294,16 +218,16 @@ impl VanillaRaft {
         } else {
             Vec::new()
         };
-        let Some(prev_log_term) = self.log.term(prev_log_index) else {
+        let Some(prev_log_term) = self.core.log.term(prev_log_index) else {
             unreachable!("next_index never passes the end of the leader's log");
         };
         let message = AppendEntries {
-            term: self.term,
+            term: self.core.term,
             leader_id: self.config.id,
             prev_log_index,
             prev_log_term,
             entries,
-            leader_commit: self.commit_index,
+            leader_commit: self.core.commit_index,
             context: 0,
         };
         if has_entry && let Some(p) = self.progress.get_mut(&peer) {
@@ -315,7 +239,7 @@ impl VanillaRaft {
     }
 
     fn broadcast_append(&mut self, out: &mut Outbox) {
-        for peer in self.peers().collect::<Vec<_>>() {
+        for peer in self.core.peers() {
             self.send_append(peer, true, out);
         }
     }
@@ -336,16 +260,13 @@ impl VanillaRaft {
             out.reply(request.id, outcome, Timing::Now);
             return;
         }
-        let entry = Entry {
-            term: self.term,
-            index: self.log.last_index() + 1,
-            payload: EntryPayload::Command(request.clone()),
-        };
-        self.pending.insert(entry.index, request.id);
-        self.log.push(entry.clone());
+        let id = request.id;
         // One client command, one durable write, one sync. Followers get
         // the entry once it is durable here (see `Input::Persisted`).
-        out.persist.push(Write::AppendLog(vec![entry]));
+        let index = self
+            .core
+            .append_as_leader(vec![EntryPayload::Command(request)], out);
+        self.pending.insert(index, id);
     }
 
     fn handle_append(&mut self, from: NodeId, m: AppendEntries, out: &mut Outbox) {
@@ -357,64 +278,33 @@ impl VanillaRaft {
             conflict_term: 0,
             context: m.context,
         };
-        if m.term < self.term {
-            let response = reject(self.term, m.prev_log_index);
+        if m.term < self.core.term {
+            let response = reject(self.core.term, m.prev_log_index);
             out.send(from, Message::AppendEntriesResponse(response), Timing::Now);
             return;
         }
-        // m.term == self.term: `from` is this term's leader.
+        // m.term == term: `from` is this term's leader.
         debug_assert!(
             self.role != Role::Leader,
             "two leaders in term {}",
-            self.term
+            self.core.term
         );
         if self.role != Role::Follower || self.leader != Some(m.leader_id) {
             self.become_follower(m.term, Some(m.leader_id), out);
         }
-        self.election_elapsed = 0;
-        if self.log.term(m.prev_log_index) != Some(m.prev_log_term) {
-            let response = reject(self.term, m.prev_log_index);
-            out.send(
-                from,
-                Message::AppendEntriesResponse(response),
-                Timing::AfterPersist,
-            );
-            return;
-        }
-        let mut new_entries = Vec::new();
-        for entry in m.entries.iter() {
-            match self.log.term(entry.index) {
-                Some(term) if term == entry.term => continue,
-                Some(_) => {
-                    // Figure 2: "If an existing entry conflicts with a new one,
-                    // delete the existing entry and all that follow it".
-                    assert!(
-                        entry.index > self.commit_index,
-                        "a committed entry is never overwritten"
-                    );
-                    self.log.truncate_from(entry.index);
-                    self.durable_index = self.durable_index.min(entry.index - 1);
-                    out.persist.push(Write::TruncateLog { from: entry.index });
-                }
-                None => {}
-            }
-            self.log.push(entry.clone());
-            new_entries.push(entry.clone());
-        }
-        if !new_entries.is_empty() {
-            out.persist.push(Write::AppendLog(new_entries));
-        }
-        let match_index = m.prev_log_index + m.entries.len() as LogIndex;
-        if m.leader_commit > self.commit_index {
-            self.commit_index = m.leader_commit.min(match_index).max(self.commit_index);
-        }
-        let response = AppendEntriesResponse {
-            term: self.term,
-            success: true,
-            match_index,
-            conflict_index: 0,
-            conflict_term: 0,
-            context: m.context,
+        self.election.reset();
+        let response = match self.core.append_entries(&m, out) {
+            // Vanilla's leader steps back one entry at a time: it only needs
+            // the rejected index.
+            Err(conflict) => reject(self.core.term, conflict.rejected_prev),
+            Ok(match_index) => AppendEntriesResponse {
+                term: self.core.term,
+                success: true,
+                match_index,
+                conflict_index: 0,
+                conflict_term: 0,
+                context: m.context,
+            },
         };
         // The acknowledgement promises the entries are on stable storage.
         out.send(
@@ -426,7 +316,7 @@ impl VanillaRaft {
     }
 
     fn handle_append_response(&mut self, from: NodeId, m: AppendEntriesResponse, out: &mut Outbox) {
-        if self.role != Role::Leader || m.term != self.term {
+        if self.role != Role::Leader || m.term != self.core.term {
             return;
         }
         let Some(progress) = self.progress.get_mut(&from) else {
@@ -445,22 +335,18 @@ impl VanillaRaft {
         self.send_append(from, false, out);
     }
 
-    fn handle_vote_request(&mut self, from: NodeId, m: RequestVote, out: &mut Outbox) {
-        let can_vote = self.voted_for.is_none_or(|v| v == m.candidate_id);
-        let granted = m.term == self.term
-            && can_vote
-            && self
-                .log
-                .candidate_is_up_to_date(m.last_log_index, m.last_log_term);
-        if granted && self.voted_for.is_none() {
-            self.voted_for = Some(m.candidate_id);
-            out.persist.push(Write::HardState(self.hard_state()));
-        }
+    fn handle_vote_request(
+        &mut self,
+        from: NodeId,
+        m: consensus::message::RequestVote,
+        out: &mut Outbox,
+    ) {
+        let granted = self.core.decide_vote(&m, out);
         if granted {
-            self.reset_election_timer();
+            self.election.reset();
         }
         let response = RequestVoteResponse {
-            term: self.term,
+            term: self.core.term,
             vote_granted: granted,
             pre_vote: false,
         };
@@ -473,7 +359,7 @@ impl VanillaRaft {
     }
 
     fn handle_vote_response(&mut self, from: NodeId, m: RequestVoteResponse, out: &mut Outbox) {
-        if self.role == Role::Candidate && m.term == self.term && m.vote_granted {
+        if self.role == Role::Candidate && m.term == self.core.term && m.vote_granted {
             self.votes.insert(from);
             self.maybe_win(out);
         }
@@ -482,42 +368,35 @@ impl VanillaRaft {
     /// Figure 2, leaders: commit the highest N held by a majority whose entry
     /// is of the current term.
     fn advance_commit(&mut self, out: &mut Outbox) {
-        let mut matches: Vec<LogIndex> = self.progress.values().map(|p| p.match_index).collect();
-        matches.push(self.durable_index);
-        let candidate = match self.config.injected_bug {
-            Some(InjectedBug::CommitWithoutQuorum) => self.durable_index,
-            _ => quorum_index(&matches),
+        let matches = self.progress.values().map(|p| p.match_index);
+        let index = match self.config.injected_bug {
+            None => self.core.quorum_commit(matches),
+            Some(InjectedBug::CommitWithoutQuorum) => Some(self.core.durable_index),
+            Some(InjectedBug::CommitPreviousTermByCounting) => {
+                let mut all: Vec<LogIndex> = matches.collect();
+                all.push(self.core.durable_index);
+                Some(quorum_index(&all))
+            }
         };
-        let of_current_term = self.log.term(candidate) == Some(self.term);
-        let allowed = of_current_term
-            || self.config.injected_bug == Some(InjectedBug::CommitPreviousTermByCounting);
-        if candidate > self.commit_index && allowed {
-            self.commit_index = candidate;
+        if let Some(index) = index.filter(|&i| i > self.core.commit_index) {
+            self.core.commit_to(index);
             self.emit_applies(out);
         }
     }
 
-    /// Hands committed entries that are durable here to the runtime.
     fn emit_applies(&mut self, out: &mut Outbox) {
-        let upto = self.commit_index.min(self.durable_index);
-        while self.apply_emitted < upto {
-            self.apply_emitted += 1;
-            let entry = self.log.get(self.apply_emitted).cloned();
-            let Some(entry) = entry else {
-                unreachable!("committed entries are in the log");
-            };
+        let before = out.apply.len();
+        self.core.emit_applies(out);
+        for entry in &out.apply[before..] {
             self.pending.remove(&entry.index);
-            out.apply.push(entry);
         }
     }
 
     fn handle_persisted(&mut self, last_index: LogIndex, last_term: Term, out: &mut Outbox) {
-        if self.log.term(last_index) == Some(last_term) {
-            self.durable_index = self.durable_index.max(last_index);
-        }
+        self.core.persisted(last_index, last_term);
         if self.role == Role::Leader {
             self.advance_commit(out);
-            for peer in self.peers().collect::<Vec<_>>() {
+            for peer in self.core.peers() {
                 self.send_append(peer, false, out);
             }
         }
@@ -533,8 +412,7 @@ impl VanillaRaft {
             }
             return;
         }
-        self.election_elapsed += 1;
-        if self.election_elapsed >= self.election_timeout {
+        if self.election.tick() {
             self.start_election(out);
         }
     }
@@ -549,12 +427,9 @@ impl Consensus for VanillaRaft {
                 last_index,
                 last_term,
             } => self.handle_persisted(last_index, last_term, out),
-            Input::Applied { index } => {
-                debug_assert!(index <= self.apply_emitted);
-                self.applied_index = self.applied_index.max(index);
-            }
+            Input::Applied { index } => self.core.applied(index),
             Input::Message { from, message } => {
-                if message.term() > self.term {
+                if message.term() > self.core.term {
                     let leader = match &message {
                         Message::AppendEntries(m) => Some(m.leader_id),
                         _ => None,
@@ -572,14 +447,6 @@ impl Consensus for VanillaRaft {
     }
 
     fn status(&self) -> Status {
-        Status {
-            id: self.config.id,
-            role: self.role,
-            term: self.term,
-            leader: self.leader,
-            commit_index: self.commit_index,
-            applied_index: self.applied_index,
-            last_log_index: self.log.last_index(),
-        }
+        self.core.status(self.role, self.leader)
     }
 }

@@ -118,12 +118,12 @@ fn catches_a_leader_that_commits_without_a_quorum() {
 #[test]
 fn catches_commit_of_an_earlier_term_by_counting_replicas() {
     let result = run_seeds(
-        0..300,
+        0..2000,
         |seed| SimConfig::new(seed, 3),
         factory(Some(InjectedBug::CommitPreviousTermByCounting)),
         REPLAY,
     );
-    let failures = result.expect_err("the Figure 8 bug must be caught within 300 seeds");
+    let failures = result.expect_err("the Figure 8 bug must be caught within 2000 seeds");
     eprintln!(
         "caught as expected:\n{}",
         failures.lines().take(3).collect::<Vec<_>>().join("\n")
