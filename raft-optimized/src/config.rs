@@ -22,7 +22,9 @@ impl std::str::FromStr for ReadMode {
         match s {
             "read-index" | "readindex" => Ok(ReadMode::ReadIndex),
             "lease" => Ok(ReadMode::Lease),
-            other => Err(format!("unknown read mode {other:?}; use read-index or lease")),
+            other => Err(format!(
+                "unknown read mode {other:?}; use read-index or lease"
+            )),
         }
     }
 }
@@ -95,7 +97,9 @@ impl Config {
             return Err(format!("node {} is not among the members", self.id));
         }
         if self.heartbeat_ticks == 0 || self.election_timeout_ticks <= self.heartbeat_ticks {
-            return Err("need heartbeat_ticks > 0 and election_timeout_ticks > heartbeat_ticks".into());
+            return Err(
+                "need heartbeat_ticks > 0 and election_timeout_ticks > heartbeat_ticks".into(),
+            );
         }
         if self.batch_entries_max == 0 || self.inflight_appends_max == 0 {
             return Err("batch and in-flight limits must be at least 1".into());

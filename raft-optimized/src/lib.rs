@@ -42,7 +42,9 @@ mod config;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use consensus::io::{Input, Outbox, Recovered, ReplyOutcome, Role, Status, Timing};
-use consensus::message::{AppendEntries, AppendEntriesResponse, Message, RequestVote, RequestVoteResponse};
+use consensus::message::{
+    AppendEntries, AppendEntriesResponse, Message, RequestVote, RequestVoteResponse,
+};
 use consensus::raft::{ElectionTimer, RaftCore};
 use consensus::{ClientRequest, Consensus, EntryPayload, LogIndex, NodeId, RequestId, Term};
 
@@ -154,16 +156,18 @@ impl OptimizedRaft {
             panic!("invalid raft-optimized settings: {problem}");
         }
         let seed = config.seed ^ config.id.wrapping_mul(0x9E37_79B9);
+        let never_saw_a_term = recovered.hard_state.term == 0;
         OptimizedRaft {
             core: RaftCore::new(config.id, config.members.clone(), recovered),
             role: Role::Follower,
             leader: None,
             election: ElectionTimer::new(config.election_timeout_ticks, seed),
             now_ticks: 0,
-            // A node that just started counts as having just heard from a
-            // leader: it may have acknowledged a lease before it crashed,
-            // and must not help elect another leader while that lease lasts.
-            ticks_since_leader: 0,
+            // A node that restarts counts as having just heard from a leader:
+            // it may have acknowledged a lease before it crashed, and must not
+            // help elect another leader while that lease lasts. A node that
+            // never saw a term has acknowledged nothing.
+            ticks_since_leader: if never_saw_a_term { u64::MAX } else { 0 },
             votes: BTreeSet::new(),
             writes_in_flight: 0,
             heartbeat_elapsed: 0,
@@ -211,7 +215,9 @@ impl OptimizedRaft {
     /// minimum election timeout: it then refuses votes (check-quorum's
     /// leader stickiness, which lease reads rely on).
     fn leader_is_fresh(&self) -> bool {
-        self.config.check_quorum && (self.role == Role::Leader || self.ticks_since_leader < self.config.election_timeout_ticks)
+        self.config.check_quorum
+            && (self.role == Role::Leader
+                || self.ticks_since_leader < self.config.election_timeout_ticks)
     }
 
     fn on_election_timeout(&mut self, out: &mut Outbox) {
@@ -239,7 +245,11 @@ impl OptimizedRaft {
         self.election.reset();
         let request = self.core.campaign(out);
         for peer in self.core.peers() {
-            out.send(peer, Message::RequestVote(request.clone()), Timing::AfterPersist);
+            out.send(
+                peer,
+                Message::RequestVote(request.clone()),
+                Timing::AfterPersist,
+            );
         }
         if self.votes.len() >= self.core.majority() {
             self.become_leader(out);
@@ -255,7 +265,12 @@ impl OptimizedRaft {
         self.term_start_index = self.core.append_as_leader(vec![EntryPayload::Noop], out);
         let now = self.now_ticks;
         let next = self.term_start_index;
-        self.progress = self.core.peers().into_iter().map(|p| (p, Progress::new(next, now))).collect();
+        self.progress = self
+            .core
+            .peers()
+            .into_iter()
+            .map(|p| (p, Progress::new(next, now)))
+            .collect();
         for peer in self.core.peers() {
             self.send_appends(peer, out);
         }
@@ -265,7 +280,12 @@ impl OptimizedRaft {
 
     // ----- replication -----
 
-    fn append_message(&self, prev_log_index: LogIndex, entries: Vec<consensus::Entry>, context: u64) -> Message {
+    fn append_message(
+        &self,
+        prev_log_index: LogIndex,
+        entries: Vec<consensus::Entry>,
+        context: u64,
+    ) -> Message {
         let Some(prev_log_term) = self.core.log.term(prev_log_index) else {
             unreachable!("a leader only sends from within its log");
         };
@@ -284,16 +304,19 @@ impl OptimizedRaft {
     /// those this leader is still writing (parallel persist).
     fn send_appends(&mut self, peer: NodeId, out: &mut Outbox) {
         let last_index = self.core.log.last_index();
-        let Some(p) = self.progress.get(&peer) else { return };
+        let Some(p) = self.progress.get(&peer) else {
+            return;
+        };
         match p.state {
             ReplicationState::Probe => {
                 if p.probe_sent {
                     return;
                 }
-                let entries = self
-                    .core
-                    .log
-                    .slice(p.next_index, self.config.batch_entries_max, self.config.batch_bytes_max);
+                let entries = self.core.log.slice(
+                    p.next_index,
+                    self.config.batch_entries_max,
+                    self.config.batch_bytes_max,
+                );
                 let message = self.append_message(p.next_index - 1, entries, 0);
                 if let Some(p) = self.progress.get_mut(&peer) {
                     p.probe_sent = true;
@@ -301,17 +324,20 @@ impl OptimizedRaft {
                 out.send(peer, message, Timing::Now);
             }
             ReplicationState::Replicate => loop {
-                let Some(p) = self.progress.get(&peer) else { return };
+                let Some(p) = self.progress.get(&peer) else {
+                    return;
+                };
                 if p.next_index > last_index
                     || p.inflight.len() >= self.config.inflight_appends_max
                     || p.inflight_bytes >= self.config.inflight_bytes_max
                 {
                     return;
                 }
-                let entries = self
-                    .core
-                    .log
-                    .slice(p.next_index, self.config.batch_entries_max, self.config.batch_bytes_max);
+                let entries = self.core.log.slice(
+                    p.next_index,
+                    self.config.batch_entries_max,
+                    self.config.batch_bytes_max,
+                );
                 let last = entries.last().map_or(p.next_index - 1, |e| e.index);
                 let bytes: usize = entries.iter().map(|e| e.size_bytes()).sum();
                 let message = self.append_message(p.next_index - 1, entries, 0);
@@ -335,10 +361,14 @@ impl OptimizedRaft {
         let mut bytes = 0;
         while let Some(request) = self.proposals.front() {
             let size = request.command.size_bytes() + 32;
-            if payloads.len() >= self.config.batch_entries_max || (!payloads.is_empty() && bytes + size > self.config.batch_bytes_max) {
+            if payloads.len() >= self.config.batch_entries_max
+                || (!payloads.is_empty() && bytes + size > self.config.batch_bytes_max)
+            {
                 break;
             }
-            let Some(request) = self.proposals.pop_front() else { break };
+            let Some(request) = self.proposals.pop_front() else {
+                break;
+            };
             bytes += size;
             ids.push(request.id);
             payloads.push(EntryPayload::Command(request));
@@ -356,7 +386,9 @@ impl OptimizedRaft {
 
     fn advance_commit(&mut self, out: &mut Outbox) {
         if self.role == Role::Leader
-            && let Some(index) = self.core.quorum_commit(self.progress.values().map(|p| p.match_index))
+            && let Some(index) = self
+                .core
+                .quorum_commit(self.progress.values().map(|p| p.match_index))
         {
             self.core.commit_to(index);
         }
@@ -365,7 +397,10 @@ impl OptimizedRaft {
         for entry in &out.apply[before..] {
             self.pending.remove(&entry.index);
         }
-        if self.role == Role::Leader && self.core.commit_index >= self.term_start_index && !self.unrounded_reads.is_empty() {
+        if self.role == Role::Leader
+            && self.core.commit_index >= self.term_start_index
+            && !self.unrounded_reads.is_empty()
+        {
             self.route_reads(out);
         }
     }
@@ -383,7 +418,11 @@ impl OptimizedRaft {
             out.send(from, Message::AppendEntriesResponse(response), Timing::Now);
             return;
         }
-        debug_assert!(self.role != Role::Leader, "two leaders in term {}", self.core.term);
+        debug_assert!(
+            self.role != Role::Leader,
+            "two leaders in term {}",
+            self.core.term
+        );
         if self.role != Role::Follower || self.leader != Some(m.leader_id) {
             self.become_follower(m.term, Some(m.leader_id), out);
         }
@@ -408,7 +447,11 @@ impl OptimizedRaft {
             },
         };
         // An acknowledgement promises the entries are durable here.
-        out.send(from, Message::AppendEntriesResponse(response), Timing::AfterPersist);
+        out.send(
+            from,
+            Message::AppendEntriesResponse(response),
+            Timing::AfterPersist,
+        );
         self.advance_commit(out);
     }
 
@@ -419,7 +462,9 @@ impl OptimizedRaft {
         let now = self.now_ticks;
         let last_index = self.core.log.last_index();
         let conflict_next = (!m.success).then(|| self.next_after_conflict(&m));
-        let Some(p) = self.progress.get_mut(&from) else { return };
+        let Some(p) = self.progress.get_mut(&from) else {
+            return;
+        };
         p.active = true;
         p.acked_round = p.acked_round.max(m.context);
         if m.success {
@@ -427,7 +472,11 @@ impl OptimizedRaft {
                 p.match_index = m.match_index;
                 p.progress_tick = now;
             }
-            while p.inflight.front().is_some_and(|(last, _)| *last <= p.match_index) {
+            while p
+                .inflight
+                .front()
+                .is_some_and(|(last, _)| *last <= p.match_index)
+            {
                 if let Some((_, bytes)) = p.inflight.pop_front() {
                     p.inflight_bytes -= bytes;
                 }
@@ -506,7 +555,11 @@ impl OptimizedRaft {
             pre_vote: false,
         };
         // A granted vote is durable before the candidate can count it.
-        out.send(from, Message::RequestVoteResponse(response), Timing::AfterPersist);
+        out.send(
+            from,
+            Message::RequestVoteResponse(response),
+            Timing::AfterPersist,
+        );
     }
 
     fn handle_vote_response(&mut self, from: NodeId, m: RequestVoteResponse, out: &mut Outbox) {
@@ -576,7 +629,9 @@ impl OptimizedRaft {
             reads,
         });
         for peer in self.core.peers() {
-            let Some(p) = self.progress.get(&peer) else { continue };
+            let Some(p) = self.progress.get(&peer) else {
+                continue;
+            };
             // prev = match_index, which the follower is known to hold.
             let message = self.append_message(p.match_index, Vec::new(), context);
             out.send(peer, message, Timing::Now);
@@ -589,11 +644,17 @@ impl OptimizedRaft {
     fn confirm_rounds(&mut self, out: &mut Outbox) {
         let majority = self.core.majority();
         while let Some(round) = self.rounds.front() {
-            let acks = 1 + self.progress.values().filter(|p| p.acked_round >= round.context).count();
+            let acks = 1 + self
+                .progress
+                .values()
+                .filter(|p| p.acked_round >= round.context)
+                .count();
             if acks < majority {
                 break;
             }
-            let Some(round) = self.rounds.pop_front() else { break };
+            let Some(round) = self.rounds.pop_front() else {
+                break;
+            };
             let lease = self.config.election_timeout_ticks - self.config.lease_drift_ticks;
             self.lease_until_tick = self.lease_until_tick.max(round.sent_tick + lease);
             for request in round.reads {
@@ -607,7 +668,11 @@ impl OptimizedRaft {
     }
 
     fn serve_ready_reads(&mut self, out: &mut Outbox) {
-        while self.ready_reads.front().is_some_and(|(index, _)| *index <= self.core.applied_index) {
+        while self
+            .ready_reads
+            .front()
+            .is_some_and(|(index, _)| *index <= self.core.applied_index)
+        {
             if let Some((_, request)) = self.ready_reads.pop_front() {
                 out.reads.push(request);
             }
@@ -618,11 +683,21 @@ impl OptimizedRaft {
 
     fn handle_request(&mut self, request: ClientRequest, out: &mut Outbox) {
         if let Err(invalid) = consensus::limits::validate(&request.command) {
-            out.reply(request.id, ReplyOutcome::Rejected(invalid.to_string()), Timing::Now);
+            out.reply(
+                request.id,
+                ReplyOutcome::Rejected(invalid.to_string()),
+                Timing::Now,
+            );
             return;
         }
         if self.role != Role::Leader {
-            out.reply(request.id, ReplyOutcome::NotLeader { leader: self.leader }, Timing::Now);
+            out.reply(
+                request.id,
+                ReplyOutcome::NotLeader {
+                    leader: self.leader,
+                },
+                Timing::Now,
+            );
             return;
         }
         if request.command.is_read() {
@@ -710,7 +785,10 @@ impl Consensus for OptimizedRaft {
         match input {
             Input::Tick => self.tick(out),
             Input::Request(request) => self.handle_request(request, out),
-            Input::Persisted { last_index, last_term } => self.handle_persisted(last_index, last_term, out),
+            Input::Persisted {
+                last_index,
+                last_term,
+            } => self.handle_persisted(last_index, last_term, out),
             Input::Applied { index } => {
                 self.core.applied(index);
                 self.serve_ready_reads(out);

@@ -8,13 +8,19 @@ use consensus::io::Recovered;
 use raft_optimized::{Config, OptimizedRaft, ReadMode};
 use sim::{Faults, SimConfig, run_seeds};
 
-const REPLAY: &str = "SIM_SEED={seed} cargo test -p raft-optimized --test simulation -- --nocapture";
+const REPLAY: &str =
+    "SIM_SEED={seed} cargo test -p raft-optimized --test simulation -- --nocapture";
 
-fn factory(read_mode: ReadMode) -> impl Fn(NodeId, &[NodeId], Recovered, u64) -> OptimizedRaft + Clone {
+fn factory(
+    read_mode: ReadMode,
+) -> impl Fn(NodeId, &[NodeId], Recovered, u64) -> OptimizedRaft + Clone {
     factory_with(read_mode, true)
 }
 
-fn factory_with(read_mode: ReadMode, check_quorum: bool) -> impl Fn(NodeId, &[NodeId], Recovered, u64) -> OptimizedRaft + Clone {
+fn factory_with(
+    read_mode: ReadMode,
+    check_quorum: bool,
+) -> impl Fn(NodeId, &[NodeId], Recovered, u64) -> OptimizedRaft + Clone {
     move |id, members, recovered, seed| {
         let mut config = Config::new(id, members.to_vec(), seed);
         config.read_mode = read_mode;
@@ -26,8 +32,13 @@ fn factory_with(read_mode: ReadMode, check_quorum: bool) -> impl Fn(NodeId, &[No
     }
 }
 
-fn check(seeds: std::ops::Range<u64>, read_mode: ReadMode, configure: impl Fn(u64) -> SimConfig) -> Vec<sim::RunStats> {
-    run_seeds(seeds, configure, factory(read_mode), REPLAY).unwrap_or_else(|failures| panic!("{failures}"))
+fn check(
+    seeds: std::ops::Range<u64>,
+    read_mode: ReadMode,
+    configure: impl Fn(u64) -> SimConfig,
+) -> Vec<sim::RunStats> {
+    run_seeds(seeds, configure, factory(read_mode), REPLAY)
+        .unwrap_or_else(|failures| panic!("{failures}"))
 }
 
 #[test]
@@ -53,13 +64,19 @@ fn read_index_without_check_quorum() {
 
 #[test]
 fn three_nodes_every_fault_kind_lease_reads() {
-    check(10_000..10_150, ReadMode::Lease, |seed| SimConfig::new(seed, 3));
+    check(10_000..10_150, ReadMode::Lease, |seed| {
+        SimConfig::new(seed, 3)
+    });
 }
 
 #[test]
 fn five_nodes_every_fault_kind() {
-    check(20_000..20_100, ReadMode::ReadIndex, |seed| SimConfig::new(seed, 5));
-    check(21_000..21_060, ReadMode::Lease, |seed| SimConfig::new(seed, 5));
+    check(20_000..20_100, ReadMode::ReadIndex, |seed| {
+        SimConfig::new(seed, 5)
+    });
+    check(21_000..21_060, ReadMode::Lease, |seed| {
+        SimConfig::new(seed, 5)
+    });
 }
 
 #[test]

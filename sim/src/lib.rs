@@ -4,11 +4,13 @@
 //!   under injected faults and checks it (see the module's documentation).
 //! - [`linearizability`]: the checker, usable on any recorded history.
 //! - [`history_formats`]: readers for Jepsen and Porcupine history files.
+//! - [`manual`]: a hand-driven cluster, for tests of a protocol's shape.
 //! - [`run_seeds`]: the test driver every protocol crate uses: many seeds,
 //!   or one seed from `SIM_SEED` to replay a failure.
 
 pub mod history_formats;
 pub mod linearizability;
+pub mod manual;
 pub mod simulator;
 
 pub use simulator::{Failure, Faults, RunStats, SimConfig, Simulation};

@@ -1,0 +1,260 @@
+//! One test per optimization, showing that it acts, on a hand-driven
+//! cluster (`sim::manual`): nothing moves unless the test moves it.
+
+use consensus::message::Message;
+use consensus::{ClientRequest, Command, CommandResult, Consensus, RequestId, Role};
+use raft_optimized::{Config, OptimizedRaft, ReadMode};
+use sim::manual::ManualCluster;
+
+fn cluster(n: u64, read_mode: ReadMode) -> ManualCluster<OptimizedRaft> {
+    ManualCluster::new(n, |id, members| {
+        let mut config = Config::new(id, members.to_vec(), 7);
+        config.read_mode = read_mode;
+        config.inflight_appends_max = 4;
+        OptimizedRaft::new(config, Default::default())
+    })
+}
+
+fn put(seq: u64, key: &str) -> ClientRequest {
+    ClientRequest {
+        id: RequestId { client: 1, seq },
+        command: Command::Put {
+            key: key.into(),
+            value: b"v".to_vec(),
+        },
+    }
+}
+
+fn get(client: u64, key: &str) -> ClientRequest {
+    ClientRequest {
+        id: RequestId { client, seq: 1 },
+        command: Command::Get { key: key.into() },
+    }
+}
+
+fn appends_to(c: &ManualCluster<OptimizedRaft>, from: u64, to: u64) -> Vec<usize> {
+    c.queued(from, to)
+        .iter()
+        .filter_map(|m| match m {
+            Message::AppendEntries(a) if !a.entries.is_empty() => Some(a.entries.len()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_batch_of_proposals_makes_one_durable_write_and_one_append_per_follower() {
+    let mut c = cluster(3, ReadMode::ReadIndex);
+    c.elect(1, 100);
+    // The first command goes out at once; its write is now syncing.
+    c.request(1, put(1, "first"));
+    assert_eq!(c.unsynced(1), 1);
+    c.network.clear();
+    // 50 commands arrive while that sync is in flight: they wait.
+    for seq in 2..=51 {
+        c.request(1, put(seq, "k"));
+    }
+    assert_eq!(
+        c.unsynced(1),
+        1,
+        "no write per command while a sync is in flight"
+    );
+    assert!(appends_to(&c, 1, 2).is_empty());
+    // The sync completes: all 50 go in one write and one AppendEntries each.
+    let writes_before = c.outboxes.len();
+    c.sync_one(1);
+    let batch_writes: Vec<_> = c.outboxes[writes_before..]
+        .iter()
+        .filter(|(_, o)| o.writes > 0)
+        .collect();
+    assert_eq!(batch_writes.len(), 1, "one durable write");
+    assert_eq!(batch_writes[0].1.appended_entries, 50);
+    assert_eq!(appends_to(&c, 1, 2), vec![50]);
+    assert_eq!(appends_to(&c, 1, 3), vec![50]);
+    c.settle(10_000);
+    for seq in 1..=51 {
+        assert_eq!(
+            c.result_of(RequestId { client: 1, seq }),
+            Some(&CommandResult::Written)
+        );
+    }
+}
+
+#[test]
+fn several_appends_are_in_flight_to_a_slow_follower() {
+    let mut c = cluster(3, ReadMode::ReadIndex);
+    c.elect(1, 100);
+    c.network.clear();
+    // Node 3 answers nothing; node 2 keeps up, so commands commit.
+    c.cut.insert((3, 1));
+    for seq in 1..=10 {
+        c.request(1, put(seq, "k"));
+        c.sync(1);
+    }
+    let to_slow = appends_to(&c, 1, 3);
+    assert_eq!(
+        to_slow.len(),
+        4,
+        "the window of 4 appends is full, without waiting for answers: {to_slow:?}"
+    );
+    c.settle(10_000);
+    assert_eq!(
+        c.node(1).status().commit_index,
+        c.node(1).status().last_log_index
+    );
+}
+
+#[test]
+fn the_leader_sends_before_its_own_write_is_durable_and_counts_itself_after() {
+    let mut c = cluster(5, ReadMode::ReadIndex);
+    c.elect(1, 100);
+    c.network.clear();
+    c.request(1, put(1, "k"));
+    let (_, outbox) = c.outboxes.last().expect("an outbox").clone();
+    assert_eq!(outbox.writes, 1);
+    assert_eq!(
+        outbox.messages.0, 4,
+        "the entry leaves for all four followers before the leader's sync"
+    );
+    let index = c.node(1).status().last_log_index;
+    // Two followers acknowledge: 2 of 5, plus the leader only once durable.
+    c.cut.insert((1, 4));
+    c.cut.insert((1, 5));
+    while c.deliver_one().is_some() {}
+    c.sync(2);
+    c.sync(3);
+    while c.deliver_one().is_some() {}
+    assert!(
+        c.node(1).status().commit_index < index,
+        "not committed while the leader's own copy is not durable"
+    );
+    c.sync(1);
+    assert_eq!(
+        c.node(1).status().commit_index,
+        index,
+        "committed once the leader's write is durable"
+    );
+}
+
+#[test]
+fn a_read_index_read_appends_nothing_to_the_log() {
+    let mut c = cluster(3, ReadMode::ReadIndex);
+    c.elect(1, 100);
+    c.request(1, put(1, "k"));
+    c.settle(10_000);
+    let last = c.node(1).status().last_log_index;
+    let syncs: u64 = c.nodes.values().map(|n| n.durable.syncs).sum();
+    c.request(1, get(2, "k"));
+    assert_eq!(
+        c.result_of(RequestId { client: 2, seq: 1 }),
+        None,
+        "not before a majority confirms leadership"
+    );
+    c.settle(10_000);
+    assert_eq!(
+        c.result_of(RequestId { client: 2, seq: 1 }),
+        Some(&CommandResult::Value(Some(b"v".to_vec())))
+    );
+    assert_eq!(c.node(1).status().last_log_index, last, "no log entry");
+    assert_eq!(
+        c.nodes.values().map(|n| n.durable.syncs).sum::<u64>(),
+        syncs,
+        "no disk write"
+    );
+}
+
+#[test]
+fn a_lease_read_is_served_at_once() {
+    let mut c = cluster(3, ReadMode::Lease);
+    c.elect(1, 100);
+    c.request(1, put(1, "k"));
+    c.settle(10_000);
+    let queued = c.network.len();
+    c.request(1, get(2, "k"));
+    assert_eq!(
+        c.result_of(RequestId { client: 2, seq: 1 }),
+        Some(&CommandResult::Value(Some(b"v".to_vec())))
+    );
+    assert_eq!(c.network.len(), queued, "no message needed");
+    // Once the lease has run out without a confirmed round, reads wait again.
+    c.cut.insert((2, 1));
+    c.cut.insert((3, 1));
+    c.tick(1, 9);
+    c.settle(10_000);
+    c.request(1, get(3, "k"));
+    assert_eq!(c.result_of(RequestId { client: 3, seq: 1 }), None);
+}
+
+#[test]
+fn a_node_cut_off_and_reconnected_does_not_raise_the_term_or_depose_the_leader() {
+    let mut c = cluster(3, ReadMode::ReadIndex);
+    c.elect(1, 100);
+    let term = c.node(1).status().term;
+    // Node 3 hears nothing for many election timeouts.
+    c.cut.insert((1, 3));
+    c.cut.insert((2, 3));
+    for _ in 0..10 {
+        c.tick(3, 20);
+        c.tick(1, 2);
+        c.tick(2, 2);
+        c.settle(10_000);
+    }
+    assert_eq!(
+        c.node(3).status().term,
+        term,
+        "pre-votes failed, so the term did not rise"
+    );
+    assert_eq!(c.node(3).status().role, Role::PreCandidate);
+    c.cut.clear();
+    c.tick(1, 2);
+    c.settle(10_000);
+    assert_eq!(c.node(1).status().role, Role::Leader);
+    assert_eq!(c.node(1).status().term, term);
+    assert_eq!(c.node(3).status().role, Role::Follower);
+    assert_eq!(c.node(3).status().leader, Some(1));
+}
+
+#[test]
+fn check_quorum_makes_a_cut_off_leader_step_down() {
+    let mut c = cluster(3, ReadMode::ReadIndex);
+    c.elect(1, 100);
+    c.cut.insert((2, 1));
+    c.cut.insert((3, 1));
+    for _ in 0..25 {
+        c.tick(1, 1);
+        c.settle(10_000);
+    }
+    assert_eq!(
+        c.node(1).status().role,
+        Role::Follower,
+        "no majority heard for an election timeout"
+    );
+    c.request(1, put(9, "k"));
+    assert!(c.result_of(RequestId { client: 1, seq: 9 }).is_none());
+}
+
+#[test]
+fn without_check_quorum_votes_are_not_refused() {
+    // A control for the test above: the behaviour comes from the setting.
+    let mut c = ManualCluster::new(3, |id, members| {
+        let mut config = Config::new(id, members.to_vec(), 7);
+        config.check_quorum = false;
+        config.pre_vote = false;
+        OptimizedRaft::new(config, Default::default())
+    });
+    c.elect(1, 100);
+    let term = c.node(1).status().term;
+    c.cut.insert((1, 3));
+    c.tick(3, 25);
+    c.cut.clear();
+    c.settle(10_000);
+    assert!(
+        c.node(3).status().term > term,
+        "without pre-vote the cut-off node raised the term"
+    );
+    assert_ne!(
+        c.node(1).status().role,
+        Role::Leader,
+        "and deposed the leader"
+    );
+}
