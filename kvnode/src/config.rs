@@ -55,6 +55,30 @@ pub struct NodeArgs {
     /// How long a client request may wait for its answer, in milliseconds [default: 5000].
     #[arg(long)]
     pub request_timeout_ms: Option<u64>,
+    /// (optimized) How the leader serves reads: read-index or lease [default: read-index].
+    #[arg(long)]
+    pub read_mode: Option<String>,
+    /// (optimized) Most commands per durable write and entries per AppendEntries [default: 1024].
+    #[arg(long)]
+    pub batch_entries_max: Option<usize>,
+    /// (optimized) Most bytes per durable write and AppendEntries [default: 1048576].
+    #[arg(long)]
+    pub batch_bytes_max: Option<usize>,
+    /// (optimized) Most AppendEntries in flight to one follower [default: 32].
+    #[arg(long)]
+    pub inflight_appends_max: Option<usize>,
+    /// (optimized) Most bytes in flight to one follower [default: 16777216].
+    #[arg(long)]
+    pub inflight_bytes_max: Option<usize>,
+    /// (optimized) Ticks taken off a lease for clock drift [default: 2].
+    #[arg(long)]
+    pub lease_drift_ticks: Option<u64>,
+    /// (optimized) Pre-vote before raising the term: true or false [default: true].
+    #[arg(long)]
+    pub pre_vote: Option<bool>,
+    /// (optimized) Check-quorum and leader stickiness: true or false [default: true].
+    #[arg(long)]
+    pub check_quorum: Option<bool>,
 }
 
 impl NodeArgs {
@@ -73,6 +97,14 @@ impl NodeArgs {
             election_timeout_ticks: self.election_timeout_ticks.or(other.election_timeout_ticks),
             heartbeat_ticks: self.heartbeat_ticks.or(other.heartbeat_ticks),
             request_timeout_ms: self.request_timeout_ms.or(other.request_timeout_ms),
+            read_mode: self.read_mode.or(other.read_mode),
+            batch_entries_max: self.batch_entries_max.or(other.batch_entries_max),
+            batch_bytes_max: self.batch_bytes_max.or(other.batch_bytes_max),
+            inflight_appends_max: self.inflight_appends_max.or(other.inflight_appends_max),
+            inflight_bytes_max: self.inflight_bytes_max.or(other.inflight_bytes_max),
+            lease_drift_ticks: self.lease_drift_ticks.or(other.lease_drift_ticks),
+            pre_vote: self.pre_vote.or(other.pre_vote),
+            check_quorum: self.check_quorum.or(other.check_quorum),
         }
     }
 }
@@ -111,6 +143,29 @@ pub struct NodeConfig {
     pub heartbeat_ticks: u64,
     /// Client request deadline.
     pub request_timeout_ms: u64,
+    /// Settings of raft-optimized left unset keep its defaults.
+    pub optimized: OptimizedSettings,
+}
+
+/// raft-optimized's settings as given (unset: the protocol's default).
+#[derive(Debug, Clone, Default)]
+pub struct OptimizedSettings {
+    /// `read-index` or `lease`.
+    pub read_mode: Option<String>,
+    /// See `raft_optimized::Config`.
+    pub batch_entries_max: Option<usize>,
+    /// See `raft_optimized::Config`.
+    pub batch_bytes_max: Option<usize>,
+    /// See `raft_optimized::Config`.
+    pub inflight_appends_max: Option<usize>,
+    /// See `raft_optimized::Config`.
+    pub inflight_bytes_max: Option<usize>,
+    /// See `raft_optimized::Config`.
+    pub lease_drift_ticks: Option<u64>,
+    /// See `raft_optimized::Config`.
+    pub pre_vote: Option<bool>,
+    /// See `raft_optimized::Config`.
+    pub check_quorum: Option<bool>,
 }
 
 /// Parses `ID=PEER_ADDR/CLIENT_ADDR` entries.
@@ -222,6 +277,16 @@ impl NodeConfig {
             election_timeout_ticks,
             heartbeat_ticks,
             request_timeout_ms: args.request_timeout_ms.unwrap_or(5000),
+            optimized: OptimizedSettings {
+                read_mode: args.read_mode,
+                batch_entries_max: args.batch_entries_max,
+                batch_bytes_max: args.batch_bytes_max,
+                inflight_appends_max: args.inflight_appends_max,
+                inflight_bytes_max: args.inflight_bytes_max,
+                lease_drift_ticks: args.lease_drift_ticks,
+                pre_vote: args.pre_vote,
+                check_quorum: args.check_quorum,
+            },
         })
     }
 }

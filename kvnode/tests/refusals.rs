@@ -328,10 +328,20 @@ fn bad_data_directories_and_unbuilt_protocols_give_clear_errors() {
         "{stderr}"
     );
     no_panic(&stderr);
-    // ... and to another protocol (one that is not built is refused first,
-    // with its own message, before the directory is touched).
+    // ... and to another protocol.
     let (code, stderr) = run_kvnode(
         &with(&["--protocol", "optimized", "--cluster-id", "alpha"]),
+        &data,
+    );
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains("belongs to protocol \"vanilla\""),
+        "{stderr}"
+    );
+    no_panic(&stderr);
+    // A protocol not built yet is refused with its own message.
+    let (code, stderr) = run_kvnode(
+        &with(&["--protocol", "nilext", "--cluster-id", "alpha"]),
         &data,
     );
     assert_eq!(code, 1, "{stderr}");
