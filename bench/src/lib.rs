@@ -1,4 +1,10 @@
-//! The load generator and the side-by-side comparison report.
-//!
-//! Not built yet: `bench compare` reports what it is missing and exits with
-//! an error until the kvnode and bench issues land.
+//! The benchmark: a load generator over the project's client library, and
+//! `bench compare`, which runs the same workloads against a fresh local
+//! cluster of each protocol and writes a side-by-side report (markdown,
+//! HTML with plots, JSON).
+
+pub mod compare;
+pub mod load;
+pub mod metrics;
+pub mod report;
+pub mod workload;

@@ -1,11 +1,249 @@
-//! `bench`: the side-by-side comparison of the protocols (not built yet).
+//! `bench`: the side-by-side comparison of the protocols, and a load
+//! generator for any running cluster.
 
-fn main() -> std::process::ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    eprintln!(
-        "bench {}: not built yet. The comparison needs real `kvnode` clusters, which do not \
-         exist yet; today the protocols can be exercised in the simulator with `make test`.",
-        args.join(" ")
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use bench::compare::{self, CompareSpec};
+use bench::load::{self, LoadSpec};
+use bench::workload::{Distribution, Workload};
+use clap::{Args, Parser, Subcommand};
+
+/// Measures the consensus protocols side by side on real local clusters.
+#[derive(Parser, Debug)]
+#[command(name = "bench", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Start a fresh 3-node cluster per protocol, run the same workloads on
+    /// each, and write a report (markdown, HTML with plots, JSON).
+    Compare(CompareArgs),
+    /// Run one workload against a running cluster and print what it measured.
+    Load(LoadArgs),
+    /// Run one node (the same flags as kvnode); `compare` starts its
+    /// clusters this way.
+    #[command(hide = true, disable_help_flag = true)]
+    Node {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+#[derive(Args, Debug, Clone)]
+struct WorkloadArgs {
+    /// Value size in bytes.
+    #[arg(long, default_value_t = 100)]
+    value_size: usize,
+    /// Number of distinct keys.
+    #[arg(long, default_value_t = 10_000)]
+    keys: u64,
+    /// Key distribution: uniform or zipfian.
+    #[arg(long, default_value = "uniform")]
+    distribution: Distribution,
+    /// Open loop: total operations per second (default: closed loop).
+    #[arg(long)]
+    rate: Option<f64>,
+}
+
+#[derive(Args, Debug)]
+struct CompareArgs {
+    /// Protocols to compare.
+    #[arg(long, value_delimiter = ',', default_value = "vanilla,optimized")]
+    protocols: Vec<String>,
+    /// Workloads: write, mixed-P, read-recent, ycsb-a, ycsb-b, ycsb-c, ycsb-d, ycsb-f, nonnilext-P.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "write,mixed-50,read-recent,ycsb-c"
+    )]
+    workloads: Vec<String>,
+    /// Client counts to run each workload with.
+    #[arg(long, value_delimiter = ',', default_value = "1,16,64")]
+    clients: Vec<usize>,
+    /// Measured seconds per run.
+    #[arg(long, default_value_t = 3.0)]
+    duration: f64,
+    /// Unmeasured seconds before each run.
+    #[arg(long, default_value_t = 1.0)]
+    warmup: f64,
+    /// Nodes per cluster: 3 or 5.
+    #[arg(long, default_value_t = 3)]
+    nodes: u64,
+    /// One-way delay added to every peer and client message, ms.
+    #[arg(long, default_value_t = 0)]
+    net_delay: u64,
+    /// Jitter on that delay, ms.
+    #[arg(long, default_value_t = 0)]
+    net_jitter: u64,
+    /// Clients in the leader-kill run (0 skips it).
+    #[arg(long, default_value_t = 16)]
+    availability_clients: usize,
+    /// Seconds of the leader-kill run (the leader dies at a third).
+    #[arg(long, default_value_t = 6.0)]
+    availability_duration: f64,
+    /// raft-optimized's read mode: lease or read-index.
+    #[arg(long, default_value = "lease")]
+    read_mode: String,
+    /// Where to write the report.
+    #[arg(long, default_value = "bench-report")]
+    out: PathBuf,
+    /// Extra flags for every node (e.g. --node-flag=--tick-ms=10).
+    #[arg(long = "node-flag", allow_hyphen_values = true)]
+    node_flags: Vec<String>,
+    #[command(flatten)]
+    workload: WorkloadArgs,
+}
+
+#[derive(Args, Debug)]
+struct LoadArgs {
+    /// Client addresses of the cluster's nodes.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "127.0.0.1:6101,127.0.0.1:6102,127.0.0.1:6103"
+    )]
+    endpoints: Vec<String>,
+    /// The workload.
+    #[arg(long, default_value = "write")]
+    workload: String,
+    /// Concurrent clients.
+    #[arg(long, default_value_t = 16)]
+    clients: usize,
+    /// Seconds to run.
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    #[command(flatten)]
+    workload_args: WorkloadArgs,
+}
+
+fn seconds(s: f64, what: &str) -> anyhow::Result<Duration> {
+    anyhow::ensure!(
+        s.is_finite() && s >= 0.0,
+        "{what} must be a non-negative number of seconds"
     );
-    std::process::ExitCode::from(2)
+    Ok(Duration::from_secs_f64(s))
+}
+
+fn workloads(names: &[String]) -> anyhow::Result<Vec<Workload>> {
+    names
+        .iter()
+        .map(|n| Workload::parse(n).map_err(anyhow::Error::msg))
+        .collect()
+}
+
+async fn compare(args: CompareArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(matches!(args.nodes, 3 | 5), "--nodes must be 3 or 5");
+    anyhow::ensure!(
+        !args.clients.is_empty() && args.clients.iter().all(|c| *c > 0),
+        "--clients needs positive counts"
+    );
+    for protocol in &args.protocols {
+        anyhow::ensure!(
+            kvnode::config::PROTOCOLS.contains(&protocol.as_str()),
+            "unknown protocol {protocol:?}; choose from {}",
+            kvnode::config::PROTOCOLS.join(", ")
+        );
+    }
+    let spec = CompareSpec {
+        protocols: args.protocols,
+        workloads: workloads(&args.workloads)?,
+        clients: args.clients,
+        duration: seconds(args.duration, "--duration")?,
+        warmup: seconds(args.warmup, "--warmup")?,
+        nodes: args.nodes,
+        value_bytes: args.workload.value_size,
+        keys: args.workload.keys,
+        distribution: args.workload.distribution,
+        net_delay_ms: args.net_delay,
+        net_jitter_ms: args.net_jitter,
+        rate: args.workload.rate,
+        availability_clients: args.availability_clients,
+        availability_duration: seconds(args.availability_duration, "--availability-duration")?,
+        read_mode: args.read_mode,
+        node_flags: args.node_flags,
+    };
+    let exe = std::env::current_exe().context("cannot find the bench executable")?;
+    let work = tempfile::tempdir().context("cannot create a working directory")?;
+    let report = compare::run(&spec, &exe, work.path()).await?;
+    let files = compare::write_report(&report, &args.out)?;
+    println!("\n{}", bench::report::markdown(&report));
+    for file in files {
+        println!("wrote {}", file.display());
+    }
+    Ok(())
+}
+
+async fn run_load(args: LoadArgs) -> anyhow::Result<()> {
+    let workload = Workload::parse(&args.workload).map_err(anyhow::Error::msg)?;
+    let spec = LoadSpec {
+        workload,
+        clients: args.clients,
+        duration: seconds(args.duration, "--duration")?,
+        value_bytes: args.workload_args.value_size,
+        keys: args.workload_args.keys,
+        distribution: args.workload_args.distribution,
+        rate: args.workload_args.rate,
+        op_timeout: Duration::from_secs(5),
+    };
+    let result = load::run(&args.endpoints, &spec, |_, _| {}).await?;
+    let h = &result.latency_us;
+    let ms = |q: f64| {
+        if h.is_empty() {
+            0.0
+        } else {
+            h.value_at_quantile(q) as f64 / 1000.0
+        }
+    };
+    println!(
+        "{} x{}: {:.0} ops/s ({} ops, {} errors in {:.1} s); latency ms p50 {:.2} p90 {:.2} p99 {:.2} p99.9 {:.2}",
+        args.workload,
+        args.clients,
+        result.throughput(),
+        result.ops,
+        result.errors,
+        result.elapsed.as_secs_f64(),
+        ms(0.5),
+        ms(0.9),
+        ms(0.99),
+        ms(0.999)
+    );
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Cmd::Node { args } = cli.command {
+        let argv = std::iter::once("kvnode".to_string()).chain(args);
+        return kvnode::cli::main_with_args(argv);
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("bench: cannot start: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Cmd::Compare(args) => compare(args).await,
+            Cmd::Load(args) => run_load(args).await,
+            Cmd::Node { .. } => unreachable!("handled above"),
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("bench: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
 }

@@ -30,6 +30,7 @@ pub fn free_ports(count: usize) -> std::io::Result<Vec<u16>> {
 #[derive(Debug)]
 pub struct LocalCluster {
     exe: PathBuf,
+    leading_args: Vec<String>,
     protocol: String,
     members: BTreeMap<u64, Member>,
     dir: PathBuf,
@@ -43,6 +44,19 @@ impl LocalCluster {
     /// data directories under `dir`, passing `extra_args` to each.
     pub fn start(
         exe: &Path,
+        protocol: &str,
+        nodes: u64,
+        dir: &Path,
+        extra_args: &[&str],
+    ) -> std::io::Result<Self> {
+        Self::start_with(exe, &[], protocol, nodes, dir, extra_args)
+    }
+
+    /// As [`LocalCluster::start`], for a program that runs a node when given
+    /// `leading_args` first (e.g. `bench node`).
+    pub fn start_with(
+        exe: &Path,
+        leading_args: &[&str],
         protocol: &str,
         nodes: u64,
         dir: &Path,
@@ -63,6 +77,7 @@ impl LocalCluster {
         std::fs::create_dir_all(&log_dir)?;
         let mut cluster = LocalCluster {
             exe: exe.to_path_buf(),
+            leading_args: leading_args.iter().map(|s| s.to_string()).collect(),
             protocol: protocol.to_string(),
             members,
             dir: dir.to_path_buf(),
@@ -114,6 +129,7 @@ impl LocalCluster {
             .append(true)
             .open(self.log_file(id))?;
         let child = Command::new(&self.exe)
+            .args(&self.leading_args)
             .arg("--exit-with-parent")
             .args(["--protocol", &self.protocol])
             .args(["--id", &id.to_string()])
@@ -156,6 +172,11 @@ impl LocalCluster {
             }
             None => Err(nix::errno::Errno::ESRCH),
         }
+    }
+
+    /// The process id of node `id`, while it runs.
+    pub fn pid(&self, id: u64) -> Option<u32> {
+        self.children.get(&id).map(Child::id)
     }
 
     /// Kills every node.

@@ -2,6 +2,7 @@
 //!
 //! One module per concern, as in mini-redis:
 //!
+//! - [`cli`]: the command line;
 //! - [`config`]: flags, the TOML file, defaults, validation;
 //! - [`storage`]: RocksDB, one database per node, column families for the log,
 //!   hard state, durability log, data and metadata;
@@ -14,6 +15,7 @@
 //! - [`harness`]: the same from Rust, for the process-level tests and the benchmark;
 //! - [`convert`]: protocol types to and from their protobuf forms.
 
+pub mod cli;
 pub mod config;
 pub mod convert;
 pub mod harness;

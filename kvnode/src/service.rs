@@ -322,6 +322,7 @@ impl Kv for KvService {
             protocol: self.protocol.clone(),
             cluster_id: self.cluster_id.clone(),
             last_log_term: node.last_log_term,
+            synced_writes: node.synced_writes,
         }))
     }
 }

@@ -1,0 +1,375 @@
+//! `bench compare`: for each protocol, a fresh local cluster of real node
+//! processes (RocksDB, fsync on), the same workloads, and a report.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use kvnode::harness::LocalCluster;
+use serde::Serialize;
+
+use crate::load::{self, LoadSpec, TIMELINE_BUCKET};
+use crate::metrics;
+use crate::workload::{Distribution, Workload};
+
+/// Settings of one comparison.
+#[derive(Clone, Debug, Serialize)]
+pub struct CompareSpec {
+    /// Protocols to compare, in order.
+    pub protocols: Vec<String>,
+    /// Workloads to run on each.
+    pub workloads: Vec<Workload>,
+    /// Client counts to run each workload with.
+    pub clients: Vec<usize>,
+    /// Measured time per run.
+    pub duration: Duration,
+    /// Unmeasured time before each run.
+    pub warmup: Duration,
+    /// Nodes per cluster.
+    pub nodes: u64,
+    /// Value size.
+    pub value_bytes: usize,
+    /// Distinct keys.
+    pub keys: u64,
+    /// Key distribution.
+    pub distribution: Distribution,
+    /// One-way delay added to every peer and client message, milliseconds.
+    pub net_delay_ms: u64,
+    /// Jitter on that delay, milliseconds.
+    pub net_jitter_ms: u64,
+    /// Open-loop rate (total ops/s), or closed loop.
+    pub rate: Option<f64>,
+    /// Clients in the leader-kill run (0: skip it).
+    pub availability_clients: usize,
+    /// Length of the leader-kill run; the leader dies at a third of it.
+    pub availability_duration: Duration,
+    /// Read mode of raft-optimized.
+    pub read_mode: String,
+    /// Extra flags for every node.
+    pub node_flags: Vec<String>,
+}
+
+/// One measured run.
+#[derive(Clone, Debug, Serialize)]
+pub struct RunResult {
+    /// The protocol.
+    pub protocol: String,
+    /// The workload's name.
+    pub workload: String,
+    /// Concurrent clients.
+    pub clients: usize,
+    /// Successful operations.
+    pub ops: u64,
+    /// Of which writes.
+    pub writes: u64,
+    /// Failed or timed-out operations.
+    pub errors: u64,
+    /// Measured seconds.
+    pub seconds: f64,
+    /// Operations per second.
+    pub throughput: f64,
+    /// Latency percentiles, milliseconds.
+    pub p50_ms: f64,
+    /// See `p50_ms`.
+    pub p90_ms: f64,
+    /// See `p50_ms`.
+    pub p99_ms: f64,
+    /// See `p50_ms`.
+    pub p999_ms: f64,
+    /// Synced write batches per second, per node.
+    pub syncs_per_second: Vec<f64>,
+    /// Client writes per synced batch, per node.
+    pub writes_per_sync: Vec<f64>,
+    /// CPU seconds of all node processes per 1,000 operations.
+    pub cpu_seconds_per_1000_ops: f64,
+}
+
+/// The leader-kill run of one protocol.
+#[derive(Clone, Debug, Serialize)]
+pub struct AvailabilityResult {
+    /// The protocol.
+    pub protocol: String,
+    /// Clients writing.
+    pub clients: usize,
+    /// When the leader was killed, ms from the start.
+    pub kill_at_ms: u64,
+    /// From the kill to the first write acknowledged after it, ms.
+    pub time_to_first_write_ms: Option<u64>,
+    /// Throughput before the kill, ops/s.
+    pub throughput_before: f64,
+    /// Lowest throughput of a 100 ms bucket after the kill, as ops/s.
+    pub throughput_dip: f64,
+    /// Throughput in the last second, ops/s.
+    pub throughput_after: f64,
+    /// Operations per 100 ms bucket.
+    pub timeline: Vec<u64>,
+}
+
+/// Everything a comparison measured.
+#[derive(Clone, Debug, Serialize)]
+pub struct Report {
+    /// The settings.
+    pub spec: CompareSpec,
+    /// Every run.
+    pub runs: Vec<RunResult>,
+    /// Every leader-kill run.
+    pub availability: Vec<AvailabilityResult>,
+    /// The machine's cores, for context.
+    pub cores: usize,
+}
+
+fn node_flags(spec: &CompareSpec, protocol: &str) -> Vec<String> {
+    let mut flags = spec.node_flags.clone();
+    if spec.net_delay_ms > 0 || spec.net_jitter_ms > 0 {
+        flags.push(format!("--net-delay-ms={}", spec.net_delay_ms));
+        flags.push(format!("--net-jitter-ms={}", spec.net_jitter_ms));
+    }
+    if protocol == "optimized" {
+        flags.push(format!("--read-mode={}", spec.read_mode));
+    }
+    flags
+}
+
+async fn start_cluster(
+    exe: &Path,
+    spec: &CompareSpec,
+    protocol: &str,
+    dir: &Path,
+) -> anyhow::Result<LocalCluster> {
+    let flags = node_flags(spec, protocol);
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let cluster = LocalCluster::start_with(exe, &["node"], protocol, spec.nodes, dir, &flags)
+        .with_context(|| format!("cannot start a {protocol} cluster"))?;
+    if cluster
+        .wait_for_leader(Duration::from_secs(20))
+        .await
+        .is_none()
+    {
+        anyhow::bail!(
+            "the {protocol} cluster elected no leader within 20 s; node logs are in {}",
+            dir.join("logs").display()
+        );
+    }
+    Ok(cluster)
+}
+
+fn percentile_ms(h: &hdrhistogram::Histogram<u64>, q: f64) -> f64 {
+    if h.is_empty() {
+        return 0.0;
+    }
+    h.value_at_quantile(q) as f64 / 1000.0
+}
+
+fn bar(multi: &MultiProgress, len: u64, message: String) -> ProgressBar {
+    let bar = multi.add(ProgressBar::new(len));
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} {msg:40} [{bar:30}] {pos}/{len} s  {prefix}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    bar.set_message(message);
+    bar
+}
+
+/// Runs the comparison, printing progress, and returns the report.
+pub async fn run(spec: &CompareSpec, exe: &Path, work_dir: &Path) -> anyhow::Result<Report> {
+    let multi = MultiProgress::new();
+    let mut runs = Vec::new();
+    let mut availability = Vec::new();
+    for protocol in &spec.protocols {
+        let dir = work_dir.join(protocol);
+        std::fs::create_dir_all(&dir)?;
+        let mut cluster = start_cluster(exe, spec, protocol, &dir).await?;
+        let endpoints = cluster.endpoints();
+        for workload in &spec.workloads {
+            for &clients in &spec.clients {
+                let label = format!("{protocol} {} x{clients}", workload.name());
+                let load_spec = LoadSpec {
+                    workload: workload.clone(),
+                    clients,
+                    duration: spec.duration,
+                    value_bytes: spec.value_bytes,
+                    keys: spec.keys,
+                    distribution: spec.distribution,
+                    rate: spec.rate,
+                    op_timeout: Duration::from_secs(5),
+                };
+                if !spec.warmup.is_zero() {
+                    let warm = LoadSpec {
+                        duration: spec.warmup,
+                        ..load_spec.clone()
+                    };
+                    load::run(&endpoints, &warm, |_, _| {}).await?;
+                }
+                let progress = bar(&multi, spec.duration.as_secs().max(1), label);
+                let before = metrics::snapshot(&cluster).await;
+                let result = load::run(&endpoints, &load_spec, |elapsed, done| {
+                    progress.set_position(elapsed.as_secs());
+                    progress.set_prefix(format!("{done} ops"));
+                })
+                .await?;
+                let after = metrics::snapshot(&cluster).await;
+                progress.finish_with_message(format!(
+                    "{protocol} {} x{clients}: {:.0} ops/s",
+                    workload.name(),
+                    result.throughput()
+                ));
+                let seconds = result.elapsed.as_secs_f64();
+                let mut syncs_per_second = Vec::new();
+                let mut writes_per_sync = Vec::new();
+                for (id, after_syncs) in &after.syncs {
+                    let synced = after_syncs.saturating_sub(*before.syncs.get(id).unwrap_or(&0));
+                    syncs_per_second.push(synced as f64 / seconds);
+                    writes_per_sync.push(if synced == 0 {
+                        0.0
+                    } else {
+                        result.writes as f64 / synced as f64
+                    });
+                }
+                let cpu: f64 = after
+                    .cpu
+                    .iter()
+                    .map(|(id, c)| c - before.cpu.get(id).copied().unwrap_or(*c))
+                    .sum();
+                runs.push(RunResult {
+                    protocol: protocol.clone(),
+                    workload: workload.name(),
+                    clients,
+                    ops: result.ops,
+                    writes: result.writes,
+                    errors: result.errors,
+                    seconds,
+                    throughput: result.throughput(),
+                    p50_ms: percentile_ms(&result.latency_us, 0.5),
+                    p90_ms: percentile_ms(&result.latency_us, 0.9),
+                    p99_ms: percentile_ms(&result.latency_us, 0.99),
+                    p999_ms: percentile_ms(&result.latency_us, 0.999),
+                    syncs_per_second,
+                    writes_per_sync,
+                    cpu_seconds_per_1000_ops: if result.ops == 0 {
+                        0.0
+                    } else {
+                        cpu / result.ops as f64 * 1000.0
+                    },
+                });
+            }
+        }
+        if spec.availability_clients > 0 {
+            availability.push(leader_kill(spec, &mut cluster, protocol, &multi).await?);
+        }
+        cluster.kill_all();
+    }
+    Ok(Report {
+        spec: spec.clone(),
+        runs,
+        availability,
+        cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+    })
+}
+
+async fn leader_kill(
+    spec: &CompareSpec,
+    cluster: &mut LocalCluster,
+    protocol: &str,
+    multi: &MultiProgress,
+) -> anyhow::Result<AvailabilityResult> {
+    let endpoints = cluster.endpoints();
+    let load_spec = LoadSpec {
+        workload: Workload::Write,
+        clients: spec.availability_clients,
+        duration: spec.availability_duration,
+        value_bytes: spec.value_bytes,
+        keys: spec.keys,
+        distribution: spec.distribution,
+        rate: None,
+        op_timeout: Duration::from_secs(10),
+    };
+    let kill_at = spec.availability_duration / 3;
+    let progress = bar(
+        multi,
+        spec.availability_duration.as_secs().max(1),
+        format!("{protocol} leader kill"),
+    );
+    let statuses = cluster.statuses().await;
+    let leader = statuses
+        .iter()
+        .filter(|(_, s)| s.role == "leader")
+        .max_by_key(|(_, s)| s.term)
+        .map(|(id, _)| *id);
+    let mut killed_at = None;
+    // The kill happens from the load's progress callback, at `kill_at`; the
+    // callback cannot await, so it only signals the process directly.
+    let pid = leader.and_then(|id| cluster.pid(id));
+    let result = load::run(&endpoints, &load_spec, |elapsed, _| {
+        progress.set_position(elapsed.as_secs());
+        if killed_at.is_none()
+            && elapsed >= kill_at
+            && let Some(pid) = pid
+        {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+            killed_at = Some(elapsed);
+        }
+    })
+    .await?;
+    if let Some(id) = leader {
+        cluster.kill(id);
+    }
+    progress.finish_with_message(format!("{protocol} leader kill done"));
+    let kill_ms = killed_at.unwrap_or(kill_at).as_millis() as u64;
+    let first_after = result
+        .write_completions_ms
+        .iter()
+        .find(|&&t| u64::from(t) > kill_ms)
+        .map(|&t| u64::from(t) - kill_ms);
+    let bucket_ms = TIMELINE_BUCKET.as_millis() as u64;
+    let per_second = |ops: u64| ops as f64 * 1000.0 / bucket_ms as f64;
+    let kill_bucket = (kill_ms / bucket_ms) as usize;
+    let before: Vec<u64> = result
+        .timeline
+        .iter()
+        .take(kill_bucket)
+        .skip(2)
+        .copied()
+        .collect();
+    let throughput_before = if before.is_empty() {
+        0.0
+    } else {
+        per_second(before.iter().sum::<u64>()) / before.len() as f64
+    };
+    let full_buckets = result.timeline.len().saturating_sub(1);
+    let after: Vec<u64> = result.timeline[kill_bucket.min(full_buckets)..full_buckets].to_vec();
+    let throughput_dip = after.iter().copied().min().map_or(0.0, per_second);
+    let last: Vec<u64> = after.iter().rev().take(10).copied().collect();
+    let throughput_after = if last.is_empty() {
+        0.0
+    } else {
+        per_second(last.iter().sum::<u64>()) / last.len() as f64
+    };
+    Ok(AvailabilityResult {
+        protocol: protocol.to_string(),
+        clients: spec.availability_clients,
+        kill_at_ms: kill_ms,
+        time_to_first_write_ms: first_after,
+        throughput_before,
+        throughput_dip,
+        throughput_after,
+        timeline: result.timeline,
+    })
+}
+
+/// Where the report files go.
+pub fn write_report(report: &Report, out_dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    std::fs::create_dir_all(out_dir)
+        .with_context(|| format!("cannot create {}", out_dir.display()))?;
+    let json = out_dir.join("results.json");
+    std::fs::write(&json, serde_json::to_string_pretty(report)?)?;
+    let markdown = out_dir.join("report.md");
+    std::fs::write(&markdown, crate::report::markdown(report))?;
+    let html = out_dir.join("report.html");
+    std::fs::write(&html, crate::report::html(report))?;
+    Ok(vec![markdown, html, json])
+}

@@ -1,0 +1,87 @@
+//! The `kvnode` command line, as a library function so other binaries (the
+//! benchmark) can run a node with exactly the same flags.
+
+use crate::config::{NodeArgs, NodeConfig};
+use crate::launcher::ClusterArgs;
+use clap::{Parser, Subcommand};
+
+/// A replica of the replicated key-value store, running vanilla Raft,
+/// optimized Raft or Nil-ext Raft over RocksDB.
+#[derive(Parser, Debug)]
+#[command(name = "kvnode", version, args_conflicts_with_subcommands = true)]
+#[command(
+    after_help = "Example:\n  kvnode --protocol vanilla --id 1 \\\n    --peers 1=127.0.0.1:7001/127.0.0.1:6001,2=127.0.0.1:7002/127.0.0.1:6002,3=127.0.0.1:7003/127.0.0.1:6003 \\\n    --data-dir ./data1\n\nLogging: RUST_LOG=info (default warn)."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Commands>,
+    #[command(flatten)]
+    node: NodeArgs,
+    /// Exit when the process that started this one exits (used by
+    /// `kvnode cluster` and the tests, so no node outlives its launcher).
+    #[arg(long, global = true)]
+    exit_with_parent: bool,
+}
+
+/// Exits the process once its parent is gone (it is then re-parented, and
+/// the parent pid changes).
+fn exit_with_parent() {
+    let parent = nix::unistd::getppid();
+    std::thread::spawn(move || {
+        loop {
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            if nix::unistd::getppid() != parent {
+                eprintln!("kvnode: parent process {parent} exited; exiting");
+                std::process::exit(1);
+            }
+        }
+    });
+}
+
+#[derive(Subcommand, Debug)]
+enum Commands {
+    /// Start a local cluster of kvnode processes on loopback.
+    Cluster(ClusterArgs),
+}
+
+/// Runs `kvnode` with `args` (the first is the program name) and returns its
+/// exit code.
+pub fn main_with_args<I, T>(args: I) -> std::process::ExitCode
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    let cli = Cli::parse_from(args);
+    if cli.exit_with_parent {
+        exit_with_parent();
+    }
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("kvnode: cannot start the async runtime: {error}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Some(Commands::Cluster(args)) => crate::launcher::run(args).await,
+            None => crate::node::run(NodeConfig::from_args(cli.node)?).await,
+        }
+    });
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("kvnode: {error:#}");
+            std::process::ExitCode::from(1)
+        }
+    }
+}
