@@ -79,6 +79,13 @@ pub struct NodeArgs {
     /// (optimized) Check-quorum and leader stickiness: true or false [default: true].
     #[arg(long)]
     pub check_quorum: Option<bool>,
+    /// One-way delay added to every peer message and every client request
+    /// and response, in milliseconds (user space; for benchmarks) [default: 0].
+    #[arg(long)]
+    pub net_delay_ms: Option<u64>,
+    /// Uniform jitter on that delay, in milliseconds [default: 0].
+    #[arg(long)]
+    pub net_jitter_ms: Option<u64>,
 }
 
 impl NodeArgs {
@@ -105,6 +112,8 @@ impl NodeArgs {
             lease_drift_ticks: self.lease_drift_ticks.or(other.lease_drift_ticks),
             pre_vote: self.pre_vote.or(other.pre_vote),
             check_quorum: self.check_quorum.or(other.check_quorum),
+            net_delay_ms: self.net_delay_ms.or(other.net_delay_ms),
+            net_jitter_ms: self.net_jitter_ms.or(other.net_jitter_ms),
         }
     }
 }
@@ -145,6 +154,8 @@ pub struct NodeConfig {
     pub request_timeout_ms: u64,
     /// Settings of raft-optimized left unset keep its defaults.
     pub optimized: OptimizedSettings,
+    /// Injected network delay.
+    pub net_delay: crate::netdelay::NetDelay,
 }
 
 /// raft-optimized's settings as given (unset: the protocol's default).
@@ -286,6 +297,10 @@ impl NodeConfig {
                 lease_drift_ticks: args.lease_drift_ticks,
                 pre_vote: args.pre_vote,
                 check_quorum: args.check_quorum,
+            },
+            net_delay: crate::netdelay::NetDelay {
+                delay: std::time::Duration::from_millis(args.net_delay_ms.unwrap_or(0)),
+                jitter: std::time::Duration::from_millis(args.net_jitter_ms.unwrap_or(0)),
             },
         })
     }

@@ -13,13 +13,15 @@
 //! - [`node`]: assembly, startup checks, graceful shutdown;
 //! - [`launcher`]: `kvnode cluster`, a local cluster of child processes;
 //! - [`harness`]: the same from Rust, for the process-level tests and the benchmark;
-//! - [`convert`]: protocol types to and from their protobuf forms.
+//! - [`convert`]: protocol types to and from their protobuf forms;
+//! - [`netdelay`]: user-space network delay for benchmarks.
 
 pub mod cli;
 pub mod config;
 pub mod convert;
 pub mod harness;
 pub mod launcher;
+pub mod netdelay;
 pub mod node;
 pub mod runtime;
 pub mod service;

@@ -106,6 +106,7 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
     let mut peer_queues = HashMap::new();
     for (&peer, member) in config.members.iter().filter(|(id, _)| **id != config.id) {
         let (tx, rx) = mpsc::channel(PEER_QUEUE_MESSAGES_MAX);
+        let rx = config.net_delay.delayed(rx, PEER_QUEUE_MESSAGES_MAX);
         peer_queues.insert(peer, tx);
         tokio::spawn(run_peer_sender(
             config.id,
@@ -151,6 +152,7 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
             .collect(),
         events: events_tx.clone(),
         request_timeout: Duration::from_millis(config.request_timeout_ms),
+        net_delay: config.net_delay,
     };
     let peers = PeerService {
         node_id: config.id,

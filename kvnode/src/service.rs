@@ -38,6 +38,8 @@ pub struct KvService {
     pub events: mpsc::Sender<Event>,
     /// How long a request may wait for its answer.
     pub request_timeout: Duration,
+    /// Injected delay on each request and each response.
+    pub net_delay: crate::netdelay::NetDelay,
 }
 
 /// A gRPC status with a machine-readable detail.
@@ -75,6 +77,19 @@ fn header_id(header: Option<RequestHeader>) -> Result<RequestId, Status> {
 
 impl KvService {
     async fn execute(
+        &self,
+        header: Option<RequestHeader>,
+        command: Command,
+    ) -> Result<CommandResult, Status> {
+        // The request's way in and the answer's way out each take the
+        // injected one-way delay.
+        self.net_delay.wait().await;
+        let result = self.execute_now(header, command).await;
+        self.net_delay.wait().await;
+        result
+    }
+
+    async fn execute_now(
         &self,
         header: Option<RequestHeader>,
         command: Command,
