@@ -96,6 +96,7 @@ pub async fn run(
             timeout: spec.op_timeout,
             attempt_timeout: spec.op_timeout.min(Duration::from_secs(1)),
             client_id: None,
+            ..ClientOptions::default()
         };
         let mut client = Client::new(endpoints.to_vec(), options)?;
         let (spec, keys, timeline, done) =

@@ -44,10 +44,11 @@
 //! difference between protocols comes from the protocols.
 //!
 //! Client replies work as follows: the runtime remembers which caller waits
-//! for each [`RequestId`]. When it applies an entry (or serves a read)
-//! carrying that id, it answers the caller with the result. A protocol's own
-//! [`Reply`] is for every other answer: a redirect, "unavailable", a refusal,
-//! or a Nil-ext durability acknowledgement.
+//! for each [`RequestId`], separately for ordered requests and fast-path
+//! writes. When it applies an entry (or serves a read) carrying that id, it
+//! answers the ordered caller with the result. A protocol's own [`Reply`] is
+//! for every other answer: a redirect, "unavailable", a refusal, or a Nil-ext
+//! durability acknowledgement (to the fast-path caller).
 
 use crate::message::Message;
 use crate::types::{ClientRequest, Entry, LogIndex, NodeId, RequestId, Term};
@@ -67,6 +68,10 @@ pub enum Input {
     },
     /// A client request arrived at this node.
     Request(ClientRequest),
+    /// A nilext write on Nil-ext's fast path: make it durable here and
+    /// acknowledge, without ordering it (protocols without a fast path
+    /// refuse it).
+    FastWrite(ClientRequest),
     /// Everything this node asked to persist so far is durable: its durable
     /// log now ends at (`last_index`, `last_term`).
     Persisted {
@@ -125,6 +130,23 @@ pub enum Write {
     /// Append entries, contiguous with the end of the stored log (after any
     /// truncation earlier in the same outbox).
     AppendLog(Vec<Entry>),
+    /// Append records to the Nil-ext durability log.
+    DurabilityAppend(Vec<DurableRecord>),
+    /// Remove records from the Nil-ext durability log.
+    DurabilityRemove(Vec<RequestId>),
+    /// Replace the whole Nil-ext durability log (a new leader's recovered
+    /// log).
+    DurabilityReplace(Vec<DurableRecord>),
+}
+
+/// A nilext write made durable but not yet ordered (Nil-ext's durability
+/// log).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct DurableRecord {
+    /// The write.
+    pub request: ClientRequest,
+    /// The term in which this node acknowledged it.
+    pub term: Term,
 }
 
 /// An answer to a client other than the result of applying its command.
@@ -139,6 +161,14 @@ pub enum ReplyOutcome {
     Unavailable,
     /// The request is invalid; it changed nothing.
     Rejected(String),
+    /// Nil-ext's fast path: the write is durable in this node's durability
+    /// log, acknowledged in `term`; `from_leader` when this node leads it.
+    DurableAck {
+        /// The term of the acknowledgement.
+        term: Term,
+        /// Whether this node is the leader of `term`.
+        from_leader: bool,
+    },
 }
 
 /// A protocol's answer to a waiting client request.
@@ -150,6 +180,10 @@ pub struct Reply {
     pub outcome: ReplyOutcome,
     /// When it may leave.
     pub timing: Timing,
+    /// Whether it answers the request's fast-path attempt
+    /// ([`Input::FastWrite`]) rather than its ordered one
+    /// ([`Input::Request`]): a client may have both waiting at one node.
+    pub fast_path: bool,
 }
 
 /// Everything a protocol asks the runtime to do after one [`Input`].
@@ -187,12 +221,23 @@ impl Outbox {
         });
     }
 
-    /// Queues a reply.
+    /// Queues a reply to an ordered request ([`Input::Request`]).
     pub fn reply(&mut self, request: RequestId, outcome: ReplyOutcome, timing: Timing) {
         self.reply.push(Reply {
             request,
             outcome,
             timing,
+            fast_path: false,
+        });
+    }
+
+    /// Queues a reply to a fast-path write ([`Input::FastWrite`]).
+    pub fn reply_fast(&mut self, request: RequestId, outcome: ReplyOutcome, timing: Timing) {
+        self.reply.push(Reply {
+            request,
+            outcome,
+            timing,
+            fast_path: true,
         });
     }
 }
@@ -251,4 +296,6 @@ pub struct Recovered {
     pub log: Vec<Entry>,
     /// The state machine's durable applied index.
     pub applied_index: LogIndex,
+    /// The Nil-ext durability log, in insertion order.
+    pub durability_log: Vec<DurableRecord>,
 }

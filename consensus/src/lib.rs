@@ -25,7 +25,8 @@ pub mod state_machine;
 pub mod types;
 
 pub use io::{
-    Envelope, HardState, Input, Outbox, Recovered, Reply, ReplyOutcome, Role, Status, Timing, Write,
+    DurableRecord, Envelope, HardState, Input, Outbox, Recovered, Reply, ReplyOutcome, Role,
+    Status, Timing, Write,
 };
 pub use message::Message;
 pub use types::{

@@ -72,6 +72,24 @@ pub struct RequestVoteResponse {
     pub pre_vote: bool,
 }
 
+/// Nil-ext: a new leader asks for a replica's durability log (recovery,
+/// Skyros section 4.5).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DurabilityLogRequest {
+    /// The new leader's term.
+    pub term: Term,
+}
+
+/// Nil-ext: a replica's durability log, handed to the leader of `term`.
+/// Having sent it, the replica acknowledges writes only in `term` or later.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DurabilityLogResponse {
+    /// The term asked about.
+    pub term: Term,
+    /// The records, in the replica's order.
+    pub records: Vec<crate::io::DurableRecord>,
+}
+
 /// Any message between replicas.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Message {
@@ -83,6 +101,10 @@ pub enum Message {
     RequestVote(RequestVote),
     /// See [`RequestVoteResponse`].
     RequestVoteResponse(RequestVoteResponse),
+    /// See [`DurabilityLogRequest`].
+    DurabilityLogRequest(DurabilityLogRequest),
+    /// See [`DurabilityLogResponse`].
+    DurabilityLogResponse(DurabilityLogResponse),
 }
 
 impl Message {
@@ -93,6 +115,8 @@ impl Message {
             Message::AppendEntriesResponse(m) => m.term,
             Message::RequestVote(m) => m.term,
             Message::RequestVoteResponse(m) => m.term,
+            Message::DurabilityLogRequest(m) => m.term,
+            Message::DurabilityLogResponse(m) => m.term,
         }
     }
 }

@@ -21,6 +21,20 @@ pub fn supermajority(n: usize) -> usize {
     f + f.div_ceil(2) + 1
 }
 
+/// The fast quorum this project uses for Nil-ext writes: every replica.
+///
+/// For f = 1 this is the paper's supermajority (3 of 3). For f >= 2 the
+/// paper's f + ceil(f/2) + 1 (4 of 5) can leave a new leader facing
+/// durability logs that order three writes in a cycle with no safe answer
+/// (DESIGN.md, "Known hazard"); with all n replicas acknowledging, every
+/// completed write is in every durability log, in an order consistent with
+/// real time, so any one log is a valid order. Slower (one slow replica
+/// sends writes to the slow path), but safe.
+pub fn nilext_fast_quorum(n: usize) -> usize {
+    assert!(n >= 1, "a cluster has at least one replica");
+    n
+}
+
 /// The highest index held by a majority, given each replica's match index
 /// (the leader's own durable index included). Figure 2's commit rule then
 /// also requires the entry at that index to be of the leader's term.

@@ -13,7 +13,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use consensus::{Command, CommandResult};
+use consensus::{Command, CommandClass, CommandResult};
 use prost::Message as _;
 use proto::kv::error_detail::Kind;
 use proto::kv::kv_client::KvClient;
@@ -32,6 +32,10 @@ pub struct ClientOptions {
     pub attempt_timeout: Duration,
     /// The client's id; random when `None`. Two clients must not share one.
     pub client_id: Option<u64>,
+    /// Nil-ext's fast path: how long to wait for every replica's
+    /// durability acknowledgement before sending the write to the leader
+    /// (the slow path, under the same request id).
+    pub fast_path_timeout: Duration,
 }
 
 impl Default for ClientOptions {
@@ -40,9 +44,14 @@ impl Default for ClientOptions {
             timeout: Duration::from_secs(10),
             attempt_timeout: Duration::from_secs(2),
             client_id: None,
+            fast_path_timeout: Duration::from_millis(50),
         }
     }
 }
+
+/// After a fast-path write misses its quorum, later nilext writes go
+/// straight to the slow path for this long (a replica is likely down).
+const FAST_PATH_PAUSE: Duration = Duration::from_secs(1);
 
 /// Why an operation failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -121,6 +130,10 @@ pub struct Client {
     client_id: u64,
     seq: u64,
     options: ClientOptions,
+    /// The cluster's protocol and size, learned from Status on first need.
+    cluster: Option<(String, usize)>,
+    /// Nilext writes skip the fast path until then.
+    fast_path_paused_until: Option<Instant>,
 }
 
 impl Client {
@@ -146,6 +159,8 @@ impl Client {
             client_id,
             seq: 0,
             options,
+            cluster: None,
+            fast_path_paused_until: None,
         })
     }
 
@@ -180,20 +195,99 @@ impl Client {
         Ok(client)
     }
 
-    fn header(&self) -> Option<RequestHeader> {
+    fn header(&self, fast_path: bool) -> Option<RequestHeader> {
         Some(RequestHeader {
             client_id: self.client_id,
             seq: self.seq,
+            fast_path,
         })
     }
 
-    /// Runs one command with retries until its deadline.
+    /// The cluster's protocol and size, from the first node that answers
+    /// Status (cached).
+    async fn cluster(&mut self) -> Option<(String, usize)> {
+        if self.cluster.is_none() {
+            for (_, status) in self.status_all().await {
+                if let Ok(status) = status {
+                    self.cluster = Some((status.protocol, status.cluster_size as usize));
+                    break;
+                }
+            }
+        }
+        self.cluster.clone()
+    }
+
+    /// Runs one command until its deadline: nilext writes on a Nil-ext
+    /// cluster try the fast path first; everything goes to the leader,
+    /// retried under the same request id, until it answers.
     pub async fn execute(&mut self, command: Command) -> Result<CommandResult, ClientError> {
         if let Err(invalid) = consensus::limits::validate(&command) {
             return Err(ClientError::Invalid(invalid.to_string()));
         }
         self.seq += 1;
         let deadline = Instant::now() + self.options.timeout;
+        if command.class() == CommandClass::Nilext
+            && self
+                .fast_path_paused_until
+                .is_none_or(|until| Instant::now() >= until)
+            && let Some((protocol, size)) = self.cluster().await
+            && protocol == "nilext"
+        {
+            match self.fast_path(&command, size).await {
+                Ok(true) => return Ok(CommandResult::Written),
+                Ok(false) => self.fast_path_paused_until = Some(Instant::now() + FAST_PATH_PAUSE),
+                Err(error) => return Err(error),
+            }
+        }
+        self.execute_ordered(command, deadline).await
+    }
+
+    /// Nil-ext's fast path: sends the write to every replica and waits for
+    /// durability acknowledgements from all `size` of them in one term, the
+    /// leader's among them (`consensus::quorum::nilext_fast_quorum`). True
+    /// when that quorum was reached within the fast-path timeout.
+    async fn fast_path(&mut self, command: &Command, size: usize) -> Result<bool, ClientError> {
+        let timeout = self.options.fast_path_timeout;
+        let header = self.header(true);
+        let mut calls = tokio::task::JoinSet::new();
+        for endpoint in self.endpoints.clone() {
+            let Ok(kv) = self.connection(&endpoint, timeout).await else {
+                continue;
+            };
+            let command = command.clone();
+            calls.spawn(async move { attempt(kv, header, &command, timeout).await });
+        }
+        let quorum = consensus::quorum::nilext_fast_quorum(size);
+        let mut acks: HashMap<u64, (std::collections::BTreeSet<u64>, bool)> = HashMap::new();
+        let until = Instant::now() + timeout;
+        while let Ok(Some(joined)) = tokio::time::timeout_at(until, calls.join_next()).await {
+            match joined {
+                Ok(Ok((_, Some(ack)))) if ack.durable_only => {
+                    let (nodes, leader) = acks.entry(ack.term).or_default();
+                    nodes.insert(ack.node_id);
+                    *leader |= ack.from_leader;
+                    if nodes.len() >= quorum && *leader {
+                        return Ok(true);
+                    }
+                }
+                Ok(Err(status)) => {
+                    if let Retry::Fail(error @ ClientError::Invalid(_)) = classify(&status) {
+                        return Err(error);
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(false)
+    }
+
+    /// Sends the command to the leader (following redirects, backing off
+    /// when none is known) until it answers or `deadline` passes.
+    async fn execute_ordered(
+        &mut self,
+        command: Command,
+        deadline: Instant,
+    ) -> Result<CommandResult, ClientError> {
         let mut backoff = Duration::from_millis(10);
         let mut last_error = String::from("no attempt made");
         let mut redirects = 0;
@@ -215,19 +309,21 @@ impl Client {
                     last_error = error;
                     Retry::Elsewhere
                 }
-                Ok(connection) => match self.attempt(connection, &command, attempt_timeout).await {
-                    Ok(result) => {
-                        self.leader = Some(target);
-                        return Ok(result);
-                    }
-                    Err(status) => {
-                        last_error = format!("{target}: {}", status.message());
-                        if error_detail(&status).is_none() {
-                            self.connections.remove(&target);
+                Ok(connection) => {
+                    match attempt(connection, self.header(false), &command, attempt_timeout).await {
+                        Ok((result, _)) => {
+                            self.leader = Some(target);
+                            return Ok(result);
                         }
-                        classify(&status)
+                        Err(status) => {
+                            last_error = format!("{target}: {}", status.message());
+                            if error_detail(&status).is_none() {
+                                self.connections.remove(&target);
+                            }
+                            classify(&status)
+                        }
                     }
-                },
+                }
             };
             match retry {
                 Retry::Fail(error) => return Err(error),
@@ -259,92 +355,6 @@ impl Client {
                 }
             }
         }
-    }
-
-    async fn attempt(
-        &self,
-        mut kv: KvClient<Channel>,
-        command: &Command,
-        timeout: Duration,
-    ) -> Result<CommandResult, tonic::Status> {
-        fn request<T>(message: T, timeout: Duration) -> tonic::Request<T> {
-            let mut request = tonic::Request::new(message);
-            request.set_timeout(timeout);
-            request
-        }
-        let header = self.header();
-        let value = |v: Option<OptionalValue>| v.filter(|v| v.present).map(|v| v.value);
-        Ok(match command.clone() {
-            Command::Put { key, value } => {
-                kv.put(request(PutRequest { header, key, value }, timeout))
-                    .await?;
-                CommandResult::Written
-            }
-            Command::Delete { key } => {
-                kv.delete(request(DeleteRequest { header, key }, timeout))
-                    .await?;
-                CommandResult::Written
-            }
-            Command::MultiPut { pairs } => {
-                let pairs = pairs
-                    .into_iter()
-                    .map(|(key, value)| KeyValue { key, value })
-                    .collect();
-                kv.multi_put(request(MultiPutRequest { header, pairs }, timeout))
-                    .await?;
-                CommandResult::Written
-            }
-            Command::Get { key } => {
-                let response = kv
-                    .get(request(GetRequest { header, key }, timeout))
-                    .await?
-                    .into_inner();
-                CommandResult::Value(value(response.value))
-            }
-            Command::MultiGet { keys } => {
-                let response = kv
-                    .multi_get(request(MultiGetRequest { header, keys }, timeout))
-                    .await?
-                    .into_inner();
-                CommandResult::Values(
-                    response
-                        .values
-                        .into_iter()
-                        .map(|v| value(Some(v)))
-                        .collect(),
-                )
-            }
-            Command::CompareAndSwap { key, expected, new } => {
-                let expected = Some(match expected {
-                    Some(value) => OptionalValue {
-                        present: true,
-                        value,
-                    },
-                    None => OptionalValue::default(),
-                });
-                let message = CompareAndSwapRequest {
-                    header,
-                    key,
-                    expected,
-                    new_value: new,
-                };
-                let response = kv
-                    .compare_and_swap(request(message, timeout))
-                    .await?
-                    .into_inner();
-                CommandResult::Swapped {
-                    succeeded: response.succeeded,
-                    current: value(response.current),
-                }
-            }
-            Command::Increment { key, by } => {
-                let response = kv
-                    .increment(request(IncrementRequest { header, key, by }, timeout))
-                    .await?
-                    .into_inner();
-                CommandResult::Counter(response.value)
-            }
-        })
     }
 
     /// Sets `key` to `value`.
@@ -460,4 +470,95 @@ fn unexpected(result: CommandResult) -> ClientError {
         CommandResult::Failed(error) => ClientError::Execution(error.to_string()),
         other => ClientError::Execution(format!("unexpected result {other:?}")),
     }
+}
+
+/// One call to one node: the command's result, and the write
+/// acknowledgement for put, delete and multi-put.
+async fn attempt(
+    mut kv: KvClient<Channel>,
+    header: Option<RequestHeader>,
+    command: &Command,
+    timeout: Duration,
+) -> Result<(CommandResult, Option<WriteAck>), tonic::Status> {
+    fn request<T>(message: T, timeout: Duration) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        request.set_timeout(timeout);
+        request
+    }
+    let value = |v: Option<OptionalValue>| v.filter(|v| v.present).map(|v| v.value);
+    let result = match command.clone() {
+        Command::Put { key, value } => {
+            let ack = kv
+                .put(request(PutRequest { header, key, value }, timeout))
+                .await?;
+            return Ok((CommandResult::Written, Some(ack.into_inner())));
+        }
+        Command::Delete { key } => {
+            let ack = kv
+                .delete(request(DeleteRequest { header, key }, timeout))
+                .await?;
+            return Ok((CommandResult::Written, Some(ack.into_inner())));
+        }
+        Command::MultiPut { pairs } => {
+            let pairs = pairs
+                .into_iter()
+                .map(|(key, value)| KeyValue { key, value })
+                .collect();
+            let ack = kv
+                .multi_put(request(MultiPutRequest { header, pairs }, timeout))
+                .await?;
+            return Ok((CommandResult::Written, Some(ack.into_inner())));
+        }
+        Command::Get { key } => {
+            let response = kv
+                .get(request(GetRequest { header, key }, timeout))
+                .await?
+                .into_inner();
+            CommandResult::Value(value(response.value))
+        }
+        Command::MultiGet { keys } => {
+            let response = kv
+                .multi_get(request(MultiGetRequest { header, keys }, timeout))
+                .await?
+                .into_inner();
+            CommandResult::Values(
+                response
+                    .values
+                    .into_iter()
+                    .map(|v| value(Some(v)))
+                    .collect(),
+            )
+        }
+        Command::CompareAndSwap { key, expected, new } => {
+            let expected = Some(match expected {
+                Some(value) => OptionalValue {
+                    present: true,
+                    value,
+                },
+                None => OptionalValue::default(),
+            });
+            let message = CompareAndSwapRequest {
+                header,
+                key,
+                expected,
+                new_value: new,
+            };
+            let response = kv
+                .compare_and_swap(request(message, timeout))
+                .await?
+                .into_inner();
+            CommandResult::Swapped {
+                succeeded: response.succeeded,
+                current: value(response.current),
+            }
+        }
+        Command::Increment { key, by } => {
+            let response = kv
+                .increment(request(IncrementRequest { header, key, by }, timeout))
+                .await?
+                .into_inner();
+            CommandResult::Counter(response.value)
+        }
+    };
+    Ok((result, None))
 }

@@ -3,11 +3,13 @@
 
 use consensus::io::HardState;
 use consensus::message::{
-    AppendEntries, AppendEntriesResponse, Message, RequestVote, RequestVoteResponse,
+    AppendEntries, AppendEntriesResponse, DurabilityLogRequest, DurabilityLogResponse, Message,
+    RequestVote, RequestVoteResponse,
 };
 use consensus::state_machine::Session;
 use consensus::{
-    ClientRequest, Command, CommandResult, Entry, EntryPayload, ExecutionError, RequestId,
+    ClientRequest, Command, CommandResult, DurableRecord, Entry, EntryPayload, ExecutionError,
+    RequestId,
 };
 use proto::{kv, raft};
 
@@ -94,15 +96,54 @@ pub fn command_from_proto(command: kv::Command) -> Result<Command, ConvertError>
     )
 }
 
+/// A client request in its wire and storage form.
+pub fn request_to_proto(request: &ClientRequest) -> raft::ClientCommand {
+    raft::ClientCommand {
+        client_id: request.id.client,
+        seq: request.id.seq,
+        command: Some(command_to_proto(&request.command)),
+    }
+}
+
+/// A client request from its wire and storage form.
+pub fn request_from_proto(c: raft::ClientCommand) -> Result<ClientRequest, ConvertError> {
+    Ok(ClientRequest {
+        id: RequestId {
+            client: c.client_id,
+            seq: c.seq,
+        },
+        command: command_from_proto(
+            c.command
+                .ok_or_else(|| malformed("request", "no command"))?,
+        )?,
+    })
+}
+
+/// A durability-log record in its wire and storage form.
+pub fn record_to_proto(record: &DurableRecord) -> raft::DurableRecord {
+    raft::DurableRecord {
+        request: Some(request_to_proto(&record.request)),
+        term: record.term,
+    }
+}
+
+/// A durability-log record from its wire and storage form.
+pub fn record_from_proto(record: raft::DurableRecord) -> Result<DurableRecord, ConvertError> {
+    Ok(DurableRecord {
+        request: request_from_proto(
+            record
+                .request
+                .ok_or_else(|| malformed("record", "no request"))?,
+        )?,
+        term: record.term,
+    })
+}
+
 /// A log entry in its wire and storage form.
 pub fn entry_to_proto(entry: &Entry) -> raft::Entry {
     let payload = match &entry.payload {
         EntryPayload::Noop => raft::entry::Payload::Noop(true),
-        EntryPayload::Command(request) => raft::entry::Payload::Command(raft::ClientCommand {
-            client_id: request.id.client,
-            seq: request.id.seq,
-            command: Some(command_to_proto(&request.command)),
-        }),
+        EntryPayload::Command(request) => raft::entry::Payload::Command(request_to_proto(request)),
     };
     raft::Entry {
         term: entry.term,
@@ -118,15 +159,7 @@ pub fn entry_from_proto(entry: raft::Entry) -> Result<Entry, ConvertError> {
         .ok_or_else(|| malformed("entry", "no payload"))?
     {
         raft::entry::Payload::Noop(_) => EntryPayload::Noop,
-        raft::entry::Payload::Command(c) => EntryPayload::Command(ClientRequest {
-            id: RequestId {
-                client: c.client_id,
-                seq: c.seq,
-            },
-            command: command_from_proto(
-                c.command.ok_or_else(|| malformed("entry", "no command"))?,
-            )?,
-        }),
+        raft::entry::Payload::Command(c) => EntryPayload::Command(request_from_proto(c)?),
     };
     if entry.index == 0 {
         return Err(malformed("entry", "index 0"));
@@ -173,6 +206,15 @@ pub fn message_to_proto(from: u64, to: u64, message: &Message) -> raft::PeerMess
             vote_granted: m.vote_granted,
             pre_vote: m.pre_vote,
         }),
+        Message::DurabilityLogRequest(m) => {
+            Msg::DurabilityLogRequest(raft::DurabilityLogRequest { term: m.term })
+        }
+        Message::DurabilityLogResponse(m) => {
+            Msg::DurabilityLogResponse(raft::DurabilityLogResponse {
+                term: m.term,
+                records: m.records.iter().map(record_to_proto).collect(),
+            })
+        }
     };
     raft::PeerMessage {
         from,
@@ -224,6 +266,19 @@ pub fn message_from_proto(message: raft::PeerMessage) -> Result<Message, Convert
                 vote_granted: m.vote_granted,
                 pre_vote: m.pre_vote,
             }),
+            Msg::DurabilityLogRequest(m) => {
+                Message::DurabilityLogRequest(DurabilityLogRequest { term: m.term })
+            }
+            Msg::DurabilityLogResponse(m) => {
+                Message::DurabilityLogResponse(DurabilityLogResponse {
+                    term: m.term,
+                    records: m
+                        .records
+                        .into_iter()
+                        .map(record_from_proto)
+                        .collect::<Result<_, _>>()?,
+                })
+            }
         },
     )
 }

@@ -78,6 +78,8 @@ pub enum Event {
     Client {
         /// The request.
         request: ClientRequest,
+        /// On Nil-ext's fast path (durability only).
+        fast: bool,
         /// The caller waiting for it.
         reply: oneshot::Sender<ClientAnswer>,
     },
@@ -98,13 +100,14 @@ pub type BoxedProtocol = Box<dyn Consensus + Send>;
 /// operation only, never across an await.
 #[derive(Debug, Default)]
 struct Waiters {
-    callers: HashMap<RequestId, Vec<oneshot::Sender<ClientAnswer>>>,
+    /// By request and whether on the fast path.
+    callers: HashMap<(RequestId, bool), Vec<oneshot::Sender<ClientAnswer>>>,
     count: usize,
 }
 
 impl Waiters {
-    fn answer(&mut self, request: RequestId, answer: ClientAnswer) {
-        let Some(callers) = self.callers.remove(&request) else {
+    fn answer(&mut self, request: RequestId, fast: bool, answer: ClientAnswer) {
+        let Some(callers) = self.callers.remove(&(request, fast)) else {
             return;
         };
         self.count -= callers.len();
@@ -222,7 +225,11 @@ fn persist_thread(
         }
         let mut waiting = lock(&waiters);
         for reply in job.replies {
-            waiting.answer(reply.request, ClientAnswer::Outcome(reply.outcome));
+            waiting.answer(
+                reply.request,
+                reply.fast_path,
+                ClientAnswer::Outcome(reply.outcome),
+            );
         }
         drop(waiting);
         let (last_index, last_term) = storage.last_log();
@@ -329,15 +336,27 @@ impl Runtime {
                 Input::Tick
             }
             Event::Peer { from, message } => Input::Message { from, message },
-            Event::Client { request, reply } => {
+            Event::Client {
+                request,
+                fast,
+                reply,
+            } => {
                 let mut waiters = lock(&self.waiters);
                 if waiters.count >= WAITERS_MAX {
                     let _ = reply.send(ClientAnswer::Outcome(ReplyOutcome::Unavailable));
                     return Ok(());
                 }
-                waiters.callers.entry(request.id).or_default().push(reply);
+                waiters
+                    .callers
+                    .entry((request.id, fast))
+                    .or_default()
+                    .push(reply);
                 waiters.count += 1;
-                Input::Request(request)
+                if fast {
+                    Input::FastWrite(request)
+                } else {
+                    Input::Request(request)
+                }
             }
             Event::Status { reply } => {
                 let (_, last_log_term) = self.storage.last_log();
@@ -389,7 +408,7 @@ impl Runtime {
         if !replies_now.is_empty() {
             let mut waiters = lock(&self.waiters);
             for r in replies_now {
-                waiters.answer(r.request, ClientAnswer::Outcome(r.outcome));
+                waiters.answer(r.request, r.fast_path, ClientAnswer::Outcome(r.outcome));
             }
         }
         let waits = !after.is_empty() || !replies_after.is_empty();
@@ -411,7 +430,7 @@ impl Runtime {
             }
             let mut waiters = lock(&self.waiters);
             for r in replies_after {
-                waiters.answer(r.request, ClientAnswer::Outcome(r.outcome));
+                waiters.answer(r.request, r.fast_path, ClientAnswer::Outcome(r.outcome));
             }
         }
         if let Some(last) = apply.last() {
@@ -420,7 +439,7 @@ impl Runtime {
             self.storage.apply(&batch)?;
             let mut waiters = lock(&self.waiters);
             for (_, request, result) in batch.results {
-                waiters.answer(request, ClientAnswer::Result(result));
+                waiters.answer(request, false, ClientAnswer::Result(result));
             }
             follow_ups.push_back(Input::Applied { index });
         }
@@ -428,7 +447,7 @@ impl Runtime {
             let mut waiters = lock(&self.waiters);
             for request in reads {
                 let result = self.state_machine.read(&*self.storage, &request.command);
-                waiters.answer(request.id, ClientAnswer::Result(result));
+                waiters.answer(request.id, false, ClientAnswer::Result(result));
             }
         }
         Ok(())

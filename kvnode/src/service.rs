@@ -60,12 +60,29 @@ pub fn error_status(
     Status::with_details(code, message, detail.encode_to_vec().into())
 }
 
-fn header_id(header: Option<RequestHeader>) -> Result<RequestId, Status> {
+/// How a request was answered.
+#[derive(Debug)]
+enum Done {
+    /// Its command was applied (or read) with this result.
+    Result(CommandResult),
+    /// Nil-ext's fast path: durable here, acknowledged in `term`.
+    Durable { term: u64, from_leader: bool },
+}
+
+/// The request id, and whether the request asks for Nil-ext's fast path.
+fn header_id(header: Option<RequestHeader>) -> Result<(RequestId, bool), Status> {
     match header {
-        Some(RequestHeader { client_id, seq }) if client_id != 0 && seq != 0 => Ok(RequestId {
-            client: client_id,
+        Some(RequestHeader {
+            client_id,
             seq,
-        }),
+            fast_path,
+        }) if client_id != 0 && seq != 0 => Ok((
+            RequestId {
+                client: client_id,
+                seq,
+            },
+            fast_path,
+        )),
         _ => Err(error_status(
             Code::InvalidArgument,
             Kind::InvalidArgument,
@@ -80,7 +97,7 @@ impl KvService {
         &self,
         header: Option<RequestHeader>,
         command: Command,
-    ) -> Result<CommandResult, Status> {
+    ) -> Result<Done, Status> {
         // The request's way in and the answer's way out each take the
         // injected one-way delay.
         self.net_delay.wait().await;
@@ -93,8 +110,16 @@ impl KvService {
         &self,
         header: Option<RequestHeader>,
         command: Command,
-    ) -> Result<CommandResult, Status> {
-        let id = header_id(header)?;
+    ) -> Result<Done, Status> {
+        let (id, fast) = header_id(header)?;
+        if fast && command.class() != consensus::CommandClass::Nilext {
+            return Err(error_status(
+                Code::InvalidArgument,
+                Kind::InvalidArgument,
+                "only put, delete and multi-put may take the fast path",
+                None,
+            ));
+        }
         if let Err(invalid) = consensus::limits::validate(&command) {
             return Err(error_status(
                 Code::InvalidArgument,
@@ -106,6 +131,7 @@ impl KvService {
         let (reply, answer) = oneshot::channel();
         let event = Event::Client {
             request: ClientRequest { id, command },
+            fast,
             reply,
         };
         let deadline = tokio::time::Instant::now() + self.request_timeout;
@@ -131,7 +157,10 @@ impl KvService {
                 error.to_string(),
                 None,
             )),
-            Ok(Ok(ClientAnswer::Result(result))) => Ok(result),
+            Ok(Ok(ClientAnswer::Result(result))) => Ok(Done::Result(result)),
+            Ok(Ok(ClientAnswer::Outcome(ReplyOutcome::DurableAck { term, from_leader }))) => {
+                Ok(Done::Durable { term, from_leader })
+            }
             Ok(Ok(ClientAnswer::Outcome(outcome))) => Err(self.outcome_status(outcome)),
         }
     }
@@ -177,19 +206,39 @@ impl KvService {
             ReplyOutcome::Rejected(reason) => {
                 error_status(Code::InvalidArgument, Kind::InvalidArgument, reason, None)
             }
+            ReplyOutcome::DurableAck { .. } => {
+                Status::internal("a durability acknowledgement answered an ordered request")
+            }
         }
     }
 
-    fn write_ack(&self, result: CommandResult) -> Result<Response<WriteAck>, Status> {
-        match result {
-            CommandResult::Written => Ok(Response::new(WriteAck {
+    fn write_ack(&self, done: Done) -> Result<Response<WriteAck>, Status> {
+        match done {
+            Done::Result(CommandResult::Written) => Ok(Response::new(WriteAck {
                 term: 0,
                 from_leader: true,
                 node_id: self.node_id,
                 durable_only: false,
             })),
-            other => Err(unexpected(other)),
+            Done::Durable { term, from_leader } => Ok(Response::new(WriteAck {
+                term,
+                from_leader,
+                node_id: self.node_id,
+                durable_only: true,
+            })),
+            Done::Result(other) => Err(unexpected(other)),
         }
+    }
+}
+
+/// The result of a read or update (never a durability acknowledgement,
+/// which only writes on the fast path get).
+fn result(done: Done) -> Result<CommandResult, Status> {
+    match done {
+        Done::Result(result) => Ok(result),
+        Done::Durable { .. } => Err(Status::internal(
+            "a durability acknowledgement answered a read or update",
+        )),
     }
 }
 
@@ -233,7 +282,7 @@ impl Kv for KvService {
 
     async fn get(&self, request: Request<GetRequest>) -> Result<Response<GetResponse>, Status> {
         let r = request.into_inner();
-        match self.execute(r.header, Command::Get { key: r.key }).await? {
+        match result(self.execute(r.header, Command::Get { key: r.key }).await?)? {
             CommandResult::Value(value) => Ok(Response::new(GetResponse {
                 value: Some(optional_value(value)),
             })),
@@ -246,10 +295,10 @@ impl Kv for KvService {
         request: Request<MultiGetRequest>,
     ) -> Result<Response<MultiGetResponse>, Status> {
         let r = request.into_inner();
-        match self
-            .execute(r.header, Command::MultiGet { keys: r.keys })
-            .await?
-        {
+        match result(
+            self.execute(r.header, Command::MultiGet { keys: r.keys })
+                .await?,
+        )? {
             CommandResult::Values(values) => Ok(Response::new(MultiGetResponse {
                 values: values.into_iter().map(optional_value).collect(),
             })),
@@ -267,7 +316,7 @@ impl Kv for KvService {
             expected: from_optional_value(r.expected),
             new: r.new_value,
         };
-        match self.execute(r.header, command).await? {
+        match result(self.execute(r.header, command).await?)? {
             CommandResult::Swapped { succeeded, current } => {
                 Ok(Response::new(CompareAndSwapResponse {
                     succeeded,
@@ -283,16 +332,11 @@ impl Kv for KvService {
         request: Request<IncrementRequest>,
     ) -> Result<Response<IncrementResponse>, Status> {
         let r = request.into_inner();
-        match self
-            .execute(
-                r.header,
-                Command::Increment {
-                    key: r.key,
-                    by: r.by,
-                },
-            )
-            .await?
-        {
+        let command = Command::Increment {
+            key: r.key,
+            by: r.by,
+        };
+        match result(self.execute(r.header, command).await?)? {
             CommandResult::Counter(value) => Ok(Response::new(IncrementResponse { value })),
             other => Err(unexpected(other)),
         }
@@ -337,6 +381,7 @@ impl Kv for KvService {
             protocol: self.protocol.clone(),
             cluster_id: self.cluster_id.clone(),
             last_log_term: node.last_log_term,
+            cluster_size: self.client_addrs.len() as u64,
             synced_writes: node.synced_writes,
         }))
     }

@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use consensus::io::{HardState, Recovered, Write};
 use consensus::state_machine::{ApplyBatch, KvRead, Session};
-use consensus::{ClientId, Entry, LogIndex, Term, Value};
+use consensus::{ClientId, DurableRecord, Entry, LogIndex, RequestId, Term, Value};
 use prost::Message as _;
 use rocksdb::{
     ColumnFamily, ColumnFamilyDescriptor, DB, IteratorMode, Options, WriteBatch, WriteOptions,
@@ -118,10 +118,20 @@ pub struct Storage {
     /// (last index, last term) of the durable log.
     last: Mutex<(LogIndex, Term)>,
     synced_writes: AtomicU64,
+    /// Position given to the next durability-log record (keeps their order).
+    next_record_position: AtomicU64,
 }
 
 fn index_key(index: LogIndex) -> [u8; 8] {
     index.to_be_bytes()
+}
+
+/// A durability-log record's key: its request id (client, then sequence).
+fn record_key(id: RequestId) -> [u8; 16] {
+    let mut key = [0u8; 16];
+    key[..8].copy_from_slice(&id.client.to_be_bytes());
+    key[8..].copy_from_slice(&id.seq.to_be_bytes());
+    key
 }
 
 fn session_key(client: ClientId) -> Vec<u8> {
@@ -163,6 +173,7 @@ impl Storage {
             db,
             last: Mutex::new((0, 0)),
             synced_writes: AtomicU64::new(0),
+            next_record_position: AtomicU64::new(0),
         };
         storage.check_identity(dir, identity, exists)?;
         let loaded = storage.load()?;
@@ -285,6 +296,25 @@ impl Storage {
                 convert::session_from_proto(session).map_err(|e| corrupt("session", &e))?,
             );
         }
+        let mut records = Vec::new();
+        for item in self
+            .db
+            .iterator_cf(self.cf(CF_DURABILITY_LOG), IteratorMode::Start)
+        {
+            let (_, value) = item?;
+            let stored = proto::raft::StoredDurableRecord::decode(value.as_ref())
+                .map_err(|e| corrupt("durability-log record", &e))?;
+            let record = stored
+                .record
+                .ok_or_else(|| StorageError::Corrupt("empty durability-log record".into()))?;
+            let record = convert::record_from_proto(record)
+                .map_err(|e| corrupt("durability-log record", &e))?;
+            records.push((stored.position, record));
+        }
+        records.sort_by_key(|(position, _)| *position);
+        let next_position = records.last().map_or(0, |(p, _)| p + 1);
+        self.next_record_position
+            .store(next_position, Ordering::Relaxed);
         *self.last.get_mut().unwrap_or_else(|e| e.into_inner()) = (
             log.last().map_or(0, |e| e.index),
             log.last().map_or(0, |e| e.term),
@@ -294,6 +324,7 @@ impl Storage {
                 hard_state,
                 log,
                 applied_index,
+                durability_log: records.into_iter().map(|(_, r)| r).collect(),
             },
             sessions,
         })
@@ -342,6 +373,18 @@ impl Storage {
                         (last_index, last_term) = (entry.index, entry.term);
                     }
                 }
+                Write::DurabilityAppend(records) => self.put_records(&mut batch, records),
+                Write::DurabilityRemove(ids) => {
+                    for id in ids {
+                        batch.delete_cf(self.cf(CF_DURABILITY_LOG), record_key(*id));
+                    }
+                }
+                Write::DurabilityReplace(records) => {
+                    let cf = self.cf(CF_DURABILITY_LOG);
+                    batch.delete_range_cf(cf, [0u8; 16], [0xffu8; 16]);
+                    batch.delete_cf(cf, [0xffu8; 16]);
+                    self.put_records(&mut batch, records);
+                }
             }
         }
         self.write_synced(batch)?;
@@ -358,6 +401,21 @@ impl Storage {
         let entry = proto::raft::Entry::decode(bytes.as_slice())
             .map_err(|e| StorageError::Corrupt(e.to_string()))?;
         Ok(entry.term)
+    }
+
+    fn put_records(&self, batch: &mut WriteBatch, records: &[DurableRecord]) {
+        for record in records {
+            let position = self.next_record_position.fetch_add(1, Ordering::Relaxed);
+            let stored = proto::raft::StoredDurableRecord {
+                position,
+                record: Some(convert::record_to_proto(record)),
+            };
+            batch.put_cf(
+                self.cf(CF_DURABILITY_LOG),
+                record_key(record.request.id),
+                stored.encode_to_vec(),
+            );
+        }
     }
 
     /// The last entry of the durable log: (index, term), (0, 0) when empty.
@@ -484,6 +542,57 @@ mod tests {
         assert_eq!(loaded.sessions[&5].last_seq, 1);
         assert_eq!(storage.get(b"k1"), Some(b"v".to_vec()));
         assert_eq!(storage.last_log(), (2, 2));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    fn record(seq: u64, term: u64) -> DurableRecord {
+        let Entry {
+            payload: EntryPayload::Command(request),
+            ..
+        } = entry(1, term, seq)
+        else {
+            unreachable!()
+        };
+        DurableRecord { request, term }
+    }
+
+    #[test]
+    fn the_durability_log_keeps_its_order_across_restarts() {
+        let dir = temp_dir("durability");
+        {
+            let (storage, _) = Storage::open(&dir, &identity()).expect("open");
+            storage
+                .persist(&[Write::DurabilityAppend(vec![
+                    record(3, 1),
+                    record(1, 1),
+                    record(2, 1),
+                ])])
+                .expect("append");
+            storage
+                .persist(&[Write::DurabilityRemove(vec![record(1, 1).request.id])])
+                .expect("remove");
+            storage
+                .persist(&[Write::DurabilityAppend(vec![record(9, 2)])])
+                .expect("append");
+        }
+        {
+            let (storage, loaded) = Storage::open(&dir, &identity()).expect("reopen");
+            assert_eq!(
+                loaded.recovered.durability_log,
+                vec![record(3, 1), record(2, 1), record(9, 2)]
+            );
+            storage
+                .persist(&[Write::DurabilityReplace(vec![record(9, 5), record(2, 5)])])
+                .expect("replace");
+            storage
+                .persist(&[Write::DurabilityAppend(vec![record(4, 5)])])
+                .expect("append");
+        }
+        let (_, loaded) = Storage::open(&dir, &identity()).expect("reopen");
+        assert_eq!(
+            loaded.recovered.durability_log,
+            vec![record(9, 5), record(2, 5), record(4, 5)]
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 

@@ -25,6 +25,7 @@ fn header(seq: u64) -> Option<RequestHeader> {
     Some(RequestHeader {
         client_id: 4242,
         seq,
+        fast_path: false,
     })
 }
 

@@ -112,7 +112,9 @@ struct Round {
     context: u64,
     sent_tick: u64,
     read_index: LogIndex,
-    reads: Vec<ClientRequest>,
+    /// Reads confirmed by this round, each with the least index it must
+    /// see applied.
+    reads: Vec<(ClientRequest, LogIndex)>,
 }
 
 /// One optimized Raft node.
@@ -127,8 +129,6 @@ pub struct OptimizedRaft {
     /// Ticks since a leader was last heard from, or since this node started.
     ticks_since_leader: u64,
     votes: BTreeSet<NodeId>,
-    /// Persist jobs issued whose `Persisted` has not come back.
-    writes_in_flight: usize,
     // Leader state.
     heartbeat_elapsed: u64,
     quorum_check_elapsed: u64,
@@ -141,8 +141,9 @@ pub struct OptimizedRaft {
     term_start_index: LogIndex,
     next_round: u64,
     rounds: VecDeque<Round>,
-    /// Reads not yet in a round.
-    unrounded_reads: Vec<ClientRequest>,
+    /// Reads not yet in a round, each with the least index it must see
+    /// applied.
+    unrounded_reads: Vec<(ClientRequest, LogIndex)>,
     /// Confirmed reads waiting for apply: (read index, request).
     ready_reads: VecDeque<(LogIndex, ClientRequest)>,
     lease_until_tick: u64,
@@ -169,7 +170,6 @@ impl OptimizedRaft {
             // never saw a term has acknowledged nothing.
             ticks_since_leader: if never_saw_a_term { u64::MAX } else { 0 },
             votes: BTreeSet::new(),
-            writes_in_flight: 0,
             heartbeat_elapsed: 0,
             quorum_check_elapsed: 0,
             progress: BTreeMap::new(),
@@ -196,8 +196,13 @@ impl OptimizedRaft {
             let waiting = std::mem::take(&mut self.pending)
                 .into_values()
                 .chain(self.proposals.drain(..).map(|r| r.id))
-                .chain(self.rounds.drain(..).flat_map(|r| r.reads).map(|r| r.id))
-                .chain(self.unrounded_reads.drain(..).map(|r| r.id))
+                .chain(
+                    self.rounds
+                        .drain(..)
+                        .flat_map(|r| r.reads)
+                        .map(|(r, _)| r.id),
+                )
+                .chain(self.unrounded_reads.drain(..).map(|(r, _)| r.id))
                 .chain(self.ready_reads.drain(..).map(|(_, r)| r.id))
                 .collect::<Vec<_>>();
             for id in waiting {
@@ -588,8 +593,21 @@ impl OptimizedRaft {
 
     // ----- reads -----
 
-    fn handle_read(&mut self, request: ClientRequest, out: &mut Outbox) {
-        self.unrounded_reads.push(request);
+    /// Serves a read linearizably, at an index no lower than `min_index`
+    /// (a layer above may need writes it just ordered to be visible: Nil-ext
+    /// orders its durability log before such reads).
+    pub fn read(&mut self, request: ClientRequest, min_index: LogIndex, out: &mut Outbox) {
+        if self.role != Role::Leader {
+            out.reply(
+                request.id,
+                ReplyOutcome::NotLeader {
+                    leader: self.leader,
+                },
+                Timing::Now,
+            );
+            return;
+        }
+        self.unrounded_reads.push((request, min_index));
         self.route_reads(out);
     }
 
@@ -601,8 +619,9 @@ impl OptimizedRaft {
         }
         if self.config.read_mode == ReadMode::Lease && self.now_ticks < self.lease_until_tick {
             let read_index = self.core.commit_index;
-            for request in self.unrounded_reads.drain(..) {
-                self.ready_reads.push_back((read_index, request));
+            for (request, min_index) in self.unrounded_reads.drain(..) {
+                self.ready_reads
+                    .push_back((read_index.max(min_index), request));
             }
             self.serve_ready_reads(out);
         } else if self.rounds.iter().all(|r| r.reads.is_empty()) {
@@ -657,8 +676,9 @@ impl OptimizedRaft {
             };
             let lease = self.config.election_timeout_ticks - self.config.lease_drift_ticks;
             self.lease_until_tick = self.lease_until_tick.max(round.sent_tick + lease);
-            for request in round.reads {
-                self.ready_reads.push_back((round.read_index, request));
+            for (request, min_index) in round.reads {
+                self.ready_reads
+                    .push_back((round.read_index.max(min_index), request));
             }
         }
         self.serve_ready_reads(out);
@@ -701,7 +721,24 @@ impl OptimizedRaft {
             return;
         }
         if request.command.is_read() {
-            self.handle_read(request, out);
+            self.read(request, 0, out);
+            return;
+        }
+        self.propose(request, out);
+    }
+
+    /// Queues a command for the log (leader only; others answer "not
+    /// leader"). Group commit: while the leader's last log write is syncing,
+    /// commands gather for the next one; a full batch goes at once.
+    pub fn propose(&mut self, request: ClientRequest, out: &mut Outbox) {
+        if self.role != Role::Leader {
+            out.reply(
+                request.id,
+                ReplyOutcome::NotLeader {
+                    leader: self.leader,
+                },
+                Timing::Now,
+            );
             return;
         }
         if self.proposals.len() >= self.config.proposals_queued_max {
@@ -709,18 +746,44 @@ impl OptimizedRaft {
             return;
         }
         self.proposals.push_back(request);
-        // Group commit: while a write is syncing, commands gather for the
-        // next one; a full batch goes at once.
-        if self.writes_in_flight == 0 || self.proposals.len() >= self.config.batch_entries_max {
+        if !self.log_write_in_flight() || self.proposals.len() >= self.config.batch_entries_max {
             self.flush_proposals(out);
         }
     }
 
+    /// Appends every queued command to the log now, without waiting for the
+    /// write in flight (a layer above needs their indexes).
+    pub fn flush_now(&mut self, out: &mut Outbox) {
+        while !self.proposals.is_empty() && self.role == Role::Leader {
+            self.flush_proposals(out);
+        }
+    }
+
+    /// Index of the last entry of this node's log.
+    pub fn last_index(&self) -> LogIndex {
+        self.core.log.last_index()
+    }
+
+    /// Adopts a higher term learned by a layer above (as from any message
+    /// of that term), following `leader` when known.
+    pub fn adopt_term(&mut self, term: Term, leader: Option<NodeId>, out: &mut Outbox) {
+        if term > self.core.term {
+            self.become_follower(term, leader, out);
+            if leader.is_some() {
+                self.ticks_since_leader = 0;
+            }
+        }
+    }
+
+    /// True while the leader's latest log write is not yet durable.
+    fn log_write_in_flight(&self) -> bool {
+        self.core.durable_index < self.core.log.last_index()
+    }
+
     fn handle_persisted(&mut self, last_index: LogIndex, last_term: Term, out: &mut Outbox) {
-        self.writes_in_flight = self.writes_in_flight.saturating_sub(1);
         self.core.persisted(last_index, last_term);
         self.advance_commit(out);
-        if self.writes_in_flight == 0 {
+        if !self.log_write_in_flight() {
             self.flush_proposals(out);
         }
     }
@@ -773,7 +836,7 @@ impl OptimizedRaft {
                 }
             }
         }
-        if self.writes_in_flight == 0 {
+        if !self.log_write_in_flight() {
             self.flush_proposals(out);
         }
     }
@@ -781,10 +844,14 @@ impl OptimizedRaft {
 
 impl Consensus for OptimizedRaft {
     fn step(&mut self, input: Input, out: &mut Outbox) {
-        let writes_before = out.persist.len();
         match input {
             Input::Tick => self.tick(out),
             Input::Request(request) => self.handle_request(request, out),
+            Input::FastWrite(request) => {
+                let reason = "raft-optimized has no nilext fast path; send the write to the leader"
+                    .to_string();
+                out.reply_fast(request.id, ReplyOutcome::Rejected(reason), Timing::Now);
+            }
             Input::Persisted {
                 last_index,
                 last_term,
@@ -814,11 +881,10 @@ impl Consensus for OptimizedRaft {
                     Message::AppendEntriesResponse(m) => self.handle_append_response(from, m, out),
                     Message::RequestVote(m) => self.handle_vote_request(from, m, out),
                     Message::RequestVoteResponse(m) => self.handle_vote_response(from, m, out),
+                    // Nil-ext's messages are for the layer above, if any.
+                    Message::DurabilityLogRequest(_) | Message::DurabilityLogResponse(_) => {}
                 }
             }
-        }
-        if out.persist.len() > writes_before {
-            self.writes_in_flight += 1;
         }
     }
 

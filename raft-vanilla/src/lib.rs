@@ -423,6 +423,11 @@ impl Consensus for VanillaRaft {
         match input {
             Input::Tick => self.tick(out),
             Input::Request(request) => self.handle_request(request, out),
+            Input::FastWrite(request) => {
+                let reason = "vanilla Raft has no nilext fast path; send the write to the leader"
+                    .to_string();
+                out.reply_fast(request.id, ReplyOutcome::Rejected(reason), Timing::Now);
+            }
             Input::Persisted {
                 last_index,
                 last_term,
@@ -441,6 +446,7 @@ impl Consensus for VanillaRaft {
                     Message::AppendEntriesResponse(m) => self.handle_append_response(from, m, out),
                     Message::RequestVote(m) => self.handle_vote_request(from, m, out),
                     Message::RequestVoteResponse(m) => self.handle_vote_response(from, m, out),
+                    Message::DurabilityLogRequest(_) | Message::DurabilityLogResponse(_) => {}
                 }
             }
         }

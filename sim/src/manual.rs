@@ -35,6 +35,8 @@ struct Pending {
 pub struct Durable {
     /// The durable log.
     pub log: Vec<Entry>,
+    /// The durable Nil-ext durability log.
+    pub durability_log: Vec<consensus::DurableRecord>,
     /// Synced write batches so far.
     pub syncs: u64,
 }
@@ -155,6 +157,7 @@ impl<P: Consensus> ManualCluster<P> {
             hard_state,
             log: node.durable.log.clone(),
             applied_index: node.state_machine.applied_index(),
+            durability_log: node.durable.durability_log.clone(),
         };
         node.protocol = factory(recovered);
     }
@@ -275,6 +278,12 @@ impl<P: Consensus> ManualCluster<P> {
                 Write::HardState(_) => {}
                 Write::TruncateLog { from } => node.durable.log.truncate((from - 1) as usize),
                 Write::AppendLog(entries) => node.durable.log.extend(entries),
+                Write::DurabilityAppend(records) => node.durable.durability_log.extend(records),
+                Write::DurabilityRemove(ids) => node
+                    .durable
+                    .durability_log
+                    .retain(|r| !ids.contains(&r.request.id)),
+                Write::DurabilityReplace(records) => node.durable.durability_log = records,
             }
         }
         if wrote {

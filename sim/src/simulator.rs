@@ -32,7 +32,8 @@ use std::fmt::Write as _;
 use std::hash::{DefaultHasher, Hash, Hasher};
 
 use consensus::io::{
-    Envelope, HardState, Input, Outbox, Recovered, Reply, ReplyOutcome, Role, Timing, Write,
+    DurableRecord, Envelope, HardState, Input, Outbox, Recovered, Reply, ReplyOutcome, Role,
+    Timing, Write,
 };
 use consensus::message::Message;
 use consensus::rng::DetRng;
@@ -127,6 +128,13 @@ pub struct SimConfig {
     pub give_up_ms: Time,
     /// Print every event (for replaying one seed).
     pub verbose: bool,
+    /// Clients send nilext writes (put, delete, multi-put) on Nil-ext's
+    /// fast path: to every node, done on a fast quorum of durability
+    /// acknowledgements of one term including the leader's.
+    pub nilext_fast_path: bool,
+    /// A fast-path write that has not completed by then goes the slow path
+    /// (to the leader, ordered), keeping its request id.
+    pub fast_path_timeout_ms: Time,
 }
 
 impl SimConfig {
@@ -147,6 +155,8 @@ impl SimConfig {
             client_timeout_ms: 150,
             give_up_ms: 600,
             verbose: false,
+            nilext_fast_path: false,
+            fast_path_timeout_ms: 40,
         }
     }
 }
@@ -222,12 +232,19 @@ enum Event {
         node: NodeId,
         client: usize,
         request: ClientRequest,
+        fast: bool,
     },
     ClientReply {
         client: usize,
+        from: NodeId,
         seq: u64,
         attempt: u64,
+        fast: bool,
         answer: Answer,
+    },
+    ClientFastTimeout {
+        client: usize,
+        seq: u64,
     },
     ClientTimeout {
         client: usize,
@@ -290,6 +307,7 @@ struct PendingPersist {
 struct Storage {
     hard_state: HardState,
     log: Vec<Entry>,
+    durability_log: Vec<DurableRecord>,
     /// `chain[i]` digests `log[..=i]`: equal digests mean equal prefixes.
     chain: Vec<u64>,
 }
@@ -313,8 +331,9 @@ struct Node<P> {
     state_machine: StateMachine,
     kv: MemKv,
     pending: VecDeque<PendingPersist>,
-    /// Which client waits for which request at this node.
-    waiters: HashMap<RequestId, (usize, u64)>,
+    /// Which client waits for which request at this node, and whether on
+    /// the fast path.
+    waiters: HashMap<(RequestId, bool), (usize, u64)>,
 }
 
 struct ClientOp {
@@ -322,6 +341,8 @@ struct ClientOp {
     request: ClientRequest,
     attempt: u64,
     started: Time,
+    /// Fast-path acknowledgements so far: term -> (nodes, leader among them).
+    fast_acks: BTreeMap<Term, (BTreeSet<NodeId>, bool)>,
 }
 
 struct Client {
@@ -593,6 +614,7 @@ where
                 node,
                 client,
                 request,
+                fast,
             } => {
                 let n = self.nodes.get_mut(&node).expect("node exists");
                 if n.protocol.is_none() {
@@ -602,21 +624,46 @@ where
                     .current
                     .as_ref()
                     .map_or(0, |c| c.attempt);
-                n.waiters.insert(request.id, (client, attempt));
+                n.waiters.insert((request.id, fast), (client, attempt));
                 self.log(|| {
                     format!(
-                        "client {} -> {node}: {} {:?}",
-                        request.id.client, request.id, request.command
+                        "client {} -> {node}{}: {} {:?}",
+                        request.id.client,
+                        if fast { " (fast path)" } else { "" },
+                        request.id,
+                        request.command
                     )
                 });
-                self.step(node, Input::Request(request));
+                let input = if fast {
+                    Input::FastWrite(request)
+                } else {
+                    Input::Request(request)
+                };
+                self.step(node, input);
             }
             Event::ClientReply {
                 client,
+                from,
                 seq,
                 attempt,
+                fast,
                 answer,
-            } => self.client_reply(client, seq, attempt, answer),
+            } => {
+                if fast {
+                    self.fast_reply(client, from, seq, answer);
+                } else {
+                    self.client_reply(client, seq, attempt, answer);
+                }
+            }
+            Event::ClientFastTimeout { client, seq } => {
+                let c = &self.clients[client];
+                if c.seq == seq && c.current.as_ref().is_some_and(|op| op.attempt == 0) {
+                    self.log(|| {
+                        format!("client {client} seq {seq}: fast path timed out, slow path")
+                    });
+                    self.send_attempt(client);
+                }
+            }
             Event::ClientTimeout {
                 client,
                 seq,
@@ -763,7 +810,7 @@ where
         for request in reads {
             let node = &self.nodes[&id];
             let result = node.state_machine.read(&node.kv, &request.command);
-            self.answer(id, request.id, Answer::Result(result));
+            self.answer(id, request.id, false, Answer::Result(result));
         }
     }
 
@@ -844,6 +891,14 @@ where
                     self.fail(problem);
                 }
             }
+            Write::DurabilityAppend(records) => storage.durability_log.extend(records),
+            Write::DurabilityRemove(ids) => {
+                let ids: HashSet<RequestId> = ids.into_iter().collect();
+                storage
+                    .durability_log
+                    .retain(|r| !ids.contains(&r.request.id));
+            }
+            Write::DurabilityReplace(records) => storage.durability_log = records,
         }
     }
 
@@ -879,13 +934,13 @@ where
             self.fail(problem);
         }
         for (_, request, result) in batch.results {
-            self.answer(id, request, Answer::Result(result));
+            self.answer(id, request, false, Answer::Result(result));
         }
     }
 
-    fn answer(&mut self, id: NodeId, request: RequestId, answer: Answer) {
+    fn answer(&mut self, id: NodeId, request: RequestId, fast_path: bool, answer: Answer) {
         let node = self.nodes.get_mut(&id).expect("node exists");
-        let Some((client, attempt)) = node.waiters.remove(&request) else {
+        let Some((client, attempt)) = node.waiters.remove(&(request, fast_path)) else {
             return;
         };
         let delay = self.net_delay();
@@ -893,15 +948,22 @@ where
             delay,
             Event::ClientReply {
                 client,
+                from: id,
                 seq: request.seq,
                 attempt,
+                fast: fast_path,
                 answer,
             },
         );
     }
 
     fn protocol_reply(&mut self, id: NodeId, reply: Reply) {
-        self.answer(id, reply.request, Answer::Other(reply.outcome));
+        self.answer(
+            id,
+            reply.request,
+            reply.fast_path,
+            Answer::Other(reply.outcome),
+        );
     }
 
     fn net_delay(&mut self) -> Time {
@@ -972,6 +1034,7 @@ where
             hard_state: node.storage.hard_state,
             log: node.storage.log.clone(),
             applied_index: node.state_machine.applied_index(),
+            durability_log: node.storage.durability_log.clone(),
         };
         node.protocol = Some((self.factory)(id, &members, recovered, seed));
         let incarnation = node.incarnation;
@@ -1114,13 +1177,78 @@ where
             input: to_input(&command),
             output: None,
         });
+        let fast =
+            self.config.nilext_fast_path && command.class() == consensus::CommandClass::Nilext;
         c.current = Some(ClientOp {
             history_index: self.history.len() - 1,
-            request,
+            request: request.clone(),
             attempt: 0,
             started: self.now,
+            fast_acks: BTreeMap::new(),
         });
-        self.send_attempt(client);
+        if !fast {
+            self.send_attempt(client);
+            return;
+        }
+        // Nil-ext's fast path: to every node at once.
+        for node in self.members() {
+            let delay = self.net_delay();
+            let request = request.clone();
+            self.schedule(
+                delay,
+                Event::ClientArrive {
+                    node,
+                    client,
+                    request,
+                    fast: true,
+                },
+            );
+        }
+        let (seq, timeout) = (self.clients[client].seq, self.config.fast_path_timeout_ms);
+        self.schedule(timeout, Event::ClientFastTimeout { client, seq });
+    }
+
+    /// A fast-path answer: an acknowledgement counts toward the fast quorum
+    /// (even once the slow path has started); anything else is left to the
+    /// slow path.
+    fn fast_reply(&mut self, client: usize, from: NodeId, seq: u64, answer: Answer) {
+        let quorum = consensus::quorum::nilext_fast_quorum(self.config.nodes);
+        let c = &mut self.clients[client];
+        let Some(op) = c.current.as_mut() else { return };
+        if c.seq != seq {
+            return;
+        }
+        match answer {
+            Answer::Other(ReplyOutcome::DurableAck { term, from_leader }) => {
+                let (nodes, leader) = op.fast_acks.entry(term).or_default();
+                nodes.insert(from);
+                *leader |= from_leader;
+                if nodes.len() >= quorum && *leader {
+                    self.log(|| format!("client {client} seq {seq}: fast quorum in term {term}"));
+                    self.complete(client, seq, CommandResult::Written);
+                }
+            }
+            Answer::Other(ReplyOutcome::Rejected(reason)) => {
+                self.fail(format!("a valid fast-path write was rejected: {reason}"));
+            }
+            _ => {}
+        }
+    }
+
+    fn complete(&mut self, client: usize, seq: u64, result: CommandResult) {
+        let Some(op) = self.clients[client].current.take() else {
+            return;
+        };
+        self.history_clock += 1;
+        let record = &mut self.history[op.history_index];
+        record.ret = Some(self.history_clock);
+        record.output = Some(to_output(&result));
+        if let CommandResult::Value(v) = &result {
+            self.clients[client].last_seen = v.clone();
+        }
+        self.log(|| format!("client {client} seq {seq} done: {result:?}"));
+        let think = self.rng.range(0, 10);
+        self.schedule(think, Event::ClientNext { client });
     }
 
     fn send_attempt(&mut self, client: usize) {
@@ -1136,6 +1264,7 @@ where
                 node,
                 client,
                 request,
+                fast: false,
             },
         );
         self.schedule(
@@ -1155,20 +1284,7 @@ where
             return;
         }
         match answer {
-            Answer::Result(result) => {
-                let index = op.history_index;
-                self.history_clock += 1;
-                let record = &mut self.history[index];
-                record.ret = Some(self.history_clock);
-                record.output = Some(to_output(&result));
-                if let CommandResult::Value(v) = &result {
-                    self.clients[client].last_seen = v.clone();
-                }
-                self.log(|| format!("client {client} seq {seq} done: {result:?}"));
-                self.clients[client].current = None;
-                let think = self.rng.range(0, 10);
-                self.schedule(think, Event::ClientNext { client });
-            }
+            Answer::Result(result) => self.complete(client, seq, result),
             Answer::Other(outcome) => {
                 if op.attempt != attempt {
                     return;
@@ -1187,6 +1303,12 @@ where
                     }
                     ReplyOutcome::Rejected(reason) => {
                         self.fail(format!("a valid request was rejected: {reason}"));
+                        return;
+                    }
+                    ReplyOutcome::DurableAck { .. } => {
+                        self.fail(
+                            "a durability acknowledgement answered an ordered request".into(),
+                        );
                         return;
                     }
                 };
@@ -1322,6 +1444,8 @@ fn kind(message: &Message) -> &'static str {
         Message::RequestVote(m) if m.pre_vote => "pre_vote",
         Message::RequestVote(_) => "request_vote",
         Message::RequestVoteResponse(_) => "request_vote_response",
+        Message::DurabilityLogRequest(_) => "durability_log_request",
+        Message::DurabilityLogResponse(_) => "durability_log_response",
     }
 }
 
@@ -1349,6 +1473,10 @@ fn short(message: &Message) -> String {
             "RVR t{} granted={} pre={}",
             m.term, m.vote_granted, m.pre_vote
         ),
+        Message::DurabilityLogRequest(m) => format!("DLR t{}", m.term),
+        Message::DurabilityLogResponse(m) => {
+            format!("DLRR t{} records={}", m.term, m.records.len())
+        }
     }
 }
 

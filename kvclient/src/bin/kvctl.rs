@@ -109,6 +109,7 @@ async fn run(cli: Cli) -> Result<(String, serde_json::Value), ClientError> {
         timeout: cli.timeout,
         attempt_timeout: cli.timeout.min(Duration::from_secs(2)),
         client_id: None,
+        ..ClientOptions::default()
     };
     let mut client = Client::new(cli.endpoints, options)?;
     Ok(match cli.command {

@@ -51,6 +51,7 @@ impl TestCluster {
             timeout,
             attempt_timeout: Duration::from_millis(1000).min(timeout),
             client_id: None,
+            ..ClientOptions::default()
         };
         Client::new(self.cluster.endpoints(), options).expect("endpoints")
     }
