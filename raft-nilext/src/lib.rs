@@ -1,4 +1,599 @@
-//! Nil-ext Raft: the Skyros protocol (SOSP 2021) on Raft.
+//! Nil-ext Raft: the Skyros protocol ("Exploiting Nil-Externality for Fast
+//! Replicated Storage", Ganesan et al., SOSP 2021, sections 4.2 to 4.8) on
+//! top of `raft-optimized`.
 //!
-//! Not built yet: this crate is an empty library until its issue lands, and
-//! `kvnode --protocol nilext` refuses to start.
+//! # Message flow
+//!
+//! *Nilext writes (4.3).* Put, delete and multi-put return nothing but an
+//! acknowledgement, so they need not be ordered before the client is told
+//! they are done; they only need to be durable. The client sends such a
+//! write to every replica ([`Input::FastWrite`]). A replica in normal
+//! operation (a follower that knows its leader, or a leader that has
+//! finished recovery) appends it to its **durability log**, syncs, and acks
+//! with its term. The client is done once a fast quorum of replicas acked in
+//! one term, the leader among them: one round trip, no leader-to-follower
+//! message on the way. Appends that arrive while the previous one is syncing
+//! share the next sync (group commit). A duplicate (same client id and
+//! sequence) keeps its first position and is acked again.
+//!
+//! *Background ordering (4.4).* The leader moves its durability log, in
+//! order, into the Raft log through raft-optimized's batched, pipelined
+//! replication. When a replica applies an entry, the record leaves its
+//! durability log.
+//!
+//! *Reads (4.4).* Reads go to the leader, which confirms its leadership as
+//! raft-optimized does (ReadIndex or lease). If a record still in its
+//! durability log touches a key the read needs, the leader first orders its
+//! whole durability log and answers once that is applied (two round trips);
+//! otherwise at once.
+//!
+//! *Non-nilext updates (4.4)* (compare-and-swap, increment) and writes on
+//! the slow path go to the leader, which orders its durability log first,
+//! then the update.
+//!
+//! *Leader change (4.5).* A new leader serves nothing until it has
+//! recovered: it asks every replica for its durability log
+//! ([`DurabilityLogRequest`]); a replica that answers has moved to the new
+//! term, so it no longer acks writes of the old one. With the logs of a
+//! majority (its own included) the leader builds the recovered log: its own
+//! records in its order, then those of the others it lacks, and orders them
+//! before anything else. Every replica drops a record when it applies it, so
+//! a record the new term orders leaves every durability log. (A record that
+//! no recovery gathered was never completed; it stays in the few logs that
+//! hold it until a later leader orders it, where the session table makes a
+//! late duplicate harmless. Dropping such records at a term change would
+//! need a marker entry after the recovered ones: dropping them at the new
+//! term's first entry, before the recovered records are committed, could
+//! lose a completed write if the new leader then crashed.)
+//!
+//! # The fast quorum, and why it is every replica
+//!
+//! Skyros completes a write on f + ceil(f/2) + 1 acks and, at recovery,
+//! keeps a record present in ceil(f/2) + 1 of the gathered logs and orders a
+//! before b where that many logs say so. For f >= 2 this rule can meet a
+//! cycle: with five replicas, the old leader crashed and one cut off, the
+//! other three may hold `c a b`, `a b c`, `b c a`; each of a->b, b->c, c->a
+//! has 2 of 3 votes, and there are executions consistent with these logs
+//! that require each of the three orders, so no rule over the logs is always
+//! right (DESIGN.md, "Known hazard").
+//!
+//! This crate therefore uses a **unanimous fast quorum**
+//! ([`consensus::quorum::nilext_fast_quorum`]): all n replicas, the leader
+//! among them, in one term. For f = 1 that is exactly the paper's 3 of 3;
+//! for f = 2 it is 5 of 5 instead of 4 of 5. Then every completed write is
+//! in every replica's durability log, and each log orders completed writes
+//! consistently with real time (a write invoked after another completed is
+//! appended after it everywhere). So the new leader's own log already holds
+//! every completed write in a valid order; the records it adds from other
+//! logs were never completed and may take effect at any point after their
+//! invocation, or never. The price: with one replica down or slow, nilext
+//! writes take the slow path (the client sends them to the leader after its
+//! fast-path timeout, under the same request id; exactly-once sessions make
+//! the two paths safe together). The five-replica cycle scenario is a
+//! regression test in `tests/`.
+//!
+//! Restarts lose nothing: the durability log is synced before any ack, so a
+//! restarted replica has all it acked and may vote at once.
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+
+use consensus::io::{Input, Outbox, Recovered, ReplyOutcome, Role, Status, Timing, Write};
+use consensus::message::{DurabilityLogRequest, DurabilityLogResponse, Message};
+use consensus::quorum::majority;
+use consensus::{
+    ClientRequest, Consensus, DurableRecord, EntryPayload, Key, NodeId, RequestId, Term,
+};
+use raft_optimized::OptimizedRaft;
+
+pub use raft_optimized::{Config as RaftConfig, ReadMode};
+
+/// Settings of one Nil-ext node.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// The underlying raft-optimized settings (members, timeouts, batches,
+    /// read mode).
+    pub raft: RaftConfig,
+    /// The leader orders its durability log at least every this many ticks.
+    /// Default 1.
+    pub ordering_interval_ticks: u64,
+    /// Most records a durability log holds; beyond it fast-path writes are
+    /// refused as unavailable (the client then takes the slow path).
+    /// Default 100,000.
+    pub durability_log_max: usize,
+}
+
+impl Config {
+    /// Defaults around raft-optimized's defaults.
+    pub fn new(id: NodeId, members: Vec<NodeId>, seed: u64) -> Self {
+        Config {
+            raft: RaftConfig::new(id, members, seed),
+            ordering_interval_ticks: 1,
+            durability_log_max: 100_000,
+        }
+    }
+}
+
+/// A new leader's recovery in progress.
+#[derive(Debug)]
+struct Recovery {
+    term: Term,
+    /// Durability logs gathered so far, by replica (this node's included).
+    logs: BTreeMap<NodeId, Vec<DurableRecord>>,
+    ticks: u64,
+}
+
+/// The durability log: records in order, with indexes for lookups.
+#[derive(Debug, Default)]
+struct DurabilityLog {
+    records: BTreeMap<u64, DurableRecord>,
+    position_of: HashMap<RequestId, u64>,
+    next_position: u64,
+    /// How many records touch each key.
+    keys: HashMap<Key, usize>,
+}
+
+impl DurabilityLog {
+    fn from_records(records: Vec<DurableRecord>) -> Self {
+        let mut log = DurabilityLog::default();
+        for record in records {
+            log.push(record);
+        }
+        log
+    }
+
+    fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    fn contains(&self, id: &RequestId) -> bool {
+        self.position_of.contains_key(id)
+    }
+
+    fn push(&mut self, record: DurableRecord) {
+        debug_assert!(
+            !self.contains(&record.request.id),
+            "a record is in the log once"
+        );
+        for key in record.request.command.keys() {
+            *self.keys.entry(key.to_vec()).or_default() += 1;
+        }
+        self.position_of
+            .insert(record.request.id, self.next_position);
+        self.records.insert(self.next_position, record);
+        self.next_position += 1;
+    }
+
+    fn remove(&mut self, id: &RequestId) -> bool {
+        let Some(position) = self.position_of.remove(id) else {
+            return false;
+        };
+        if let Some(record) = self.records.remove(&position) {
+            for key in record.request.command.keys() {
+                if let Some(count) = self.keys.get_mut(key) {
+                    *count -= 1;
+                    if *count == 0 {
+                        self.keys.remove(key);
+                    }
+                }
+            }
+        }
+        true
+    }
+
+    fn touches(&self, keys: &[&[u8]]) -> bool {
+        keys.iter().any(|k| self.keys.contains_key(*k))
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &DurableRecord> {
+        self.records.values()
+    }
+}
+
+/// One Nil-ext Raft node.
+#[derive(Debug)]
+pub struct NilextRaft {
+    config: Config,
+    inner: OptimizedRaft,
+    durability_log: DurabilityLog,
+    /// Records this leader has handed to the Raft log in its term.
+    ordered: HashSet<RequestId>,
+    /// Fast-path writes waiting for the next durability-log sync.
+    waiting_writes: Vec<ClientRequest>,
+    /// One flag per persist job issued and not yet durable (first in, first
+    /// out): whether it appended to the durability log.
+    jobs: VecDeque<bool>,
+    appended_this_step: bool,
+    recovery: Option<Recovery>,
+    /// This node leads and has recovered: it may ack writes and serve.
+    recovered: bool,
+    ticks: u64,
+}
+
+impl NilextRaft {
+    /// A node rebuilt from what its storage holds.
+    pub fn new(config: Config, recovered: Recovered) -> Self {
+        let durability_log = DurabilityLog::from_records(recovered.durability_log.clone());
+        let inner = OptimizedRaft::new(
+            config.raft.clone(),
+            Recovered {
+                durability_log: Vec::new(),
+                ..recovered
+            },
+        );
+        NilextRaft {
+            config,
+            inner,
+            durability_log,
+            ordered: HashSet::new(),
+            waiting_writes: Vec::new(),
+            jobs: VecDeque::new(),
+            appended_this_step: false,
+            recovery: None,
+            recovered: false,
+            ticks: 0,
+        }
+    }
+
+    /// Records in this node's durability log, in order (for tests and
+    /// status).
+    pub fn durability_log(&self) -> Vec<DurableRecord> {
+        self.durability_log.iter().cloned().collect()
+    }
+
+    fn members(&self) -> &[NodeId] {
+        &self.config.raft.members
+    }
+
+    /// Normal operation (section 4.3): a follower that knows its leader, or
+    /// a leader that has recovered.
+    fn in_normal_operation(&self) -> bool {
+        let status = self.inner.status();
+        match status.role {
+            Role::Leader => self.recovered,
+            Role::Follower => status.leader.is_some(),
+            Role::Candidate | Role::PreCandidate => false,
+        }
+    }
+
+    fn dl_write_in_flight(&self) -> bool {
+        self.jobs.iter().any(|appended| *appended)
+    }
+
+    // ----- the fast path -----
+
+    fn fast_write(&mut self, request: ClientRequest, out: &mut Outbox) {
+        // A nilext write can report no execution error, so an invalid one is
+        // refused before it is made durable.
+        if let Err(invalid) = consensus::limits::validate(&request.command) {
+            out.reply_fast(
+                request.id,
+                ReplyOutcome::Rejected(invalid.to_string()),
+                Timing::Now,
+            );
+            return;
+        }
+        if request.command.class() != consensus::CommandClass::Nilext {
+            let reason = "only put, delete and multi-put take the fast path".to_string();
+            out.reply_fast(request.id, ReplyOutcome::Rejected(reason), Timing::Now);
+            return;
+        }
+        if !self.in_normal_operation()
+            || self.durability_log.len() + self.waiting_writes.len()
+                >= self.config.durability_log_max
+        {
+            out.reply_fast(request.id, ReplyOutcome::Unavailable, Timing::Now);
+            return;
+        }
+        if self.durability_log.contains(&request.id) {
+            // A duplicate keeps the first arrival's position; its ack waits
+            // for that record's sync if it is still in flight.
+            let ack = self.ack();
+            out.reply_fast(request.id, ack, Timing::AfterPersist);
+            return;
+        }
+        self.waiting_writes.push(request);
+        if !self.dl_write_in_flight() {
+            self.flush_writes(out);
+        }
+    }
+
+    fn ack(&self) -> ReplyOutcome {
+        let status = self.inner.status();
+        ReplyOutcome::DurableAck {
+            term: status.term,
+            from_leader: status.role == Role::Leader,
+        }
+    }
+
+    /// Appends the waiting fast-path writes to the durability log: one
+    /// durable write for all of them, acked once it is synced.
+    fn flush_writes(&mut self, out: &mut Outbox) {
+        if self.waiting_writes.is_empty() {
+            return;
+        }
+        let waiting = std::mem::take(&mut self.waiting_writes);
+        if !self.in_normal_operation() {
+            for request in waiting {
+                out.reply_fast(request.id, ReplyOutcome::Unavailable, Timing::Now);
+            }
+            return;
+        }
+        let term = self.inner.status().term;
+        let ack = self.ack();
+        let mut records = Vec::with_capacity(waiting.len());
+        for request in waiting {
+            let id = request.id;
+            if !self.durability_log.contains(&id) {
+                let record = DurableRecord { request, term };
+                self.durability_log.push(record.clone());
+                records.push(record);
+            }
+            out.reply_fast(id, ack.clone(), Timing::AfterPersist);
+        }
+        if !records.is_empty() {
+            out.persist.push(Write::DurabilityAppend(records));
+            self.appended_this_step = true;
+        }
+        if self.inner.status().role == Role::Leader
+            && self.durability_log.len() - self.ordered.len() >= self.config.raft.batch_entries_max
+        {
+            self.order_durability_log(out);
+        }
+    }
+
+    // ----- ordering, reads, updates -----
+
+    /// Hands every record not yet ordered to the Raft log, in order.
+    fn order_durability_log(&mut self, out: &mut Outbox) {
+        if self.inner.status().role != Role::Leader || !self.recovered {
+            return;
+        }
+        let unordered: Vec<ClientRequest> = self
+            .durability_log
+            .iter()
+            .filter(|r| !self.ordered.contains(&r.request.id))
+            .map(|r| r.request.clone())
+            .collect();
+        for request in unordered {
+            self.ordered.insert(request.id);
+            self.inner.propose(request, out);
+        }
+    }
+
+    fn request(&mut self, request: ClientRequest, out: &mut Outbox) {
+        if self.inner.status().role != Role::Leader {
+            self.inner.step(Input::Request(request), out);
+            return;
+        }
+        if !self.recovered {
+            out.reply(request.id, ReplyOutcome::Unavailable, Timing::Now);
+            return;
+        }
+        if let Err(invalid) = consensus::limits::validate(&request.command) {
+            out.reply(
+                request.id,
+                ReplyOutcome::Rejected(invalid.to_string()),
+                Timing::Now,
+            );
+            return;
+        }
+        if request.command.is_read() {
+            if self.durability_log.touches(&request.command.keys()) {
+                // A pending write touches the read: order everything first
+                // and read at an index that includes it.
+                self.order_durability_log(out);
+                self.inner.flush_now(out);
+                let index = self.inner.last_index();
+                self.inner.read(request, index, out);
+            } else {
+                self.inner.read(request, 0, out);
+            }
+            return;
+        }
+        // Non-nilext updates, and writes on the slow path: after every
+        // write this leader has acked.
+        self.order_durability_log(out);
+        self.inner.propose(request, out);
+    }
+
+    // ----- leader change -----
+
+    fn start_recovery(&mut self, out: &mut Outbox) {
+        let term = self.inner.status().term;
+        self.recovered = false;
+        self.ordered.clear();
+        let own = self.durability_log.iter().cloned().collect();
+        self.recovery = Some(Recovery {
+            term,
+            logs: BTreeMap::from([(self.config.raft.id, own)]),
+            ticks: 0,
+        });
+        for peer in self.members().to_vec() {
+            if peer != self.config.raft.id {
+                out.send(
+                    peer,
+                    Message::DurabilityLogRequest(DurabilityLogRequest { term }),
+                    Timing::Now,
+                );
+            }
+        }
+        self.maybe_finish_recovery(out);
+    }
+
+    fn maybe_finish_recovery(&mut self, out: &mut Outbox) {
+        let enough = self
+            .recovery
+            .as_ref()
+            .is_some_and(|r| r.logs.len() >= majority(self.members().len()));
+        if !enough {
+            return;
+        }
+        let Some(recovery) = self.recovery.take() else {
+            return;
+        };
+        // This node's own records in its order (they hold every completed
+        // write, in a valid order), then the others' records it lacks.
+        let mut seen = HashSet::new();
+        let own = recovery
+            .logs
+            .get(&self.config.raft.id)
+            .cloned()
+            .unwrap_or_default();
+        let others = recovery
+            .logs
+            .into_iter()
+            .filter(|(id, _)| *id != self.config.raft.id)
+            .flat_map(|(_, records)| records);
+        let merged: Vec<DurableRecord> = own
+            .into_iter()
+            .chain(others)
+            .filter(|r| seen.insert(r.request.id))
+            .collect();
+        self.durability_log = DurabilityLog::from_records(merged.clone());
+        out.persist.push(Write::DurabilityReplace(merged));
+        self.recovered = true;
+        self.order_durability_log(out);
+    }
+
+    fn on_durability_log_request(
+        &mut self,
+        from: NodeId,
+        m: DurabilityLogRequest,
+        out: &mut Outbox,
+    ) {
+        let term = self.inner.status().term;
+        if m.term < term {
+            return;
+        }
+        // From here on this replica acks only in the new term (section 4.5:
+        // stop acking the old term before handing the log over).
+        self.inner.adopt_term(m.term, Some(from), out);
+        let records = self.durability_log.iter().cloned().collect();
+        let response = DurabilityLogResponse {
+            term: m.term,
+            records,
+        };
+        out.send(from, Message::DurabilityLogResponse(response), Timing::Now);
+    }
+
+    fn on_durability_log_response(
+        &mut self,
+        from: NodeId,
+        m: DurabilityLogResponse,
+        out: &mut Outbox,
+    ) {
+        if let Some(recovery) = self.recovery.as_mut()
+            && recovery.term == m.term
+        {
+            recovery.logs.insert(from, m.records);
+            self.maybe_finish_recovery(out);
+        }
+    }
+
+    // ----- after every step of the inner protocol -----
+
+    /// Follows role changes, and drops from the durability log what was
+    /// applied.
+    fn after_inner_step(&mut self, before: (Role, Term), apply_from: usize, out: &mut Outbox) {
+        let status = self.inner.status();
+        let now = (status.role, status.term);
+        if now != before {
+            if status.role == Role::Leader {
+                self.start_recovery(out);
+            } else {
+                self.recovered = false;
+                self.recovery = None;
+                self.ordered.clear();
+            }
+        }
+        let mut removed = Vec::new();
+        let applied: Vec<consensus::Entry> = out.apply[apply_from..].to_vec();
+        for entry in applied {
+            if let EntryPayload::Command(request) = entry.payload {
+                if self.durability_log.remove(&request.id) {
+                    removed.push(request.id);
+                }
+                self.ordered.remove(&request.id);
+            }
+        }
+        if !removed.is_empty() {
+            out.persist.push(Write::DurabilityRemove(removed));
+        }
+    }
+
+    fn tick(&mut self, out: &mut Outbox) {
+        self.ticks += 1;
+        let heartbeat = self.config.raft.heartbeat_ticks;
+        let id = self.config.raft.id;
+        if let Some(recovery) = self.recovery.as_mut() {
+            recovery.ticks += 1;
+            if recovery.ticks.is_multiple_of(heartbeat) {
+                let term = recovery.term;
+                let missing: Vec<NodeId> = self
+                    .config
+                    .raft
+                    .members
+                    .iter()
+                    .copied()
+                    .filter(|m| *m != id && !recovery.logs.contains_key(m))
+                    .collect();
+                for peer in missing {
+                    out.send(
+                        peer,
+                        Message::DurabilityLogRequest(DurabilityLogRequest { term }),
+                        Timing::Now,
+                    );
+                }
+            }
+        }
+        if self
+            .ticks
+            .is_multiple_of(self.config.ordering_interval_ticks.max(1))
+        {
+            self.order_durability_log(out);
+        }
+    }
+}
+
+impl Consensus for NilextRaft {
+    fn step(&mut self, input: Input, out: &mut Outbox) {
+        let writes_before = out.persist.len();
+        let apply_from = out.apply.len();
+        let status = self.inner.status();
+        let before = (status.role, status.term);
+        self.appended_this_step = false;
+        let mut durability_log_synced = false;
+        match input {
+            Input::FastWrite(request) => self.fast_write(request, out),
+            Input::Request(request) => self.request(request, out),
+            Input::Message {
+                from,
+                message: Message::DurabilityLogRequest(m),
+            } => self.on_durability_log_request(from, m, out),
+            Input::Message {
+                from,
+                message: Message::DurabilityLogResponse(m),
+            } => self.on_durability_log_response(from, m, out),
+            Input::Persisted { .. } => {
+                durability_log_synced = self.jobs.pop_front() == Some(true);
+                self.inner.step(input, out);
+            }
+            Input::Tick => {
+                self.inner.step(Input::Tick, out);
+                self.tick(out);
+            }
+            other => self.inner.step(other, out),
+        }
+        self.after_inner_step(before, apply_from, out);
+        if durability_log_synced || !self.dl_write_in_flight() {
+            self.flush_writes(out);
+        }
+        if out.persist.len() > writes_before {
+            self.jobs.push_back(self.appended_this_step);
+        }
+    }
+
+    fn status(&self) -> Status {
+        self.inner.status()
+    }
+}

@@ -209,6 +209,12 @@ pub struct RunStats {
     pub partitions: u64,
     /// Highest term reached.
     pub max_term: Term,
+    /// Writes completed on Nil-ext's fast path (a fast quorum of acks).
+    pub fast_path_completions: u64,
+    /// Reads served outside the log (ReadIndex, lease, Nil-ext reads).
+    pub reads_outside_log: u64,
+    /// Log entries applied, over all nodes.
+    pub entries_applied: u64,
     /// The recorded history.
     pub history: Vec<Operation>,
 }
@@ -808,6 +814,7 @@ where
             follow_ups.push_back(Input::Applied { index });
         }
         for request in reads {
+            self.stats.reads_outside_log += 1;
             let node = &self.nodes[&id];
             let result = node.state_machine.read(&node.kv, &request.command);
             self.answer(id, request.id, false, Answer::Result(result));
@@ -928,6 +935,7 @@ where
             }
         }
         let batch = node.state_machine.apply(&node.kv, entries);
+        self.stats.entries_applied += entries.len() as u64;
         node.kv.commit(&batch);
         self.log(|| format!("node {id} applied up to {}", batch.applied_index));
         for problem in problems {
@@ -1225,6 +1233,7 @@ where
                 *leader |= from_leader;
                 if nodes.len() >= quorum && *leader {
                     self.log(|| format!("client {client} seq {seq}: fast quorum in term {term}"));
+                    self.stats.fast_path_completions += 1;
                     self.complete(client, seq, CommandResult::Written);
                 }
             }
