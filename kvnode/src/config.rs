@@ -55,28 +55,28 @@ pub struct NodeArgs {
     /// How long a client request may wait for its answer, in milliseconds [default: 5000].
     #[arg(long)]
     pub request_timeout_ms: Option<u64>,
-    /// (optimized) How the leader serves reads: read-index or lease [default: read-index].
+    /// (optimized, nilext) How the leader serves reads: read-index or lease [default: read-index].
     #[arg(long)]
     pub read_mode: Option<String>,
-    /// (optimized) Most commands per durable write and entries per AppendEntries [default: 1024].
+    /// (optimized, nilext) Most commands per durable write and entries per AppendEntries [default: 1024].
     #[arg(long)]
     pub batch_entries_max: Option<usize>,
-    /// (optimized) Most bytes per durable write and AppendEntries [default: 1048576].
+    /// (optimized, nilext) Most bytes per durable write and AppendEntries [default: 1048576].
     #[arg(long)]
     pub batch_bytes_max: Option<usize>,
-    /// (optimized) Most AppendEntries in flight to one follower [default: 32].
+    /// (optimized, nilext) Most AppendEntries in flight to one follower [default: 32].
     #[arg(long)]
     pub inflight_appends_max: Option<usize>,
-    /// (optimized) Most bytes in flight to one follower [default: 16777216].
+    /// (optimized, nilext) Most bytes in flight to one follower [default: 16777216].
     #[arg(long)]
     pub inflight_bytes_max: Option<usize>,
-    /// (optimized) Ticks taken off a lease for clock drift [default: 2].
+    /// (optimized, nilext) Ticks taken off a lease for clock drift [default: 2].
     #[arg(long)]
     pub lease_drift_ticks: Option<u64>,
-    /// (optimized) Pre-vote before raising the term: true or false [default: true].
+    /// (optimized, nilext) Pre-vote before raising the term: true or false [default: true].
     #[arg(long)]
     pub pre_vote: Option<bool>,
-    /// (optimized) Check-quorum and leader stickiness: true or false [default: true].
+    /// (optimized, nilext) Check-quorum and leader stickiness: true or false [default: true].
     #[arg(long)]
     pub check_quorum: Option<bool>,
     /// One-way delay added to every peer message and every client request

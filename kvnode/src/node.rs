@@ -38,37 +38,47 @@ pub fn build_protocol(
                 recovered.unwrap_or_default(),
             )))
         }
-        "optimized" => {
-            let o = &config.optimized;
-            let mut settings = raft_optimized::Config::new(config.id, members, rand::random());
-            settings.election_timeout_ticks = config.election_timeout_ticks;
-            settings.heartbeat_ticks = config.heartbeat_ticks;
-            if let Some(mode) = &o.read_mode {
-                settings.read_mode = mode.parse().map_err(anyhow::Error::msg)?;
-            }
-            settings.batch_entries_max = o.batch_entries_max.unwrap_or(settings.batch_entries_max);
-            settings.batch_bytes_max = o.batch_bytes_max.unwrap_or(settings.batch_bytes_max);
-            settings.inflight_appends_max = o
-                .inflight_appends_max
-                .unwrap_or(settings.inflight_appends_max);
-            settings.inflight_bytes_max =
-                o.inflight_bytes_max.unwrap_or(settings.inflight_bytes_max);
-            settings.lease_drift_ticks = o.lease_drift_ticks.unwrap_or(settings.lease_drift_ticks);
-            settings.pre_vote = o.pre_vote.unwrap_or(settings.pre_vote);
-            settings.check_quorum = o.check_quorum.unwrap_or(settings.check_quorum);
-            settings
-                .validate()
-                .map_err(|problem| anyhow::anyhow!("invalid optimized settings: {problem}"))?;
-            Ok(Box::new(raft_optimized::OptimizedRaft::new(
+        "optimized" => Ok(Box::new(raft_optimized::OptimizedRaft::new(
+            optimized_settings(config, members)?,
+            recovered.unwrap_or_default(),
+        ))),
+        "nilext" => {
+            let mut settings = raft_nilext::Config::new(config.id, members.clone(), 0);
+            settings.raft = optimized_settings(config, members)?;
+            Ok(Box::new(raft_nilext::NilextRaft::new(
                 settings,
                 recovered.unwrap_or_default(),
             )))
         }
-        other @ "nilext" => bail!(
-            "protocol {other:?} is not built yet in this version of kvnode; use --protocol vanilla or optimized"
-        ),
         other => bail!("unknown protocol {other:?}"),
     }
+}
+
+/// raft-optimized's settings (also the base of Nil-ext's) from the node's.
+fn optimized_settings(
+    config: &NodeConfig,
+    members: Vec<u64>,
+) -> anyhow::Result<raft_optimized::Config> {
+    let o = &config.optimized;
+    let mut settings = raft_optimized::Config::new(config.id, members, rand::random());
+    settings.election_timeout_ticks = config.election_timeout_ticks;
+    settings.heartbeat_ticks = config.heartbeat_ticks;
+    if let Some(mode) = &o.read_mode {
+        settings.read_mode = mode.parse().map_err(anyhow::Error::msg)?;
+    }
+    settings.batch_entries_max = o.batch_entries_max.unwrap_or(settings.batch_entries_max);
+    settings.batch_bytes_max = o.batch_bytes_max.unwrap_or(settings.batch_bytes_max);
+    settings.inflight_appends_max = o
+        .inflight_appends_max
+        .unwrap_or(settings.inflight_appends_max);
+    settings.inflight_bytes_max = o.inflight_bytes_max.unwrap_or(settings.inflight_bytes_max);
+    settings.lease_drift_ticks = o.lease_drift_ticks.unwrap_or(settings.lease_drift_ticks);
+    settings.pre_vote = o.pre_vote.unwrap_or(settings.pre_vote);
+    settings.check_quorum = o.check_quorum.unwrap_or(settings.check_quorum);
+    settings
+        .validate()
+        .map_err(|problem| anyhow::anyhow!("invalid settings: {problem}"))?;
+    Ok(settings)
 }
 
 fn parse_listen(addr: &str, what: &str) -> anyhow::Result<SocketAddr> {

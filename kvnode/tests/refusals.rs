@@ -1,6 +1,6 @@
 //! What a node refuses, and how: invalid requests (each with its error and
 //! no effect), a peer of another cluster, a data directory that is corrupt
-//! or belongs to another cluster or protocol, a protocol not built yet.
+//! or belongs to another cluster or protocol, bad settings.
 
 mod common;
 
@@ -277,7 +277,7 @@ fn run_kvnode(args: &[&str], data_dir: &Path) -> (i32, String) {
 }
 
 #[test]
-fn bad_data_directories_and_unbuilt_protocols_give_clear_errors() {
+fn bad_data_directories_and_settings_give_clear_errors() {
     let dir = tempfile::tempdir().expect("tempdir");
     let ports = kvnode::harness::free_ports(2).expect("ports");
     let peers = format!("1=127.0.0.1:{}/127.0.0.1:{}", ports[0], ports[1]);
@@ -339,14 +339,6 @@ fn bad_data_directories_and_unbuilt_protocols_give_clear_errors() {
         stderr.contains("belongs to protocol \"vanilla\""),
         "{stderr}"
     );
-    no_panic(&stderr);
-    // A protocol not built yet is refused with its own message.
-    let (code, stderr) = run_kvnode(
-        &with(&["--protocol", "nilext", "--cluster-id", "alpha"]),
-        &data,
-    );
-    assert_eq!(code, 1, "{stderr}");
-    assert!(stderr.contains("not built yet"), "{stderr}");
     no_panic(&stderr);
 
     // A corrupt directory.

@@ -16,7 +16,7 @@ use sim::linearizability::{KvOutput, Operation, Verdict, check};
 use sim::simulator::{describe, to_input, to_output};
 
 /// The protocols the process-level scenarios run against: every one built.
-pub const PROTOCOLS: &[&str] = &["vanilla", "optimized"];
+pub const PROTOCOLS: &[&str] = &["vanilla", "optimized", "nilext"];
 
 /// Node flags for tests: short ticks so elections take a few hundred ms.
 pub const NODE_FLAGS: &[&str] = &["--tick-ms", "10", "--request-timeout-ms", "2000"];
