@@ -94,7 +94,7 @@ pub struct AvailabilityResult {
     pub clients: usize,
     /// When the leader was killed, ms from the start.
     pub kill_at_ms: u64,
-    /// From the kill to the first write acknowledged after it, ms.
+    /// From the kill to the completion of the first write issued after it, ms.
     pub time_to_first_write_ms: Option<u64>,
     /// Throughput before the kill, ops/s.
     pub throughput_before: f64,
@@ -320,11 +320,14 @@ async fn leader_kill(
     }
     progress.finish_with_message(format!("{protocol} leader kill done"));
     let kill_ms = killed_at.unwrap_or(kill_at).as_millis() as u64;
+    // The first write issued after the kill to succeed: writes already in
+    // flight at the kill say nothing about the new leader.
     let first_after = result
         .write_completions_ms
         .iter()
-        .find(|&&t| u64::from(t) > kill_ms)
-        .map(|&t| u64::from(t) - kill_ms);
+        .filter(|(started, _)| u64::from(*started) >= kill_ms)
+        .map(|(_, done)| u64::from(*done) - kill_ms)
+        .min();
     let bucket_ms = TIMELINE_BUCKET.as_millis() as u64;
     let per_second = |ops: u64| ops as f64 * 1000.0 / bucket_ms as f64;
     let kill_bucket = (kill_ms / bucket_ms) as usize;

@@ -53,8 +53,8 @@ pub struct LoadResult {
     pub latency_us: Histogram<u64>,
     /// Completed operations per [`TIMELINE_BUCKET`].
     pub timeline: Vec<u64>,
-    /// When each successful write completed, in ms since the start.
-    pub write_completions_ms: Vec<u32>,
+    /// When each successful write started and completed, in ms since the start.
+    pub write_completions_ms: Vec<(u32, u32)>,
 }
 
 impl LoadResult {
@@ -69,7 +69,7 @@ struct ClientTally {
     writes: u64,
     errors: u64,
     latency_us: Histogram<u64>,
-    write_completions_ms: Vec<u32>,
+    write_completions_ms: Vec<(u32, u32)>,
 }
 
 fn new_histogram() -> Histogram<u64> {
@@ -178,9 +178,10 @@ pub async fn run(
                             }
                             if is_write {
                                 tally.writes += 1;
+                                let started = began.duration_since(start).as_millis() as u32;
                                 tally
                                     .write_completions_ms
-                                    .push(since_start.as_millis() as u32);
+                                    .push((started, since_start.as_millis() as u32));
                             }
                             done.fetch_add(1, Ordering::Relaxed);
                         }

@@ -54,7 +54,11 @@ struct WorkloadArgs {
 #[derive(Args, Debug)]
 struct CompareArgs {
     /// Protocols to compare.
-    #[arg(long, value_delimiter = ',', default_value = "vanilla,optimized")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "vanilla,optimized,nilext"
+    )]
     protocols: Vec<String>,
     /// Workloads: write, mixed-P, read-recent, ycsb-a, ycsb-b, ycsb-c, ycsb-d, ycsb-f, nonnilext-P.
     #[arg(

@@ -111,7 +111,7 @@ pub fn markdown(report: &Report) -> String {
         );
         let _ = writeln!(
             out,
-            "| protocol | clients | killed at s | first write after kill, ms | ops/s before | lowest ops/s after (100 ms buckets) | ops/s in the last second |"
+            "| protocol | clients | killed at s | first write issued after the kill done after, ms | ops/s before | lowest ops/s after (100 ms buckets) | ops/s in the last second |"
         );
         let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|");
         for a in &report.availability {

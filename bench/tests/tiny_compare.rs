@@ -6,7 +6,7 @@ use std::process::Command;
 #[test]
 fn a_tiny_comparison_writes_a_complete_report() {
     let out = tempfile::tempdir().expect("tempdir");
-    let protocols = ["vanilla", "optimized"];
+    let protocols = ["vanilla", "optimized", "nilext"];
     let status = Command::new(env!("CARGO_BIN_EXE_bench"))
         .args([
             "compare",
