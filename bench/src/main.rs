@@ -26,6 +26,10 @@ enum Cmd {
     Compare(CompareArgs),
     /// Run one workload against a running cluster and print what it measured.
     Load(LoadArgs),
+    /// A Jepsen-style fault run on a fresh local cluster: kills, pauses and
+    /// partitions under concurrent register clients, then the history is
+    /// checked for linearizability (exit code 1 on an anomaly).
+    Nemesis(NemesisArgs),
     /// Run one node (the same flags as kvnode); `compare` starts its
     /// clusters this way.
     #[command(hide = true, disable_help_flag = true)]
@@ -124,6 +128,61 @@ struct LoadArgs {
     duration: f64,
     #[command(flatten)]
     workload_args: WorkloadArgs,
+}
+
+#[derive(Args, Debug)]
+struct NemesisArgs {
+    /// Protocols to run, one after the other.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "vanilla,optimized,nilext"
+    )]
+    protocols: Vec<String>,
+    /// Seconds of faults per protocol.
+    #[arg(long, default_value_t = 300.0)]
+    duration: f64,
+    /// Nodes per cluster: 3 or 5.
+    #[arg(long, default_value_t = 3)]
+    nodes: u64,
+    /// Concurrent clients.
+    #[arg(long, default_value_t = 6)]
+    clients: usize,
+    /// Seed of the fault schedule.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Where to keep node logs and, on an anomaly, the history.
+    #[arg(long, default_value = "nemesis-runs")]
+    out: PathBuf,
+}
+
+async fn nemesis(args: NemesisArgs) -> anyhow::Result<bool> {
+    let exe = std::env::current_exe().context("cannot find the bench executable")?;
+    let mut all_passed = true;
+    for protocol in &args.protocols {
+        let dir = args.out.join(protocol);
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)?;
+        let mut config =
+            kvnode::nemesis::NemesisConfig::new(protocol, seconds(args.duration, "--duration")?);
+        config.nodes = args.nodes;
+        config.clients = args.clients;
+        config.seed = args.seed;
+        println!(
+            "{protocol}: {} s of faults on {} nodes...",
+            args.duration, args.nodes
+        );
+        let report = kvnode::nemesis::run(&exe, &["node"], &dir, &config).await?;
+        println!("{protocol}: {}", report.summary());
+        if let Some(excerpt) = &report.excerpt {
+            println!("{excerpt}");
+        }
+        if let Some(file) = &report.history_file {
+            println!("history saved to {}", file.display());
+        }
+        all_passed &= report.passed();
+    }
+    Ok(all_passed)
 }
 
 fn seconds(s: f64, what: &str) -> anyhow::Result<Duration> {
@@ -240,6 +299,13 @@ fn main() -> ExitCode {
         match cli.command {
             Cmd::Compare(args) => compare(args).await,
             Cmd::Load(args) => run_load(args).await,
+            Cmd::Nemesis(args) => match nemesis(args).await {
+                Ok(true) => Ok(()),
+                Ok(false) => Err(anyhow::anyhow!(
+                    "an anomaly was found, or the nodes did not converge"
+                )),
+                Err(error) => Err(error),
+            },
             Cmd::Node { .. } => unreachable!("handled above"),
         }
     });

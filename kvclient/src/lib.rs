@@ -36,6 +36,10 @@ pub struct ClientOptions {
     /// durability acknowledgement before sending the write to the leader
     /// (the slow path, under the same request id).
     pub fast_path_timeout: Duration,
+    /// Start every operation at the first endpoint rather than at the
+    /// leader found last (a client bound to one node, as in Jepsen tests;
+    /// redirects are still followed).
+    pub start_at_first_endpoint: bool,
 }
 
 impl Default for ClientOptions {
@@ -45,6 +49,7 @@ impl Default for ClientOptions {
             attempt_timeout: Duration::from_secs(2),
             client_id: None,
             fast_path_timeout: Duration::from_millis(50),
+            start_at_first_endpoint: false,
         }
     }
 }
@@ -291,6 +296,10 @@ impl Client {
         let mut backoff = Duration::from_millis(10);
         let mut last_error = String::from("no attempt made");
         let mut redirects = 0;
+        if self.options.start_at_first_endpoint {
+            self.leader = None;
+            self.next = 0;
+        }
         loop {
             let now = Instant::now();
             if now >= deadline {

@@ -86,6 +86,14 @@ pub struct NodeArgs {
     /// Uniform jitter on that delay, in milliseconds [default: 0].
     #[arg(long)]
     pub net_jitter_ms: Option<u64>,
+    /// Serve the Admin service, which drops peer traffic on command (for
+    /// fault tests; loopback callers only) [default: false].
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    pub fault_injection: Option<bool>,
+    /// UNSAFE, for proving the fault tests can fail: answer reads from the
+    /// local state machine on any node, with no leadership check [default: false].
+    #[arg(long, hide = true, num_args = 0..=1, default_missing_value = "true")]
+    pub unsafe_local_reads: Option<bool>,
 }
 
 impl NodeArgs {
@@ -114,6 +122,8 @@ impl NodeArgs {
             check_quorum: self.check_quorum.or(other.check_quorum),
             net_delay_ms: self.net_delay_ms.or(other.net_delay_ms),
             net_jitter_ms: self.net_jitter_ms.or(other.net_jitter_ms),
+            fault_injection: self.fault_injection.or(other.fault_injection),
+            unsafe_local_reads: self.unsafe_local_reads.or(other.unsafe_local_reads),
         }
     }
 }
@@ -156,6 +166,10 @@ pub struct NodeConfig {
     pub optimized: OptimizedSettings,
     /// Injected network delay.
     pub net_delay: crate::netdelay::NetDelay,
+    /// Serve the fault-injection Admin service.
+    pub fault_injection: bool,
+    /// Deliberately unsafe reads (fault-test harness check only).
+    pub unsafe_local_reads: bool,
 }
 
 /// raft-optimized's settings as given (unset: the protocol's default).
@@ -302,6 +316,8 @@ impl NodeConfig {
                 delay: std::time::Duration::from_millis(args.net_delay_ms.unwrap_or(0)),
                 jitter: std::time::Duration::from_millis(args.net_jitter_ms.unwrap_or(0)),
             },
+            fault_injection: args.fault_injection.unwrap_or(false),
+            unsafe_local_reads: args.unsafe_local_reads.unwrap_or(false),
         })
     }
 }

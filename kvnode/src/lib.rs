@@ -14,13 +14,17 @@
 //! - [`launcher`]: `kvnode cluster`, a local cluster of child processes;
 //! - [`harness`]: the same from Rust, for the process-level tests and the benchmark;
 //! - [`convert`]: protocol types to and from their protobuf forms;
-//! - [`netdelay`]: user-space network delay for benchmarks.
+//! - [`netdelay`]: user-space network delay for benchmarks;
+//! - [`faults`]: fault injection for the process-level fault tests;
+//! - [`nemesis`]: the Jepsen-style fault test of the whole running system.
 
 pub mod cli;
 pub mod config;
 pub mod convert;
+pub mod faults;
 pub mod harness;
 pub mod launcher;
+pub mod nemesis;
 pub mod netdelay;
 pub mod node;
 pub mod runtime;

@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use consensus::io::Recovered;
 use consensus::state_machine::StateMachine;
+use proto::kv::admin_server::AdminServer;
 use proto::kv::kv_server::KvServer;
 use proto::raft::raft_peer_server::RaftPeerServer;
 use tokio::sync::mpsc;
@@ -113,6 +114,7 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
     let protocol = build_protocol(&config, Some(loaded.recovered))?;
 
     let (events_tx, events_rx) = mpsc::channel(EVENT_QUEUE_MAX);
+    let faults = crate::faults::PeerFaults::default();
     let mut peer_queues = HashMap::new();
     for (&peer, member) in config.members.iter().filter(|(id, _)| **id != config.id) {
         let (tx, rx) = mpsc::channel(PEER_QUEUE_MESSAGES_MAX);
@@ -124,15 +126,23 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
             member.peer_addr.clone(),
             config.cluster_id.clone(),
             rx,
+            faults.clone(),
         ));
     }
-    let runtime = Runtime::new(
+    let mut runtime = Runtime::new(
         config.id,
         protocol,
         std::sync::Arc::new(storage),
         state_machine,
         peer_queues,
     );
+    if config.unsafe_local_reads {
+        tracing::warn!(
+            node = config.id,
+            "UNSAFE: reads are answered locally with no leadership check"
+        );
+        runtime.answer_reads_locally_unsafely();
+    }
     let runtime_thread = std::thread::Builder::new()
         .name(format!("runtime-{}", config.id))
         .spawn(move || runtime.run(events_rx))
@@ -169,6 +179,7 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
         cluster_id: config.cluster_id.clone(),
         members: config.members.keys().copied().collect::<HashSet<_>>(),
         events: events_tx.clone(),
+        faults: faults.clone(),
     };
     let client_listener = tokio::net::TcpListener::bind(client_addr)
         .await
@@ -180,9 +191,20 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
     };
+    let admin = config.fault_injection.then(|| {
+        tracing::warn!(
+            node = config.id,
+            "fault injection enabled: peer traffic can be dropped on command"
+        );
+        AdminServer::new(crate::faults::AdminService {
+            node_id: config.id,
+            faults: faults.clone(),
+        })
+    });
     let client_server = tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .add_service(KvServer::new(kv))
+        .add_optional_service(admin)
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::TcpListenerStream::new(client_listener),
             stopped(stop_rx.clone()),

@@ -195,6 +195,7 @@ pub struct Runtime {
     waiters: SharedWaiters,
     jobs_in_flight: usize,
     ticks: u64,
+    unsafe_local_reads: bool,
 }
 
 impl std::fmt::Debug for Runtime {
@@ -267,7 +268,15 @@ impl Runtime {
             waiters: SharedWaiters::default(),
             jobs_in_flight: 0,
             ticks: 0,
+            unsafe_local_reads: false,
         }
+    }
+
+    /// UNSAFE, for proving the fault tests can fail: from now on this node
+    /// answers every read from its own state machine, leader or not, with
+    /// no check that its state is current.
+    pub fn answer_reads_locally_unsafely(&mut self) {
+        self.unsafe_local_reads = true;
     }
 
     /// Runs until `Shutdown` or until every sender of `events` is gone.
@@ -336,6 +345,13 @@ impl Runtime {
                 Input::Tick
             }
             Event::Peer { from, message } => Input::Message { from, message },
+            Event::Client { request, reply, .. }
+                if self.unsafe_local_reads && request.command.is_read() =>
+            {
+                let result = self.state_machine.read(&*self.storage, &request.command);
+                let _ = reply.send(ClientAnswer::Result(result));
+                return Ok(());
+            }
             Event::Client {
                 request,
                 fast,

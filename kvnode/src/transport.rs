@@ -34,6 +34,7 @@ pub async fn run_peer_sender(
     peer_addr: String,
     cluster_id: String,
     mut outgoing: mpsc::Receiver<Message>,
+    faults: crate::faults::PeerFaults,
 ) {
     let mut backoff = BACKOFF_MIN;
     let endpoint = match tonic::transport::Endpoint::from_shared(format!("http://{peer_addr}")) {
@@ -71,6 +72,9 @@ pub async fn run_peer_sender(
                         call.abort();
                         return;
                     };
+                    if faults.drops_to(peer_id) {
+                        continue;
+                    }
                     let batch = PeerBatch {
                         cluster_id: cluster_id.clone(),
                         from: node_id,
@@ -109,6 +113,8 @@ pub struct PeerService {
     pub members: HashSet<NodeId>,
     /// The runtime's queue.
     pub events: mpsc::Sender<Event>,
+    /// Injected faults.
+    pub faults: crate::faults::PeerFaults,
 }
 
 #[tonic::async_trait]
@@ -136,6 +142,9 @@ impl RaftPeer for PeerService {
                     "node {} is not a peer of node {}",
                     batch.from, self.node_id
                 )));
+            }
+            if self.faults.drops_from(batch.from) {
+                continue;
             }
             for message in batch.messages {
                 if message.to != self.node_id {

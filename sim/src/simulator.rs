@@ -1517,21 +1517,83 @@ pub fn to_output(result: &CommandResult) -> KvOutput {
     }
 }
 
+/// Bytes as text when they are UTF-8, else as hex.
+fn show(bytes: &[u8]) -> String {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => format!("{text:?}"),
+        Err(_) => format!(
+            "0x{}",
+            bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
+        ),
+    }
+}
+
+fn show_opt(value: &Option<Vec<u8>>) -> String {
+    value.as_deref().map_or("absent".to_string(), show)
+}
+
+fn show_input(input: &KvInput) -> String {
+    match input {
+        KvInput::Get(k) => format!("get {}", show(k)),
+        KvInput::MultiGet(keys) => format!(
+            "mget {}",
+            keys.iter().map(|k| show(k)).collect::<Vec<_>>().join(" ")
+        ),
+        KvInput::Put(k, v) => format!("put {} = {}", show(k), show(v)),
+        KvInput::Delete(k) => format!("delete {}", show(k)),
+        KvInput::MultiPut(pairs) => format!(
+            "mput {}",
+            pairs
+                .iter()
+                .map(|(k, v)| format!("{} = {}", show(k), show(v)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        KvInput::Cas { key, expected, new } => {
+            format!(
+                "cas {} from {} to {}",
+                show(key),
+                show_opt(expected),
+                show(new)
+            )
+        }
+        KvInput::Increment(k, by) => format!("incr {} by {by}", show(k)),
+        KvInput::Append(k, v) => format!("append {} += {}", show(k), show(v)),
+    }
+}
+
+fn show_output(output: &KvOutput) -> String {
+    match output {
+        KvOutput::Written => "ok".into(),
+        KvOutput::Value(v) => show_opt(v),
+        KvOutput::Values(values) => values.iter().map(show_opt).collect::<Vec<_>>().join(" "),
+        KvOutput::Cas { succeeded, current } => match current {
+            Some(current) => format!(
+                "{} (found {})",
+                if *succeeded { "swapped" } else { "not swapped" },
+                show_opt(current)
+            ),
+            None => (if *succeeded { "swapped" } else { "not swapped" }).into(),
+        },
+        KvOutput::Counter(n) => n.to_string(),
+        KvOutput::Failed => "failed".into(),
+    }
+}
+
 /// One line describing an operation of a history.
 pub fn describe(op: &Operation) -> String {
-    let ret = op.ret.map_or("unknown".to_string(), |r| r.to_string());
+    let ret = op.ret.map_or("?".to_string(), |r| r.to_string());
     let output = op
         .output
         .as_ref()
-        .map_or("?".to_string(), |o| format!("{o:?}"));
-    let input = format!("{:?}", op.input);
+        .map_or("unknown outcome".to_string(), show_output);
     let printable = |s: String| s.chars().take(160).collect::<String>();
     format!(
-        "client {} [{} .. {}] {} -> {}",
+        "client {:x} [{} .. {}] {} -> {}",
         op.client,
         op.call,
         ret,
-        printable(input),
+        printable(show_input(&op.input)),
         printable(output)
     )
 }
