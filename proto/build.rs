@@ -2,7 +2,7 @@
 //! machine with only the Rust toolchain builds this crate (no system `protoc`).
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let files = ["proto/kv.proto", "proto/raft.proto"];
+    let files = ["proto/kv.proto", "proto/raft.proto", "proto/etcd.proto"];
     for file in files {
         println!("cargo:rerun-if-changed={file}");
     }

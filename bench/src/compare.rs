@@ -11,6 +11,7 @@ use serde::Serialize;
 
 use crate::load::{self, LoadSpec, TIMELINE_BUCKET};
 use crate::metrics;
+use crate::target::TargetSpec;
 use crate::workload::{Distribution, Workload};
 
 /// Settings of one comparison.
@@ -48,6 +49,9 @@ pub struct CompareSpec {
     pub read_mode: String,
     /// Extra flags for every node.
     pub node_flags: Vec<String>,
+    /// Also run the workloads against a local etcd cluster, first, and show
+    /// every protocol's ratio to it.
+    pub etcd: bool,
 }
 
 /// One measured run.
@@ -173,88 +177,159 @@ fn bar(multi: &MultiProgress, len: u64, message: String) -> ProgressBar {
 }
 
 /// Runs the comparison, printing progress, and returns the report.
+/// What to read counters from around a run.
+enum Probe<'a> {
+    /// This project's nodes: syncs from Status, CPU from /proc.
+    Store(&'a LocalCluster),
+    /// Other processes (etcd): CPU from /proc only.
+    Pids(Vec<u32>),
+}
+
+impl Probe<'_> {
+    async fn snapshot(&self) -> metrics::Snapshot {
+        match self {
+            Probe::Store(cluster) => metrics::snapshot(cluster).await,
+            Probe::Pids(pids) => metrics::Snapshot {
+                syncs: Default::default(),
+                cpu: pids
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, pid)| metrics::cpu_seconds(*pid).map(|c| (i as u64 + 1, c)))
+                    .collect(),
+            },
+        }
+    }
+}
+
+/// Runs every workload and client count of `spec` against `target` as
+/// `name`, after a warm-up each.
+async fn measure_all(
+    spec: &CompareSpec,
+    name: &str,
+    target: &TargetSpec,
+    probe: &Probe<'_>,
+    multi: &MultiProgress,
+    runs: &mut Vec<RunResult>,
+) -> anyhow::Result<()> {
+    for workload in &spec.workloads {
+        if matches!(target, TargetSpec::Etcd(_)) && !workload_runs_on_etcd(workload) {
+            continue;
+        }
+        for &clients in &spec.clients {
+            let label = format!("{name} {} x{clients}", workload.name());
+            let load_spec = LoadSpec {
+                workload: workload.clone(),
+                clients,
+                duration: spec.duration,
+                value_bytes: spec.value_bytes,
+                keys: spec.keys,
+                distribution: spec.distribution,
+                rate: spec.rate,
+                op_timeout: Duration::from_secs(5),
+            };
+            if !spec.warmup.is_zero() {
+                let warm = LoadSpec {
+                    duration: spec.warmup,
+                    ..load_spec.clone()
+                };
+                load::run(target, &warm, |_, _| {}).await?;
+            }
+            let progress = bar(multi, spec.duration.as_secs().max(1), label);
+            let before = probe.snapshot().await;
+            let result = load::run(target, &load_spec, |elapsed, done| {
+                progress.set_position(elapsed.as_secs());
+                progress.set_prefix(format!("{done} ops"));
+            })
+            .await?;
+            let after = probe.snapshot().await;
+            progress.finish_with_message(format!(
+                "{name} {} x{clients}: {:.0} ops/s",
+                workload.name(),
+                result.throughput()
+            ));
+            let seconds = result.elapsed.as_secs_f64();
+            let mut syncs_per_second = Vec::new();
+            let mut writes_per_sync = Vec::new();
+            for (id, after_syncs) in &after.syncs {
+                let synced = after_syncs.saturating_sub(*before.syncs.get(id).unwrap_or(&0));
+                syncs_per_second.push(synced as f64 / seconds);
+                writes_per_sync.push(if synced == 0 {
+                    0.0
+                } else {
+                    result.writes as f64 / synced as f64
+                });
+            }
+            let cpu: f64 = after
+                .cpu
+                .iter()
+                .map(|(id, c)| c - before.cpu.get(id).copied().unwrap_or(*c))
+                .sum();
+            runs.push(RunResult {
+                protocol: name.to_string(),
+                workload: workload.name(),
+                clients,
+                ops: result.ops,
+                writes: result.writes,
+                errors: result.errors,
+                seconds,
+                throughput: result.throughput(),
+                p50_ms: percentile_ms(&result.latency_us, 0.5),
+                p90_ms: percentile_ms(&result.latency_us, 0.9),
+                p99_ms: percentile_ms(&result.latency_us, 0.99),
+                p999_ms: percentile_ms(&result.latency_us, 0.999),
+                syncs_per_second,
+                writes_per_sync,
+                cpu_seconds_per_1000_ops: if result.ops == 0 {
+                    0.0
+                } else {
+                    cpu / result.ops as f64 * 1000.0
+                },
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The etcd target runs puts, gets and deletes: not compare-and-swap
+/// (YCSB F) nor increments.
+fn workload_runs_on_etcd(workload: &Workload) -> bool {
+    !matches!(workload, Workload::YcsbF | Workload::NonNilext { .. })
+}
+
+/// Runs the comparison, printing progress, and returns the report.
 pub async fn run(spec: &CompareSpec, exe: &Path, work_dir: &Path) -> anyhow::Result<Report> {
     let multi = MultiProgress::new();
     let mut runs = Vec::new();
     let mut availability = Vec::new();
+    if spec.etcd {
+        let dir = work_dir.join("etcd");
+        std::fs::create_dir_all(&dir)?;
+        let etcd = crate::etcd::EtcdCluster::start(&dir, spec.nodes as usize).await?;
+        let target = TargetSpec::Etcd(etcd.endpoints());
+        measure_all(
+            spec,
+            "etcd",
+            &target,
+            &Probe::Pids(etcd.pids()),
+            &multi,
+            &mut runs,
+        )
+        .await?;
+    }
     for protocol in &spec.protocols {
         let dir = work_dir.join(protocol);
         std::fs::create_dir_all(&dir)?;
         let mut cluster = start_cluster(exe, spec, protocol, &dir).await?;
-        let endpoints = cluster.endpoints();
-        for workload in &spec.workloads {
-            for &clients in &spec.clients {
-                let label = format!("{protocol} {} x{clients}", workload.name());
-                let load_spec = LoadSpec {
-                    workload: workload.clone(),
-                    clients,
-                    duration: spec.duration,
-                    value_bytes: spec.value_bytes,
-                    keys: spec.keys,
-                    distribution: spec.distribution,
-                    rate: spec.rate,
-                    op_timeout: Duration::from_secs(5),
-                };
-                if !spec.warmup.is_zero() {
-                    let warm = LoadSpec {
-                        duration: spec.warmup,
-                        ..load_spec.clone()
-                    };
-                    load::run(&endpoints, &warm, |_, _| {}).await?;
-                }
-                let progress = bar(&multi, spec.duration.as_secs().max(1), label);
-                let before = metrics::snapshot(&cluster).await;
-                let result = load::run(&endpoints, &load_spec, |elapsed, done| {
-                    progress.set_position(elapsed.as_secs());
-                    progress.set_prefix(format!("{done} ops"));
-                })
-                .await?;
-                let after = metrics::snapshot(&cluster).await;
-                progress.finish_with_message(format!(
-                    "{protocol} {} x{clients}: {:.0} ops/s",
-                    workload.name(),
-                    result.throughput()
-                ));
-                let seconds = result.elapsed.as_secs_f64();
-                let mut syncs_per_second = Vec::new();
-                let mut writes_per_sync = Vec::new();
-                for (id, after_syncs) in &after.syncs {
-                    let synced = after_syncs.saturating_sub(*before.syncs.get(id).unwrap_or(&0));
-                    syncs_per_second.push(synced as f64 / seconds);
-                    writes_per_sync.push(if synced == 0 {
-                        0.0
-                    } else {
-                        result.writes as f64 / synced as f64
-                    });
-                }
-                let cpu: f64 = after
-                    .cpu
-                    .iter()
-                    .map(|(id, c)| c - before.cpu.get(id).copied().unwrap_or(*c))
-                    .sum();
-                runs.push(RunResult {
-                    protocol: protocol.clone(),
-                    workload: workload.name(),
-                    clients,
-                    ops: result.ops,
-                    writes: result.writes,
-                    errors: result.errors,
-                    seconds,
-                    throughput: result.throughput(),
-                    p50_ms: percentile_ms(&result.latency_us, 0.5),
-                    p90_ms: percentile_ms(&result.latency_us, 0.9),
-                    p99_ms: percentile_ms(&result.latency_us, 0.99),
-                    p999_ms: percentile_ms(&result.latency_us, 0.999),
-                    syncs_per_second,
-                    writes_per_sync,
-                    cpu_seconds_per_1000_ops: if result.ops == 0 {
-                        0.0
-                    } else {
-                        cpu / result.ops as f64 * 1000.0
-                    },
-                });
-            }
-        }
+        let target = TargetSpec::Store(cluster.endpoints());
+        measure_all(
+            spec,
+            protocol,
+            &target,
+            &Probe::Store(&cluster),
+            &multi,
+            &mut runs,
+        )
+        .await?;
         if spec.availability_clients > 0 {
             availability.push(leader_kill(spec, &mut cluster, protocol, &multi).await?);
         }
@@ -274,7 +349,7 @@ async fn leader_kill(
     protocol: &str,
     multi: &MultiProgress,
 ) -> anyhow::Result<AvailabilityResult> {
-    let endpoints = cluster.endpoints();
+    let target = TargetSpec::Store(cluster.endpoints());
     let load_spec = LoadSpec {
         workload: Workload::Write,
         clients: spec.availability_clients,
@@ -301,7 +376,7 @@ async fn leader_kill(
     // The kill happens from the load's progress callback, at `kill_at`; the
     // callback cannot await, so it only signals the process directly.
     let pid = leader.and_then(|id| cluster.pid(id));
-    let result = load::run(&endpoints, &load_spec, |elapsed, _| {
+    let result = load::run(&target, &load_spec, |elapsed, _| {
         progress.set_position(elapsed.as_secs());
         if killed_at.is_none()
             && elapsed >= kill_at

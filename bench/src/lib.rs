@@ -4,7 +4,9 @@
 //! HTML with plots, JSON).
 
 pub mod compare;
+pub mod etcd;
 pub mod load;
 pub mod metrics;
 pub mod report;
+pub mod target;
 pub mod workload;

@@ -6,9 +6,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::target::{Target, TargetSpec};
 use consensus::{Command, CommandClass, CommandResult};
 use hdrhistogram::Histogram;
-use kvclient::{Client, ClientOptions};
 use rand::SeedableRng;
 use rand::rngs::SmallRng;
 
@@ -80,7 +80,7 @@ fn new_histogram() -> Histogram<u64> {
 /// every 100 ms with the elapsed time and the operations done so far (for
 /// progress bars and for injecting faults at a chosen time).
 pub async fn run(
-    endpoints: &[String],
+    target: &TargetSpec,
     spec: &LoadSpec,
     mut on_tick: impl FnMut(Duration, u64),
 ) -> anyhow::Result<LoadResult> {
@@ -92,13 +92,7 @@ pub async fn run(
     let keys = KeyChooser::new(spec.keys, spec.distribution);
     let mut tasks = Vec::new();
     for i in 0..spec.clients {
-        let options = ClientOptions {
-            timeout: spec.op_timeout,
-            attempt_timeout: spec.op_timeout.min(Duration::from_secs(1)),
-            client_id: None,
-            ..ClientOptions::default()
-        };
-        let mut client = Client::new(endpoints.to_vec(), options)?;
+        let mut client = Target::connect(target, i, spec.op_timeout).await?;
         let (spec, keys, timeline, done) =
             (spec.clone(), keys.clone(), timeline.clone(), done.clone());
         tasks.push(tokio::spawn(async move {

@@ -101,6 +101,11 @@ struct CompareArgs {
     /// Where to write the report.
     #[arg(long, default_value = "bench-report")]
     out: PathBuf,
+    /// Also measure a live peer: `etcd` runs the same workloads against a
+    /// local etcd cluster (needs an etcd binary on PATH, e.g. Debian's
+    /// etcd-server) and reports each protocol's ratio to it.
+    #[arg(long)]
+    target: Option<String>,
     /// Extra flags for every node (e.g. --node-flag=--tick-ms=10).
     #[arg(long = "node-flag", allow_hyphen_values = true)]
     node_flags: Vec<String>,
@@ -230,6 +235,13 @@ async fn compare(args: CompareArgs) -> anyhow::Result<()> {
         availability_duration: seconds(args.availability_duration, "--availability-duration")?,
         read_mode: args.read_mode,
         node_flags: args.node_flags,
+        etcd: match args.target.as_deref() {
+            None => false,
+            Some("etcd") => true,
+            Some(other) => {
+                anyhow::bail!("unknown --target {other:?}; the live peer supported is etcd")
+            }
+        },
     };
     let exe = std::env::current_exe().context("cannot find the bench executable")?;
     let work = tempfile::tempdir().context("cannot create a working directory")?;
@@ -254,7 +266,12 @@ async fn run_load(args: LoadArgs) -> anyhow::Result<()> {
         rate: args.workload_args.rate,
         op_timeout: Duration::from_secs(5),
     };
-    let result = load::run(&args.endpoints, &spec, |_, _| {}).await?;
+    let result = load::run(
+        &bench::target::TargetSpec::Store(args.endpoints.clone()),
+        &spec,
+        |_, _| {},
+    )
+    .await?;
     let h = &result.latency_us;
     let ms = |q: f64| {
         if h.is_empty() {

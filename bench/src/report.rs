@@ -5,6 +5,15 @@ use std::fmt::Write as _;
 
 use crate::compare::Report;
 
+/// The systems measured: etcd first when it ran, then the protocols.
+fn systems(report: &Report) -> Vec<String> {
+    let mut systems = report.spec.protocols.clone();
+    if report.spec.etcd {
+        systems.insert(0, "etcd".into());
+    }
+    systems
+}
+
 /// The workloads run, each once, in the order first run.
 fn workload_names(report: &Report) -> Vec<String> {
     let mut names: Vec<String> = Vec::new();
@@ -76,11 +85,12 @@ pub fn markdown(report: &Report) -> String {
             );
         }
     }
-    // Ratios to the first protocol, per workload and client count.
-    if let Some(base) = s.protocols.first() {
+    // Ratios to etcd when it ran, else to the first protocol.
+    let systems = systems(report);
+    if let Some(base) = systems.first() {
         let _ = writeln!(out, "\n## Throughput relative to {base}\n");
-        let _ = writeln!(out, "| workload | clients | {} |", s.protocols.join(" | "));
-        let _ = writeln!(out, "|---|---:|{}", "---:|".repeat(s.protocols.len()));
+        let _ = writeln!(out, "| workload | clients | {} |", systems.join(" | "));
+        let _ = writeln!(out, "|---|---:|{}", "---:|".repeat(systems.len()));
         for workload in &workloads {
             for &clients in &s.clients {
                 let of = |p: &str| {
@@ -95,8 +105,7 @@ pub fn markdown(report: &Report) -> String {
                 let Some(base_tp) = of(base).filter(|t| *t > 0.0) else {
                     continue;
                 };
-                let cells: Vec<String> = s
-                    .protocols
+                let cells: Vec<String> = systems
                     .iter()
                     .map(|p| of(p).map_or("-".into(), |t| format!("{:.1}x", t / base_tp)))
                     .collect();
@@ -243,9 +252,7 @@ pub fn html(report: &Report) -> String {
     let mut body = String::new();
     let workloads = workload_names(report);
     for workload in &workloads {
-        let throughput: Vec<(String, Vec<(f64, f64)>)> = report
-            .spec
-            .protocols
+        let throughput: Vec<(String, Vec<(f64, f64)>)> = systems(report)
             .iter()
             .map(|p| {
                 let points = report
@@ -269,9 +276,7 @@ pub fn html(report: &Report) -> String {
                 true
             )
         );
-        let latency: Vec<(String, Vec<(f64, f64)>)> = report
-            .spec
-            .protocols
+        let latency: Vec<(String, Vec<(f64, f64)>)> = systems(report)
             .iter()
             .flat_map(|p| {
                 let max_clients = report

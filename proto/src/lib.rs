@@ -18,3 +18,8 @@ pub mod kv {
 pub mod raft {
     tonic::include_proto!("raft");
 }
+
+/// The part of etcd's v3 KV API the benchmark uses to compare with etcd.
+pub mod etcd {
+    tonic::include_proto!("etcdserverpb");
+}
