@@ -202,7 +202,52 @@ pub struct Outbox {
     pub reply: Vec<Reply>,
 }
 
+/// An outbox taken apart in the order the runtime carries it out.
+#[derive(Debug, Default)]
+pub struct OutboxParts {
+    /// Messages that may leave at once.
+    pub send_now: Vec<Envelope>,
+    /// Replies that may leave at once.
+    pub reply_now: Vec<Reply>,
+    /// Writes to make durable, with one sync.
+    pub persist: Vec<Write>,
+    /// Messages that wait for every write issued so far.
+    pub send_after_persist: Vec<Envelope>,
+    /// Replies that wait for every write issued so far.
+    pub reply_after_persist: Vec<Reply>,
+    /// Committed entries to apply.
+    pub apply: Vec<Entry>,
+    /// Reads to serve after applying.
+    pub reads: Vec<ClientRequest>,
+}
+
+impl OutboxParts {
+    /// True when something waits for the disk.
+    pub fn waits_for_persist(&self) -> bool {
+        !self.send_after_persist.is_empty() || !self.reply_after_persist.is_empty()
+    }
+}
+
 impl Outbox {
+    /// Splits the outbox by the runtime's ordering rules.
+    pub fn split(self) -> OutboxParts {
+        let (send_now, send_after_persist) =
+            self.send.into_iter().partition(|e| e.timing == Timing::Now);
+        let (reply_now, reply_after_persist) = self
+            .reply
+            .into_iter()
+            .partition(|r| r.timing == Timing::Now);
+        OutboxParts {
+            send_now,
+            reply_now,
+            persist: self.persist,
+            send_after_persist,
+            reply_after_persist,
+            apply: self.apply,
+            reads: self.reads,
+        }
+    }
+
     /// True when there is nothing to do.
     pub fn is_empty(&self) -> bool {
         self.persist.is_empty()

@@ -25,8 +25,8 @@ pub mod state_machine;
 pub mod types;
 
 pub use io::{
-    DurableRecord, Envelope, HardState, Input, Outbox, Recovered, Reply, ReplyOutcome, Role,
-    Status, Timing, Write,
+    DurableRecord, Envelope, HardState, Input, Outbox, OutboxParts, Recovered, Reply, ReplyOutcome,
+    Role, Status, Timing, Write,
 };
 pub use message::Message;
 pub use types::{

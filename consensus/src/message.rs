@@ -108,6 +108,15 @@ pub enum Message {
 }
 
 impl Message {
+    /// The sender's claim to lead its term, when the message carries one
+    /// (only a leader sends AppendEntries).
+    pub fn leader_hint(&self) -> Option<NodeId> {
+        match self {
+            Message::AppendEntries(m) => Some(m.leader_id),
+            _ => None,
+        }
+    }
+
     /// The sender's term carried by the message.
     pub fn term(&self) -> Term {
         match self {

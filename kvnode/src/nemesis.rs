@@ -126,39 +126,74 @@ impl NemesisReport {
     }
 }
 
-#[derive(Default)]
-struct History {
+/// Client operations with their real-time intervals, for the checker:
+/// shared by concurrent client tasks (clone it), safe to use from any.
+#[derive(Clone, Debug)]
+pub struct Recorder {
+    start: Instant,
+    inner: Arc<Mutex<Recorded>>,
+}
+
+#[derive(Debug, Default)]
+struct Recorded {
     ops: Vec<Operation>,
     failed: usize,
 }
 
-async fn run_op(
-    history: &Mutex<History>,
-    start: Instant,
-    client: &mut Client,
-    command: Command,
-) -> Result<CommandResult, ClientError> {
-    let call = start.elapsed().as_nanos() as u64;
-    let result = client.execute(command.clone()).await;
-    let ret = start.elapsed().as_nanos() as u64;
-    let mut history = history.lock().unwrap_or_else(|e| e.into_inner());
-    let (ret, output) = match &result {
-        Ok(r) => (Some(ret), Some(to_output(r))),
-        Err(ClientError::Execution(_)) => (Some(ret), Some(KvOutput::Failed)),
-        Err(e) if e.outcome_unknown() => (None, None),
-        Err(_) => {
-            history.failed += 1;
-            return result;
+impl Default for Recorder {
+    fn default() -> Self {
+        Recorder {
+            start: Instant::now(),
+            inner: Arc::default(),
         }
-    };
-    history.ops.push(Operation {
-        client: client.client_id(),
-        call,
-        ret,
-        input: to_input(&command),
-        output,
-    });
-    result
+    }
+}
+
+impl Recorder {
+    /// Runs `command` with `client`, recording its invocation and completion
+    /// (an unknown outcome when the client gives up; nothing for requests
+    /// refused outright, which did not happen).
+    pub async fn run(
+        &self,
+        client: &mut Client,
+        command: Command,
+    ) -> Result<CommandResult, ClientError> {
+        let call = self.start.elapsed().as_nanos() as u64;
+        let result = client.execute(command.clone()).await;
+        let ret = self.start.elapsed().as_nanos() as u64;
+        let mut recorded = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let (ret, output) = match &result {
+            Ok(r) => (Some(ret), Some(to_output(r))),
+            Err(ClientError::Execution(_)) => (Some(ret), Some(KvOutput::Failed)),
+            Err(e) if e.outcome_unknown() => (None, None),
+            Err(_) => {
+                recorded.failed += 1;
+                return result;
+            }
+        };
+        recorded.ops.push(Operation {
+            client: client.client_id(),
+            call,
+            ret,
+            input: to_input(&command),
+            output,
+        });
+        result
+    }
+
+    /// The operations recorded so far.
+    pub fn operations(&self) -> Vec<Operation> {
+        self.inner
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .ops
+            .clone()
+    }
+
+    /// Requests refused outright (invalid, or no endpoint).
+    pub fn failed(&self) -> usize {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner()).failed
+    }
 }
 
 async fn set_partition(cluster: &LocalCluster, node: u64, drop_to: Vec<u64>, drop_from: Vec<u64>) {
@@ -228,7 +263,7 @@ pub async fn run(
         dir.join("logs").display()
     );
     let start = Instant::now();
-    let history = Arc::new(Mutex::new(History::default()));
+    let history = Recorder::default();
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let endpoints = cluster.endpoints();
     let mut tasks = Vec::new();
@@ -266,7 +301,7 @@ pub async fn run(
                         }
                     }
                 };
-                let _ = run_op(&history, start, &mut client, command).await;
+                let _ = history.run(&mut client, command).await;
             }
         }));
     }
@@ -378,13 +413,13 @@ pub async fn run(
         let command = Command::Get {
             key: format!("r{k}").into_bytes(),
         };
-        run_op(&history, start, &mut reader, command).await.ok();
+        history.run(&mut reader, command).await.ok();
     }
     let converged = converge(&cluster, Duration::from_secs(30)).await;
     cluster.kill_all();
 
-    let history = std::mem::take(&mut *history.lock().unwrap_or_else(|e| e.into_inner()));
-    let verdict = check(&history.ops);
+    let (ops, failed) = (history.operations(), history.failed());
+    let verdict = check(&ops);
     let (excerpt, history_file) = match &verdict {
         Verdict::NotLinearizable {
             operations,
@@ -392,17 +427,17 @@ pub async fn run(
             ..
         } => {
             let file = dir.join("history.txt");
-            let lines: Vec<String> = history.ops.iter().map(describe).collect();
+            let lines: Vec<String> = ops.iter().map(describe).collect();
             std::fs::write(&file, lines.join("\n")).context("cannot save the history")?;
-            (Some(excerpt(&history.ops, operations, deepest)), Some(file))
+            (Some(excerpt(&ops, operations, deepest)), Some(file))
         }
         _ => (None, None),
     };
-    let completed = history.ops.iter().filter(|o| o.ret.is_some()).count();
+    let completed = ops.iter().filter(|o| o.ret.is_some()).count();
     Ok(NemesisReport {
         completed,
-        failed: history.failed,
-        unknown: history.ops.len() - completed,
+        failed,
+        unknown: ops.len() - completed,
         faults,
         verdict,
         excerpt,

@@ -27,7 +27,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
-use consensus::io::{Envelope, Input, Outbox, Reply, ReplyOutcome, Status, Timing, Write};
+use consensus::io::{Envelope, Input, Outbox, OutboxParts, Reply, ReplyOutcome, Status, Write};
 use consensus::state_machine::StateMachine;
 use consensus::{ClientRequest, CommandResult, Consensus, Message, NodeId, RequestId};
 use tokio::sync::{mpsc, oneshot};
@@ -407,45 +407,43 @@ impl Runtime {
         follow_ups: &mut VecDeque<Input>,
         jobs: &std::sync::mpsc::Sender<PersistJob>,
     ) -> Result<(), StorageError> {
-        let Outbox {
+        let OutboxParts {
+            send_now,
+            reply_now,
             persist,
-            send,
+            send_after_persist,
+            reply_after_persist,
             apply,
             reads,
-            reply,
-        } = out;
-        let (now, after): (Vec<_>, Vec<_>) =
-            send.into_iter().partition(|e| e.timing == Timing::Now);
-        let (replies_now, replies_after): (Vec<_>, Vec<_>) =
-            reply.into_iter().partition(|r| r.timing == Timing::Now);
-        for envelope in now {
+        } = out.split();
+        for envelope in send_now {
             self.peers.send(envelope);
         }
-        if !replies_now.is_empty() {
+        if !reply_now.is_empty() {
             let mut waiters = lock(&self.waiters);
-            for r in replies_now {
+            for r in reply_now {
                 waiters.answer(r.request, r.fast_path, ClientAnswer::Outcome(r.outcome));
             }
         }
-        let waits = !after.is_empty() || !replies_after.is_empty();
+        let waits = !send_after_persist.is_empty() || !reply_after_persist.is_empty();
         if !persist.is_empty() || (waits && self.jobs_in_flight > 0) {
             // What waits for the disk waits for every write issued so far,
             // so it rides on a job even when this outbox wrote nothing.
             self.jobs_in_flight += 1;
             let job = PersistJob {
                 writes: persist,
-                after,
-                replies: replies_after,
+                after: send_after_persist,
+                replies: reply_after_persist,
             };
             if jobs.send(job).is_err() {
                 return Err(StorageError::Corrupt("the persist thread stopped".into()));
             }
         } else if waits {
-            for envelope in after {
+            for envelope in send_after_persist {
                 self.peers.send(envelope);
             }
             let mut waiters = lock(&self.waiters);
-            for r in replies_after {
+            for r in reply_after_persist {
                 waiters.answer(r.request, r.fast_path, ClientAnswer::Outcome(r.outcome));
             }
         }

@@ -126,8 +126,11 @@ async fn leader_failover_majority_loss_and_rejoin() {
                 );
             }
             test.leaders.assert_one_leader_per_term();
-            eprintln!("{protocol}: {} operations recorded", recorder.len());
-            recorder.assert_linearizable();
+            eprintln!(
+                "{protocol}: {} operations recorded",
+                recorder.operations().len()
+            );
+            common::assert_linearizable(&recorder);
         })
         .await;
     }
@@ -178,7 +181,7 @@ async fn follower_failure_and_catch_up() {
                 "the follower catches up"
             );
             test.leaders.assert_one_leader_per_term();
-            recorder.assert_linearizable();
+            common::assert_linearizable(&recorder);
         })
         .await;
     }
@@ -265,7 +268,7 @@ async fn divergent_logs_converge_on_the_leaders() {
                 );
             }
             test.leaders.assert_one_leader_per_term();
-            recorder.assert_linearizable();
+            common::assert_linearizable(&recorder);
         })
         .await;
     }
@@ -331,7 +334,7 @@ async fn acknowledged_writes_survive_killing_every_node() {
                 consensus::CommandResult::Value(Some(b"7".to_vec()))
             );
             test.leaders.assert_one_leader_per_term();
-            recorder.assert_linearizable();
+            common::assert_linearizable(&recorder);
         })
         .await;
     }

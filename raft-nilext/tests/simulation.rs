@@ -73,22 +73,12 @@ fn five_nodes_every_fault_kind() {
 
 #[test]
 fn each_fault_kind_alone() {
-    type Enable = fn(&mut Faults);
-    let kinds: [(&str, Enable); 6] = [
-        ("drops", |f| f.drops = true),
-        ("duplicates", |f| f.duplicates = true),
-        ("long delays", |f| f.long_delays = true),
-        ("partitions", |f| f.partitions = true),
-        ("one-way partitions", |f| f.one_way = true),
-        ("crashes", |f| f.crashes = true),
-    ];
-    for (i, (name, enable)) in kinds.iter().enumerate() {
+    for (i, (name, faults)) in Faults::each_alone().into_iter().enumerate() {
         let base = 30_000 + 100 * i as u64;
         eprintln!("fault kind: {name}");
         check(base..base + 10, ReadMode::ReadIndex, 4, |seed| {
             let mut config = nilext(seed, 3);
-            config.faults = Faults::none();
-            enable(&mut config.faults);
+            config.faults = faults;
             config
         });
     }

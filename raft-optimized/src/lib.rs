@@ -870,11 +870,7 @@ impl Consensus for OptimizedRaft {
                 );
                 let is_vote_request = matches!(&message, Message::RequestVote(_));
                 if !is_pre_vote && !is_vote_request && message.term() > self.core.term {
-                    let leader = match &message {
-                        Message::AppendEntries(m) => Some(m.leader_id),
-                        _ => None,
-                    };
-                    self.become_follower(message.term(), leader, out);
+                    self.become_follower(message.term(), message.leader_hint(), out);
                 }
                 match message {
                     Message::AppendEntries(m) => self.handle_append(from, m, out),

@@ -435,11 +435,7 @@ impl Consensus for VanillaRaft {
             Input::Applied { index } => self.core.applied(index),
             Input::Message { from, message } => {
                 if message.term() > self.core.term {
-                    let leader = match &message {
-                        Message::AppendEntries(m) => Some(m.leader_id),
-                        _ => None,
-                    };
-                    self.become_follower(message.term(), leader, out);
+                    self.become_follower(message.term(), message.leader_hint(), out);
                 }
                 match message {
                     Message::AppendEntries(m) => self.handle_append(from, m, out),

@@ -6,7 +6,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
-use consensus::io::{Envelope, Input, Outbox, Recovered, Reply, Timing, Write};
+use consensus::io::{Envelope, Input, Outbox, OutboxParts, Recovered, Reply, Timing, Write};
 use consensus::message::Message;
 use consensus::state_machine::{MemKv, StateMachine};
 use consensus::{
@@ -200,36 +200,35 @@ impl<P: Consensus> ManualCluster<P> {
             reads: out.reads.len(),
         };
         self.outboxes.push((id, summary));
-        let Outbox {
+        let parts = out.split();
+        let waits = parts.waits_for_persist();
+        let OutboxParts {
+            send_now,
+            reply_now,
             persist,
-            send,
+            send_after_persist,
+            reply_after_persist,
             apply,
             reads,
-            reply,
-        } = out;
-        let (now, after): (Vec<_>, Vec<_>) =
-            send.into_iter().partition(|e| e.timing == Timing::Now);
-        let (replies_now, replies_after): (Vec<_>, Vec<_>) =
-            reply.into_iter().partition(|r| r.timing == Timing::Now);
-        for envelope in now {
+        } = parts;
+        for envelope in send_now {
             self.enqueue(id, envelope);
         }
-        for reply in replies_now {
+        for reply in reply_now {
             self.answers.push(Answer::Reply { node: id, reply });
         }
         let node = self.nodes.get_mut(&id).expect("node exists");
-        let waits = !after.is_empty() || !replies_after.is_empty();
         if !persist.is_empty() || (waits && !node.pending.is_empty()) {
             node.pending.push_back(Pending {
                 writes: persist,
-                after,
-                replies: replies_after,
+                after: send_after_persist,
+                replies: reply_after_persist,
             });
         } else {
-            for envelope in after {
+            for envelope in send_after_persist {
                 self.enqueue(id, envelope);
             }
-            for reply in replies_after {
+            for reply in reply_after_persist {
                 self.answers.push(Answer::Reply { node: id, reply });
             }
         }

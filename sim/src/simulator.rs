@@ -32,8 +32,8 @@ use std::fmt::Write as _;
 use std::hash::{DefaultHasher, Hash, Hasher};
 
 use consensus::io::{
-    DurableRecord, Envelope, HardState, Input, Outbox, Recovered, Reply, ReplyOutcome, Role,
-    Timing, Write,
+    DurableRecord, Envelope, HardState, Input, Outbox, OutboxParts, Recovered, Reply, ReplyOutcome,
+    Role, Write,
 };
 use consensus::message::Message;
 use consensus::rng::DetRng;
@@ -79,6 +79,55 @@ impl Faults {
             one_way: true,
             crashes: true,
         }
+    }
+
+    /// Each fault kind on its own, with its name.
+    pub fn each_alone() -> Vec<(&'static str, Faults)> {
+        let none = Faults::none();
+        vec![
+            (
+                "drops",
+                Faults {
+                    drops: true,
+                    ..none
+                },
+            ),
+            (
+                "duplicates",
+                Faults {
+                    duplicates: true,
+                    ..none
+                },
+            ),
+            (
+                "long delays",
+                Faults {
+                    long_delays: true,
+                    ..none
+                },
+            ),
+            (
+                "partitions",
+                Faults {
+                    partitions: true,
+                    ..none
+                },
+            ),
+            (
+                "one-way partitions",
+                Faults {
+                    one_way: true,
+                    ..none
+                },
+            ),
+            (
+                "crashes",
+                Faults {
+                    crashes: true,
+                    ..none
+                },
+            ),
+        ]
     }
 
     /// No faults: a perfect network and no crashes.
@@ -755,21 +804,19 @@ where
 
     /// Carries out an outbox by the rules of `consensus::io`.
     fn carry_out(&mut self, id: NodeId, out: Outbox, follow_ups: &mut VecDeque<Input>) {
-        let Outbox {
+        let OutboxParts {
+            send_now,
+            reply_now,
             persist,
-            send,
+            send_after_persist: after_msgs,
+            reply_after_persist: after_replies,
             apply,
             reads,
-            reply,
-        } = out;
-        let (now_msgs, after_msgs): (Vec<_>, Vec<_>) =
-            send.into_iter().partition(|e| e.timing == Timing::Now);
-        let (now_replies, after_replies): (Vec<_>, Vec<_>) =
-            reply.into_iter().partition(|r| r.timing == Timing::Now);
-        for envelope in now_msgs {
+        } = out.split();
+        for envelope in send_now {
             self.send_message(id, envelope);
         }
-        for r in now_replies {
+        for r in reply_now {
             self.protocol_reply(id, r);
         }
         let node = self.nodes.get_mut(&id).expect("node exists");

@@ -9,11 +9,11 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use consensus::{Command, CommandResult};
-use kvclient::{Client, ClientError, ClientOptions};
+use consensus::Command;
+use kvclient::{Client, ClientOptions};
 use kvnode::harness::LocalCluster;
-use sim::linearizability::{KvOutput, Operation, Verdict, check};
-use sim::simulator::{describe, to_input, to_output};
+use sim::linearizability::{Verdict, check};
+use sim::simulator::describe;
 
 /// The protocols the process-level scenarios run against: every one built.
 pub const PROTOCOLS: &[&str] = &["vanilla", "optimized", "nilext"];
@@ -127,68 +127,21 @@ impl LeaderWatch {
     }
 }
 
-/// Client operations with their real-time intervals, for the checker.
-#[derive(Clone)]
-pub struct Recorder {
-    start: Instant,
-    ops: Arc<Mutex<Vec<Operation>>>,
-}
+/// The client-history recorder of the nemesis harness.
+pub use kvnode::nemesis::Recorder;
 
-impl Default for Recorder {
-    fn default() -> Self {
-        Recorder {
-            start: Instant::now(),
-            ops: Arc::default(),
+/// Asserts the recorded history is linearizable, printing the failing key's
+/// operations when it is not.
+pub fn assert_linearizable(recorder: &Recorder) {
+    let ops = recorder.operations();
+    assert!(!ops.is_empty());
+    match check(&ops) {
+        Verdict::Linearizable => {}
+        Verdict::NotLinearizable { operations, .. } => {
+            let lines: Vec<String> = operations.iter().map(|&i| describe(&ops[i])).collect();
+            panic!("history not linearizable:\n{}", lines.join("\n"));
         }
-    }
-}
-
-impl Recorder {
-    fn now(&self) -> u64 {
-        self.start.elapsed().as_nanos() as u64
-    }
-
-    /// Runs `command`, recording its invocation and completion (an unknown
-    /// outcome when the client gives up).
-    pub async fn run(
-        &self,
-        client: &mut Client,
-        command: Command,
-    ) -> Result<CommandResult, ClientError> {
-        let call = self.now();
-        let result = client.execute(command.clone()).await;
-        let ret = self.now();
-        let (ret, output) = match &result {
-            Ok(r) => (Some(ret), Some(to_output(r))),
-            Err(ClientError::Execution(_)) => (Some(ret), Some(KvOutput::Failed)),
-            Err(e) if e.outcome_unknown() => (None, None),
-            Err(_) => return result,
-        };
-        self.ops.lock().expect("lock").push(Operation {
-            client: client.client_id(),
-            call,
-            ret,
-            input: to_input(&command),
-            output,
-        });
-        result
-    }
-
-    pub fn assert_linearizable(&self) {
-        let ops = self.ops.lock().expect("lock").clone();
-        assert!(!ops.is_empty());
-        match check(&ops) {
-            Verdict::Linearizable => {}
-            Verdict::NotLinearizable { operations, .. } => {
-                let lines: Vec<String> = operations.iter().map(|&i| describe(&ops[i])).collect();
-                panic!("history not linearizable:\n{}", lines.join("\n"));
-            }
-            Verdict::Unknown => panic!("linearizability check ran out of budget"),
-        }
-    }
-
-    pub fn len(&self) -> usize {
-        self.ops.lock().expect("lock").len()
+        Verdict::Unknown => panic!("linearizability check ran out of budget"),
     }
 }
 
