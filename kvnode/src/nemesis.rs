@@ -48,6 +48,10 @@ pub struct NemesisConfig {
     /// Deliberately unsafe reads on every node: the run must then report an
     /// anomaly (this proves the harness can fail).
     pub unsafe_local_reads: bool,
+    /// How long the nodes may take to converge after healing. Vanilla Raft
+    /// sends one entry per round trip, so a replica far behind after a long
+    /// run needs a while.
+    pub converge_timeout: Duration,
 }
 
 impl NemesisConfig {
@@ -63,6 +67,7 @@ impl NemesisConfig {
             seed: 1,
             node_flags: vec!["--tick-ms=10".into(), "--request-timeout-ms=1500".into()],
             unsafe_local_reads: false,
+            converge_timeout: Duration::from_secs(180),
         }
     }
 }
@@ -415,7 +420,7 @@ pub async fn run(
         };
         history.run(&mut reader, command).await.ok();
     }
-    let converged = converge(&cluster, Duration::from_secs(30)).await;
+    let converged = converge(&cluster, config.converge_timeout).await;
     cluster.kill_all();
 
     let (ops, failed) = (history.operations(), history.failed());
