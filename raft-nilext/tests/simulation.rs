@@ -105,3 +105,11 @@ fn slow_path_only_clients_stay_correct_too() {
     });
     assert!(runs.iter().all(|r| r.fast_path_completions == 0));
 }
+
+/// A long soak, not run by default, with progress:
+/// `SIM_SEEDS=100000 cargo test --release -p raft-nilext --test simulation -- --ignored many_seeds --nocapture`
+#[test]
+#[ignore]
+fn many_seeds() {
+    sim::run_many(nilext, factory(ReadMode::ReadIndex, 2), REPLAY);
+}

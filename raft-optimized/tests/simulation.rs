@@ -103,3 +103,11 @@ fn without_faults_every_operation_completes() {
         assert!(run.completed > 50);
     }
 }
+
+/// A long soak, not run by default, with progress:
+/// `SIM_SEEDS=100000 cargo test --release -p raft-optimized --test simulation -- --ignored many_seeds --nocapture`
+#[test]
+#[ignore]
+fn many_seeds() {
+    sim::run_many(SimConfig::new, factory(ReadMode::ReadIndex), REPLAY);
+}

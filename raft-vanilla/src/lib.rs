@@ -254,8 +254,13 @@ impl VanillaRaft {
             return;
         }
         if self.role != Role::Leader {
-            let outcome = ReplyOutcome::NotLeader {
-                leader: self.leader,
+            // A follower points at its leader; with no leader known the
+            // cluster is unavailable for now.
+            let outcome = match self.leader {
+                Some(leader) => ReplyOutcome::NotLeader {
+                    leader: Some(leader),
+                },
+                None => ReplyOutcome::Unavailable,
             };
             out.reply(request.id, outcome, Timing::Now);
             return;

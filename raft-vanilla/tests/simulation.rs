@@ -119,3 +119,11 @@ fn catches_commit_of_an_earlier_term_by_counting_replicas() {
         failures.lines().take(3).collect::<Vec<_>>().join("\n")
     );
 }
+
+/// A long soak, not run by default, with progress:
+/// `SIM_SEEDS=100000 cargo test --release -p raft-vanilla --test simulation -- --ignored many_seeds --nocapture`
+#[test]
+#[ignore]
+fn many_seeds() {
+    sim::run_many(SimConfig::new, factory(None), REPLAY);
+}

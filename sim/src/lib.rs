@@ -75,3 +75,42 @@ where
         Err(failures.join("\n"))
     }
 }
+
+/// Runs many seeds for a long soak, with progress: `SIM_SEEDS` seeds
+/// (default 10,000) from `SIM_FIRST` (default 1,000,000), alternating 3 and 5
+/// nodes with every fault kind. Prints progress every 1,000 seeds and each
+/// failure as it is found, with its replay command; panics at the end if any
+/// seed failed.
+pub fn run_many<P, F>(configure: impl Fn(u64, usize) -> SimConfig, factory: F, replay: &str)
+where
+    P: Consensus,
+    F: Fn(NodeId, &[NodeId], Recovered, u64) -> P + Clone,
+{
+    let count: u64 = std::env::var("SIM_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(10_000);
+    let first: u64 = std::env::var("SIM_FIRST")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1_000_000);
+    let started = std::time::Instant::now();
+    let mut failed = Vec::new();
+    for (done, seed) in (first..first + count).enumerate() {
+        let nodes = if seed.is_multiple_of(2) { 3 } else { 5 };
+        if let Err(failure) = run_seeds([seed], |s| configure(s, nodes), factory.clone(), replay) {
+            eprintln!("{failure}");
+            failed.push(seed);
+        }
+        let done = done as u64 + 1;
+        if done.is_multiple_of(1000) || done == count {
+            let elapsed = started.elapsed().as_secs_f64();
+            eprintln!(
+                "{done}/{count} seeds in {elapsed:.0} s ({:.0} seeds/s), {} failed",
+                done as f64 / elapsed.max(1e-9),
+                failed.len()
+            );
+        }
+    }
+    assert!(failed.is_empty(), "failing seeds: {failed:?}");
+}
