@@ -45,7 +45,7 @@ pub struct CompareSpec {
     pub availability_clients: usize,
     /// Length of the leader-kill run; the leader dies at a third of it.
     pub availability_duration: Duration,
-    /// Read mode of raft-optimized.
+    /// Read mode of raft-optimized and raft-nilext.
     pub read_mode: String,
     /// Extra flags for every node.
     pub node_flags: Vec<String>,
@@ -129,7 +129,8 @@ fn node_flags(spec: &CompareSpec, protocol: &str) -> Vec<String> {
         flags.push(format!("--net-delay-ms={}", spec.net_delay_ms));
         flags.push(format!("--net-jitter-ms={}", spec.net_jitter_ms));
     }
-    if protocol == "optimized" {
+    // Nil-ext reads through raft-optimized's read path: the same mode.
+    if protocol == "optimized" || protocol == "nilext" {
         flags.push(format!("--read-mode={}", spec.read_mode));
     }
     flags

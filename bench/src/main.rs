@@ -95,7 +95,7 @@ struct CompareArgs {
     /// Seconds of the leader-kill run (the leader dies at a third).
     #[arg(long, default_value_t = 6.0)]
     availability_duration: f64,
-    /// raft-optimized's read mode: lease or read-index.
+    /// Read mode of raft-optimized and raft-nilext: lease or read-index.
     #[arg(long, default_value = "lease")]
     read_mode: String,
     /// Where to write the report.

@@ -276,6 +276,22 @@ impl Outbox {
         });
     }
 
+    /// Refuses `request` when it breaks the request limits
+    /// (`consensus::limits`), answering on the fast path or the ordered one;
+    /// true when refused.
+    pub fn refuse_invalid(&mut self, request: &ClientRequest, fast_path: bool) -> bool {
+        let Err(invalid) = crate::limits::validate(&request.command) else {
+            return false;
+        };
+        self.reply.push(Reply {
+            request: request.id,
+            outcome: ReplyOutcome::Rejected(invalid.to_string()),
+            timing: Timing::Now,
+            fast_path,
+        });
+        true
+    }
+
     /// Queues a reply to a fast-path write ([`Input::FastWrite`]).
     pub fn reply_fast(&mut self, request: RequestId, outcome: ReplyOutcome, timing: Timing) {
         self.reply.push(Reply {

@@ -4,9 +4,9 @@
 //! randomized election timer. A variant (vanilla, optimized, Nil-ext) adds
 //! its own leader behaviour around a [`RaftCore`].
 
-use crate::io::{HardState, Outbox, Recovered, Role, Status, Write};
+use crate::io::{HardState, Outbox, Recovered, Role, Status, Timing, Write};
 use crate::log::RaftLog;
-use crate::message::{AppendEntries, RequestVote};
+use crate::message::{AppendEntries, Message, RequestVote, RequestVoteResponse};
 use crate::quorum::{majority, quorum_index};
 use crate::rng::DetRng;
 use crate::types::{Entry, EntryPayload, LogIndex, NodeId, Term};
@@ -144,6 +144,24 @@ impl RaftCore {
             self.voted_for = Some(m.candidate_id);
             out.persist.push(Write::HardState(self.hard_state()));
         }
+        granted
+    }
+
+    /// [`RaftCore::decide_vote`], answered to `from`: the answer leaves
+    /// only once a granted vote is durable, since the candidate counts it.
+    /// Returns whether the vote was granted.
+    pub fn answer_vote(&mut self, from: NodeId, m: &RequestVote, out: &mut Outbox) -> bool {
+        let granted = self.decide_vote(m, out);
+        let response = RequestVoteResponse {
+            term: self.term,
+            vote_granted: granted,
+            pre_vote: false,
+        };
+        out.send(
+            from,
+            Message::RequestVoteResponse(response),
+            Timing::AfterPersist,
+        );
         granted
     }
 

@@ -264,12 +264,7 @@ impl NilextRaft {
     fn fast_write(&mut self, request: ClientRequest, out: &mut Outbox) {
         // A nilext write can report no execution error, so an invalid one is
         // refused before it is made durable.
-        if let Err(invalid) = consensus::limits::validate(&request.command) {
-            out.reply_fast(
-                request.id,
-                ReplyOutcome::Rejected(invalid.to_string()),
-                Timing::Now,
-            );
+        if out.refuse_invalid(&request, true) {
             return;
         }
         if request.command.class() != consensus::CommandClass::Nilext {
@@ -369,12 +364,7 @@ impl NilextRaft {
             out.reply(request.id, ReplyOutcome::Unavailable, Timing::Now);
             return;
         }
-        if let Err(invalid) = consensus::limits::validate(&request.command) {
-            out.reply(
-                request.id,
-                ReplyOutcome::Rejected(invalid.to_string()),
-                Timing::Now,
-            );
+        if out.refuse_invalid(&request, false) {
             return;
         }
         if request.command.is_read() {

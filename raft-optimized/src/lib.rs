@@ -550,21 +550,9 @@ impl OptimizedRaft {
             }
             self.become_follower(m.term, None, out);
         }
-        let granted = self.core.decide_vote(&m, out);
-        if granted {
+        if self.core.answer_vote(from, &m, out) {
             self.election.reset();
         }
-        let response = RequestVoteResponse {
-            term: self.core.term,
-            vote_granted: granted,
-            pre_vote: false,
-        };
-        // A granted vote is durable before the candidate can count it.
-        out.send(
-            from,
-            Message::RequestVoteResponse(response),
-            Timing::AfterPersist,
-        );
     }
 
     fn handle_vote_response(&mut self, from: NodeId, m: RequestVoteResponse, out: &mut Outbox) {
@@ -702,12 +690,7 @@ impl OptimizedRaft {
     // ----- inputs -----
 
     fn handle_request(&mut self, request: ClientRequest, out: &mut Outbox) {
-        if let Err(invalid) = consensus::limits::validate(&request.command) {
-            out.reply(
-                request.id,
-                ReplyOutcome::Rejected(invalid.to_string()),
-                Timing::Now,
-            );
+        if out.refuse_invalid(&request, false) {
             return;
         }
         if self.role != Role::Leader {

@@ -245,12 +245,7 @@ impl VanillaRaft {
     }
 
     fn handle_request(&mut self, request: ClientRequest, out: &mut Outbox) {
-        if let Err(invalid) = consensus::limits::validate(&request.command) {
-            out.reply(
-                request.id,
-                ReplyOutcome::Rejected(invalid.to_string()),
-                Timing::Now,
-            );
+        if out.refuse_invalid(&request, false) {
             return;
         }
         if self.role != Role::Leader {
@@ -346,21 +341,9 @@ impl VanillaRaft {
         m: consensus::message::RequestVote,
         out: &mut Outbox,
     ) {
-        let granted = self.core.decide_vote(&m, out);
-        if granted {
+        if self.core.answer_vote(from, &m, out) {
             self.election.reset();
         }
-        let response = RequestVoteResponse {
-            term: self.core.term,
-            vote_granted: granted,
-            pre_vote: false,
-        };
-        // A granted vote must be durable before the candidate can count it.
-        out.send(
-            from,
-            Message::RequestVoteResponse(response),
-            Timing::AfterPersist,
-        );
     }
 
     fn handle_vote_response(&mut self, from: NodeId, m: RequestVoteResponse, out: &mut Outbox) {
