@@ -48,9 +48,9 @@ pub struct NemesisConfig {
     /// Deliberately unsafe reads on every node: the run must then report an
     /// anomaly (this proves the harness can fail).
     pub unsafe_local_reads: bool,
-    /// How long the nodes may take to converge after healing. Vanilla Raft
-    /// sends one entry per round trip, so a replica far behind after a long
-    /// run needs a while.
+    /// How long the nodes may go without progress while converging after
+    /// healing. Vanilla Raft sends one entry per round trip, so a replica far
+    /// behind after a long run needs a while, but keeps progressing.
     pub converge_timeout: Duration,
 }
 
@@ -67,7 +67,7 @@ impl NemesisConfig {
             seed: 1,
             node_flags: vec!["--tick-ms=10".into(), "--request-timeout-ms=1500".into()],
             unsafe_local_reads: false,
-            converge_timeout: Duration::from_secs(180),
+            converge_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -91,6 +91,8 @@ pub struct NemesisReport {
     pub history_file: Option<PathBuf>,
     /// All nodes converged after healing.
     pub converged: bool,
+    /// How long convergence took (or how long it was waited for).
+    pub converge_time: Duration,
 }
 
 impl NemesisReport {
@@ -107,7 +109,7 @@ impl NemesisReport {
             .map(|(k, v)| format!("{k} {v}"))
             .collect();
         format!(
-            "{} operations completed, {} failed, {} unknown; faults: {}; verdict: {}; converged: {}",
+            "{} operations completed, {} failed, {} unknown; faults: {}; verdict: {}; converged: {} (after {:.1} s)",
             self.completed,
             self.failed,
             self.unknown,
@@ -126,7 +128,8 @@ impl NemesisReport {
                 ),
                 Verdict::Unknown => "unknown (checker budget exhausted)".to_string(),
             },
-            self.converged
+            self.converged,
+            self.converge_time.as_secs_f64()
         )
     }
 }
@@ -420,7 +423,7 @@ pub async fn run(
         };
         history.run(&mut reader, command).await.ok();
     }
-    let converged = converge(&cluster, config.converge_timeout).await;
+    let (converged, converge_time) = converge(&cluster, config.converge_timeout).await;
     cluster.kill_all();
 
     let (ops, failed) = (history.operations(), history.failed());
@@ -448,6 +451,7 @@ pub async fn run(
         excerpt,
         history_file,
         converged,
+        converge_time,
     })
 }
 
@@ -471,26 +475,38 @@ fn excerpt(ops: &[Operation], operations: &[usize], deepest: &[usize]) -> String
 }
 
 /// Waits until every node reports the same last log index, last log term
-/// and commit index, with everything applied.
-async fn converge(cluster: &LocalCluster, timeout: Duration) -> bool {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
+/// and commit index, with everything applied. Gives up after `timeout`
+/// without progress (the least applied index not rising), so a replica that
+/// is still catching up gets the time it needs. Returns whether the nodes
+/// converged, and how long it took.
+async fn converge(cluster: &LocalCluster, timeout: Duration) -> (bool, Duration) {
+    let started = Instant::now();
+    let mut last_progress = Instant::now();
+    let mut least_applied = 0;
+    while last_progress.elapsed() < timeout {
         let statuses = cluster.statuses().await;
         if statuses.len() == cluster.members().len() {
+            let settled = |s: &proto::kv::StatusResponse| {
+                s.applied_index == s.commit_index && s.commit_index == s.last_log_index
+            };
             let views: std::collections::BTreeSet<(u64, u64, u64)> = statuses
                 .values()
-                .filter(|s| s.applied_index == s.commit_index && s.commit_index == s.last_log_index)
                 .map(|s| (s.last_log_index, s.last_log_term, s.commit_index))
                 .collect();
-            if views.len() == 1
-                && statuses.values().all(|s| {
-                    s.applied_index == s.commit_index && s.commit_index == s.last_log_index
-                })
-            {
-                return true;
+            if views.len() == 1 && statuses.values().all(settled) {
+                return (true, started.elapsed());
+            }
+            let least = statuses
+                .values()
+                .map(|s| s.applied_index)
+                .min()
+                .unwrap_or(0);
+            if least > least_applied {
+                least_applied = least;
+                last_progress = Instant::now();
             }
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    false
+    (false, started.elapsed())
 }
