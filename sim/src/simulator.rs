@@ -39,8 +39,8 @@ use consensus::message::Message;
 use consensus::rng::DetRng;
 use consensus::state_machine::{MemKv, StateMachine};
 use consensus::{
-    ClientId, ClientRequest, Command, CommandResult, Consensus, Entry, EntryPayload, LogIndex,
-    NodeId, RequestId, Term,
+    ClientId, ClientRequest, Command, CommandResult, Consensus, Entry, LogIndex, NodeId, RequestId,
+    Term,
 };
 
 use crate::linearizability::{self, KvInput, KvOutput, Operation, Verdict};
@@ -1643,9 +1643,4 @@ pub fn describe(op: &Operation) -> String {
         printable(show_input(&op.input)),
         printable(output)
     )
-}
-
-/// Whether an entry carries a client command (helper for tests).
-pub fn is_command(entry: &Entry) -> bool {
-    matches!(entry.payload, EntryPayload::Command(_))
 }
