@@ -296,6 +296,10 @@ async fn run_load(args: LoadArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The same allocator as kvnode: `bench node` runs nodes in this binary.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Cmd::Node { args } = cli.command {
