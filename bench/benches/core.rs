@@ -9,7 +9,7 @@ use consensus::io::{Input, Outbox, Recovered};
 use consensus::state_machine::StateMachine;
 use consensus::{ClientRequest, Command, Consensus, Entry, EntryPayload, RequestId};
 use criterion::{Criterion, criterion_group, criterion_main};
-use sim::linearizability::{KvInput, KvOutput, Operation, check};
+use sim::linearizability::{check, generated_history};
 use sim::manual::ManualCluster;
 
 fn put(client: u64, seq: u64) -> ClientRequest {
@@ -71,27 +71,7 @@ fn rocksdb_apply_batch(c: &mut Criterion) {
 }
 
 fn checker(c: &mut Criterion) {
-    let mut rng = consensus::rng::DetRng::new(7);
-    let mut store = std::collections::BTreeMap::<Vec<u8>, Vec<u8>>::new();
-    let mut ops = Vec::new();
-    for i in 0..10_000u64 {
-        let key = format!("k{}", rng.range(0, 100)).into_bytes();
-        let (input, output) = if rng.chance(0.5) {
-            let value = format!("v{i}").into_bytes();
-            store.insert(key.clone(), value.clone());
-            (KvInput::Put(key, value), KvOutput::Written)
-        } else {
-            let value = store.get(&key).cloned();
-            (KvInput::Get(key), KvOutput::Value(value))
-        };
-        ops.push(Operation {
-            client: i % 20,
-            call: 2 * i,
-            ret: Some(2 * i + 1),
-            input,
-            output: Some(output),
-        });
-    }
+    let ops = generated_history(10_000, 20, 100, 7);
     c.bench_function("checker: 10,000 operations over 100 keys", |b| {
         b.iter(|| assert!(check(black_box(&ops)).is_linearizable()))
     });

@@ -6,23 +6,26 @@
 use std::path::Path;
 use std::time::Duration;
 
-use kvnode::nemesis::{NemesisConfig, run};
+use kvnode::nemesis::{NemesisConfig, NemesisReport, run};
+
+/// Runs `config` against this build's kvnode, bounded by `limit`; the
+/// directory (logs, a saved history) lives as long as the caller keeps it.
+async fn run_bounded(
+    config: &NemesisConfig,
+    limit: Duration,
+) -> (tempfile::TempDir, NemesisReport) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let exe = Path::new(env!("CARGO_BIN_EXE_kvnode"));
+    let report = tokio::time::timeout(limit, run(exe, &[], dir.path(), config))
+        .await
+        .expect("the run ends in time")
+        .expect("the run completes");
+    (dir, report)
+}
 
 async fn short_run(protocol: &str) {
-    let dir = tempfile::tempdir().expect("tempdir");
     let config = NemesisConfig::new(protocol, Duration::from_secs(25));
-    let report = tokio::time::timeout(
-        Duration::from_secs(180),
-        run(
-            Path::new(env!("CARGO_BIN_EXE_kvnode")),
-            &[],
-            dir.path(),
-            &config,
-        ),
-    )
-    .await
-    .expect("the run ends in time")
-    .expect("the run completes");
+    let (_dir, report) = run_bounded(&config, Duration::from_secs(180)).await;
     eprintln!("{protocol}: {}", report.summary());
     if let Some(excerpt) = &report.excerpt {
         eprintln!("{excerpt}");
@@ -59,21 +62,9 @@ async fn nilext_stays_linearizable_under_faults() {
 /// leadership check, it finds an anomaly, saves the history and shows where.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn unsafe_local_reads_are_caught() {
-    let dir = tempfile::tempdir().expect("tempdir");
     let mut config = NemesisConfig::new("optimized", Duration::from_secs(12));
     config.unsafe_local_reads = true;
-    let report = tokio::time::timeout(
-        Duration::from_secs(120),
-        run(
-            Path::new(env!("CARGO_BIN_EXE_kvnode")),
-            &[],
-            dir.path(),
-            &config,
-        ),
-    )
-    .await
-    .expect("the run ends in time")
-    .expect("the run completes");
+    let (_dir, report) = run_bounded(&config, Duration::from_secs(120)).await;
     eprintln!("{}", report.summary());
     assert!(
         !report.verdict.is_linearizable(),

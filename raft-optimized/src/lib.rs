@@ -693,16 +693,7 @@ impl OptimizedRaft {
         if out.refuse_invalid(&request, false) {
             return;
         }
-        if self.role != Role::Leader {
-            out.reply(
-                request.id,
-                ReplyOutcome::NotLeader {
-                    leader: self.leader,
-                },
-                Timing::Now,
-            );
-            return;
-        }
+        // `read` and `propose` answer "not leader" themselves.
         if request.command.is_read() {
             self.read(request, 0, out);
             return;

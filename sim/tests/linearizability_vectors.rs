@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use sim::history_formats::{parse_jepsen_register, parse_kv_edn};
-use sim::linearizability::{KvInput, KvOutput, Operation, check};
+use sim::linearizability::{KvOutput, check, generated_history};
 
 fn testdata_dir() -> Option<PathBuf> {
     let dir = match std::env::var_os("LINEARIZABILITY_TESTDATA") {
@@ -63,44 +63,11 @@ fn reproduces_every_verdict_of_the_shared_test_vectors() {
     assert!(wrong.is_empty(), "wrong verdicts:\n{}", wrong.join("\n"));
 }
 
-/// A history of 10,000 operations by 20 clients over 100 keys, built from a
-/// real sequential execution with overlapping intervals, must check within
-/// seconds once split per key.
+/// A history of 10,000 operations by 20 clients over 100 keys, with
+/// overlapping intervals, must check within seconds once split per key.
 #[test]
 fn checks_a_ten_thousand_operation_history_within_seconds() {
-    let mut rng = consensus::rng::DetRng::new(42);
-    let clients = 20u64;
-    let mut store = std::collections::BTreeMap::<Vec<u8>, Vec<u8>>::new();
-    let mut history: Vec<Operation> = Vec::new();
-    // Operations take effect in the order generated, at strictly increasing
-    // points; each one's interval surrounds its point, so intervals of
-    // different clients overlap, as in a real concurrent run.
-    let mut point = 0u64;
-    let mut busy_until = vec![0u64; clients as usize];
-    for i in 0..10_000u64 {
-        let client = rng.range(0, clients);
-        let key = format!("k{}", rng.range(0, 100)).into_bytes();
-        let free = busy_until[client as usize];
-        point = (point + 1).max(free + 1);
-        let call = point.saturating_sub(rng.range(0, 4)).max(free);
-        let ret = point + rng.range(0, 5);
-        busy_until[client as usize] = ret + 1;
-        let (input, output) = if rng.chance(0.5) {
-            let value = format!("v{i}").into_bytes();
-            store.insert(key.clone(), value.clone());
-            (KvInput::Put(key, value), KvOutput::Written)
-        } else {
-            let value = store.get(&key).cloned();
-            (KvInput::Get(key), KvOutput::Value(value))
-        };
-        history.push(Operation {
-            client,
-            call,
-            ret: Some(ret),
-            input,
-            output: Some(output),
-        });
-    }
+    let mut history = generated_history(10_000, 20, 100, 42);
     let started = Instant::now();
     let verdict = check(&history);
     let elapsed = started.elapsed();
