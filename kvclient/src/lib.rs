@@ -10,14 +10,15 @@
 //! The library depends only on `proto` and `consensus`, so an application
 //! embeds it without compiling RocksDB. `kvctl`, `bench` and the tests use it.
 
-use std::collections::HashMap;
-use std::time::Duration;
-
 use consensus::{Command, CommandClass, CommandResult};
+use futures_util::StreamExt as _;
+use futures_util::stream::FuturesUnordered;
 use prost::Message as _;
 use proto::kv::error_detail::Kind;
 use proto::kv::kv_client::KvClient;
 use proto::kv::*;
+use std::collections::HashMap;
+use std::time::Duration;
 use tokio::time::Instant;
 use tonic::transport::Channel;
 
@@ -254,20 +255,21 @@ impl Client {
     async fn fast_path(&mut self, command: &Command, size: usize) -> Result<bool, ClientError> {
         let timeout = self.options.fast_path_timeout;
         let header = self.header(true);
-        let mut calls = tokio::task::JoinSet::new();
+        // The calls are polled by this task (no task spawned per replica):
+        // one wake-up per answer, none to hand a result from task to task.
+        let mut calls = FuturesUnordered::new();
         for endpoint in self.endpoints.clone() {
             let Ok(kv) = self.connection(&endpoint, timeout).await else {
                 continue;
             };
-            let command = command.clone();
-            calls.spawn(async move { attempt(kv, header, &command, timeout).await });
+            calls.push(attempt(kv, header, command, timeout));
         }
         let quorum = consensus::quorum::nilext_fast_quorum(size);
         let mut acks: HashMap<u64, (std::collections::BTreeSet<u64>, bool)> = HashMap::new();
         let until = Instant::now() + timeout;
-        while let Ok(Some(joined)) = tokio::time::timeout_at(until, calls.join_next()).await {
-            match joined {
-                Ok(Ok((_, Some(ack)))) if ack.durable_only => {
+        while let Ok(Some(answer)) = tokio::time::timeout_at(until, calls.next()).await {
+            match answer {
+                Ok((_, Some(ack))) if ack.durable_only => {
                     let (nodes, leader) = acks.entry(ack.term).or_default();
                     nodes.insert(ack.node_id);
                     *leader |= ack.from_leader;
@@ -275,7 +277,7 @@ impl Client {
                         return Ok(true);
                     }
                 }
-                Ok(Err(status)) => {
+                Err(status) => {
                     if let Retry::Fail(error @ ClientError::Invalid(_)) = classify(&status) {
                         return Err(error);
                     }

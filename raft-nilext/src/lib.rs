@@ -203,6 +203,9 @@ pub struct NilextRaft {
     /// out): whether it appended to the durability log.
     jobs: VecDeque<bool>,
     appended_this_step: bool,
+    /// Applied records gone from the in-memory durability log whose removal
+    /// from storage waits for the next durable write (see `step`).
+    pending_removals: Vec<RequestId>,
     recovery: Option<Recovery>,
     /// This node leads and has recovered: it may ack writes and serve.
     recovered: bool,
@@ -228,6 +231,7 @@ impl NilextRaft {
             waiting_writes: Vec::new(),
             jobs: VecDeque::new(),
             appended_this_step: false,
+            pending_removals: Vec::new(),
             recovery: None,
             recovered: false,
             ticks: 0,
@@ -496,18 +500,33 @@ impl NilextRaft {
                 self.ordered.clear();
             }
         }
-        let mut removed = Vec::new();
-        let applied: Vec<consensus::Entry> = out.apply[apply_from..].to_vec();
-        for entry in applied {
-            if let EntryPayload::Command(request) = entry.payload {
+        for entry in &out.apply[apply_from..] {
+            if let EntryPayload::Command(request) = &entry.payload {
                 if self.durability_log.remove(&request.id) {
-                    removed.push(request.id);
+                    self.pending_removals.push(request.id);
                 }
                 self.ordered.remove(&request.id);
             }
         }
-        if !removed.is_empty() {
-            out.persist.push(Write::DurabilityRemove(removed));
+    }
+
+    /// Removing applied records from storage need not be durable before
+    /// anything: a removal lost in a crash leaves a record that was applied,
+    /// which a later leader may order again, and the session table refuses
+    /// it as stale. So removals ride on the next durable write instead of
+    /// costing a sync of their own (and delaying the fast-path appends queued
+    /// behind it); they go first in that write, so a record appended again
+    /// in it (a late duplicate) stays. Alone they are written once a tick
+    /// finds no other write, or once a batch of them has gathered.
+    fn write_removals(&mut self, writes_before: usize, alone: bool, out: &mut Outbox) {
+        if self.pending_removals.is_empty() {
+            return;
+        }
+        let carried = out.persist.len() > writes_before;
+        if carried || alone || self.pending_removals.len() >= self.config.raft.batch_entries_max {
+            let removed = std::mem::take(&mut self.pending_removals);
+            out.persist
+                .insert(writes_before, Write::DurabilityRemove(removed));
         }
     }
 
@@ -553,6 +572,7 @@ impl Consensus for NilextRaft {
         let before = (status.role, status.term);
         self.appended_this_step = false;
         let mut durability_log_synced = false;
+        let is_tick = matches!(input, Input::Tick);
         match input {
             Input::FastWrite(request) => self.fast_write(request, out),
             Input::Request(request) => self.request(request, out),
@@ -578,6 +598,7 @@ impl Consensus for NilextRaft {
         if durability_log_synced || !self.dl_write_in_flight() {
             self.flush_writes(out);
         }
+        self.write_removals(writes_before, is_tick, out);
         if out.persist.len() > writes_before {
             self.jobs.push_back(self.appended_this_step);
         }
