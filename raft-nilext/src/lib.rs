@@ -19,7 +19,8 @@
 //! *Background ordering (4.4).* The leader moves its durability log, in
 //! order, into the Raft log through raft-optimized's batched, pipelined
 //! replication. When a replica applies an entry, the record leaves its
-//! durability log.
+//! durability log (on disk with the replica's next durable write: a removal
+//! needs no sync of its own, see `write_removals`).
 //!
 //! *Reads (4.4).* Reads go to the leader, which confirms its leadership as
 //! raft-optimized does (ReadIndex or lease). If a record still in its
