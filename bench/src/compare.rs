@@ -41,6 +41,8 @@ pub struct CompareSpec {
     pub net_jitter_ms: u64,
     /// Open-loop rate (total ops/s), or closed loop.
     pub rate: Option<f64>,
+    /// Connection sets the clients share (0: a connection per client).
+    pub connections: usize,
     /// Clients in the leader-kill run (0: skip it).
     pub availability_clients: usize,
     /// Length of the leader-kill run; the leader dies at a third of it.
@@ -227,6 +229,7 @@ async fn measure_all(
                 distribution: spec.distribution,
                 rate: spec.rate,
                 op_timeout: Duration::from_secs(5),
+                connections: spec.connections,
             };
             if !spec.warmup.is_zero() {
                 let warm = LoadSpec {
@@ -360,6 +363,7 @@ async fn leader_kill(
         distribution: spec.distribution,
         rate: None,
         op_timeout: Duration::from_secs(10),
+        connections: spec.connections,
     };
     let kill_at = spec.availability_duration / 3;
     let progress = bar(

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::target::{Target, TargetSpec};
+use crate::target::{ConnectionSets, Target, TargetSpec};
 use consensus::{Command, CommandClass, CommandResult};
 use hdrhistogram::Histogram;
 use rand::SeedableRng;
@@ -36,6 +36,9 @@ pub struct LoadSpec {
     pub rate: Option<f64>,
     /// A client gives up an operation after this long.
     pub op_timeout: Duration,
+    /// Sets of connections the clients share (client i uses set i % n, one
+    /// connection per node in each); 0 gives every client its own.
+    pub connections: usize,
 }
 
 /// What a load run measured.
@@ -91,8 +94,9 @@ pub async fn run(
     let deadline = start + spec.duration;
     let keys = KeyChooser::new(spec.keys, spec.distribution);
     let mut tasks = Vec::new();
+    let sets = ConnectionSets::new(spec.connections);
     for i in 0..spec.clients {
-        let mut client = Target::connect(target, i, spec.op_timeout).await?;
+        let mut client = Target::connect(target, i, spec.op_timeout, &sets).await?;
         let (spec, keys, timeline, done) =
             (spec.clone(), keys.clone(), timeline.clone(), done.clone());
         tasks.push(tokio::spawn(async move {

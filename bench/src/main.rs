@@ -53,6 +53,13 @@ struct WorkloadArgs {
     /// Open loop: total operations per second (default: closed loop).
     #[arg(long)]
     rate: Option<f64>,
+    /// Connections to each node that the clients share, as the clients of
+    /// one process would (client i uses connection set i % N; calls are
+    /// HTTP/2 streams side by side); 0 gives every client its own. Sharing
+    /// leaves more of a shared machine's CPU to the nodes (like etcd's
+    /// benchmark tool, whose --conns and --clients differ for this reason).
+    #[arg(long, default_value_t = 4)]
+    conns: usize,
 }
 
 #[derive(Args, Debug)]
@@ -231,6 +238,7 @@ async fn compare(args: CompareArgs) -> anyhow::Result<()> {
         net_delay_ms: args.net_delay,
         net_jitter_ms: args.net_jitter,
         rate: args.workload.rate,
+        connections: args.workload.conns,
         availability_clients: args.availability_clients,
         availability_duration: seconds(args.availability_duration, "--availability-duration")?,
         read_mode: args.read_mode,
@@ -265,6 +273,7 @@ async fn run_load(args: LoadArgs) -> anyhow::Result<()> {
         distribution: args.workload_args.distribution,
         rate: args.workload_args.rate,
         op_timeout: Duration::from_secs(5),
+        connections: args.workload_args.conns,
     };
     let result = load::run(
         &bench::target::TargetSpec::Store(args.endpoints.clone()),

@@ -50,9 +50,12 @@ pub fn markdown(report: &Report) -> String {
         s.distribution,
         s.net_delay_ms,
         s.net_jitter_ms,
-        match s.rate {
-            Some(rate) => format!("open loop at {rate:.0} ops/s"),
-            None => "closed-loop clients".into(),
+        match (s.rate, s.connections) {
+            (Some(rate), 0) => format!("open loop at {rate:.0} ops/s, a connection per client"),
+            (None, 0) => "closed-loop clients, a connection each".into(),
+            (Some(rate), n) =>
+                format!("open loop at {rate:.0} ops/s, clients sharing {n} connection(s) per node"),
+            (None, n) => format!("closed-loop clients sharing {n} connection(s) per node"),
         },
         report.cores
     );

@@ -1,10 +1,12 @@
 //! What the load generator talks to: this project's store (through its
 //! client library) or a live etcd cluster (through etcd's v3 gRPC API).
 
+use std::collections::HashMap;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use consensus::{Command, CommandResult};
-use kvclient::{Client, ClientOptions};
+use kvclient::{Client, ClientOptions, SharedConnections};
 use proto::etcd::kv_client::KvClient as EtcdKvClient;
 use proto::etcd::{DeleteRangeRequest, PutRequest, RangeRequest};
 use tonic::transport::Channel;
@@ -40,18 +42,44 @@ pub fn etcd_supports(command: &Command) -> bool {
     )
 }
 
+/// How the clients of one load share connections: `sets` sets of
+/// connections (one per endpoint each), client `i` using set `i % sets`; with
+/// no sets every client has connections of its own.
+#[derive(Debug, Default)]
+pub struct ConnectionSets {
+    store: Vec<SharedConnections>,
+    etcd: Mutex<HashMap<(usize, String), Channel>>,
+}
+
+impl ConnectionSets {
+    /// `sets` sets of shared connections; 0 for a connection per client.
+    pub fn new(sets: usize) -> Self {
+        ConnectionSets {
+            store: (0..sets).map(|_| SharedConnections::new()).collect(),
+            etcd: Mutex::default(),
+        }
+    }
+
+    fn set_of(&self, client: usize) -> Option<usize> {
+        (!self.store.is_empty()).then(|| client % self.store.len())
+    }
+}
+
 impl Target {
     /// Client number `i` of a load against `spec`.
     pub async fn connect(
         spec: &TargetSpec,
         i: usize,
         op_timeout: Duration,
+        sets: &ConnectionSets,
     ) -> anyhow::Result<Target> {
+        let set = sets.set_of(i);
         match spec {
             TargetSpec::Store(endpoints) => {
                 let options = ClientOptions {
                     timeout: op_timeout,
                     attempt_timeout: op_timeout.min(Duration::from_secs(1)),
+                    shared_connections: set.map(|set| sets.store[set].clone()),
                     ..ClientOptions::default()
                 };
                 Ok(Target::Store(Client::new(endpoints.clone(), options)?))
@@ -59,11 +87,23 @@ impl Target {
             TargetSpec::Etcd(endpoints) => {
                 anyhow::ensure!(!endpoints.is_empty(), "no etcd endpoints");
                 let endpoint = &endpoints[i % endpoints.len()];
-                let channel =
-                    tonic::transport::Endpoint::from_shared(format!("http://{endpoint}"))?
-                        .tcp_nodelay(true)
-                        .connect()
-                        .await?;
+                let key = set.map(|set| (set, endpoint.clone()));
+                let lock = || sets.etcd.lock().unwrap_or_else(|e| e.into_inner());
+                let existing = key.as_ref().and_then(|key| lock().get(key).cloned());
+                let channel = match existing {
+                    Some(channel) => channel,
+                    None => {
+                        let channel =
+                            tonic::transport::Endpoint::from_shared(format!("http://{endpoint}"))?
+                                .tcp_nodelay(true)
+                                .connect()
+                                .await?;
+                        match key {
+                            Some(key) => lock().entry(key).or_insert(channel).clone(),
+                            None => channel,
+                        }
+                    }
+                };
                 Ok(Target::Etcd {
                     client: EtcdKvClient::new(channel),
                     timeout: op_timeout,

@@ -24,6 +24,9 @@ fn a_tiny_comparison_writes_a_complete_report() {
             "2",
         ])
         .args(["--availability-duration", "2", "--keys", "100"])
+        // Two clients on one set of connections: calls side by side on one
+        // connection per node, on every path (fast path, redirects, leader kill).
+        .args(["--conns", "1"])
         .args(["--protocols", &protocols.join(",")])
         .arg("--out")
         .arg(out.path())
@@ -75,6 +78,7 @@ fn a_tiny_comparison_writes_a_complete_report() {
     let markdown = std::fs::read_to_string(out.path().join("report.md")).expect("report.md");
     for needle in [
         "| workload | protocol | clients | ops/s",
+        "sharing 1 connection(s) per node",
         "Throughput relative to vanilla",
         "Availability",
         "read-recent",

@@ -41,6 +41,48 @@ pub struct ClientOptions {
     /// leader found last (a client bound to one node, as in Jepsen tests;
     /// redirects are still followed).
     pub start_at_first_endpoint: bool,
+    /// Connections to share with other clients (one per endpoint, each
+    /// client's calls a stream of its own on it); `None` gives this client
+    /// connections of its own.
+    pub shared_connections: Option<SharedConnections>,
+}
+
+/// Connections several clients share, one per endpoint, opened by the first
+/// client that needs it. Many clients in one process (a load generator, an
+/// application server) need not hold a connection each: HTTP/2 carries their
+/// calls side by side on one. Each client keeps its own id and sequence
+/// numbers, so sharing changes nothing of what a call means.
+#[derive(Clone, Debug, Default)]
+pub struct SharedConnections {
+    by_endpoint: std::sync::Arc<std::sync::Mutex<HashMap<String, KvClient<Channel>>>>,
+}
+
+impl SharedConnections {
+    /// An empty set: nothing connected yet.
+    pub fn new() -> Self {
+        SharedConnections::default()
+    }
+
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<String, KvClient<Channel>>> {
+        self.by_endpoint.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn get(&self, endpoint: &str) -> Option<KvClient<Channel>> {
+        self.map().get(endpoint).cloned()
+    }
+
+    /// Keeps the connection already there if another client raced this one
+    /// to open it (the extra one is closed when dropped).
+    fn insert(&self, endpoint: &str, client: KvClient<Channel>) -> KvClient<Channel> {
+        self.map()
+            .entry(endpoint.to_string())
+            .or_insert(client)
+            .clone()
+    }
+
+    fn remove(&self, endpoint: &str) {
+        self.map().remove(endpoint);
+    }
 }
 
 impl Default for ClientOptions {
@@ -51,6 +93,7 @@ impl Default for ClientOptions {
             client_id: None,
             fast_path_timeout: Duration::from_millis(50),
             start_at_first_endpoint: false,
+            shared_connections: None,
         }
     }
 }
@@ -188,6 +231,12 @@ impl Client {
         if let Some(client) = self.connections.get(endpoint) {
             return Ok(client.clone());
         }
+        let shared = self.options.shared_connections.clone();
+        if let Some(client) = shared.as_ref().and_then(|s| s.get(endpoint)) {
+            self.connections
+                .insert(endpoint.to_string(), client.clone());
+            return Ok(client);
+        }
         let channel = tonic::transport::Endpoint::from_shared(format!("http://{endpoint}"))
             .map_err(|e| format!("bad endpoint {endpoint:?}: {e}"))?
             .connect_timeout(timeout)
@@ -195,10 +244,21 @@ impl Client {
             .connect()
             .await
             .map_err(|e| format!("cannot connect to {endpoint}: {e}"))?;
-        let client = KvClient::new(channel).max_decoding_message_size(64 * 1024 * 1024);
+        let mut client = KvClient::new(channel).max_decoding_message_size(64 * 1024 * 1024);
+        if let Some(shared) = shared {
+            client = shared.insert(endpoint, client);
+        }
         self.connections
             .insert(endpoint.to_string(), client.clone());
         Ok(client)
+    }
+
+    /// Drops a connection that failed, so the next call opens a new one.
+    fn forget_connection(&mut self, endpoint: &str) {
+        self.connections.remove(endpoint);
+        if let Some(shared) = &self.options.shared_connections {
+            shared.remove(endpoint);
+        }
     }
 
     fn header(&self, fast_path: bool) -> Option<RequestHeader> {
@@ -329,7 +389,7 @@ impl Client {
                         Err(status) => {
                             last_error = format!("{target}: {}", status.message());
                             if error_detail(&status).is_none() {
-                                self.connections.remove(&target);
+                                self.forget_connection(&target);
                             }
                             classify(&status)
                         }
@@ -465,7 +525,7 @@ impl Client {
                         .await
                         .map(|r| r.into_inner())
                         .map_err(|s| {
-                            self.connections.remove(&endpoint);
+                            self.forget_connection(&endpoint);
                             format!("{endpoint}: {}", s.message())
                         })
                 }
@@ -572,4 +632,53 @@ async fn attempt(
         }
     };
     Ok((result, None))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A connection never opened, told apart from others by `tag` (its
+    /// decoding limit shows in its Debug form).
+    fn lazy(tag: usize) -> KvClient<Channel> {
+        let endpoint = tonic::transport::Endpoint::from_static("http://127.0.0.1:1");
+        KvClient::new(endpoint.connect_lazy()).max_decoding_message_size(tag)
+    }
+
+    #[tokio::test]
+    async fn shared_connections_keep_the_first_opened_and_forget_a_failed_one() {
+        let shared = SharedConnections::new();
+        let mut first = Client::new(
+            vec!["127.0.0.1:1".into()],
+            ClientOptions {
+                shared_connections: Some(shared.clone()),
+                ..ClientOptions::default()
+            },
+        )
+        .expect("client");
+        assert!(shared.get("127.0.0.1:1").is_none(), "nothing opened yet");
+        // Two clients racing to open the same endpoint end up on one.
+        assert_ne!(
+            format!("{:?}", lazy(1)),
+            format!("{:?}", lazy(2)),
+            "told apart"
+        );
+        let kept = shared.insert("127.0.0.1:1", lazy(1));
+        let _ = shared.insert("127.0.0.1:1", lazy(2));
+        assert_eq!(shared.map().len(), 1);
+        assert_eq!(
+            format!("{kept:?}"),
+            format!("{:?}", shared.get("127.0.0.1:1").unwrap())
+        );
+        // A client takes the shared connection rather than opening its own,
+        // and dropping it after a failure drops it for the others too.
+        let taken = first
+            .connection("127.0.0.1:1", Duration::from_millis(100))
+            .await
+            .expect("the shared connection, without connecting");
+        assert_eq!(format!("{taken:?}"), format!("{kept:?}"));
+        first.forget_connection("127.0.0.1:1");
+        assert!(shared.get("127.0.0.1:1").is_none());
+        assert!(first.connections.is_empty());
+    }
 }

@@ -201,21 +201,20 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
             faults: faults.clone(),
         })
     });
+    // The builder's `tcp_nodelay` covers only listeners it binds itself; an
+    // accepted socket without TCP_NODELAY holds a small answer back while
+    // an earlier one is unacknowledged, and the peer delays its ACK by up
+    // to 40 ms (Nagle meeting delayed ACK), which stalls every connection
+    // carrying more than one call at a time.
+    let incoming =
+        |listener| tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     let client_server = tonic::transport::Server::builder()
-        .tcp_nodelay(true)
         .add_service(KvServer::new(kv))
         .add_optional_service(admin)
-        .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(client_listener),
-            stopped(stop_rx.clone()),
-        );
+        .serve_with_incoming_shutdown(incoming(client_listener), stopped(stop_rx.clone()));
     let peer_server = tonic::transport::Server::builder()
-        .tcp_nodelay(true)
         .add_service(RaftPeerServer::new(peers))
-        .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(peer_listener),
-            stopped(stop_rx),
-        );
+        .serve_with_incoming_shutdown(incoming(peer_listener), stopped(stop_rx));
     let client_task = tokio::spawn(client_server);
     let peer_task = tokio::spawn(peer_server);
     tracing::info!(node = config.id, %client_addr, %peer_addr, "kvnode serving");
