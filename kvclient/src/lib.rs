@@ -102,6 +102,12 @@ impl Default for ClientOptions {
 /// straight to the slow path for this long (a replica is likely down).
 const FAST_PATH_PAUSE: Duration = Duration::from_secs(1);
 
+/// The longest wait between two tries while no leader answers. An election
+/// takes a few hundred milliseconds; a longer wait would often find the new
+/// leader long after it took office (at 500 ms, a write issued at a leader's
+/// death completed up to half a second after the new leader could take it).
+const BACKOFF_MAX: Duration = Duration::from_millis(100);
+
 /// Why an operation failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ClientError {
@@ -411,7 +417,7 @@ impl Client {
                             backoff.min(deadline.saturating_duration_since(Instant::now())),
                         )
                         .await;
-                        backoff = (backoff * 2).min(Duration::from_millis(500));
+                        backoff = (backoff * 2).min(BACKOFF_MAX);
                     }
                 }
                 Retry::Elsewhere => {
@@ -422,7 +428,7 @@ impl Client {
                         (backoff + jitter).min(deadline.saturating_duration_since(Instant::now())),
                     )
                     .await;
-                    backoff = (backoff * 2).min(Duration::from_millis(500));
+                    backoff = (backoff * 2).min(BACKOFF_MAX);
                 }
             }
         }
