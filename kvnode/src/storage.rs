@@ -111,6 +111,15 @@ pub enum StorageError {
         /// What the node was started with.
         expected: String,
     },
+    /// The directory was written by a kvnode that kept the state machine in
+    /// the raft database (before `state/`).
+    #[error(
+        "data directory {dir} was written by an older kvnode (one database, no state/ directory) and cannot be read by this one; start on a new directory"
+    )]
+    OldLayout {
+        /// The directory.
+        dir: PathBuf,
+    },
     /// A stored record could not be decoded or the log has a gap.
     #[error("data directory is corrupt: {0}")]
     Corrupt(String),
@@ -190,6 +199,14 @@ impl Storage {
                 source,
             })
         };
+        if exists
+            && DB::list_cf(&Options::default(), dir)
+                .is_ok_and(|families| families.iter().any(|f| f == CF_DATA))
+        {
+            return Err(StorageError::OldLayout {
+                dir: dir.to_path_buf(),
+            });
+        }
         let db = open(dir, &FAMILIES)?;
         let state = open(&dir.join(STATE_DIR), &STATE_FAMILIES)?;
         let mut storage = Storage {
@@ -696,6 +713,19 @@ mod tests {
             Storage::open(&dir, &identity()),
             Err(StorageError::NotADataDir { .. })
         ));
+        let _ = std::fs::remove_dir_all(&dir);
+
+        let dir = temp_dir("old-layout");
+        {
+            let mut options = Options::default();
+            options.create_if_missing(true);
+            options.create_missing_column_families(true);
+            let families = [CF_LOG, CF_HARD_STATE, CF_DURABILITY_LOG, CF_DATA, CF_META];
+            drop(DB::open_cf(&options, &dir, families).expect("an old-layout database"));
+        }
+        let error = Storage::open(&dir, &identity()).expect_err("must refuse");
+        assert!(matches!(error, StorageError::OldLayout { .. }), "{error}");
+        assert!(!dir.join(STATE_DIR).exists(), "nothing was added to it");
         let _ = std::fs::remove_dir_all(&dir);
 
         let dir = temp_dir("corrupt");
