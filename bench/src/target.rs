@@ -1,8 +1,6 @@
 //! What the load generator talks to: this project's store (through its
 //! client library) or a live etcd cluster (through etcd's v3 gRPC API).
 
-use std::collections::HashMap;
-use std::sync::Mutex;
 use std::time::Duration;
 
 use consensus::{Command, CommandResult};
@@ -48,7 +46,7 @@ pub fn etcd_supports(command: &Command) -> bool {
 #[derive(Debug, Default)]
 pub struct ConnectionSets {
     store: Vec<SharedConnections>,
-    etcd: Mutex<HashMap<(usize, String), Channel>>,
+    etcd: Vec<SharedConnections<Channel>>,
 }
 
 impl ConnectionSets {
@@ -56,7 +54,7 @@ impl ConnectionSets {
     pub fn new(sets: usize) -> Self {
         ConnectionSets {
             store: (0..sets).map(|_| SharedConnections::new()).collect(),
-            etcd: Mutex::default(),
+            etcd: (0..sets).map(|_| SharedConnections::new()).collect(),
         }
     }
 
@@ -87,22 +85,16 @@ impl Target {
             TargetSpec::Etcd(endpoints) => {
                 anyhow::ensure!(!endpoints.is_empty(), "no etcd endpoints");
                 let endpoint = &endpoints[i % endpoints.len()];
-                let key = set.map(|set| (set, endpoint.clone()));
-                let lock = || sets.etcd.lock().unwrap_or_else(|e| e.into_inner());
-                let existing = key.as_ref().and_then(|key| lock().get(key).cloned());
-                let channel = match existing {
-                    Some(channel) => channel,
-                    None => {
-                        let channel =
-                            tonic::transport::Endpoint::from_shared(format!("http://{endpoint}"))?
-                                .tcp_nodelay(true)
-                                .connect()
-                                .await?;
-                        match key {
-                            Some(key) => lock().entry(key).or_insert(channel).clone(),
-                            None => channel,
-                        }
-                    }
+                let open = async {
+                    tonic::transport::Endpoint::from_shared(format!("http://{endpoint}"))?
+                        .tcp_nodelay(true)
+                        .connect()
+                        .await
+                        .map_err(anyhow::Error::from)
+                };
+                let channel = match set {
+                    Some(set) => sets.etcd[set].get_or_open(endpoint, open).await?,
+                    None => open.await?,
                 };
                 Ok(Target::Etcd {
                     client: EtcdKvClient::new(channel),

@@ -10,6 +10,10 @@
 //! The library depends only on `proto` and `consensus`, so an application
 //! embeds it without compiling RocksDB. `kvctl`, `bench` and the tests use it.
 
+use std::collections::HashMap;
+use std::future::Future;
+use std::time::Duration;
+
 use consensus::{Command, CommandClass, CommandResult};
 use futures_util::StreamExt as _;
 use futures_util::stream::FuturesUnordered;
@@ -17,8 +21,6 @@ use prost::Message as _;
 use proto::kv::error_detail::Kind;
 use proto::kv::kv_client::KvClient;
 use proto::kv::*;
-use std::collections::HashMap;
-use std::time::Duration;
 use tokio::time::Instant;
 use tonic::transport::Channel;
 
@@ -51,36 +53,60 @@ pub struct ClientOptions {
 /// client that needs it. Many clients in one process (a load generator, an
 /// application server) need not hold a connection each: HTTP/2 carries their
 /// calls side by side on one. Each client keeps its own id and sequence
-/// numbers, so sharing changes nothing of what a call means.
-#[derive(Clone, Debug, Default)]
-pub struct SharedConnections {
-    by_endpoint: std::sync::Arc<std::sync::Mutex<HashMap<String, KvClient<Channel>>>>,
+/// numbers, so sharing changes nothing of what a call means. `C` is what is
+/// shared: this library's gRPC client by default (the bench also shares its
+/// etcd channels this way).
+#[derive(Clone, Debug)]
+pub struct SharedConnections<C = KvClient<Channel>> {
+    by_endpoint: std::sync::Arc<std::sync::Mutex<HashMap<String, C>>>,
 }
 
-impl SharedConnections {
+impl<C> Default for SharedConnections<C> {
+    fn default() -> Self {
+        SharedConnections {
+            by_endpoint: Default::default(),
+        }
+    }
+}
+
+impl<C: Clone> SharedConnections<C> {
     /// An empty set: nothing connected yet.
     pub fn new() -> Self {
         SharedConnections::default()
     }
 
-    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<String, KvClient<Channel>>> {
+    /// The connection to `endpoint`, opened with `open` if there is none.
+    /// Two clients racing to open one both end up on the first opened (the
+    /// other is closed when dropped).
+    pub async fn get_or_open<E, F>(&self, endpoint: &str, open: F) -> Result<C, E>
+    where
+        F: Future<Output = Result<C, E>>,
+    {
+        if let Some(connection) = self.get(endpoint) {
+            return Ok(connection);
+        }
+        let connection = open.await?;
+        Ok(self.insert(endpoint, connection))
+    }
+
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<String, C>> {
         self.by_endpoint.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn get(&self, endpoint: &str) -> Option<KvClient<Channel>> {
+    fn get(&self, endpoint: &str) -> Option<C> {
         self.map().get(endpoint).cloned()
     }
 
-    /// Keeps the connection already there if another client raced this one
-    /// to open it (the extra one is closed when dropped).
-    fn insert(&self, endpoint: &str, client: KvClient<Channel>) -> KvClient<Channel> {
+    fn insert(&self, endpoint: &str, connection: C) -> C {
         self.map()
             .entry(endpoint.to_string())
-            .or_insert(client)
+            .or_insert(connection)
             .clone()
     }
 
-    fn remove(&self, endpoint: &str) {
+    /// Forgets the connection to `endpoint` (it failed): the next client
+    /// that needs one opens a new one.
+    pub fn remove(&self, endpoint: &str) {
         self.map().remove(endpoint);
     }
 }
@@ -237,23 +263,11 @@ impl Client {
         if let Some(client) = self.connections.get(endpoint) {
             return Ok(client.clone());
         }
-        let shared = self.options.shared_connections.clone();
-        if let Some(client) = shared.as_ref().and_then(|s| s.get(endpoint)) {
-            self.connections
-                .insert(endpoint.to_string(), client.clone());
-            return Ok(client);
-        }
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://{endpoint}"))
-            .map_err(|e| format!("bad endpoint {endpoint:?}: {e}"))?
-            .connect_timeout(timeout)
-            .tcp_nodelay(true)
-            .connect()
-            .await
-            .map_err(|e| format!("cannot connect to {endpoint}: {e}"))?;
-        let mut client = KvClient::new(channel).max_decoding_message_size(64 * 1024 * 1024);
-        if let Some(shared) = shared {
-            client = shared.insert(endpoint, client);
-        }
+        let open = open_connection(endpoint, timeout);
+        let client = match &self.options.shared_connections {
+            Some(shared) => shared.get_or_open(endpoint, open).await?,
+            None => open.await?,
+        };
         self.connections
             .insert(endpoint.to_string(), client.clone());
         Ok(client)
@@ -551,6 +565,18 @@ fn unexpected(result: CommandResult) -> ClientError {
 
 /// One call to one node: the command's result, and the write
 /// acknowledgement for put, delete and multi-put.
+/// A new connection to `endpoint`.
+async fn open_connection(endpoint: &str, timeout: Duration) -> Result<KvClient<Channel>, String> {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{endpoint}"))
+        .map_err(|e| format!("bad endpoint {endpoint:?}: {e}"))?
+        .connect_timeout(timeout)
+        .tcp_nodelay(true)
+        .connect()
+        .await
+        .map_err(|e| format!("cannot connect to {endpoint}: {e}"))?;
+    Ok(KvClient::new(channel).max_decoding_message_size(64 * 1024 * 1024))
+}
+
 async fn attempt(
     mut kv: KvClient<Channel>,
     header: Option<RequestHeader>,
