@@ -3,7 +3,7 @@
 //! message between peers and to every client request and response.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::BinaryHeap;
 use std::sync::{Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -101,21 +101,52 @@ struct DelayLine {
 
 #[derive(Default)]
 struct Pending {
-    /// Deadlines in a min-heap; a sequence number keeps equal deadlines in
-    /// arrival order.
-    deadlines: BinaryHeap<Reverse<(Instant, u64)>>,
-    wakers: HashMap<u64, oneshot::Sender<()>>,
+    /// Sleepers in a min-heap by deadline.
+    sleepers: BinaryHeap<Reverse<Sleeper>>,
     next_seq: u64,
+}
+
+/// One sleeper, ordered by its deadline; a sequence number keeps equal
+/// deadlines in arrival order.
+struct Sleeper {
+    due: Instant,
+    seq: u64,
+    wake: oneshot::Sender<()>,
+}
+
+impl PartialEq for Sleeper {
+    fn eq(&self, other: &Self) -> bool {
+        (self.due, self.seq) == (other.due, other.seq)
+    }
+}
+
+impl Eq for Sleeper {}
+
+impl PartialOrd for Sleeper {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Sleeper {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (self.due, self.seq).cmp(&(other.due, other.seq))
+    }
+}
+
+impl Pending {
+    fn earliest(&self) -> Option<Instant> {
+        self.sleepers.peek().map(|Reverse(sleeper)| sleeper.due)
+    }
 }
 
 impl DelayLine {
     fn add(&self, due: Instant, wake: oneshot::Sender<()>) {
         let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-        let earliest = pending.deadlines.peek().map(|Reverse((at, _))| *at);
+        let earliest = pending.earliest();
         let seq = pending.next_seq;
         pending.next_seq += 1;
-        pending.deadlines.push(Reverse((due, seq)));
-        pending.wakers.insert(seq, wake);
+        pending.sleepers.push(Reverse(Sleeper { due, seq, wake }));
         drop(pending);
         // The thread sleeps until the earliest deadline; it needs waking
         // only when this one comes sooner (with a fixed delay, deadlines
@@ -135,16 +166,12 @@ impl DelayLine {
         let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
         loop {
             let now = Instant::now();
-            while let Some(Reverse((due, seq))) = pending.deadlines.peek().copied() {
-                if due > now {
-                    break;
-                }
-                pending.deadlines.pop();
-                if let Some(wake) = pending.wakers.remove(&seq) {
-                    let _ = wake.send(());
+            while pending.earliest().is_some_and(|due| due <= now) {
+                if let Some(Reverse(sleeper)) = pending.sleepers.pop() {
+                    let _ = sleeper.wake.send(());
                 }
             }
-            let next = pending.deadlines.peek().map(|Reverse((due, _))| *due);
+            let next = pending.earliest();
             pending = match next {
                 None => self
                     .earlier
