@@ -407,6 +407,8 @@ impl Runtime {
         follow_ups: &mut VecDeque<Input>,
         jobs: &std::sync::mpsc::Sender<PersistJob>,
     ) -> Result<(), StorageError> {
+        let parts = out.split();
+        let waits = parts.waits_for_persist();
         let OutboxParts {
             send_now,
             reply_now,
@@ -415,7 +417,7 @@ impl Runtime {
             reply_after_persist,
             apply,
             reads,
-        } = out.split();
+        } = parts;
         for envelope in send_now {
             self.peers.send(envelope);
         }
@@ -425,7 +427,6 @@ impl Runtime {
                 waiters.answer(r.request, r.fast_path, ClientAnswer::Outcome(r.outcome));
             }
         }
-        let waits = !send_after_persist.is_empty() || !reply_after_persist.is_empty();
         if !persist.is_empty() || (waits && self.jobs_in_flight > 0) {
             // What waits for the disk waits for every write issued so far,
             // so it rides on a job even when this outbox wrote nothing.
