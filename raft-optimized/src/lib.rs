@@ -579,20 +579,24 @@ impl OptimizedRaft {
         }
     }
 
+    /// Answers "not leader" (with the leader known, if any) unless this node
+    /// leads; true when it answered.
+    fn refused_unless_leader(&self, request: &ClientRequest, out: &mut Outbox) -> bool {
+        if self.role == Role::Leader {
+            return false;
+        }
+        let leader = self.leader;
+        out.reply(request.id, ReplyOutcome::NotLeader { leader }, Timing::Now);
+        true
+    }
+
     // ----- reads -----
 
     /// Serves a read linearizably, at an index no lower than `min_index`
     /// (a layer above may need writes it just ordered to be visible: Nil-ext
     /// orders its durability log before such reads).
     pub fn read(&mut self, request: ClientRequest, min_index: LogIndex, out: &mut Outbox) {
-        if self.role != Role::Leader {
-            out.reply(
-                request.id,
-                ReplyOutcome::NotLeader {
-                    leader: self.leader,
-                },
-                Timing::Now,
-            );
+        if self.refused_unless_leader(&request, out) {
             return;
         }
         self.unrounded_reads.push((request, min_index));
@@ -705,14 +709,7 @@ impl OptimizedRaft {
     /// leader"). Group commit: while the leader's last log write is syncing,
     /// commands gather for the next one; a full batch goes at once.
     pub fn propose(&mut self, request: ClientRequest, out: &mut Outbox) {
-        if self.role != Role::Leader {
-            out.reply(
-                request.id,
-                ReplyOutcome::NotLeader {
-                    leader: self.leader,
-                },
-                Timing::Now,
-            );
+        if self.refused_unless_leader(&request, out) {
             return;
         }
         if self.proposals.len() >= self.config.proposals_queued_max {
