@@ -56,6 +56,15 @@ const CF_META: &str = "meta";
 const FAMILIES: [&str; 4] = [CF_LOG, CF_HARD_STATE, CF_DURABILITY_LOG, CF_META];
 /// Families of the state database.
 const STATE_FAMILIES: [&str; 2] = [CF_DATA, CF_META];
+/// Memtable size of each state-database family (RocksDB's default is
+/// 64 MiB). Every apply inserts the written keys, a session and the applied
+/// index at random places in the memtable's skiplist; in a small memtable
+/// each insert searches less memory. Measured with `bench compare
+/// --protocols optimized --workloads write --clients 256`: 9 to 17% more
+/// writes per second and 12% less CPU per write than with 64 MiB. The raft
+/// database keeps the default: its log keys arrive in order, which the
+/// skiplist inserts cheaply.
+const STATE_WRITE_BUFFER_BYTES: usize = 4 << 20;
 /// The state database's directory, inside the data directory.
 const STATE_DIR: &str = "state";
 
@@ -185,15 +194,19 @@ impl Storage {
                 dir: dir.to_path_buf(),
             });
         }
-        let open = |dir: &Path, families: &[&str]| {
+        let open = |dir: &Path, families: &[&str], write_buffer_bytes: Option<usize>| {
             let mut options = Options::default();
             options.create_if_missing(true);
             options.create_missing_column_families(true);
             // Fail on corruption found while opening rather than dropping data.
             options.set_paranoid_checks(true);
-            let families = families
-                .iter()
-                .map(|name| ColumnFamilyDescriptor::new(*name, Options::default()));
+            let families = families.iter().map(|name| {
+                let mut family = Options::default();
+                if let Some(bytes) = write_buffer_bytes {
+                    family.set_write_buffer_size(bytes);
+                }
+                ColumnFamilyDescriptor::new(*name, family)
+            });
             DB::open_cf_descriptors(&options, dir, families).map_err(|source| StorageError::Open {
                 dir: dir.to_path_buf(),
                 source,
@@ -207,8 +220,12 @@ impl Storage {
                 dir: dir.to_path_buf(),
             });
         }
-        let db = open(dir, &FAMILIES)?;
-        let state = open(&dir.join(STATE_DIR), &STATE_FAMILIES)?;
+        let db = open(dir, &FAMILIES, None)?;
+        let state = open(
+            &dir.join(STATE_DIR),
+            &STATE_FAMILIES,
+            Some(STATE_WRITE_BUFFER_BYTES),
+        )?;
         let mut storage = Storage {
             db,
             state,
@@ -615,6 +632,82 @@ mod tests {
         assert_eq!(loaded.recovered.applied_index, 0);
         assert!(loaded.sessions.is_empty());
         assert_eq!(storage.get(b"k1"), None);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn applies_larger_than_a_memtable_survive_flushes_and_reopen() {
+        // 3,000 values of 4 KiB fill the state database's memtable about
+        // three times over, so flushed files are read back, not the memtable
+        // alone.
+        let dir = temp_dir("flushes");
+        let value = |round: u8, i: u64| vec![round ^ (i as u8); 4096];
+        let command = |i: u64, seq: u64, round: u8| {
+            let key = format!("key{i}").into_bytes();
+            let command = if round == 2 && i.is_multiple_of(3) {
+                Command::Delete { key }
+            } else {
+                Command::Put {
+                    key,
+                    value: value(round, i),
+                }
+            };
+            Entry {
+                term: 1,
+                index: seq,
+                payload: EntryPayload::Command(ClientRequest {
+                    id: RequestId { client: 9, seq },
+                    command,
+                }),
+            }
+        };
+        {
+            let (storage, _) = Storage::open(&dir, &identity()).expect("open");
+            let mut sm = StateMachine::default();
+            let mut seq = 0;
+            for round in 1..=2 {
+                for chunk in (0..1500u64).collect::<Vec<_>>().chunks(100) {
+                    let entries: Vec<Entry> = chunk
+                        .iter()
+                        .map(|&i| {
+                            seq += 1;
+                            command(i, seq, round)
+                        })
+                        .collect();
+                    // Only durable entries are applied.
+                    storage
+                        .persist(&[Write::AppendLog(entries.clone())])
+                        .expect("persist");
+                    let batch = sm.apply(&storage, &entries);
+                    storage.apply(&batch).expect("apply");
+                }
+            }
+            // 12 MiB went into the data family; its memtable never held it
+            // all (the memtable was switched and flushed on the way).
+            let active = storage
+                .state
+                .property_int_value_cf(
+                    storage.state_cf(CF_DATA),
+                    "rocksdb.cur-size-active-mem-table",
+                )
+                .expect("property")
+                .expect("memtable size");
+            assert!(
+                active <= 2 * STATE_WRITE_BUFFER_BYTES as u64,
+                "active memtable {active} bytes"
+            );
+        }
+        let (storage, loaded) = Storage::open(&dir, &identity()).expect("reopen");
+        assert_eq!(loaded.recovered.applied_index, 3000);
+        assert_eq!(loaded.sessions[&9].last_seq, 3000);
+        for i in 0..1500u64 {
+            let expected = (!i.is_multiple_of(3)).then(|| value(2, i));
+            assert_eq!(
+                storage.get(format!("key{i}").as_bytes()),
+                expected,
+                "key{i}"
+            );
+        }
         let _ = std::fs::remove_dir_all(&dir);
     }
 
