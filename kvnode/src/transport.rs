@@ -6,6 +6,9 @@
 //! clusters that share addresses by mistake cannot corrupt each other.
 
 use std::collections::HashSet;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use consensus::{Message, NodeId};
@@ -13,7 +16,7 @@ use proto::raft::raft_peer_client::RaftPeerClient;
 use proto::raft::raft_peer_server::RaftPeer;
 use proto::raft::{PeerBatch, PeerStreamClosed};
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::convert;
@@ -33,7 +36,7 @@ pub async fn run_peer_sender(
     peer_id: NodeId,
     peer_addr: String,
     cluster_id: String,
-    mut outgoing: mpsc::Receiver<Message>,
+    outgoing: mpsc::Receiver<Message>,
     faults: crate::faults::PeerFaults,
 ) {
     let mut backoff = BACKOFF_MIN;
@@ -44,14 +47,19 @@ pub async fn run_peer_sender(
             return;
         }
     };
+    let queue = Arc::new(Mutex::new(outgoing));
     loop {
         let channel = match endpoint.connect().await {
             Ok(channel) => channel,
             Err(error) => {
                 tracing::debug!(node = node_id, peer = peer_id, %error, "cannot reach peer; retrying");
                 // Drain what queued up meanwhile: it would be stale.
-                while outgoing.try_recv().is_ok() {}
-                if outgoing.is_closed() {
+                let closed = {
+                    let mut queue = lock(&queue);
+                    while queue.try_recv().is_ok() {}
+                    queue.is_closed()
+                };
+                if closed {
                     return;
                 }
                 tokio::time::sleep(backoff).await;
@@ -61,43 +69,75 @@ pub async fn run_peer_sender(
         };
         tracing::info!(node = node_id, peer = peer_id, %peer_addr, "connected to peer");
         backoff = BACKOFF_MIN;
-        let (stream_tx, stream_rx) = mpsc::channel::<PeerBatch>(PEER_QUEUE_MESSAGES_MAX);
-        let mut client = RaftPeerClient::new(channel);
-        let mut call =
-            tokio::spawn(async move { client.stream(ReceiverStream::new(stream_rx)).await });
-        loop {
-            tokio::select! {
-                message = outgoing.recv() => {
-                    let Some(message) = message else {
-                        call.abort();
-                        return;
-                    };
-                    if faults.drops_to(peer_id) {
-                        continue;
-                    }
-                    let batch = PeerBatch {
-                        cluster_id: cluster_id.clone(),
-                        from: node_id,
-                        messages: vec![convert::message_to_proto(node_id, peer_id, &message)],
-                    };
-                    if stream_tx.send(batch).await.is_err() {
-                        break;
-                    }
-                }
-                ended = &mut call => {
-                    match ended {
-                        Ok(Err(status)) if status.code() == tonic::Code::PermissionDenied => {
-                            tracing::error!(node = node_id, peer = peer_id, message = status.message(), "peer refused this node");
-                        }
-                        Ok(Err(status)) => tracing::debug!(node = node_id, peer = peer_id, %status, "peer stream ended"),
-                        _ => tracing::debug!(node = node_id, peer = peer_id, "peer stream closed"),
-                    }
-                    break;
-                }
+        // The stream's body is read straight from the queue by the HTTP/2
+        // layer: no task of ours between the runtime and the connection.
+        let batches = OutgoingBatches {
+            queue: queue.clone(),
+            node_id,
+            peer_id,
+            cluster_id: cluster_id.clone(),
+            faults: faults.clone(),
+        };
+        match RaftPeerClient::new(channel).stream(batches).await {
+            Err(status) if status.code() == tonic::Code::PermissionDenied => {
+                tracing::error!(
+                    node = node_id,
+                    peer = peer_id,
+                    message = status.message(),
+                    "peer refused this node"
+                );
             }
+            Err(status) => {
+                tracing::debug!(node = node_id, peer = peer_id, %status, "peer stream ended")
+            }
+            Ok(_) => tracing::debug!(node = node_id, peer = peer_id, "peer stream closed"),
+        }
+        if lock(&queue).is_closed() {
+            return;
         }
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The body of one peer stream: the messages of the outgoing queue, one
+/// per batch, as the runtime hands them over. It ends when the queue is
+/// closed. The queue outlives each stream, so a reconnected stream goes on
+/// where the last one stopped.
+struct OutgoingBatches {
+    queue: Arc<Mutex<mpsc::Receiver<Message>>>,
+    node_id: NodeId,
+    peer_id: NodeId,
+    cluster_id: String,
+    faults: crate::faults::PeerFaults,
+}
+
+impl Stream for OutgoingBatches {
+    type Item = PeerBatch;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<PeerBatch>> {
+        let mut queue = lock(&self.queue);
+        loop {
+            let Some(message) = std::task::ready!(queue.poll_recv(cx)) else {
+                return Poll::Ready(None);
+            };
+            if self.faults.drops_to(self.peer_id) {
+                continue;
+            }
+            return Poll::Ready(Some(PeerBatch {
+                cluster_id: self.cluster_id.clone(),
+                from: self.node_id,
+                messages: vec![convert::message_to_proto(
+                    self.node_id,
+                    self.peer_id,
+                    &message,
+                )],
+            }));
+        }
     }
 }
 
