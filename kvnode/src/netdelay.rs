@@ -4,7 +4,7 @@
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
-use std::sync::{Condvar, Mutex, OnceLock};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
@@ -40,41 +40,70 @@ impl NetDelay {
         }
     }
 
-    /// A channel whose messages come out of the returned receiver delayed,
-    /// in the order they went in (like a TCP stream through a slow link:
-    /// jitter never reorders one link's messages).
-    pub fn delayed<T: Send + 'static>(
-        self,
-        mut input: mpsc::Receiver<T>,
-        capacity: usize,
-    ) -> mpsc::Receiver<T> {
+    /// Runs `deliver` once one message's delay has passed (at once when
+    /// there is none), on the delay thread: nothing else wakes for the
+    /// message before then. `deliver` must not block.
+    pub fn deliver_later(&self, deliver: impl FnOnce() + Send + 'static) {
         if self.is_zero() {
-            return input;
+            deliver();
+        } else {
+            delay_line().add(Instant::now() + self.sample(), Box::new(deliver));
         }
-        // One task stamps each message with its due time as it enters the
-        // link, another lets it out when due: the stamps are monotone, so
-        // the second only ever waits for the oldest.
-        let (stamped_tx, mut stamped) = mpsc::channel::<(Instant, T)>(capacity);
-        let (output, delayed) = mpsc::channel(capacity);
-        tokio::spawn(async move {
-            let mut last_due = Instant::now();
-            while let Some(message) = input.recv().await {
-                let due = (Instant::now() + self.sample()).max(last_due);
-                last_due = due;
-                if stamped_tx.send((due, message)).await.is_err() {
-                    return;
-                }
+    }
+}
+
+/// The sending end of one link with a delay: each message enters `queue`
+/// once its delay has passed, in the order sent (jitter never reorders one
+/// link's messages, as on a TCP stream through a slow link). The delay
+/// thread hands it over, so no task wakes for it before it is due.
+#[derive(Debug)]
+pub struct DelayedSender<T> {
+    queue: mpsc::Sender<T>,
+    delay: NetDelay,
+    /// The latest due time given out on this link.
+    last_due: Arc<Mutex<Instant>>,
+}
+
+impl<T> Clone for DelayedSender<T> {
+    fn clone(&self) -> Self {
+        DelayedSender {
+            queue: self.queue.clone(),
+            delay: self.delay,
+            last_due: self.last_due.clone(),
+        }
+    }
+}
+
+impl<T: Send + 'static> DelayedSender<T> {
+    /// A link into `queue` with `delay`.
+    pub fn new(queue: mpsc::Sender<T>, delay: NetDelay) -> Self {
+        DelayedSender {
+            queue,
+            delay,
+            last_due: Arc::new(Mutex::new(Instant::now())),
+        }
+    }
+
+    /// Sends `message` without waiting. Without a delay a full queue gives
+    /// it back; with one, a message that finds the queue full when it is
+    /// due is dropped, as a lossy link would drop it.
+    pub fn try_send(&self, message: T) -> Result<(), T> {
+        if self.delay.is_zero() {
+            return self.queue.try_send(message).map_err(|e| e.into_inner());
+        }
+        let queue = self.queue.clone();
+        let deliver = move || {
+            if queue.try_send(message).is_err() {
+                tracing::debug!("a delayed message found its queue full or closed; dropped");
             }
-        });
-        tokio::spawn(async move {
-            while let Some((due, message)) = stamped.recv().await {
-                sleep_until(due).await;
-                if output.send(message).await.is_err() {
-                    return;
-                }
-            }
-        });
-        delayed
+        };
+        // Held while the message joins the line, so that two senders on
+        // one link cannot join in the other order from their due times.
+        let mut last_due = self.last_due.lock().unwrap_or_else(|e| e.into_inner());
+        let due = (Instant::now() + self.delay.sample()).max(*last_due);
+        *last_due = due;
+        delay_line().add(due, Box::new(deliver));
+        Ok(())
     }
 }
 
@@ -88,7 +117,12 @@ pub async fn sleep_until(due: Instant) {
         return;
     }
     let (wake, woken) = oneshot::channel();
-    delay_line().add(due, wake);
+    delay_line().add(
+        due,
+        Box::new(move || {
+            let _ = wake.send(());
+        }),
+    );
     // The line never drops a sleeper before its deadline.
     let _ = woken.await;
 }
@@ -106,12 +140,15 @@ struct Pending {
     next_seq: u64,
 }
 
+/// What to do at a deadline.
+type Action = Box<dyn FnOnce() + Send>;
+
 /// One sleeper, ordered by its deadline; a sequence number keeps equal
 /// deadlines in arrival order.
 struct Sleeper {
     due: Instant,
     seq: u64,
-    wake: oneshot::Sender<()>,
+    wake: Action,
 }
 
 impl PartialEq for Sleeper {
@@ -141,7 +178,7 @@ impl Pending {
 }
 
 impl DelayLine {
-    fn add(&self, due: Instant, wake: oneshot::Sender<()>) {
+    fn add(&self, due: Instant, wake: Action) {
         let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
         let earliest = pending.earliest();
         let seq = pending.next_seq;
@@ -166,10 +203,20 @@ impl DelayLine {
         let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
         loop {
             let now = Instant::now();
+            let mut due_now = Vec::new();
             while pending.earliest().is_some_and(|due| due <= now) {
                 if let Some(Reverse(sleeper)) = pending.sleepers.pop() {
-                    let _ = sleeper.wake.send(());
+                    due_now.push(sleeper.wake);
                 }
+            }
+            if !due_now.is_empty() {
+                // Outside the lock: senders add while these are carried out.
+                drop(pending);
+                for wake in due_now {
+                    wake();
+                }
+                pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+                continue;
             }
             let next = pending.earliest();
             pending = match next {
@@ -214,18 +261,44 @@ mod tests {
             delay: Duration::from_millis(30),
             jitter: Duration::from_millis(20),
         };
-        let (tx, rx) = mpsc::channel(16);
-        let mut rx = delay.delayed(rx, 16);
+        let (tx, mut rx) = mpsc::channel(16);
+        let link = DelayedSender::new(tx, delay);
         let start = Instant::now();
+        // From two clones, as the runtime and persist threads send.
+        let senders = [link.clone(), link];
         for i in 0..10 {
-            tx.send(i).await.expect("send");
+            assert!(senders[i % 2].try_send(i).is_ok());
         }
+        drop(senders);
         for i in 0..10 {
             assert_eq!(rx.recv().await, Some(i));
+            assert!(start.elapsed() >= Duration::from_millis(30), "early");
         }
-        assert!(start.elapsed() >= Duration::from_millis(30));
-        drop(tx);
+        // Every sender is gone once the last message is handed over.
         assert_eq!(rx.recv().await, None);
+    }
+
+    #[tokio::test]
+    async fn without_a_delay_a_full_queue_gives_the_message_back() {
+        let (tx, _rx) = mpsc::channel(1);
+        let link = DelayedSender::new(tx, NetDelay::default());
+        assert_eq!(link.try_send(1), Ok(()));
+        assert_eq!(link.try_send(2), Err(2));
+    }
+
+    #[tokio::test]
+    async fn a_delivery_runs_after_its_delay() {
+        let delay = NetDelay {
+            delay: Duration::from_millis(20),
+            jitter: Duration::ZERO,
+        };
+        let (done, ran) = oneshot::channel();
+        let start = Instant::now();
+        delay.deliver_later(move || {
+            let _ = done.send(Instant::now());
+        });
+        let at = ran.await.expect("delivered");
+        assert!(at - start >= Duration::from_millis(20), "early");
     }
 
     #[tokio::test]

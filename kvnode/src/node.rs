@@ -14,6 +14,7 @@ use proto::raft::raft_peer_server::RaftPeerServer;
 use tokio::sync::mpsc;
 
 use crate::config::NodeConfig;
+use crate::netdelay::DelayedSender;
 use crate::runtime::{BoxedProtocol, Event, Runtime};
 use crate::service::KvService;
 use crate::storage::{Identity, Storage};
@@ -118,8 +119,7 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
     let mut peer_queues = HashMap::new();
     for (&peer, member) in config.members.iter().filter(|(id, _)| **id != config.id) {
         let (tx, rx) = mpsc::channel(PEER_QUEUE_MESSAGES_MAX);
-        let rx = config.net_delay.delayed(rx, PEER_QUEUE_MESSAGES_MAX);
-        peer_queues.insert(peer, tx);
+        peer_queues.insert(peer, DelayedSender::new(tx, config.net_delay));
         tokio::spawn(run_peer_sender(
             config.id,
             peer,

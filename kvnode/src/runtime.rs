@@ -32,6 +32,7 @@ use consensus::state_machine::StateMachine;
 use consensus::{ClientRequest, CommandResult, Consensus, Message, NodeId, RequestId};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::netdelay::{DelayedSender, NetDelay};
 use crate::storage::{Storage, StorageError};
 
 /// The most client requests a node holds waiting for an answer; beyond it,
@@ -49,6 +50,35 @@ pub enum ClientAnswer {
     Result(CommandResult),
     /// The protocol's answer: not leader, unavailable, rejected.
     Outcome(ReplyOutcome),
+}
+
+/// Where a client request's answer goes: back to its gRPC handler, after
+/// the injected one-way delay of the way out (handed over by the delay
+/// thread, so the handler wakes once, when the answer arrives).
+#[derive(Debug)]
+pub struct ReplyTo {
+    handler: oneshot::Sender<ClientAnswer>,
+    delay: NetDelay,
+}
+
+impl ReplyTo {
+    /// Answers to `handler` after `delay`.
+    pub fn new(handler: oneshot::Sender<ClientAnswer>, delay: NetDelay) -> Self {
+        ReplyTo { handler, delay }
+    }
+
+    /// Sends the answer on its way.
+    pub fn send(self, answer: ClientAnswer) {
+        let handler = self.handler;
+        self.delay.deliver_later(move || {
+            let _ = handler.send(answer);
+        });
+    }
+
+    /// The handler gave up (its deadline passed).
+    fn is_closed(&self) -> bool {
+        self.handler.is_closed()
+    }
 }
 
 /// A snapshot of the node for the Status call.
@@ -81,7 +111,7 @@ pub enum Event {
         /// On Nil-ext's fast path (durability only).
         fast: bool,
         /// The caller waiting for it.
-        reply: oneshot::Sender<ClientAnswer>,
+        reply: ReplyTo,
     },
     /// A status query.
     Status {
@@ -101,7 +131,7 @@ pub type BoxedProtocol = Box<dyn Consensus + Send>;
 #[derive(Debug, Default)]
 struct Waiters {
     /// By request and whether on the fast path.
-    callers: HashMap<(RequestId, bool), Vec<oneshot::Sender<ClientAnswer>>>,
+    callers: HashMap<(RequestId, bool), Vec<ReplyTo>>,
     count: usize,
 }
 
@@ -114,7 +144,7 @@ impl Waiters {
         // Several callers may wait for the same request (a client retried
         // it here); each gets the answer.
         for caller in callers {
-            let _ = caller.send(answer.clone());
+            caller.send(answer.clone());
         }
     }
 
@@ -138,7 +168,7 @@ fn lock(waiters: &SharedWaiters) -> std::sync::MutexGuard<'_, Waiters> {
 #[derive(Clone, Debug)]
 struct Peers {
     node_id: NodeId,
-    queues: HashMap<NodeId, mpsc::Sender<Message>>,
+    queues: HashMap<NodeId, DelayedSender<Message>>,
 }
 
 impl Peers {
@@ -254,7 +284,7 @@ impl Runtime {
         protocol: BoxedProtocol,
         storage: Arc<Storage>,
         state_machine: StateMachine,
-        peer_queues: HashMap<NodeId, mpsc::Sender<Message>>,
+        peer_queues: HashMap<NodeId, DelayedSender<Message>>,
     ) -> Self {
         Runtime {
             node_id,
@@ -349,7 +379,7 @@ impl Runtime {
                 if self.unsafe_local_reads && request.command.is_read() =>
             {
                 let result = self.state_machine.read(&*self.storage, &request.command);
-                let _ = reply.send(ClientAnswer::Result(result));
+                reply.send(ClientAnswer::Result(result));
                 return Ok(());
             }
             Event::Client {
@@ -359,7 +389,7 @@ impl Runtime {
             } => {
                 let mut waiters = lock(&self.waiters);
                 if waiters.count >= WAITERS_MAX {
-                    let _ = reply.send(ClientAnswer::Outcome(ReplyOutcome::Unavailable));
+                    reply.send(ClientAnswer::Outcome(ReplyOutcome::Unavailable));
                     return Ok(());
                 }
                 waiters

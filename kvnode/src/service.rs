@@ -21,7 +21,7 @@ use tokio::sync::{mpsc, oneshot};
 use tonic::{Code, Request, Response, Status};
 
 use crate::convert::{from_optional_value, optional_value};
-use crate::runtime::{ClientAnswer, Event};
+use crate::runtime::{ClientAnswer, Event, ReplyTo};
 
 /// The client service of one node.
 #[derive(Debug, Clone)]
@@ -69,6 +69,22 @@ enum Done {
     Durable { term: u64, from_leader: bool },
 }
 
+/// A failed request: answered so by the runtime (its answer has travelled
+/// the injected delay already), or refused here.
+#[derive(Debug)]
+enum ServiceError {
+    Answered(Status),
+    Here(Status),
+}
+
+impl ServiceError {
+    fn into_status(self) -> Status {
+        match self {
+            ServiceError::Answered(status) | ServiceError::Here(status) => status,
+        }
+    }
+}
+
 /// The request id, and whether the request asks for Nil-ext's fast path.
 fn header_id(header: Option<RequestHeader>) -> Result<(RequestId, bool), Status> {
     match header {
@@ -93,46 +109,53 @@ fn header_id(header: Option<RequestHeader>) -> Result<(RequestId, bool), Status>
 }
 
 impl KvService {
+    /// Validates a request, hands it to the runtime and waits for its
+    /// answer. With an injected delay the request reaches the runtime, and
+    /// the answer this handler, only once the one-way delay has passed; the
+    /// delay thread hands each over, so this task wakes once, for the
+    /// answer.
     async fn execute(
         &self,
         header: Option<RequestHeader>,
         command: Command,
     ) -> Result<Done, Status> {
-        // The request's way in and the answer's way out each take the
-        // injected one-way delay.
-        self.net_delay.wait().await;
-        let result = self.execute_now(header, command).await;
-        self.net_delay.wait().await;
-        result
+        let result = self.execute_delayed(header, command).await;
+        if let Err(ServiceError::Here(_)) = &result {
+            // An error made here travels the request's way in and its own
+            // way out, as an answer from the runtime does.
+            self.net_delay.wait().await;
+            self.net_delay.wait().await;
+        }
+        result.map_err(ServiceError::into_status)
     }
 
-    async fn execute_now(
+    async fn execute_delayed(
         &self,
         header: Option<RequestHeader>,
         command: Command,
-    ) -> Result<Done, Status> {
-        let (id, fast) = header_id(header)?;
+    ) -> Result<Done, ServiceError> {
+        let (id, fast) = header_id(header).map_err(ServiceError::Here)?;
         if fast && command.class() != consensus::CommandClass::Nilext {
-            return Err(error_status(
+            return Err(ServiceError::Here(error_status(
                 Code::InvalidArgument,
                 Kind::InvalidArgument,
                 "only put, delete and multi-put may take the fast path",
                 None,
-            ));
+            )));
         }
         if let Err(invalid) = consensus::limits::validate(&command) {
-            return Err(error_status(
+            return Err(ServiceError::Here(error_status(
                 Code::InvalidArgument,
                 Kind::InvalidArgument,
                 invalid.to_string(),
                 None,
-            ));
+            )));
         }
         let (reply, answer) = oneshot::channel();
         let event = Event::Client {
             request: ClientRequest { id, command },
             fast,
-            reply,
+            reply: ReplyTo::new(reply, self.net_delay),
         };
         let deadline = tokio::time::Instant::now() + self.request_timeout;
         let unavailable = || {
@@ -143,25 +166,42 @@ impl KvService {
                 None,
             )
         };
-        match tokio::time::timeout_at(deadline, self.events.send(event)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(_)) => return Err(unavailable()),
-            Err(_) => return Err(self.deadline_exceeded()),
+        if self.net_delay.is_zero() {
+            match tokio::time::timeout_at(deadline, self.events.send(event)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return Err(ServiceError::Here(unavailable())),
+                Err(_) => return Err(ServiceError::Here(self.deadline_exceeded())),
+            }
+        } else {
+            let events = self.events.clone();
+            self.net_delay.deliver_later(move || {
+                // The runtime's queue is full (or closed): the request is
+                // refused as unavailable rather than waited on.
+                if let Err(refused) = events.try_send(event)
+                    && let Event::Client { reply, .. } = refused.into_inner()
+                {
+                    reply.send(ClientAnswer::Outcome(ReplyOutcome::Unavailable));
+                }
+            });
         }
         match tokio::time::timeout_at(deadline, answer).await {
-            Err(_) => Err(self.deadline_exceeded()),
-            Ok(Err(_)) => Err(unavailable()),
-            Ok(Ok(ClientAnswer::Result(CommandResult::Failed(error)))) => Err(error_status(
-                Code::FailedPrecondition,
-                Kind::Execution,
-                error.to_string(),
-                None,
-            )),
+            Err(_) => Err(ServiceError::Here(self.deadline_exceeded())),
+            Ok(Err(_)) => Err(ServiceError::Here(unavailable())),
+            Ok(Ok(ClientAnswer::Result(CommandResult::Failed(error)))) => {
+                Err(ServiceError::Answered(error_status(
+                    Code::FailedPrecondition,
+                    Kind::Execution,
+                    error.to_string(),
+                    None,
+                )))
+            }
             Ok(Ok(ClientAnswer::Result(result))) => Ok(Done::Result(result)),
             Ok(Ok(ClientAnswer::Outcome(ReplyOutcome::DurableAck { term, from_leader }))) => {
                 Ok(Done::Durable { term, from_leader })
             }
-            Ok(Ok(ClientAnswer::Outcome(outcome))) => Err(self.outcome_status(outcome)),
+            Ok(Ok(ClientAnswer::Outcome(outcome))) => {
+                Err(ServiceError::Answered(self.outcome_status(outcome)))
+            }
         }
     }
 

@@ -339,3 +339,62 @@ async fn acknowledged_writes_survive_killing_every_node() {
         .await;
     }
 }
+
+/// An injected one-way delay (`--net-delay-ms`) slows every hop, client
+/// and peer alike, and changes no answer: a write of a protocol that
+/// replicates through the leader's log takes at least four one-way hops
+/// (client, follower, back, client), a Nil-ext fast-path write and a read
+/// at least two, and a request refused as invalid still travels both ways.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_injected_delay_slows_every_hop_and_changes_no_answer() {
+    const DELAY_MS: u64 = 20;
+    let hop = Duration::from_millis(DELAY_MS);
+    bounded("an_injected_delay", async {
+        for protocol in PROTOCOLS {
+            let delay = DELAY_MS.to_string();
+            let test = TestCluster::start_with_flags(protocol, 3, &["--net-delay-ms", &delay]);
+            let (leader, _) = test.leader().await;
+            let mut client = test.client(Duration::from_secs(10));
+            // The first request finds the leader; time the ones after.
+            client.put("warm", "up").await.expect("put");
+            let write_hops = if *protocol == "nilext" { 2 } else { 4 };
+            for i in 0..5 {
+                let started = Instant::now();
+                client
+                    .put(format!("k{i}"), format!("v{i}"))
+                    .await
+                    .expect("put");
+                let took = started.elapsed();
+                assert!(
+                    took >= write_hops * hop,
+                    "{protocol}: a write took {took:?}, less than {write_hops} hops of {hop:?}"
+                );
+                let started = Instant::now();
+                let value = client.get(format!("k{i}")).await.expect("get");
+                let took = started.elapsed();
+                assert_eq!(value, Some(format!("v{i}").into_bytes()), "{protocol}");
+                assert!(
+                    took >= 2 * hop,
+                    "{protocol}: a read took {took:?}, less than 2 hops of {hop:?}"
+                );
+            }
+            // A refusal made by the node itself travels both ways too.
+            let addr = test.cluster.members()[&leader].client_addr.clone();
+            let mut kv = proto::kv::kv_client::KvClient::connect(format!("http://{addr}"))
+                .await
+                .expect("connect");
+            let started = Instant::now();
+            let refused = kv
+                .put(proto::kv::PutRequest {
+                    header: None,
+                    key: b"k".to_vec(),
+                    value: b"v".to_vec(),
+                })
+                .await
+                .expect_err("a request without a header is refused");
+            assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{protocol}");
+            assert!(started.elapsed() >= 2 * hop, "{protocol}: refused early");
+        }
+    })
+    .await;
+}

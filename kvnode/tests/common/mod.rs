@@ -30,13 +30,19 @@ pub struct TestCluster {
 
 impl TestCluster {
     pub fn start(protocol: &str, nodes: u64) -> TestCluster {
+        TestCluster::start_with_flags(protocol, nodes, &[])
+    }
+
+    /// As [`TestCluster::start`], with more node flags after [`NODE_FLAGS`].
+    pub fn start_with_flags(protocol: &str, nodes: u64, flags: &[&str]) -> TestCluster {
         let dir = tempfile::tempdir().expect("temporary directory");
+        let flags: Vec<&str> = NODE_FLAGS.iter().chain(flags).copied().collect();
         let cluster = LocalCluster::start(
             Path::new(env!("CARGO_BIN_EXE_kvnode")),
             protocol,
             nodes,
             dir.path(),
-            NODE_FLAGS,
+            &flags,
         )
         .expect("start the cluster");
         TestCluster {
