@@ -69,18 +69,35 @@ enum Done {
     Durable { term: u64, from_leader: bool },
 }
 
-/// A failed request: answered so by the runtime (its answer has travelled
-/// the injected delay already), or refused here.
+/// A failed request, by where it failed, which decides how much of the
+/// injected delay its error has still to travel.
 #[derive(Debug)]
 enum ServiceError {
+    /// Answered so by the runtime: the answer has travelled already.
     Answered(Status),
-    Here(Status),
+    /// Refused before it reached the runtime: the request's way in and the
+    /// error's way out.
+    Refused(Status),
+    /// Failed here after it reached the runtime (deadline, shutdown): the
+    /// error's way out.
+    Failed(Status),
 }
 
 impl ServiceError {
+    /// One-way delays still to wait.
+    fn hops_left(&self) -> usize {
+        match self {
+            ServiceError::Answered(_) => 0,
+            ServiceError::Failed(_) => 1,
+            ServiceError::Refused(_) => 2,
+        }
+    }
+
     fn into_status(self) -> Status {
         match self {
-            ServiceError::Answered(status) | ServiceError::Here(status) => status,
+            ServiceError::Answered(status)
+            | ServiceError::Refused(status)
+            | ServiceError::Failed(status) => status,
         }
     }
 }
@@ -120,11 +137,12 @@ impl KvService {
         command: Command,
     ) -> Result<Done, Status> {
         let result = self.execute_delayed(header, command).await;
-        if let Err(ServiceError::Here(_)) = &result {
-            // An error made here travels the request's way in and its own
-            // way out, as an answer from the runtime does.
-            self.net_delay.wait().await;
-            self.net_delay.wait().await;
+        if let Err(error) = &result {
+            // An error made here travels what an answer from the runtime
+            // would have.
+            for _ in 0..error.hops_left() {
+                self.net_delay.wait().await;
+            }
         }
         result.map_err(ServiceError::into_status)
     }
@@ -134,9 +152,9 @@ impl KvService {
         header: Option<RequestHeader>,
         command: Command,
     ) -> Result<Done, ServiceError> {
-        let (id, fast) = header_id(header).map_err(ServiceError::Here)?;
+        let (id, fast) = header_id(header).map_err(ServiceError::Refused)?;
         if fast && command.class() != consensus::CommandClass::Nilext {
-            return Err(ServiceError::Here(error_status(
+            return Err(ServiceError::Refused(error_status(
                 Code::InvalidArgument,
                 Kind::InvalidArgument,
                 "only put, delete and multi-put may take the fast path",
@@ -144,7 +162,7 @@ impl KvService {
             )));
         }
         if let Err(invalid) = consensus::limits::validate(&command) {
-            return Err(ServiceError::Here(error_status(
+            return Err(ServiceError::Refused(error_status(
                 Code::InvalidArgument,
                 Kind::InvalidArgument,
                 invalid.to_string(),
@@ -169,8 +187,8 @@ impl KvService {
         if self.net_delay.is_zero() {
             match tokio::time::timeout_at(deadline, self.events.send(event)).await {
                 Ok(Ok(())) => {}
-                Ok(Err(_)) => return Err(ServiceError::Here(unavailable())),
-                Err(_) => return Err(ServiceError::Here(self.deadline_exceeded())),
+                Ok(Err(_)) => return Err(ServiceError::Refused(unavailable())),
+                Err(_) => return Err(ServiceError::Refused(self.deadline_exceeded())),
             }
         } else {
             let events = self.events.clone();
@@ -185,8 +203,8 @@ impl KvService {
             });
         }
         match tokio::time::timeout_at(deadline, answer).await {
-            Err(_) => Err(ServiceError::Here(self.deadline_exceeded())),
-            Ok(Err(_)) => Err(ServiceError::Here(unavailable())),
+            Err(_) => Err(ServiceError::Failed(self.deadline_exceeded())),
+            Ok(Err(_)) => Err(ServiceError::Failed(unavailable())),
             Ok(Ok(ClientAnswer::Result(CommandResult::Failed(error)))) => {
                 Err(ServiceError::Answered(error_status(
                     Code::FailedPrecondition,
