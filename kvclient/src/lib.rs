@@ -563,8 +563,6 @@ fn unexpected(result: CommandResult) -> ClientError {
     }
 }
 
-/// One call to one node: the command's result, and the write
-/// acknowledgement for put, delete and multi-put.
 /// A new connection to `endpoint`.
 async fn open_connection(endpoint: &str, timeout: Duration) -> Result<KvClient<Channel>, String> {
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{endpoint}"))
@@ -577,6 +575,8 @@ async fn open_connection(endpoint: &str, timeout: Duration) -> Result<KvClient<C
     Ok(KvClient::new(channel).max_decoding_message_size(64 * 1024 * 1024))
 }
 
+/// One call to one node: the command's result, and the write
+/// acknowledgement for put, delete and multi-put.
 async fn attempt(
     mut kv: KvClient<Channel>,
     header: Option<RequestHeader>,

@@ -33,6 +33,16 @@ fn entry(term: u64, index: u64) -> Entry {
     }
 }
 
+fn request_vote(term: u64, candidate: u64, last: (u64, u64)) -> Message {
+    Message::RequestVote(RequestVote {
+        term,
+        candidate_id: candidate,
+        last_log_index: last.0,
+        last_log_term: last.1,
+        pre_vote: false,
+    })
+}
+
 fn append(term: u64, prev: (u64, u64), entries: Vec<Entry>, commit: u64) -> Message {
     Message::AppendEntries(AppendEntries {
         term,
@@ -129,15 +139,7 @@ fn a_candidate_with_a_majority_of_votes_becomes_leader_and_sends_heartbeats() {
 #[test]
 fn a_voter_grants_at_most_one_vote_per_term() {
     let mut c = cluster(3);
-    let ask = |candidate| {
-        Message::RequestVote(RequestVote {
-            term: 1,
-            candidate_id: candidate,
-            last_log_index: 0,
-            last_log_term: 0,
-            pre_vote: false,
-        })
-    };
+    let ask = |candidate| request_vote(1, candidate, (0, 0));
     deliver(&mut c, 2, 1, ask(2));
     c.sync(1);
     deliver(&mut c, 3, 1, ask(3));
@@ -169,15 +171,7 @@ fn a_voter_rejects_a_candidate_whose_log_is_less_up_to_date() {
         append(2, (0, 0), vec![entry(1, 1), entry(2, 2)], 0),
     );
     c.sync(1);
-    let ask = |last_index, last_term| {
-        Message::RequestVote(RequestVote {
-            term: 3,
-            candidate_id: 3,
-            last_log_index: last_index,
-            last_log_term: last_term,
-            pre_vote: false,
-        })
-    };
+    let ask = |last_index, last_term| request_vote(3, 3, (last_index, last_term));
     deliver(&mut c, 3, 1, ask(5, 1));
     c.sync(1);
     assert!(
