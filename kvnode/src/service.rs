@@ -7,18 +7,28 @@
 //! (prost-encoded) that clients read: not leader (with the leader's client
 //! address when known), unavailable, invalid argument, deadline exceeded,
 //! execution error.
+//!
+//! Besides one unary method per operation, `Calls` carries many calls on one
+//! long-lived stream ([`CallResults`]): each call is answered by the unary
+//! method of its kind, so both ways mean the same; the stream only saves
+//! the per-call HTTP/2 stream, headers and trailers.
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use consensus::io::ReplyOutcome;
 use consensus::{ClientRequest, Command, CommandResult, NodeId, RequestId};
+use futures_util::stream::{FuturesUnordered, Stream, StreamExt as _};
 use prost::Message as _;
 use proto::kv::error_detail::Kind;
 use proto::kv::kv_server::Kv;
 use proto::kv::*;
 use tokio::sync::{mpsc, oneshot};
-use tonic::{Code, Request, Response, Status};
+use tonic::{Code, Request, Response, Status, Streaming};
 
 use crate::convert::{from_optional_value, optional_value};
 use crate::runtime::{ClientAnswer, Event, ReplyTo};
@@ -304,8 +314,138 @@ fn unexpected(result: CommandResult) -> Status {
     Status::internal(format!("unexpected result for this call: {result:?}"))
 }
 
+/// Calls one stream may have in flight on a node. At the bound the node
+/// reads no further calls from that stream until one is answered, and
+/// HTTP/2 flow control holds the sender back.
+pub const CALLS_IN_FLIGHT_MAX: usize = 4096;
+
+/// A call being answered.
+type Answering = Pin<Box<dyn Future<Output = CallResult> + Send>>;
+
+/// The answers of one `Calls` stream, in the order they are ready. Polling
+/// it reads the calls that have arrived (up to [`CALLS_IN_FLIGHT_MAX`] at a
+/// time) and drives them: the stream's own task serves it, no task is
+/// spawned per call. It ends once the caller has closed its side and every
+/// call read is answered; a caller that goes away drops the calls still
+/// running (their outcome is unknown to it, as with a broken connection).
+pub struct CallResults {
+    service: Arc<KvService>,
+    /// The incoming calls; `None` once the caller closed them (or they
+    /// broke).
+    calls: Option<Streaming<Call>>,
+    running: FuturesUnordered<Answering>,
+}
+
+impl std::fmt::Debug for CallResults {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CallResults")
+            .field("node_id", &self.service.node_id)
+            .field("reading", &self.calls.is_some())
+            .field("running", &self.running.len())
+            .finish()
+    }
+}
+
+impl Stream for CallResults {
+    type Item = Result<CallResult, Status>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        while this.running.len() < CALLS_IN_FLIGHT_MAX
+            && let Some(calls) = &mut this.calls
+        {
+            match calls.poll_next_unpin(cx) {
+                Poll::Ready(Some(Ok(call))) => {
+                    let service = Arc::clone(&this.service);
+                    this.running
+                        .push(Box::pin(async move { service.answer(call).await }));
+                }
+                Poll::Ready(Some(Err(status))) => {
+                    tracing::debug!(node = this.service.node_id, %status, "a call stream broke");
+                    this.calls = None;
+                }
+                Poll::Ready(None) => this.calls = None,
+                Poll::Pending => break,
+            }
+        }
+        match this.running.poll_next_unpin(cx) {
+            Poll::Ready(Some(result)) => Poll::Ready(Some(Ok(result))),
+            Poll::Ready(None) if this.calls.is_none() => Poll::Ready(None),
+            _ => Poll::Pending,
+        }
+    }
+}
+
+impl KvService {
+    /// Answers one call of a `Calls` stream with the unary method of its
+    /// kind.
+    async fn answer(&self, call: Call) -> CallResult {
+        use call::Request as Asked;
+        use call_result::Answer;
+        let answer = match call.request {
+            Some(Asked::Put(r)) => self
+                .put(Request::new(r))
+                .await
+                .map(|r| Answer::Write(r.into_inner())),
+            Some(Asked::Delete(r)) => self
+                .delete(Request::new(r))
+                .await
+                .map(|r| Answer::Write(r.into_inner())),
+            Some(Asked::MultiPut(r)) => self
+                .multi_put(Request::new(r))
+                .await
+                .map(|r| Answer::Write(r.into_inner())),
+            Some(Asked::Get(r)) => self
+                .get(Request::new(r))
+                .await
+                .map(|r| Answer::Get(r.into_inner())),
+            Some(Asked::MultiGet(r)) => self
+                .multi_get(Request::new(r))
+                .await
+                .map(|r| Answer::MultiGet(r.into_inner())),
+            Some(Asked::CompareAndSwap(r)) => self
+                .compare_and_swap(Request::new(r))
+                .await
+                .map(|r| Answer::CompareAndSwap(r.into_inner())),
+            Some(Asked::Increment(r)) => self
+                .increment(Request::new(r))
+                .await
+                .map(|r| Answer::Increment(r.into_inner())),
+            None => Err(error_status(
+                Code::InvalidArgument,
+                Kind::InvalidArgument,
+                "a call without a request",
+                None,
+            )),
+        };
+        CallResult {
+            id: call.id,
+            answer: Some(answer.unwrap_or_else(|status| {
+                Answer::Error(CallError {
+                    code: status.code() as i32,
+                    message: status.message().to_string(),
+                    details: status.details().to_vec(),
+                })
+            })),
+        }
+    }
+}
+
 #[tonic::async_trait]
 impl Kv for KvService {
+    type CallsStream = CallResults;
+
+    async fn calls(
+        &self,
+        request: Request<Streaming<Call>>,
+    ) -> Result<Response<CallResults>, Status> {
+        Ok(Response::new(CallResults {
+            service: Arc::new(self.clone()),
+            calls: Some(request.into_inner()),
+            running: FuturesUnordered::new(),
+        }))
+    }
+
     async fn put(&self, request: Request<PutRequest>) -> Result<Response<WriteAck>, Status> {
         let r = request.into_inner();
         let result = self

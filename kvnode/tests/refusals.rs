@@ -1,6 +1,7 @@
 //! What a node refuses, and how: invalid requests (each with its error and
-//! no effect), a peer of another cluster, a data directory that is corrupt
-//! or belongs to another cluster or protocol, bad settings.
+//! no effect, on unary calls and on a call stream), a peer of another
+//! cluster, a data directory that is corrupt or belongs to another cluster
+//! or protocol, bad settings.
 
 mod common;
 
@@ -214,6 +215,174 @@ async fn invalid_requests_get_their_error_and_change_nothing() {
             test.cluster.members()[&leader].client_addr
         );
     }
+}
+
+/// Opens a `Calls` stream to `addr`: where to send calls, and the answers.
+async fn call_stream(
+    addr: &str,
+) -> (
+    tokio::sync::mpsc::Sender<Call>,
+    tonic::Streaming<CallResult>,
+) {
+    let mut kv = KvClient::connect(format!("http://{addr}"))
+        .await
+        .expect("connect");
+    let (calls, queued) = tokio::sync::mpsc::channel(256);
+    let answers = kv
+        .calls(tokio_stream::wrappers::ReceiverStream::new(queued))
+        .await
+        .expect("a call stream")
+        .into_inner();
+    (calls, answers)
+}
+
+/// The next `n` answers of a call stream, by call id.
+async fn answers(
+    stream: &mut tonic::Streaming<CallResult>,
+    n: usize,
+) -> std::collections::BTreeMap<u64, call_result::Answer> {
+    let mut by_id = std::collections::BTreeMap::new();
+    while by_id.len() < n {
+        let result = tokio::time::timeout(Duration::from_secs(10), stream.message())
+            .await
+            .expect("answered in time")
+            .expect("the stream holds")
+            .expect("an answer before the end");
+        let answer = result.answer.expect("an answer has content");
+        assert!(
+            by_id.insert(result.id, answer).is_none(),
+            "one answer per id"
+        );
+    }
+    by_id
+}
+
+fn call_error(answer: &call_result::Answer) -> ErrorDetail {
+    let call_result::Answer::Error(error) = answer else {
+        panic!("an error, not {answer:?}");
+    };
+    let status = tonic::Status::with_details(
+        tonic::Code::from(error.code),
+        error.message.clone(),
+        error.details.clone().into(),
+    );
+    error_detail(&status).expect("a machine-readable detail")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn calls_on_one_stream_are_answered_by_id_as_their_unary_methods_answer() {
+    let test = TestCluster::start("optimized", 3);
+    let (leader, _) = test.leader().await;
+    let leader_addr = test.cluster.members()[&leader].client_addr.clone();
+    let (calls, mut stream) = call_stream(&leader_addr).await;
+    let put = |i: u64| {
+        call::Request::Put(PutRequest {
+            header: header(i),
+            key: format!("k{i}").into_bytes(),
+            value: format!("v{i}").into_bytes(),
+        })
+    };
+    // Many writes in flight at once, then an invalid one and an empty call.
+    for i in 1..=50 {
+        calls
+            .send(Call {
+                id: 1000 + i,
+                request: Some(put(i)),
+            })
+            .await
+            .expect("sent");
+    }
+    let empty_key = call::Request::Put(PutRequest {
+        header: header(51),
+        key: vec![],
+        value: b"v".to_vec(),
+    });
+    calls
+        .send(Call {
+            id: 7,
+            request: Some(empty_key),
+        })
+        .await
+        .expect("sent");
+    calls
+        .send(Call {
+            id: 8,
+            request: None,
+        })
+        .await
+        .expect("sent");
+    let written = answers(&mut stream, 52).await;
+    for i in 1..=50 {
+        assert!(
+            matches!(
+                written[&(1000 + i)],
+                call_result::Answer::Write(WriteAck {
+                    durable_only: false,
+                    ..
+                })
+            ),
+            "{:?}",
+            written[&(1000 + i)]
+        );
+    }
+    for id in [7, 8] {
+        assert_eq!(call_error(&written[&id]).kind, Kind::InvalidArgument as i32);
+    }
+    // Each read's answer carries its own id and its own key's value.
+    for i in 1..=50 {
+        let get = call::Request::Get(GetRequest {
+            header: header(100 + i),
+            key: format!("k{i}").into_bytes(),
+        });
+        calls
+            .send(Call {
+                id: 2000 + i,
+                request: Some(get),
+            })
+            .await
+            .expect("sent");
+    }
+    let read = answers(&mut stream, 50).await;
+    for i in 1..=50 {
+        let call_result::Answer::Get(GetResponse { value: Some(value) }) = &read[&(2000 + i)]
+        else {
+            panic!("a value, not {:?}", read[&(2000 + i)]);
+        };
+        assert_eq!(value.value, format!("v{i}").into_bytes());
+    }
+    // The caller closes its side: the node answers what it has read, then
+    // ends the stream.
+    calls
+        .send(Call {
+            id: 9,
+            request: Some(put(200)),
+        })
+        .await
+        .expect("sent");
+    drop(calls);
+    let last = answers(&mut stream, 1).await;
+    assert!(
+        matches!(last[&9], call_result::Answer::Write(_)),
+        "{last:?}"
+    );
+    let end = tokio::time::timeout(Duration::from_secs(10), stream.message())
+        .await
+        .expect("ended in time");
+    assert!(matches!(end, Ok(None)), "{end:?}");
+
+    // A follower's answer redirects, with the leader's client address.
+    let follower = (1..=3).find(|id| *id != leader).expect("follower");
+    let (calls, mut stream) = call_stream(&test.cluster.members()[&follower].client_addr).await;
+    calls
+        .send(Call {
+            id: 1,
+            request: Some(put(300)),
+        })
+        .await
+        .expect("sent");
+    let detail = call_error(&answers(&mut stream, 1).await[&1]);
+    assert_eq!(detail.kind, Kind::NotLeader as i32);
+    assert_eq!(detail.leader_client_addr, leader_addr);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
