@@ -22,10 +22,13 @@
 //! `WriteBatch` with `sync` on: nothing that depends on it leaves the node
 //! before it returns. [`Storage::apply`] writes the data changes of applied
 //! entries, the new applied index and the changed sessions in one atomic
-//! `WriteBatch`, so a crash never applies an entry twice; it need not be
-//! synced, since the log it came from is, and entries lost in a crash are
-//! applied again from the log on restart. (Only durable entries are ever
-//! applied, so the state database never gets ahead of the raft database.)
+//! `WriteBatch`, so a crash never applies an entry twice; it is neither
+//! synced nor written to a WAL, since the log it came from is durable:
+//! the state database's families flush together (atomic flush), a crash
+//! returns it to its last flush, the state after some whole apply, and the
+//! entries applied since are applied again from the log on restart. (Only
+//! durable entries are ever applied, so the state database never gets ahead
+//! of the raft database.)
 //!
 //! Why two databases: RocksDB carries out one write at a time, so in one
 //! database an apply waits behind the log write syncing ahead of it; the
@@ -215,6 +218,12 @@ impl Storage {
             options.create_missing_column_families(true);
             // Fail on corruption found while opening rather than dropping data.
             options.set_paranoid_checks(true);
+            if write_buffer_bytes.is_some() {
+                // Applies skip the WAL (see `apply`): the data and metadata
+                // families flush together, so the files on disk always hold
+                // the state after some whole apply.
+                options.set_atomic_flush(true);
+            }
             let families = families.iter().map(|name| {
                 let mut family = Options::default();
                 if let Some(bytes) = write_buffer_bytes {
@@ -513,6 +522,17 @@ impl Storage {
 
     /// Commits the outcome of applying entries atomically: data changes, the
     /// applied index and changed sessions.
+    ///
+    /// Without the state database's WAL: the log already holds every applied
+    /// entry durably, so writing each apply a second time (as a WAL record,
+    /// then in a table file) bought nothing a crash needs. A crash now loses
+    /// the applies since the last flush, and the node applies them again
+    /// from the log; atomic flushes (see `open`) keep what survives a whole
+    /// apply's worth, data, applied index and sessions together. A clean
+    /// close flushes everything (RocksDB flushes unlogged writes on close).
+    /// Measured with `bench compare --protocols optimized --workloads write
+    /// --clients 64`: 27.2k writes/s with the WAL, 29.8k without (three
+    /// alternating runs each), and 6-8% less CPU per write.
     pub fn apply(&self, applied: &ApplyBatch) -> Result<(), StorageError> {
         let mut batch = WriteBatch::default();
         let (data, meta) = (self.state_cf(CF_DATA), self.state_cf(CF_META));
@@ -530,7 +550,9 @@ impl Storage {
             );
         }
         batch.put_cf(meta, KEY_APPLIED_INDEX, applied.applied_index.to_be_bytes());
-        self.state.write(batch)?;
+        let mut options = WriteOptions::default();
+        options.disable_wal(true);
+        self.state.write_opt(batch, &options)?;
         Ok(())
     }
 }
@@ -651,6 +673,116 @@ mod tests {
         assert!(loaded.sessions.is_empty());
         assert_eq!(storage.get(b"k1"), None);
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Copies a directory tree: what a crash leaves on disk, taken while the
+    /// database is open (no flush running, so no file is half written).
+    fn copy_tree(from: &Path, to: &Path) {
+        std::fs::create_dir_all(to).expect("create");
+        for item in std::fs::read_dir(from).expect("read dir") {
+            let item = item.expect("entry");
+            let target = to.join(item.file_name());
+            if item.file_type().expect("type").is_dir() {
+                copy_tree(&item.path(), &target);
+            } else {
+                std::fs::copy(item.path(), target).expect("copy");
+            }
+        }
+    }
+
+    #[test]
+    fn a_crash_leaves_the_state_of_a_whole_apply_and_the_log_replays_the_rest() {
+        // Apply n (entries 2n-1 and 2n) sets `latest` to n and writes a
+        // 4 KiB `fill<n>`: the data family fills its memtable and flushes
+        // by itself several times, while the metadata family (applied
+        // index, session) stays small. Without atomic flushes the data
+        // would reach disk ahead of the applied index.
+        let dir = temp_dir("crash");
+        let crashed = temp_dir("crash-copy");
+        let entries = |n: u64| -> Vec<Entry> {
+            let put = |index: u64, key: String, value: Vec<u8>| Entry {
+                term: 1,
+                index,
+                payload: EntryPayload::Command(ClientRequest {
+                    id: RequestId {
+                        client: 9,
+                        seq: index,
+                    },
+                    command: Command::Put {
+                        key: key.into_bytes(),
+                        value,
+                    },
+                }),
+            };
+            vec![
+                put(2 * n - 1, "latest".into(), n.to_string().into_bytes()),
+                put(2 * n, format!("fill{n}"), vec![n as u8; 4096]),
+            ]
+        };
+        let applies = 700u64;
+        {
+            let (storage, _) = Storage::open(&dir, &identity()).expect("open");
+            let mut sm = StateMachine::default();
+            for n in 1..=applies {
+                let entries = entries(n);
+                storage
+                    .persist(&[Write::AppendLog(entries.clone())])
+                    .expect("persist");
+                let batch = sm.apply(&storage, &entries);
+                storage.apply(&batch).expect("apply");
+            }
+            let busy = |property: &str| {
+                storage
+                    .state
+                    .property_int_value(property)
+                    .expect("property")
+                    .expect("value")
+                    > 0
+            };
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+            while busy("rocksdb.num-running-flushes") || busy("rocksdb.mem-table-flush-pending") {
+                assert!(std::time::Instant::now() < deadline, "flushes never end");
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            copy_tree(&dir, &crashed);
+        }
+        let (storage, loaded) = Storage::open(&crashed, &identity()).expect("open the crash copy");
+        // The log is whole (synced); the state is that after apply `kept`.
+        assert_eq!(loaded.recovered.log.len() as u64, 2 * applies);
+        let applied = loaded.recovered.applied_index;
+        assert!(applied > 0, "the data family flushed at least once");
+        assert!(
+            applied < 2 * applies,
+            "the applies since the last flush are in no file (else this test shows nothing)"
+        );
+        assert_eq!(applied % 2, 0, "an apply is kept whole or not at all");
+        let kept = applied / 2;
+        assert_eq!(storage.get(b"latest"), Some(kept.to_string().into_bytes()));
+        assert_eq!(loaded.sessions[&9].last_seq, applied);
+        for n in 1..=applies {
+            let fill = storage.get(format!("fill{n}").as_bytes());
+            assert_eq!(
+                fill.is_some(),
+                n <= kept,
+                "fill{n} with {kept} applies kept"
+            );
+        }
+        // The node applies the rest again from the log, each entry once.
+        let mut sm = StateMachine::restore(applied, loaded.sessions);
+        let rest: Vec<Entry> = loaded.recovered.log[applied as usize..].to_vec();
+        let batch = sm.apply(&storage, &rest);
+        storage.apply(&batch).expect("apply");
+        assert_eq!(
+            storage.get(b"latest"),
+            Some(applies.to_string().into_bytes())
+        );
+        assert_eq!(
+            storage.get(format!("fill{applies}").as_bytes()),
+            Some(vec![applies as u8; 4096])
+        );
+        drop(storage);
+        let _ = std::fs::remove_dir_all(&dir);
+        let _ = std::fs::remove_dir_all(&crashed);
     }
 
     #[test]
