@@ -10,10 +10,11 @@
 //!   the runtime follows, and why, are in the [`io`] module.
 //! - Shared types ([`types`]), the peer message vocabulary ([`message`]),
 //!   quorum arithmetic ([`quorum`]), the in-memory log ([`log`]), request
-//!   limits ([`limits`]).
+//!   limits ([`limits`]), a queue of items by deadline ([`deadline`]).
 //! - The key-value state machine with exactly-once client sessions
 //!   ([`state_machine`]), used by the simulator and by `kvnode` alike.
 
+pub mod deadline;
 pub mod io;
 pub mod limits;
 pub mod log;
@@ -23,6 +24,13 @@ pub mod raft;
 pub mod rng;
 pub mod state_machine;
 pub mod types;
+
+/// Locks `mutex`. A lock poisoned by a thread that panicked while holding
+/// it is taken as it is: that panic must not stop every other user of the
+/// data too.
+pub fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 pub use io::{
     DurableRecord, Envelope, HardState, Input, Outbox, OutboxParts, Recovered, Reply, ReplyOutcome,

@@ -13,10 +13,10 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use consensus::{Command, CommandClass, CommandResult};
+use consensus::{Command, CommandClass, CommandResult, lock};
 use futures_util::StreamExt as _;
 use futures_util::stream::FuturesUnordered;
 use prost::Message as _;
@@ -93,7 +93,7 @@ impl<C: Clone> SharedConnections<C> {
     }
 
     fn map(&self) -> std::sync::MutexGuard<'_, HashMap<String, C>> {
-        self.by_endpoint.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.by_endpoint)
     }
 
     fn get(&self, endpoint: &str) -> Option<C> {
@@ -210,10 +210,6 @@ const CALLS_QUEUED_MAX: usize = 1024;
 /// Callers waiting for their answer on one call stream, by call id; `None`
 /// once the stream has ended (every caller still waiting then sees it end).
 type Waiting = Arc<Mutex<Option<HashMap<u64, oneshot::Sender<CallResult>>>>>;
-
-fn lock(waiting: &Waiting) -> MutexGuard<'_, Option<HashMap<u64, oneshot::Sender<CallResult>>>> {
-    waiting.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 /// A connection to one node: a gRPC channel and, on it, one `Calls` stream
 /// that carries every operation (a message each way per call, instead of an

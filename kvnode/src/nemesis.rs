@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use consensus::lock;
 use consensus::rng::DetRng;
 use consensus::{Command, CommandResult};
 use kvclient::{Client, ClientError, ClientOptions};
@@ -169,7 +170,7 @@ impl Recorder {
         let call = self.start.elapsed().as_nanos() as u64;
         let result = client.execute(command.clone()).await;
         let ret = self.start.elapsed().as_nanos() as u64;
-        let mut recorded = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let mut recorded = lock(&self.inner);
         let (ret, output) = match &result {
             Ok(r) => (Some(ret), Some(to_output(r))),
             Err(ClientError::Execution(_)) => (Some(ret), Some(KvOutput::Failed)),
@@ -191,16 +192,12 @@ impl Recorder {
 
     /// The operations recorded so far.
     pub fn operations(&self) -> Vec<Operation> {
-        self.inner
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .ops
-            .clone()
+        lock(&self.inner).ops.clone()
     }
 
     /// Requests refused outright (invalid, or no endpoint).
     pub fn failed(&self) -> usize {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner()).failed
+        lock(&self.inner).failed
     }
 }
 

@@ -2,11 +2,11 @@
 //! netem): a one-way delay with optional jitter, applied alike to every
 //! message between peers and to every client request and response.
 
-use std::cmp::Reverse;
-use std::collections::BinaryHeap;
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use consensus::deadline::DeadlineQueue;
+use consensus::lock;
 use tokio::sync::{mpsc, oneshot};
 
 /// A one-way delay with uniform jitter.
@@ -99,7 +99,7 @@ impl<T: Send + 'static> DelayedSender<T> {
         };
         // Held while the message joins the line, so that two senders on
         // one link cannot join in the other order from their due times.
-        let mut last_due = self.last_due.lock().unwrap_or_else(|e| e.into_inner());
+        let mut last_due = lock(&self.last_due);
         let due = (Instant::now() + self.delay.sample()).max(*last_due);
         *last_due = due;
         delay_line().add(due, Box::new(deliver));
@@ -127,63 +127,21 @@ pub async fn sleep_until(due: Instant) {
     let _ = woken.await;
 }
 
-/// The deadlines waiting, shared by the sleepers and the delay thread.
-struct DelayLine {
-    pending: Mutex<Pending>,
-    earlier: Condvar,
-}
-
-#[derive(Default)]
-struct Pending {
-    /// Sleepers in a min-heap by deadline.
-    sleepers: BinaryHeap<Reverse<Sleeper>>,
-    next_seq: u64,
-}
-
 /// What to do at a deadline.
 type Action = Box<dyn FnOnce() + Send>;
 
-/// One sleeper, ordered by its deadline; a sequence number keeps equal
-/// deadlines in arrival order.
-struct Sleeper {
-    due: Instant,
-    seq: u64,
-    wake: Action,
-}
-
-impl PartialEq for Sleeper {
-    fn eq(&self, other: &Self) -> bool {
-        (self.due, self.seq) == (other.due, other.seq)
-    }
-}
-
-impl Eq for Sleeper {}
-
-impl PartialOrd for Sleeper {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-
-impl Ord for Sleeper {
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        (self.due, self.seq).cmp(&(other.due, other.seq))
-    }
-}
-
-impl Pending {
-    fn earliest(&self) -> Option<Instant> {
-        self.sleepers.peek().map(|Reverse(sleeper)| sleeper.due)
-    }
+/// The deadlines waiting, shared by the sleepers and the delay thread.
+struct DelayLine {
+    /// Actions by deadline (equal deadlines in the order added).
+    pending: Mutex<DeadlineQueue<Instant, Action>>,
+    earlier: Condvar,
 }
 
 impl DelayLine {
     fn add(&self, due: Instant, wake: Action) {
-        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        let mut pending = lock(&self.pending);
         let earliest = pending.earliest();
-        let seq = pending.next_seq;
-        pending.next_seq += 1;
-        pending.sleepers.push(Reverse(Sleeper { due, seq, wake }));
+        pending.push(due, wake);
         drop(pending);
         // The thread sleeps until the earliest deadline; it needs waking
         // only when this one comes sooner (with a fixed delay, deadlines
@@ -200,13 +158,13 @@ impl DelayLine {
         if let Err(error) = nix::sys::prctl::set_timerslack(1_000) {
             tracing::debug!(%error, "could not lower the delay thread's timer slack");
         }
-        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        let mut pending = lock(&self.pending);
         loop {
             let now = Instant::now();
             let mut due_now = Vec::new();
             while pending.earliest().is_some_and(|due| due <= now) {
-                if let Some(Reverse(sleeper)) = pending.sleepers.pop() {
-                    due_now.push(sleeper.wake);
+                if let Some((_, wake)) = pending.pop() {
+                    due_now.push(wake);
                 }
             }
             if !due_now.is_empty() {
@@ -215,7 +173,7 @@ impl DelayLine {
                 for wake in due_now {
                     wake();
                 }
-                pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+                pending = lock(&self.pending);
                 continue;
             }
             let next = pending.earliest();
@@ -240,7 +198,7 @@ fn delay_line() -> &'static DelayLine {
     static LINE: OnceLock<&'static DelayLine> = OnceLock::new();
     LINE.get_or_init(|| {
         let line: &'static DelayLine = Box::leak(Box::new(DelayLine {
-            pending: Mutex::new(Pending::default()),
+            pending: Mutex::new(DeadlineQueue::new()),
             earlier: Condvar::new(),
         }));
         std::thread::Builder::new()

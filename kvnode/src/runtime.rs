@@ -28,6 +28,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
 use consensus::io::{Envelope, Input, Outbox, OutboxParts, Reply, ReplyOutcome, Status, Write};
+use consensus::lock;
 use consensus::state_machine::StateMachine;
 use consensus::{ClientRequest, CommandResult, Consensus, Message, NodeId, RequestId};
 use tokio::sync::{mpsc, oneshot};
@@ -159,10 +160,6 @@ impl Waiters {
 }
 
 type SharedWaiters = Arc<Mutex<Waiters>>;
-
-fn lock(waiters: &SharedWaiters) -> std::sync::MutexGuard<'_, Waiters> {
-    waiters.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 /// The outgoing queues of the peers.
 #[derive(Clone, Debug)]

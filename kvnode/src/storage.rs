@@ -41,6 +41,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use consensus::io::{HardState, Recovered, Write};
+use consensus::lock;
 use consensus::state_machine::{ApplyBatch, KvRead, Session};
 use consensus::{ClientId, DurableRecord, Entry, LogIndex, RequestId, Term, Value};
 use prost::Message as _;
@@ -210,24 +211,22 @@ impl Storage {
                 dir: dir.to_path_buf(),
             });
         }
-        // `write_buffer_bytes`: the state database's families (small
-        // memtables, bloom filters); `None`: the raft database's defaults.
-        let open = |dir: &Path, families: &[&str], write_buffer_bytes: Option<usize>| {
+        // `state`: the state database (small memtables, bloom filters,
+        // atomic flushes); otherwise the raft database (RocksDB's defaults).
+        let open = |dir: &Path, families: &[&str], state: bool| {
             let mut options = Options::default();
             options.create_if_missing(true);
             options.create_missing_column_families(true);
             // Fail on corruption found while opening rather than dropping data.
             options.set_paranoid_checks(true);
-            if write_buffer_bytes.is_some() {
-                // Applies skip the WAL (see `apply`): the data and metadata
-                // families flush together, so the files on disk always hold
-                // the state after some whole apply.
-                options.set_atomic_flush(true);
-            }
+            // Applies skip the WAL (see `apply`): the data and metadata
+            // families flush together, so the files on disk always hold the
+            // state after some whole apply.
+            options.set_atomic_flush(state);
             let families = families.iter().map(|name| {
                 let mut family = Options::default();
-                if let Some(bytes) = write_buffer_bytes {
-                    family.set_write_buffer_size(bytes);
+                if state {
+                    family.set_write_buffer_size(STATE_WRITE_BUFFER_BYTES);
                     let mut tables = rocksdb::BlockBasedOptions::default();
                     tables.set_bloom_filter(STATE_BLOOM_BITS_PER_KEY, false);
                     family.set_block_based_table_factory(&tables);
@@ -247,12 +246,8 @@ impl Storage {
                 dir: dir.to_path_buf(),
             });
         }
-        let db = open(dir, &FAMILIES, None)?;
-        let state = open(
-            &dir.join(STATE_DIR),
-            &STATE_FAMILIES,
-            Some(STATE_WRITE_BUFFER_BYTES),
-        )?;
+        let db = open(dir, &FAMILIES, false)?;
+        let state = open(&dir.join(STATE_DIR), &STATE_FAMILIES, true)?;
         let mut storage = Storage {
             db,
             state,
@@ -434,7 +429,7 @@ impl Storage {
     /// thread at a time (the persist thread), in the order of the outboxes.
     pub fn persist(&self, writes: &[Write]) -> Result<(), StorageError> {
         let mut batch = WriteBatch::default();
-        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        let mut last = lock(&self.last);
         let (mut last_index, mut last_term) = *last;
         // Terms of entries appended earlier in this same batch (not yet in
         // the database), for a truncation that ends the log among them.
@@ -512,7 +507,7 @@ impl Storage {
 
     /// The last entry of the durable log: (index, term), (0, 0) when empty.
     pub fn last_log(&self) -> (LogIndex, Term) {
-        *self.last.lock().unwrap_or_else(|e| e.into_inner())
+        *lock(&self.last)
     }
 
     /// How many synced batches this node has written since it started.

@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use consensus::lock;
 use consensus::{Message, NodeId};
 use proto::raft::raft_peer_client::RaftPeerClient;
 use proto::raft::raft_peer_server::RaftPeer;
@@ -98,10 +99,6 @@ pub async fn run_peer_sender(
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(BACKOFF_MAX);
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// The body of one peer stream: the messages of the outgoing queue, one

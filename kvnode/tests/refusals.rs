@@ -236,6 +236,11 @@ async fn call_stream(
     (calls, answers)
 }
 
+/// Sends call `id` with `request` on a call stream.
+async fn send(calls: &tokio::sync::mpsc::Sender<Call>, id: u64, request: Option<call::Request>) {
+    calls.send(Call { id, request }).await.expect("sent");
+}
+
 /// The next `n` answers of a call stream, by call id.
 async fn answers(
     stream: &mut tonic::Streaming<CallResult>,
@@ -284,33 +289,15 @@ async fn calls_on_one_stream_are_answered_by_id_as_their_unary_methods_answer() 
     };
     // Many writes in flight at once, then an invalid one and an empty call.
     for i in 1..=50 {
-        calls
-            .send(Call {
-                id: 1000 + i,
-                request: Some(put(i)),
-            })
-            .await
-            .expect("sent");
+        send(&calls, 1000 + i, Some(put(i))).await;
     }
     let empty_key = call::Request::Put(PutRequest {
         header: header(51),
         key: vec![],
         value: b"v".to_vec(),
     });
-    calls
-        .send(Call {
-            id: 7,
-            request: Some(empty_key),
-        })
-        .await
-        .expect("sent");
-    calls
-        .send(Call {
-            id: 8,
-            request: None,
-        })
-        .await
-        .expect("sent");
+    send(&calls, 7, Some(empty_key)).await;
+    send(&calls, 8, None).await;
     let written = answers(&mut stream, 52).await;
     for i in 1..=50 {
         assert!(
@@ -334,13 +321,7 @@ async fn calls_on_one_stream_are_answered_by_id_as_their_unary_methods_answer() 
             header: header(100 + i),
             key: format!("k{i}").into_bytes(),
         });
-        calls
-            .send(Call {
-                id: 2000 + i,
-                request: Some(get),
-            })
-            .await
-            .expect("sent");
+        send(&calls, 2000 + i, Some(get)).await;
     }
     let read = answers(&mut stream, 50).await;
     for i in 1..=50 {
@@ -352,13 +333,7 @@ async fn calls_on_one_stream_are_answered_by_id_as_their_unary_methods_answer() 
     }
     // The caller closes its side: the node answers what it has read, then
     // ends the stream.
-    calls
-        .send(Call {
-            id: 9,
-            request: Some(put(200)),
-        })
-        .await
-        .expect("sent");
+    send(&calls, 9, Some(put(200))).await;
     drop(calls);
     let last = answers(&mut stream, 1).await;
     assert!(
@@ -373,13 +348,7 @@ async fn calls_on_one_stream_are_answered_by_id_as_their_unary_methods_answer() 
     // A follower's answer redirects, with the leader's client address.
     let follower = (1..=3).find(|id| *id != leader).expect("follower");
     let (calls, mut stream) = call_stream(&test.cluster.members()[&follower].client_addr).await;
-    calls
-        .send(Call {
-            id: 1,
-            request: Some(put(300)),
-        })
-        .await
-        .expect("sent");
+    send(&calls, 1, Some(put(300))).await;
     let detail = call_error(&answers(&mut stream, 1).await[&1]);
     assert_eq!(detail.kind, Kind::NotLeader as i32);
     assert_eq!(detail.leader_client_addr, leader_addr);

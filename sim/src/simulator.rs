@@ -26,11 +26,11 @@
 //! index on every node); at the end, liveness (every client operation issued
 //! after healing completes) and linearizability of the whole history.
 
-use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::fmt::Write as _;
 use std::hash::{DefaultHasher, Hash, Hasher};
 
+use consensus::deadline::DeadlineQueue;
 use consensus::io::{
     DurableRecord, Envelope, HardState, Input, Outbox, OutboxParts, Recovered, Reply, ReplyOutcome,
     Role, Write,
@@ -327,29 +327,6 @@ enum Answer {
     Other(ReplyOutcome),
 }
 
-struct Queued {
-    time: Time,
-    order: u64,
-    event: Event,
-}
-
-impl PartialEq for Queued {
-    fn eq(&self, other: &Self) -> bool {
-        (self.time, self.order) == (other.time, other.order)
-    }
-}
-impl Eq for Queued {}
-impl PartialOrd for Queued {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-impl Ord for Queued {
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        (self.time, self.order).cmp(&(other.time, other.order))
-    }
-}
-
 /// Writes waiting for their sync, with what must wait for them.
 struct PendingPersist {
     writes: Vec<Write>,
@@ -427,8 +404,7 @@ pub struct Simulation<P, F> {
     config: SimConfig,
     rng: DetRng,
     now: Time,
-    order: u64,
-    queue: BinaryHeap<Reverse<Queued>>,
+    queue: DeadlineQueue<Time, Event>,
     nodes: BTreeMap<NodeId, Node<P>>,
     factory: F,
     clients: Vec<Client>,
@@ -496,8 +472,7 @@ where
         Simulation {
             rng,
             now: 0,
-            order: 0,
-            queue: BinaryHeap::new(),
+            queue: DeadlineQueue::new(),
             nodes,
             factory,
             clients,
@@ -519,12 +494,7 @@ where
     }
 
     fn schedule(&mut self, delay: Time, event: Event) {
-        self.order += 1;
-        self.queue.push(Reverse(Queued {
-            time: self.now + delay,
-            order: self.order,
-            event,
-        }));
+        self.queue.push(self.now + delay, event);
     }
 
     fn log(&mut self, line: impl FnOnce() -> String) {
@@ -568,8 +538,8 @@ where
         let heal_at = self.config.fault_phase_ms;
         self.schedule(heal_at, Event::Heal);
         let deadline = heal_at + self.config.liveness_deadline_ms;
-        while let Some(Reverse(queued)) = self.queue.pop() {
-            self.now = queued.time;
+        while let Some((time, event)) = self.queue.pop() {
+            self.now = time;
             if self.now > deadline {
                 let waiting: Vec<String> = self
                     .clients
@@ -584,7 +554,7 @@ where
                 ));
                 break;
             }
-            self.handle(queued.event);
+            self.handle(event);
             if self.failure.is_none() {
                 self.check_invariants();
             }
