@@ -51,6 +51,9 @@ pub struct CompareSpec {
     pub read_mode: String,
     /// Extra flags for every node.
     pub node_flags: Vec<String>,
+    /// One directory per node to keep its data in (empty: all under the
+    /// run's working directory).
+    pub node_dirs: Vec<PathBuf>,
     /// Also run the workloads against a local etcd cluster, first, and show
     /// every protocol's ratio to it.
     pub etcd: bool,
@@ -143,10 +146,11 @@ async fn start_cluster(
     spec: &CompareSpec,
     protocol: &str,
     dir: &Path,
+    data_dirs: Vec<PathBuf>,
 ) -> anyhow::Result<LocalCluster> {
     let flags = node_flags(spec, protocol);
     let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
-    let cluster = LocalCluster::start_with(exe, &["node"], protocol, spec.nodes, dir, &flags)
+    let cluster = LocalCluster::start_in(exe, &["node"], protocol, dir, data_dirs, &flags)
         .with_context(|| format!("cannot start a {protocol} cluster"))?;
     if cluster
         .wait_for_leader(Duration::from_secs(20))
@@ -159,6 +163,64 @@ async fn start_cluster(
         );
     }
     Ok(cluster)
+}
+
+/// Checks that `spec.node_dirs` is empty or names one existing directory per
+/// node (before anything runs, so a typo does not cost a run).
+pub fn check_node_dirs(spec: &CompareSpec) -> anyhow::Result<()> {
+    if spec.node_dirs.is_empty() {
+        return Ok(());
+    }
+    anyhow::ensure!(
+        spec.node_dirs.len() as u64 == spec.nodes,
+        "--node-dirs names {} directories for {} nodes; give one per node",
+        spec.node_dirs.len(),
+        spec.nodes
+    );
+    for dir in &spec.node_dirs {
+        anyhow::ensure!(
+            dir.is_dir(),
+            "--node-dirs: {} is not an existing directory",
+            dir.display()
+        );
+    }
+    Ok(())
+}
+
+/// Fresh data directories for one protocol's nodes: under `dir`, or one in
+/// each of `spec.node_dirs`. The guards remove the latter when dropped.
+fn node_data_dirs(
+    spec: &CompareSpec,
+    protocol: &str,
+    dir: &Path,
+) -> anyhow::Result<(Vec<PathBuf>, Vec<tempfile::TempDir>)> {
+    if spec.node_dirs.is_empty() {
+        let dirs = (1..=spec.nodes)
+            .map(|id| dir.join(format!("node{id}")))
+            .collect();
+        return Ok((dirs, Vec::new()));
+    }
+    check_node_dirs(spec)?;
+    let guards = spec
+        .node_dirs
+        .iter()
+        .zip(1..)
+        .map(|(root, id)| {
+            tempfile::Builder::new()
+                .prefix(&format!("bench-{protocol}-node{id}-"))
+                .tempdir_in(root)
+                .with_context(|| {
+                    format!(
+                        "cannot create node {id}'s data directory in {} (it must be an existing, writable directory)",
+                        root.display()
+                    )
+                })
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    Ok((
+        guards.iter().map(|g| g.path().to_path_buf()).collect(),
+        guards,
+    ))
 }
 
 fn percentile_ms(h: &hdrhistogram::Histogram<u64>, q: f64) -> f64 {
@@ -323,7 +385,8 @@ pub async fn run(spec: &CompareSpec, exe: &Path, work_dir: &Path) -> anyhow::Res
     for protocol in &spec.protocols {
         let dir = work_dir.join(protocol);
         std::fs::create_dir_all(&dir)?;
-        let mut cluster = start_cluster(exe, spec, protocol, &dir).await?;
+        let (data_dirs, _removed_after_the_run) = node_data_dirs(spec, protocol, &dir)?;
+        let mut cluster = start_cluster(exe, spec, protocol, &dir, data_dirs).await?;
         let target = TargetSpec::Store(cluster.endpoints());
         measure_all(
             spec,
@@ -455,4 +518,82 @@ pub fn write_report(report: &Report, out_dir: &Path) -> anyhow::Result<Vec<PathB
     let html = out_dir.join("report.html");
     std::fs::write(&html, crate::report::html(report))?;
     Ok(vec![markdown, html, json])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(nodes: u64, node_dirs: Vec<PathBuf>) -> CompareSpec {
+        CompareSpec {
+            protocols: vec!["optimized".into()],
+            workloads: vec![Workload::Write],
+            clients: vec![1],
+            duration: Duration::from_secs(1),
+            warmup: Duration::ZERO,
+            nodes,
+            value_bytes: 100,
+            keys: 10,
+            distribution: Distribution::Uniform,
+            net_delay_ms: 0,
+            net_jitter_ms: 0,
+            rate: None,
+            connections: 1,
+            availability_clients: 0,
+            availability_duration: Duration::from_secs(1),
+            read_mode: "lease".into(),
+            node_flags: Vec::new(),
+            node_dirs,
+            etcd: false,
+        }
+    }
+
+    #[test]
+    fn without_node_dirs_every_node_keeps_its_data_under_the_run_directory() {
+        let run = Path::new("/work/run/optimized");
+        let (dirs, guards) = node_data_dirs(&spec(3, Vec::new()), "optimized", run).unwrap();
+        assert_eq!(
+            dirs,
+            vec![run.join("node1"), run.join("node2"), run.join("node3")]
+        );
+        assert!(guards.is_empty());
+    }
+
+    #[test]
+    fn node_dirs_give_each_node_a_fresh_directory_removed_after_the_run() {
+        let roots: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+        let spec = spec(3, roots.iter().map(|r| r.path().to_path_buf()).collect());
+        let (dirs, guards) = node_data_dirs(&spec, "nilext", Path::new("/unused")).unwrap();
+        for (dir, root) in dirs.iter().zip(&roots) {
+            assert_eq!(
+                dir.parent(),
+                Some(root.path()),
+                "node {dir:?} in its own root"
+            );
+            assert!(dir.is_dir());
+        }
+        drop(guards);
+        for dir in &dirs {
+            assert!(!dir.exists(), "{dir:?} left behind");
+        }
+    }
+
+    #[test]
+    fn node_dirs_must_be_one_existing_directory_per_node() {
+        let root = tempfile::tempdir().unwrap();
+        let two = spec(3, vec![root.path().into(), root.path().into()]);
+        let error = node_data_dirs(&two, "optimized", root.path()).unwrap_err();
+        assert!(
+            format!("{error:#}").contains("2 directories for 3 nodes"),
+            "{error:#}"
+        );
+
+        let missing = root.path().join("no-such-disk");
+        let absent = spec(1, vec![missing.clone()]);
+        let error = node_data_dirs(&absent, "optimized", root.path()).unwrap_err();
+        assert!(
+            format!("{error:#}").contains(&missing.display().to_string()),
+            "{error:#}"
+        );
+    }
 }

@@ -116,6 +116,13 @@ struct CompareArgs {
     /// Extra flags for every node (e.g. --node-flag=--tick-ms=10).
     #[arg(long = "node-flag", allow_hyphen_values = true)]
     node_flags: Vec<String>,
+    /// One existing directory per node, in node order, to keep each node's
+    /// data in (for instance a disk per replica, as the Raft and Skyros
+    /// papers measured); each run works in a fresh subdirectory that is
+    /// removed afterwards. Default: every node under one temporary
+    /// directory, so the replicas share a disk and its syncs.
+    #[arg(long, value_delimiter = ',')]
+    node_dirs: Vec<PathBuf>,
     #[command(flatten)]
     workload: WorkloadArgs,
 }
@@ -243,6 +250,7 @@ async fn compare(args: CompareArgs) -> anyhow::Result<()> {
         availability_duration: seconds(args.availability_duration, "--availability-duration")?,
         read_mode: args.read_mode,
         node_flags: args.node_flags,
+        node_dirs: args.node_dirs,
         etcd: match args.target.as_deref() {
             None => false,
             Some("etcd") => true,
@@ -251,6 +259,7 @@ async fn compare(args: CompareArgs) -> anyhow::Result<()> {
             }
         },
     };
+    compare::check_node_dirs(&spec)?;
     let exe = std::env::current_exe().context("cannot find the bench executable")?;
     let work = tempfile::tempdir().context("cannot create a working directory")?;
     let report = compare::run(&spec, &exe, work.path()).await?;

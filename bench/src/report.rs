@@ -40,9 +40,19 @@ pub fn markdown(report: &Report) -> String {
     let _ = writeln!(out, "# Protocol comparison\n");
     let _ = writeln!(
         out,
-        "{} nodes per cluster (real processes, RocksDB, fsync on), {} s per run after {} s warm-up, \
+        "{} nodes per cluster (real processes, RocksDB, fsync on, {}), {} s per run after {} s warm-up, \
          {}-byte values over {} keys ({:?}), network delay {} ms ± {} ms, {}; machine: {} cores.\n",
         s.nodes,
+        if s.node_dirs.is_empty() {
+            "every node's data on one file system".to_string()
+        } else {
+            let dirs: Vec<String> = s
+                .node_dirs
+                .iter()
+                .map(|d| d.display().to_string())
+                .collect();
+            format!("node data in {}", dirs.join(", "))
+        },
         s.duration.as_secs_f64(),
         s.warmup.as_secs_f64(),
         s.value_bytes,

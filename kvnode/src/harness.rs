@@ -33,7 +33,7 @@ pub struct LocalCluster {
     leading_args: Vec<String>,
     protocol: String,
     members: BTreeMap<u64, Member>,
-    dir: PathBuf,
+    data_dirs: BTreeMap<u64, PathBuf>,
     extra_args: Vec<String>,
     children: BTreeMap<u64, Child>,
     log_dir: PathBuf,
@@ -62,8 +62,26 @@ impl LocalCluster {
         dir: &Path,
         extra_args: &[&str],
     ) -> std::io::Result<Self> {
-        let ports = free_ports(2 * nodes as usize)?;
-        let members = (1..=nodes)
+        let data_dirs = (1..=nodes)
+            .map(|id| dir.join(format!("node{id}")))
+            .collect();
+        Self::start_in(exe, leading_args, protocol, dir, data_dirs, extra_args)
+    }
+
+    /// As [`LocalCluster::start_with`], with node `i` (from 1) keeping its
+    /// data in `data_dirs[i - 1]` (for instance one disk per node) and the
+    /// nodes' logs under `dir`.
+    pub fn start_in(
+        exe: &Path,
+        leading_args: &[&str],
+        protocol: &str,
+        dir: &Path,
+        data_dirs: Vec<PathBuf>,
+        extra_args: &[&str],
+    ) -> std::io::Result<Self> {
+        let nodes = data_dirs.len();
+        let ports = free_ports(2 * nodes)?;
+        let members = (1..=nodes as u64)
             .map(|id| {
                 let i = (id - 1) as usize;
                 let member = Member {
@@ -80,12 +98,12 @@ impl LocalCluster {
             leading_args: leading_args.iter().map(|s| s.to_string()).collect(),
             protocol: protocol.to_string(),
             members,
-            dir: dir.to_path_buf(),
+            data_dirs: (1..).zip(data_dirs).collect(),
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
             children: BTreeMap::new(),
             log_dir,
         };
-        for id in 1..=nodes {
+        for id in 1..=nodes as u64 {
             cluster.start_node(id)?;
         }
         Ok(cluster)
@@ -109,9 +127,9 @@ impl LocalCluster {
         format_members(&self.members)
     }
 
-    /// A node's data directory.
-    pub fn data_dir(&self, id: u64) -> PathBuf {
-        self.dir.join(format!("node{id}"))
+    /// A member's data directory.
+    pub fn data_dir(&self, id: u64) -> Option<&Path> {
+        self.data_dirs.get(&id).map(PathBuf::as_path)
     }
 
     /// The file a node's standard error goes to.
@@ -124,6 +142,12 @@ impl LocalCluster {
         if self.is_running(id) {
             return Ok(());
         }
+        let Some(data_dir) = self.data_dir(id) else {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("node {id} is not a member of this cluster"),
+            ));
+        };
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -135,7 +159,7 @@ impl LocalCluster {
             .args(["--id", &id.to_string()])
             .args(["--peers", &self.peers_flag()])
             .arg("--data-dir")
-            .arg(self.data_dir(id))
+            .arg(data_dir)
             .args(&self.extra_args)
             .env(
                 "RUST_LOG",
