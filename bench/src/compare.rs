@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
-use kvnode::harness::LocalCluster;
+use kvnode::harness::{LocalCluster, data_dirs_under};
 use serde::Serialize;
 
 use crate::load::{self, LoadSpec, TIMELINE_BUCKET};
@@ -167,7 +167,7 @@ async fn start_cluster(
 
 /// Checks that `spec.node_dirs` is empty or names one existing directory per
 /// node (before anything runs, so a typo does not cost a run).
-pub fn check_node_dirs(spec: &CompareSpec) -> anyhow::Result<()> {
+fn check_node_dirs(spec: &CompareSpec) -> anyhow::Result<()> {
     if spec.node_dirs.is_empty() {
         return Ok(());
     }
@@ -188,19 +188,16 @@ pub fn check_node_dirs(spec: &CompareSpec) -> anyhow::Result<()> {
 }
 
 /// Fresh data directories for one protocol's nodes: under `dir`, or one in
-/// each of `spec.node_dirs`. The guards remove the latter when dropped.
+/// each of `spec.node_dirs` (checked by [`check_node_dirs`]). The guards
+/// remove the latter when dropped.
 fn node_data_dirs(
     spec: &CompareSpec,
     protocol: &str,
     dir: &Path,
 ) -> anyhow::Result<(Vec<PathBuf>, Vec<tempfile::TempDir>)> {
     if spec.node_dirs.is_empty() {
-        let dirs = (1..=spec.nodes)
-            .map(|id| dir.join(format!("node{id}")))
-            .collect();
-        return Ok((dirs, Vec::new()));
+        return Ok((data_dirs_under(dir, spec.nodes), Vec::new()));
     }
-    check_node_dirs(spec)?;
     let guards = spec
         .node_dirs
         .iter()
@@ -364,6 +361,7 @@ fn workload_runs_on_etcd(workload: &Workload) -> bool {
 
 /// Runs the comparison, printing progress, and returns the report.
 pub async fn run(spec: &CompareSpec, exe: &Path, work_dir: &Path) -> anyhow::Result<Report> {
+    check_node_dirs(spec)?;
     let multi = MultiProgress::new();
     let mut runs = Vec::new();
     let mut availability = Vec::new();
@@ -582,7 +580,7 @@ mod tests {
     fn node_dirs_must_be_one_existing_directory_per_node() {
         let root = tempfile::tempdir().unwrap();
         let two = spec(3, vec![root.path().into(), root.path().into()]);
-        let error = node_data_dirs(&two, "optimized", root.path()).unwrap_err();
+        let error = check_node_dirs(&two).unwrap_err();
         assert!(
             format!("{error:#}").contains("2 directories for 3 nodes"),
             "{error:#}"
@@ -590,10 +588,14 @@ mod tests {
 
         let missing = root.path().join("no-such-disk");
         let absent = spec(1, vec![missing.clone()]);
-        let error = node_data_dirs(&absent, "optimized", root.path()).unwrap_err();
-        assert!(
-            format!("{error:#}").contains(&missing.display().to_string()),
-            "{error:#}"
-        );
+        for error in [
+            check_node_dirs(&absent).unwrap_err(),
+            node_data_dirs(&absent, "optimized", root.path()).unwrap_err(),
+        ] {
+            assert!(
+                format!("{error:#}").contains(&missing.display().to_string()),
+                "{error:#}"
+            );
+        }
     }
 }

@@ -259,7 +259,6 @@ async fn compare(args: CompareArgs) -> anyhow::Result<()> {
             }
         },
     };
-    compare::check_node_dirs(&spec)?;
     let exe = std::env::current_exe().context("cannot find the bench executable")?;
     let work = tempfile::tempdir().context("cannot create a working directory")?;
     let report = compare::run(&spec, &exe, work.path()).await?;

@@ -26,6 +26,14 @@ pub fn free_ports(count: usize) -> std::io::Result<Vec<u16>> {
         .collect()
 }
 
+/// The data directories of `nodes` nodes kept under one directory, as
+/// [`LocalCluster::start`] lays them out: `dir/node1`, `dir/node2`, ...
+pub fn data_dirs_under(dir: &Path, nodes: u64) -> Vec<PathBuf> {
+    (1..=nodes)
+        .map(|id| dir.join(format!("node{id}")))
+        .collect()
+}
+
 /// A running local cluster.
 #[derive(Debug)]
 pub struct LocalCluster {
@@ -62,9 +70,7 @@ impl LocalCluster {
         dir: &Path,
         extra_args: &[&str],
     ) -> std::io::Result<Self> {
-        let data_dirs = (1..=nodes)
-            .map(|id| dir.join(format!("node{id}")))
-            .collect();
+        let data_dirs = data_dirs_under(dir, nodes);
         Self::start_in(exe, leading_args, protocol, dir, data_dirs, extra_args)
     }
 
