@@ -82,7 +82,7 @@ use consensus::io::{Input, Outbox, Recovered, ReplyOutcome, Role, Status, Timing
 use consensus::message::{DurabilityLogRequest, DurabilityLogResponse, Message};
 use consensus::quorum::majority;
 use consensus::{
-    ClientRequest, Consensus, DurableRecord, EntryPayload, Key, NodeId, RequestId, Term,
+    ClientRequest, Command, Consensus, DurableRecord, EntryPayload, Key, NodeId, RequestId, Term,
 };
 use raft_optimized::OptimizedRaft;
 
@@ -123,6 +123,37 @@ struct Recovery {
     ticks: u64,
 }
 
+/// How many pending writes touch each key.
+#[derive(Debug, Default)]
+struct KeyCounts(HashMap<Key, usize>);
+
+impl KeyCounts {
+    fn add(&mut self, command: &Command) {
+        for key in command.keys() {
+            *self.0.entry(key.to_vec()).or_default() += 1;
+        }
+    }
+
+    fn remove(&mut self, command: &Command) {
+        for key in command.keys() {
+            if let Some(count) = self.0.get_mut(key) {
+                *count -= 1;
+                if *count == 0 {
+                    self.0.remove(key);
+                }
+            }
+        }
+    }
+
+    fn touches(&self, keys: &[&[u8]]) -> bool {
+        keys.iter().any(|k| self.0.contains_key(*k))
+    }
+
+    fn clear(&mut self) {
+        self.0.clear();
+    }
+}
+
 /// The durability log: records in order, with indexes for lookups.
 #[derive(Debug, Default)]
 struct DurabilityLog {
@@ -130,7 +161,7 @@ struct DurabilityLog {
     position_of: HashMap<RequestId, u64>,
     next_position: u64,
     /// How many records touch each key.
-    keys: HashMap<Key, usize>,
+    keys: KeyCounts,
 }
 
 impl DurabilityLog {
@@ -155,9 +186,7 @@ impl DurabilityLog {
             !self.contains(&record.request.id),
             "a record is in the log once"
         );
-        for key in record.request.command.keys() {
-            *self.keys.entry(key.to_vec()).or_default() += 1;
-        }
+        self.keys.add(&record.request.command);
         self.position_of
             .insert(record.request.id, self.next_position);
         self.records.insert(self.next_position, record);
@@ -169,20 +198,17 @@ impl DurabilityLog {
             return false;
         };
         if let Some(record) = self.records.remove(&position) {
-            for key in record.request.command.keys() {
-                if let Some(count) = self.keys.get_mut(key) {
-                    *count -= 1;
-                    if *count == 0 {
-                        self.keys.remove(key);
-                    }
-                }
-            }
+            self.keys.remove(&record.request.command);
         }
         true
     }
 
+    fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
+
     fn touches(&self, keys: &[&[u8]]) -> bool {
-        keys.iter().any(|k| self.keys.contains_key(*k))
+        self.keys.touches(keys)
     }
 
     fn iter(&self) -> impl Iterator<Item = &DurableRecord> {
@@ -198,6 +224,11 @@ pub struct NilextRaft {
     durability_log: DurabilityLog,
     /// Records this leader has handed to the Raft log in its term.
     ordered: HashSet<RequestId>,
+    /// Commands this leader proposed outside the durability log (slow-path
+    /// writes, non-nilext updates) and has not yet applied, with how many
+    /// times each was proposed; and the keys they touch. See `read`.
+    proposed: HashMap<RequestId, u32>,
+    proposed_keys: KeyCounts,
     /// Fast-path writes waiting for the next durability-log sync.
     waiting_writes: Vec<ClientRequest>,
     /// One flag per persist job issued and not yet durable (first in, first
@@ -229,6 +260,8 @@ impl NilextRaft {
             inner,
             durability_log,
             ordered: HashSet::new(),
+            proposed: HashMap::new(),
+            proposed_keys: KeyCounts::default(),
             waiting_writes: Vec::new(),
             jobs: VecDeque::new(),
             appended_this_step: false,
@@ -355,8 +388,14 @@ impl NilextRaft {
             .map(|r| r.request.clone())
             .collect();
         for request in unordered {
-            self.ordered.insert(request.id);
-            self.inner.propose(request, out);
+            let id = request.id;
+            if !self.inner.propose(request, out) {
+                // Refused (a full proposal queue): this record and every
+                // later one wait for the next ordering, so that the Raft log
+                // keeps the durability log's order.
+                break;
+            }
+            self.ordered.insert(id);
         }
     }
 
@@ -373,22 +412,53 @@ impl NilextRaft {
             return;
         }
         if request.command.is_read() {
-            if self.durability_log.touches(&request.command.keys()) {
-                // A pending write touches the read: order everything first
-                // and read at an index that includes it.
-                self.order_durability_log(out);
-                self.inner.flush_now(out);
-                let index = self.inner.last_index();
-                self.inner.read(request, index, out);
-            } else {
-                self.inner.read(request, 0, out);
-            }
+            self.read(request, out);
             return;
         }
         // Non-nilext updates, and writes on the slow path: after every
         // write this leader has acked.
         self.order_durability_log(out);
-        self.inner.propose(request, out);
+        let id = request.id;
+        let command = request.command.clone();
+        if self.inner.propose(request, out) {
+            *self.proposed.entry(id).or_default() += 1;
+            self.proposed_keys.add(&command);
+        }
+    }
+
+    /// Serves a read at the leader (section 4.4), at an index that includes
+    /// every write the read must see:
+    ///
+    /// - a record in the durability log touches the read's keys: the leader
+    ///   orders its whole durability log and reads at an index that includes
+    ///   it (the paper's rule);
+    /// - a command this leader proposed outside the durability log (a
+    ///   slow-path write, a non-nilext update) touches the read's keys, is
+    ///   not yet applied, and the durability log is not empty: the same. A
+    ///   fast write the leader acknowledges is ordered after everything the
+    ///   leader already proposed, so once such a write completes, a read
+    ///   invoked after it must see those earlier commands too, committed or
+    ///   not (simulator seed 7070681: a slow-path multi-put of k2 and k3, a
+    ///   fast put of k3 completed after it, and a read of k2 that missed the
+    ///   multi-put). With the durability log empty, every completed fast
+    ///   write is applied here, and with it everything ordered before it;
+    ///
+    /// - otherwise at the commit index, as raft-optimized reads.
+    ///
+    /// Commands proposed earlier that touch none of the read's keys need not
+    /// be visible: the read does not observe them.
+    fn read(&mut self, request: ClientRequest, out: &mut Outbox) {
+        let keys = request.command.keys();
+        let must_order = self.durability_log.touches(&keys)
+            || (!self.durability_log.is_empty() && self.proposed_keys.touches(&keys));
+        if must_order {
+            self.order_durability_log(out);
+            self.inner.flush_now(out);
+            let index = self.inner.last_index();
+            self.inner.read(request, index, out);
+        } else {
+            self.inner.read(request, 0, out);
+        }
     }
 
     // ----- leader change -----
@@ -500,6 +570,8 @@ impl NilextRaft {
                 self.recovery = None;
                 self.ordered.clear();
             }
+            self.proposed.clear();
+            self.proposed_keys.clear();
         }
         for entry in &out.apply[apply_from..] {
             if let EntryPayload::Command(request) = &entry.payload {
@@ -507,6 +579,13 @@ impl NilextRaft {
                     self.pending_removals.push(request.id);
                 }
                 self.ordered.remove(&request.id);
+                if let Some(times) = self.proposed.get_mut(&request.id) {
+                    *times -= 1;
+                    if *times == 0 {
+                        self.proposed.remove(&request.id);
+                    }
+                    self.proposed_keys.remove(&request.command);
+                }
             }
         }
     }

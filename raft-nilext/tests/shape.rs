@@ -287,3 +287,165 @@ fn the_five_replica_cycle_scenario_stays_linearizable() {
     });
     assert!(check(&ops).is_linearizable());
 }
+
+/// A leader whose lease reads are valid from the start of the test: check-
+/// quorum and pre-vote on, as lease reads require.
+fn lease_cluster(n: u64) -> ManualCluster<NilextRaft> {
+    let mut c = ManualCluster::new(n, |id, members| {
+        let mut config = Config::new(id, members.to_vec(), 11);
+        config.raft.read_mode = ReadMode::Lease;
+        config.ordering_interval_ticks = 1_000_000;
+        NilextRaft::new(config, Default::default())
+    });
+    c.elect(1, 100);
+    c.settle(10_000);
+    c
+}
+
+/// Simulator seed 7070681 (and 8061040, 8083803, 8701557, ...), replayed by
+/// hand. A multi-put M of k2 and k3 takes the slow path: the leader puts it
+/// in its Raft log, and its AppendEntries are held up. A put W of k3 then
+/// completes on the fast path: the leader acknowledged it after proposing M,
+/// so W is ordered after M. A read R of k2, invoked after W completed, must
+/// therefore see M, though no durability-log record touches k2 and M is not
+/// yet committed. Before the fix the leader served R at its commit index and
+/// returned k2's old value: M < W (a later read sees W's k3), W < R (real
+/// time), R < M (R missed M) is a cycle.
+fn a_read_sees_a_write_ordered_before_a_completed_fast_write(mut c: ManualCluster<NilextRaft>) {
+    let leader = 1;
+    let n = c.nodes.len() as u64;
+    let mut clock = 0u64;
+    let mut tick = || {
+        clock += 1;
+        clock
+    };
+    let m = request(
+        101,
+        1,
+        Command::MultiPut {
+            pairs: vec![
+                (b"k2".to_vec(), b"m".to_vec()),
+                (b"k3".to_vec(), b"m".to_vec()),
+            ],
+        },
+    );
+    let m_call = tick();
+    // M's fast-path copies were lost; the client sends it to the leader.
+    c.request(leader, m.clone());
+    assert!(
+        c.node(leader).status().last_log_index > c.node(leader).status().commit_index,
+        "M is in the leader's log, not committed"
+    );
+    // M's AppendEntries are held up in the network.
+    let held: Vec<_> = c.network.drain(..).collect();
+    let w = put(102, "k3", "w");
+    let w_call = tick();
+    for node in 1..=n {
+        c.step(node, Input::FastWrite(w.clone()));
+        c.sync(node);
+    }
+    let w_acks = acks(&c, w.id);
+    assert_eq!(w_acks.len() as u64, n, "W completes on the fast path");
+    assert!(
+        w_acks
+            .iter()
+            .any(|(node, _, from_leader)| *node == leader && *from_leader)
+    );
+    let w_ret = tick();
+    let r = get(103, "k2");
+    let r_call = tick();
+    c.request(leader, r.clone());
+    // Heartbeats (and a ReadIndex round) may flow; M's entries stay held.
+    c.settle(10_000);
+    // Answered before M could commit (the bug), or only once it did.
+    let answered_early = c.result_of(r.id).map(|_| tick());
+    c.network.extend(held);
+    c.settle(10_000);
+    c.tick(leader, 2);
+    c.settle(10_000);
+    let r_ret = answered_early.unwrap_or_else(&mut tick);
+    let Some(CommandResult::Value(r_seen)) = c.result_of(r.id).cloned() else {
+        panic!("R was answered");
+    };
+    let m_ret = tick();
+    assert_eq!(c.result_of(m.id), Some(&CommandResult::Written));
+    // A later read of both keys orders W (after M) and shows which came last.
+    let both = request(
+        104,
+        1,
+        Command::MultiGet {
+            keys: vec![b"k2".to_vec(), b"k3".to_vec()],
+        },
+    );
+    let both_call = tick();
+    c.request(leader, both.clone());
+    c.settle(10_000);
+    c.tick(leader, 2);
+    c.settle(10_000);
+    let Some(CommandResult::Values(both_seen)) = c.result_of(both.id).cloned() else {
+        panic!("the multi-get was answered");
+    };
+    let both_ret = tick();
+    assert_eq!(
+        both_seen,
+        vec![Some(b"m".to_vec()), Some(b"w".to_vec())],
+        "W was ordered after M"
+    );
+    let ops = vec![
+        Operation {
+            client: 101,
+            call: m_call,
+            ret: Some(m_ret),
+            input: KvInput::MultiPut(vec![
+                (b"k2".to_vec(), b"m".to_vec()),
+                (b"k3".to_vec(), b"m".to_vec()),
+            ]),
+            output: Some(KvOutput::Written),
+        },
+        Operation {
+            client: 102,
+            call: w_call,
+            ret: Some(w_ret),
+            input: KvInput::Put(b"k3".to_vec(), b"w".to_vec()),
+            output: Some(KvOutput::Written),
+        },
+        Operation {
+            client: 103,
+            call: r_call,
+            ret: Some(r_ret),
+            input: KvInput::Get(b"k2".to_vec()),
+            output: Some(KvOutput::Value(r_seen.clone())),
+        },
+        Operation {
+            client: 104,
+            call: both_call,
+            ret: Some(both_ret),
+            input: KvInput::MultiGet(vec![b"k2".to_vec(), b"k3".to_vec()]),
+            output: Some(KvOutput::Values(both_seen)),
+        },
+    ];
+    assert_eq!(
+        r_seen,
+        Some(b"m".to_vec()),
+        "R, invoked after W completed, sees M, which is ordered before W"
+    );
+    assert!(check(&ops).is_linearizable());
+}
+
+#[test]
+fn a_read_index_read_sees_a_slow_write_ordered_before_a_completed_fast_write() {
+    a_read_sees_a_write_ordered_before_a_completed_fast_write(ready_cluster(
+        3,
+        ReadMode::ReadIndex,
+    ));
+    a_read_sees_a_write_ordered_before_a_completed_fast_write(ready_cluster(
+        5,
+        ReadMode::ReadIndex,
+    ));
+}
+
+#[test]
+fn a_lease_read_sees_a_slow_write_ordered_before_a_completed_fast_write() {
+    a_read_sees_a_write_ordered_before_a_completed_fast_write(lease_cluster(3));
+    a_read_sees_a_write_ordered_before_a_completed_fast_write(lease_cluster(5));
+}

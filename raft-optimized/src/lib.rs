@@ -708,18 +708,22 @@ impl OptimizedRaft {
     /// Queues a command for the log (leader only; others answer "not
     /// leader"). Group commit: while the leader's last log write is syncing,
     /// commands gather for the next one; a full batch goes at once.
-    pub fn propose(&mut self, request: ClientRequest, out: &mut Outbox) {
+    ///
+    /// Returns whether the command was accepted: false when this node does
+    /// not lead or its queue is full, and the request was answered so.
+    pub fn propose(&mut self, request: ClientRequest, out: &mut Outbox) -> bool {
         if self.refused_unless_leader(&request, out) {
-            return;
+            return false;
         }
         if self.proposals.len() >= self.config.proposals_queued_max {
             out.reply(request.id, ReplyOutcome::Unavailable, Timing::Now);
-            return;
+            return false;
         }
         self.proposals.push_back(request);
         if !self.log_write_in_flight() || self.proposals.len() >= self.config.batch_entries_max {
             self.flush_proposals(out);
         }
+        true
     }
 
     /// Appends every queued command to the log now, without waiting for the
