@@ -2,9 +2,15 @@
 //!
 //! # Ordering rules, and why each is needed
 //!
-//! A protocol does no I/O. The runtime (kvnode's, or the simulator's) carries
-//! out each outbox in this order, exactly as written:
+//! A protocol does no I/O. The runtime (kvnode's, or the simulator's) gives
+//! it time and carries out each outbox in this order, exactly as written:
 //!
+//! 0. **Time first.** Before every input, the runtime delivers every
+//!    [`Input::Tick`] that real time owes ([`crate::clock::TickClock`]), so
+//!    a protocol's tick count is real time whenever it takes an input, even
+//!    after the process stalled. Lease reads rest on this: a leader counts
+//!    its lease in ticks, and one that resumed from a pause with its ticks
+//!    behind real time would serve reads from a lease that has ended.
 //! 1. **Messages and replies marked [`Timing::Now`] leave at once.** A
 //!    protocol marks a message `Now` only when it depends on no write of this
 //!    outbox: a heartbeat, or (parallel leader persist, in raft-optimized)

@@ -10,10 +10,12 @@
 //!   the runtime follows, and why, are in the [`io`] module.
 //! - Shared types ([`types`]), the peer message vocabulary ([`message`]),
 //!   quorum arithmetic ([`quorum`]), the in-memory log ([`log`]), request
-//!   limits ([`limits`]), a queue of items by deadline ([`deadline`]).
+//!   limits ([`limits`]), a queue of items by deadline ([`deadline`]), real
+//!   time turned into ticks ([`clock`]).
 //! - The key-value state machine with exactly-once client sessions
 //!   ([`state_machine`]), used by the simulator and by `kvnode` alike.
 
+pub mod clock;
 pub mod deadline;
 pub mod io;
 pub mod limits;

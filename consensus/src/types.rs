@@ -109,6 +109,21 @@ impl Command {
         }
     }
 
+    /// Whether Nil-ext may complete the command on its fast path (durable on
+    /// every replica, ordered later): a nilext write of one key, put or
+    /// delete. A multi-put returns nothing too, but it goes to the leader:
+    /// a new leader orders the unordered writes it recovers as its own
+    /// durability log has them, which may differ from the order the old
+    /// leader's reads implied for writes that were concurrent. For writes of
+    /// one key each that difference cannot be seen (writes of different keys
+    /// commute, and a read of a key with a pending write waits until the
+    /// order is committed); for a multi-put it can (simulator seed 8801550:
+    /// a multi-put of k4 and k5 ordered before a completed put of k4, after a
+    /// read of k5 at the old leader had missed it).
+    pub fn takes_fast_path(&self) -> bool {
+        matches!(self, Command::Put { .. } | Command::Delete { .. })
+    }
+
     /// True for commands that do not change the state.
     pub fn is_read(&self) -> bool {
         self.class() == CommandClass::Read

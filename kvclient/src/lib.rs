@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use consensus::{Command, CommandClass, CommandResult, lock};
+use consensus::{Command, CommandResult, lock};
 use futures_util::StreamExt as _;
 use futures_util::stream::FuturesUnordered;
 use prost::Message as _;
@@ -469,7 +469,7 @@ impl Client {
         }
         self.seq += 1;
         let deadline = Instant::now() + self.options.timeout;
-        if command.class() == CommandClass::Nilext
+        if command.takes_fast_path()
             && self
                 .fast_path_paused_until
                 .is_none_or(|until| Instant::now() >= until)

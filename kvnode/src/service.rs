@@ -163,11 +163,11 @@ impl KvService {
         command: Command,
     ) -> Result<Done, ServiceError> {
         let (id, fast) = header_id(header).map_err(ServiceError::Refused)?;
-        if fast && command.class() != consensus::CommandClass::Nilext {
+        if fast && !command.takes_fast_path() {
             return Err(ServiceError::Refused(error_status(
                 Code::InvalidArgument,
                 Kind::InvalidArgument,
-                "only put, delete and multi-put may take the fast path",
+                "only put and delete may take the fast path",
                 None,
             )));
         }

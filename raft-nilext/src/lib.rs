@@ -4,10 +4,12 @@
 //!
 //! # Message flow
 //!
-//! *Nilext writes (4.3).* Put, delete and multi-put return nothing but an
+//! *Nilext writes (4.3).* Put and delete return nothing but an
 //! acknowledgement, so they need not be ordered before the client is told
 //! they are done; they only need to be durable. The client sends such a
-//! write to every replica ([`Input::FastWrite`]). A replica in normal
+//! write to every replica ([`Input::FastWrite`]). (A multi-put returns
+//! nothing too, but takes the leader's path: see "Why only writes of one key
+//! take the fast path" below.) A replica in normal
 //! operation (a follower that knows its leader, or a leader that has
 //! finished recovery) appends it to its **durability log**, syncs, and acks
 //! with its term. The client is done once a fast quorum of replicas acked in
@@ -26,11 +28,15 @@
 //! raft-optimized does (ReadIndex or lease). If a record still in its
 //! durability log touches a key the read needs, the leader first orders its
 //! whole durability log and answers once that is applied (two round trips);
-//! otherwise at once.
+//! so it does when a command it proposed itself (a slow-path write, an
+//! update) touches the read's keys and is not yet applied while its
+//! durability log holds records, because a fast write it acknowledged is
+//! ordered after that command and may have completed (`NilextRaft::read`
+//! says why); otherwise at once.
 //!
-//! *Non-nilext updates (4.4)* (compare-and-swap, increment) and writes on
-//! the slow path go to the leader, which orders its durability log first,
-//! then the update.
+//! *Non-nilext updates (4.4)* (compare-and-swap, increment), multi-puts and
+//! writes on the slow path go to the leader, which orders its durability log
+//! first, then the update.
 //!
 //! *Leader change (4.5).* A new leader serves nothing until it has
 //! recovered: it asks every replica for its durability log
@@ -75,6 +81,25 @@
 //!
 //! Restarts lose nothing: the durability log is synced before any ack, so a
 //! restarted replica has all it acked and may vote at once.
+//!
+//! # Why only writes of one key take the fast path
+//!
+//! Writes that arrive at the replicas concurrently may sit in their
+//! durability logs in different orders. The leader's reads assume its own
+//! order; a new leader orders what it recovers as its own log has it. The
+//! two orders may differ only for writes that were concurrent, and for
+//! writes of one key each that difference is never seen: writes of
+//! different keys commute, and a read of a key with a pending write waits
+//! until the order is committed, after which no leader can change it. A
+//! write of several keys breaks this. Simulator seed 8801550 (three
+//! replicas, lease reads): a multi-put M of k4 and k5 reached the followers
+//! first, the leader late; a put W of k4 completed; a read of k5 at the
+//! leader, after W completed, found no pending write of k5 and missed M;
+//! then M completed, the leader was cut off, and the new leader, whose log
+//! held M before W, ordered M first, so the final k4 showed W after M,
+//! although the read had placed M after W. So `Command::takes_fast_path`
+//! admits put and delete only; a multi-put goes to the leader, which orders
+//! it in its Raft log, where no later leader reorders it.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 
@@ -101,6 +126,21 @@ pub struct Config {
     /// refused as unavailable (the client then takes the slow path).
     /// Default 100,000.
     pub durability_log_max: usize,
+    /// A deliberate bug, for tests that show the simulator catches it.
+    /// Never set outside tests.
+    pub injected_bug: Option<InjectedBug>,
+}
+
+/// Deliberate bugs, each undoing one rule this crate needs, for tests that
+/// show the simulator's checks catch them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InjectedBug {
+    /// Reads ignore the leader's own unapplied proposals (the second rule
+    /// of `NilextRaft::read`).
+    ReadsIgnoreUnappliedProposals,
+    /// Multi-puts are taken on the fast path (see "Why only writes of one
+    /// key take the fast path").
+    MultiPutOnFastPath,
 }
 
 impl Config {
@@ -110,6 +150,7 @@ impl Config {
             raft: RaftConfig::new(id, members, seed),
             ordering_interval_ticks: 1,
             durability_log_max: 100_000,
+            injected_bug: None,
         }
     }
 }
@@ -305,8 +346,10 @@ impl NilextRaft {
         if out.refuse_invalid(&request, true) {
             return;
         }
-        if request.command.class() != consensus::CommandClass::Nilext {
-            let reason = "only put, delete and multi-put take the fast path".to_string();
+        let multi_put_bug = self.config.injected_bug == Some(InjectedBug::MultiPutOnFastPath)
+            && matches!(request.command, consensus::Command::MultiPut { .. });
+        if !request.command.takes_fast_path() && !multi_put_bug {
+            let reason = "only put and delete take the fast path".to_string();
             out.reply_fast(request.id, ReplyOutcome::Rejected(reason), Timing::Now);
             return;
         }
@@ -449,8 +492,12 @@ impl NilextRaft {
     /// be visible: the read does not observe them.
     fn read(&mut self, request: ClientRequest, out: &mut Outbox) {
         let keys = request.command.keys();
+        let proposals_count =
+            self.config.injected_bug != Some(InjectedBug::ReadsIgnoreUnappliedProposals);
         let must_order = self.durability_log.touches(&keys)
-            || (!self.durability_log.is_empty() && self.proposed_keys.touches(&keys));
+            || (proposals_count
+                && !self.durability_log.is_empty()
+                && self.proposed_keys.touches(&keys));
         if must_order {
             self.order_durability_log(out);
             self.inner.flush_now(out);

@@ -4,7 +4,7 @@
 
 use consensus::io::{Input, ReplyOutcome};
 use consensus::{ClientRequest, Command, CommandResult, Consensus, RequestId, Role};
-use raft_nilext::{Config, NilextRaft, ReadMode};
+use raft_nilext::{Config, InjectedBug, NilextRaft, ReadMode};
 use sim::linearizability::{KvInput, KvOutput, Operation, check};
 use sim::manual::{Answer, ManualCluster};
 
@@ -448,4 +448,140 @@ fn a_read_index_read_sees_a_slow_write_ordered_before_a_completed_fast_write() {
 fn a_lease_read_sees_a_slow_write_ordered_before_a_completed_fast_write() {
     a_read_sees_a_write_ordered_before_a_completed_fast_write(lease_cluster(3));
     a_read_sees_a_write_ordered_before_a_completed_fast_write(lease_cluster(5));
+}
+
+/// Simulator seed 8801550, replayed by hand: why a multi-put does not take
+/// the fast path. A multi-put M of k4 and k5 reaches the followers first
+/// and the leader not yet; a put W of k4 completes on the fast path; a read
+/// R of k5 at the leader finds no pending write of k5 and misses M. The
+/// leader is then cut off, and the new leader orders what it recovered as
+/// its own durability log has it: M before W. A later read shows k4 = W
+/// (so M < W) and k5 = M, while R placed M after W. With the deliberate bug
+/// that admits multi-puts on the fast path the history is not
+/// linearizable; the protocol itself refuses M on the fast path.
+#[test]
+fn a_multi_put_on_the_fast_path_could_be_reordered_by_a_new_leader() {
+    let multi_put = || {
+        request(
+            101,
+            1,
+            Command::MultiPut {
+                pairs: vec![
+                    (b"k4".to_vec(), b"m".to_vec()),
+                    (b"k5".to_vec(), b"m".to_vec()),
+                ],
+            },
+        )
+    };
+    let build = |bug: Option<InjectedBug>| {
+        let mut c = ManualCluster::new(3, |id, members| {
+            let mut config = Config::new(id, members.to_vec(), 11);
+            config.ordering_interval_ticks = 1_000_000;
+            config.raft.check_quorum = false;
+            config.raft.pre_vote = false;
+            config.injected_bug = bug;
+            NilextRaft::new(config, Default::default())
+        });
+        c.elect(1, 100);
+        c.settle(10_000);
+        c
+    };
+
+    // The protocol refuses a multi-put on the fast path.
+    let mut c = build(None);
+    let m = multi_put();
+    c.step(2, Input::FastWrite(m.clone()));
+    assert!(
+        c.answers.iter().any(|a| matches!(a,
+            Answer::Reply { reply, .. }
+                if reply.request == m.id && reply.fast_path
+                    && matches!(reply.outcome, ReplyOutcome::Rejected(_)))),
+        "a multi-put is refused on the fast path"
+    );
+    assert!(c.node(2).durability_log().is_empty());
+
+    // With the bug, the recipe of seed 8801550.
+    let mut c = build(Some(InjectedBug::MultiPutOnFastPath));
+    let m = multi_put();
+    for node in [2, 3] {
+        c.step(node, Input::FastWrite(m.clone()));
+        c.sync(node);
+    }
+    let w = put(102, "k4", "w");
+    for node in 1..=3 {
+        c.step(node, Input::FastWrite(w.clone()));
+        c.sync(node);
+    }
+    assert_eq!(acks(&c, w.id).len(), 3, "W completes on the fast path");
+    let r = get(103, "k5");
+    c.request(1, r.clone());
+    c.settle(10_000);
+    assert_eq!(
+        c.result_of(r.id),
+        Some(&CommandResult::Value(None)),
+        "R at the old leader misses M"
+    );
+    // The old leader is cut off; node 2 leads and recovers M and W.
+    for other in [2, 3] {
+        c.cut.insert((1, other));
+        c.cut.insert((other, 1));
+    }
+    c.elect(2, 100);
+    c.settle(10_000);
+    let both = request(
+        104,
+        1,
+        Command::MultiGet {
+            keys: vec![b"k4".to_vec(), b"k5".to_vec()],
+        },
+    );
+    c.request(2, both.clone());
+    c.settle(10_000);
+    c.tick(2, 2);
+    c.settle(10_000);
+    let Some(CommandResult::Values(seen)) = c.result_of(both.id).cloned() else {
+        panic!("the multi-get was answered");
+    };
+    assert_eq!(
+        seen,
+        vec![Some(b"w".to_vec()), Some(b"m".to_vec())],
+        "the new leader ordered M before W"
+    );
+    let ops = vec![
+        Operation {
+            client: 101,
+            call: 1,
+            ret: None,
+            input: KvInput::MultiPut(vec![
+                (b"k4".to_vec(), b"m".to_vec()),
+                (b"k5".to_vec(), b"m".to_vec()),
+            ]),
+            output: None,
+        },
+        Operation {
+            client: 102,
+            call: 2,
+            ret: Some(3),
+            input: KvInput::Put(b"k4".to_vec(), b"w".to_vec()),
+            output: Some(KvOutput::Written),
+        },
+        Operation {
+            client: 103,
+            call: 4,
+            ret: Some(5),
+            input: KvInput::Get(b"k5".to_vec()),
+            output: Some(KvOutput::Value(None)),
+        },
+        Operation {
+            client: 104,
+            call: 6,
+            ret: Some(7),
+            input: KvInput::MultiGet(vec![b"k4".to_vec(), b"k5".to_vec()]),
+            output: Some(KvOutput::Values(seen)),
+        },
+    ];
+    assert!(
+        !check(&ops).is_linearizable(),
+        "a multi-put on the fast path breaks linearizability"
+    );
 }

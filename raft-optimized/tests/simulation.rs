@@ -10,6 +10,7 @@ use sim::{Faults, SimConfig, run_seeds};
 
 const REPLAY: &str =
     "SIM_SEED={seed} cargo test -p raft-optimized --test simulation -- --nocapture";
+const SOAK_REPLAY: &str = "SIM_SEED={seed} cargo test --release -p raft-optimized --test simulation -- --ignored --exact many_seeds --nocapture";
 
 fn factory(
     read_mode: ReadMode,
@@ -104,10 +105,79 @@ fn without_faults_every_operation_completes() {
     }
 }
 
-/// A long soak, not run by default, with progress:
-/// `SIM_SEEDS=100000 cargo test --release -p raft-optimized --test simulation -- --ignored many_seeds --nocapture`
+/// Pauses alone (a process stopped while the others go on): a leader
+/// resumed from a pause catches up on time before it answers anything, so
+/// its lease has ended if another leader may have been elected.
+#[test]
+fn pauses_with_lease_and_read_index_reads() {
+    let pauses = Faults {
+        pauses: true,
+        ..Faults::none()
+    };
+    for (mode, base) in [(ReadMode::Lease, 60_000), (ReadMode::ReadIndex, 61_000)] {
+        for nodes in [3, 5] {
+            check(base..base + 80, mode, |seed| {
+                let mut config = SimConfig::new(seed, nodes);
+                config.faults = pauses;
+                config
+            });
+        }
+    }
+}
+
+/// The pause fault catches a runtime that loses the ticks a pause missed
+/// (kvnode's periodic ticker before it took time from a clock): a resumed
+/// leader then serves lease reads from a lease that ended in real time.
+#[test]
+fn catches_a_runtime_that_loses_the_ticks_of_a_pause() {
+    let result = run_seeds(
+        60_000..60_300,
+        |seed| {
+            let mut config = SimConfig::new(seed, 3);
+            config.faults = Faults {
+                pauses: true,
+                ..Faults::none()
+            };
+            config.runtime_loses_ticks_in_pauses = true;
+            config
+        },
+        factory(ReadMode::Lease),
+        REPLAY,
+    );
+    let failures = result.expect_err("stale lease reads must be caught within 300 seeds");
+    assert!(failures.contains("not linearizable"), "{failures}");
+}
+
+/// A long soak, not run by default, with progress: each seed draws every
+/// setting the tests above vary (nodes, fault kinds, read mode,
+/// check-quorum), and a failure prints the command that replays exactly
+/// that run:
+/// `SIM_FIRST=7000000 SIM_SEEDS=100000 cargo test --release -p raft-optimized --test simulation -- --ignored --exact many_seeds --nocapture`
 #[test]
 #[ignore]
 fn many_seeds() {
-    sim::run_many(SimConfig::new, factory(ReadMode::ReadIndex), REPLAY);
+    sim::run_many(soak_scenario, SOAK_REPLAY);
+}
+
+fn soak_scenario(
+    seed: u64,
+) -> sim::Scenario<impl Fn(NodeId, &[NodeId], Recovered, u64) -> OptimizedRaft + Clone> {
+    let mut variant = sim::variant_rng(seed);
+    let (config, mut chosen) = sim::soak_config(seed, &mut variant);
+    let read_mode = if variant.chance(0.5) {
+        ReadMode::ReadIndex
+    } else {
+        ReadMode::Lease
+    };
+    // Lease reads need check-quorum; ReadIndex runs also without it.
+    let check_quorum = read_mode == ReadMode::Lease || variant.chance(0.75);
+    chosen.extend([
+        ("read mode", format!("{read_mode:?}")),
+        ("check-quorum", check_quorum.to_string()),
+    ]);
+    sim::Scenario {
+        config,
+        factory: factory_with(read_mode, check_quorum),
+        chosen,
+    }
 }

@@ -9,6 +9,7 @@ use raft_vanilla::{Config, InjectedBug, VanillaRaft};
 use sim::{Faults, SimConfig, run_seeds};
 
 const REPLAY: &str = "SIM_SEED={seed} cargo test -p raft-vanilla --test simulation -- --nocapture";
+const SOAK_REPLAY: &str = "SIM_SEED={seed} cargo test --release -p raft-vanilla --test simulation -- --ignored --exact many_seeds --nocapture";
 
 fn factory(
     bug: Option<InjectedBug>,
@@ -120,10 +121,22 @@ fn catches_commit_of_an_earlier_term_by_counting_replicas() {
     );
 }
 
-/// A long soak, not run by default, with progress:
-/// `SIM_SEEDS=100000 cargo test --release -p raft-vanilla --test simulation -- --ignored many_seeds --nocapture`
+/// A long soak, not run by default, with progress: each seed draws the
+/// settings the tests above vary (nodes, fault kinds), and a failure prints
+/// the command that replays exactly that run:
+/// `SIM_FIRST=7000000 SIM_SEEDS=100000 cargo test --release -p raft-vanilla --test simulation -- --ignored --exact many_seeds --nocapture`
 #[test]
 #[ignore]
 fn many_seeds() {
-    sim::run_many(SimConfig::new, factory(None), REPLAY);
+    sim::run_many(
+        |seed| {
+            let (config, chosen) = sim::soak_config(seed, &mut sim::variant_rng(seed));
+            sim::Scenario {
+                config,
+                factory: factory(None),
+                chosen,
+            }
+        },
+        SOAK_REPLAY,
+    );
 }

@@ -15,6 +15,8 @@ pub mod simulator;
 
 pub use simulator::{Failure, Faults, RunStats, SimConfig, Simulation};
 
+use std::collections::BTreeMap;
+
 use consensus::io::Recovered;
 use consensus::{Consensus, NodeId};
 
@@ -76,31 +78,90 @@ where
     }
 }
 
+/// One soak run: the simulator's settings, how to build each node, and
+/// the settings the seed chose, as (name, value) pairs for the summary.
+#[derive(Debug)]
+pub struct Scenario<F> {
+    /// The simulator's settings.
+    pub config: SimConfig,
+    /// Builds each node (see [`run_seeds`]).
+    pub factory: F,
+    /// What the seed chose, for instance `("read mode", "lease")`.
+    pub chosen: Vec<(&'static str, String)>,
+}
+
+/// The generator a soak seed draws its settings from (apart from the run's
+/// own, so the settings do not shift the run's random choices).
+pub fn variant_rng(seed: u64) -> consensus::rng::DetRng {
+    consensus::rng::DetRng::new(seed ^ 0x5EED_50A4_C0FF_EE00)
+}
+
+/// The settings every protocol's soak varies alike, drawn from `variant`:
+/// 3 or 5 nodes, every fault kind at once (two runs in three) or one kind
+/// alone. The protocol adds its own settings.
+pub fn soak_config(
+    seed: u64,
+    variant: &mut consensus::rng::DetRng,
+) -> (SimConfig, Vec<(&'static str, String)>) {
+    let nodes = if variant.chance(0.5) { 3 } else { 5 };
+    let mut config = SimConfig::new(seed, nodes);
+    let alone = Faults::each_alone();
+    let faults = if variant.chance(2.0 / 3.0) {
+        "all".to_string()
+    } else {
+        let (name, faults) = alone[variant.range(0, alone.len() as u64) as usize];
+        config.faults = faults;
+        name.to_string()
+    };
+    (
+        config,
+        vec![("nodes", nodes.to_string()), ("faults", faults)],
+    )
+}
+
 /// Runs many seeds for a long soak, with progress: `SIM_SEEDS` seeds
-/// (default 10,000) from `SIM_FIRST` (default 1,000,000), alternating 3 and 5
-/// nodes with every fault kind. Prints progress every 1,000 seeds and each
-/// failure as it is found, with its replay command; panics at the end if any
-/// seed failed.
-pub fn run_many<P, F>(configure: impl Fn(u64, usize) -> SimConfig, factory: F, replay: &str)
+/// (default 10,000) from `SIM_FIRST` (default 1,000,000), each in the
+/// settings `scenario(seed)` draws for it, so that one seed alone replays
+/// exactly: with `SIM_SEED` set, only that seed runs, printing every event.
+/// Prints progress every 1,000 seeds and each failure as it is found, with
+/// `replay` (a command with `{seed}` in it); at the end, how many seeds ran
+/// and failed for each setting; panics if any seed failed.
+pub fn run_many<P, F>(scenario: impl Fn(u64) -> Scenario<F>, replay: &str)
 where
     P: Consensus,
     F: Fn(NodeId, &[NodeId], Recovered, u64) -> P + Clone,
 {
-    let count: u64 = std::env::var("SIM_SEEDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(10_000);
-    let first: u64 = std::env::var("SIM_FIRST")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(1_000_000);
+    let env = |name: &str| std::env::var(name).ok().and_then(|s| s.parse::<u64>().ok());
+    let only = env("SIM_SEED");
+    let count = if only.is_some() {
+        1
+    } else {
+        env("SIM_SEEDS").unwrap_or(10_000)
+    };
+    let first = only.or(env("SIM_FIRST")).unwrap_or(1_000_000);
     let started = std::time::Instant::now();
     let mut failed = Vec::new();
+    // (setting, value) -> (seeds, failures)
+    let mut tally: BTreeMap<(&'static str, String), (u64, u64)> = BTreeMap::new();
     for (done, seed) in (first..first + count).enumerate() {
-        let nodes = if seed.is_multiple_of(2) { 3 } else { 5 };
-        if let Err(failure) = run_seeds([seed], |s| configure(s, nodes), factory.clone(), replay) {
-            eprintln!("{failure}");
+        let Scenario {
+            config,
+            factory,
+            chosen,
+        } = scenario(seed);
+        if only.is_some() {
+            eprintln!("seed {seed}: {}", describe_chosen(&chosen));
+        }
+        let outcome = run_seeds([seed], |_| config.clone(), factory, replay);
+        let failure = outcome.is_err();
+        if let Err(failure) = outcome {
+            eprintln!("{failure}settings: {}\n", describe_chosen(&chosen));
             failed.push(seed);
+        }
+        for setting in chosen {
+            let entry = tally.entry(setting).or_default();
+            entry.0 += 1;
+            entry.1 += u64::from(failure);
         }
         let done = done as u64 + 1;
         if done.is_multiple_of(1000) || done == count {
@@ -112,5 +173,20 @@ where
             );
         }
     }
+    eprintln!(
+        "seeds {first}..{}, by setting (seeds, failed):",
+        first + count
+    );
+    for ((name, value), (seeds, failures)) in &tally {
+        eprintln!("  {name} = {value}: {seeds}, {failures}");
+    }
     assert!(failed.is_empty(), "failing seeds: {failed:?}");
+}
+
+fn describe_chosen(chosen: &[(&'static str, String)]) -> String {
+    chosen
+        .iter()
+        .map(|(name, value)| format!("{name} = {value}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }

@@ -30,6 +30,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::fmt::Write as _;
 use std::hash::{DefaultHasher, Hash, Hasher};
 
+use consensus::clock::TickClock;
 use consensus::deadline::DeadlineQueue;
 use consensus::io::{
     DurableRecord, Envelope, HardState, Input, Outbox, OutboxParts, Recovered, Reply, ReplyOutcome,
@@ -66,6 +67,11 @@ pub struct Faults {
     pub one_way: bool,
     /// Nodes crash (losing unsynced writes) and restart later.
     pub crashes: bool,
+    /// Nodes pause (as a process under SIGSTOP, a VM migration, a long
+    /// stall): a paused node takes no input (no tick, message, request or
+    /// disk completion) while the others go on; on resume its backlog
+    /// arrives in a random order.
+    pub pauses: bool,
 }
 
 impl Faults {
@@ -78,6 +84,7 @@ impl Faults {
             partitions: true,
             one_way: true,
             crashes: true,
+            pauses: true,
         }
     }
 
@@ -127,6 +134,13 @@ impl Faults {
                     ..none
                 },
             ),
+            (
+                "pauses",
+                Faults {
+                    pauses: true,
+                    ..none
+                },
+            ),
         ]
     }
 
@@ -139,6 +153,7 @@ impl Faults {
             partitions: false,
             one_way: false,
             crashes: false,
+            pauses: false,
         }
     }
 }
@@ -166,8 +181,12 @@ pub struct SimConfig {
     pub liveness_deadline_ms: Time,
     /// Interval between ticks of each node.
     pub tick_ms: Time,
-    /// One-way network delay range.
+    /// One-way network delay range between clients and nodes.
     pub net_delay_ms: (Time, Time),
+    /// One-way network delay range between nodes. Longer than the clients'
+    /// makes replication lag behind client round trips: a slow-path write
+    /// stays uncommitted while fast writes complete and reads arrive.
+    pub peer_delay_ms: (Time, Time),
     /// Disk sync delay range.
     pub persist_delay_ms: (Time, Time),
     /// A client retries an attempt unanswered for this long.
@@ -184,6 +203,20 @@ pub struct SimConfig {
     /// A fast-path write that has not completed by then goes the slow path
     /// (to the leader, ordered), keeping its request id.
     pub fast_path_timeout_ms: Time,
+    /// Chance that a fast-path copy to one node arrives only after the
+    /// fast-path timeout, so that the write takes the slow path while its
+    /// late copies still arrive: slow-path writes then overlap fast writes
+    /// and reads, as when one replica's link is slow.
+    pub fast_copy_delay_chance: f64,
+    /// Clients send multi-puts on the fast path too. Unsafe (see
+    /// `consensus::Command::takes_fast_path`); for a test that shows the
+    /// simulator catches it.
+    pub multi_puts_on_fast_path: bool,
+    /// Models a runtime that loses the ticks a pause missed (a periodic
+    /// timer, as kvnode had before it took time from a clock): a resumed
+    /// node gets one tick at some point of its backlog, and counts time
+    /// from there. For tests that show the pause fault catches it.
+    pub runtime_loses_ticks_in_pauses: bool,
 }
 
 impl SimConfig {
@@ -200,12 +233,16 @@ impl SimConfig {
             liveness_deadline_ms: 10_000,
             tick_ms: 10,
             net_delay_ms: (1, 5),
+            peer_delay_ms: (1, 5),
             persist_delay_ms: (0, 3),
             client_timeout_ms: 150,
             give_up_ms: 600,
             verbose: false,
             nilext_fast_path: false,
             fast_path_timeout_ms: 40,
+            fast_copy_delay_chance: 0.0,
+            multi_puts_on_fast_path: false,
+            runtime_loses_ticks_in_pauses: false,
         }
     }
 }
@@ -254,6 +291,8 @@ pub struct RunStats {
     pub syncs: u64,
     /// Crashes injected.
     pub crashes: u64,
+    /// Pauses injected.
+    pub pauses: u64,
     /// Partitions injected.
     pub partitions: u64,
     /// Highest term reached.
@@ -270,9 +309,11 @@ pub struct RunStats {
 
 #[derive(Debug)]
 enum Event {
+    /// Wakes a node whose next tick falls due; `chain` tells a wake-up
+    /// chain started before a pause from the one its resume started.
     Tick {
         node: NodeId,
-        incarnation: u64,
+        chain: u64,
     },
     Deliver {
         from: NodeId,
@@ -318,6 +359,9 @@ enum Event {
     Restart {
         node: NodeId,
     },
+    Resume {
+        node: NodeId,
+    },
     Heal,
 }
 
@@ -359,6 +403,14 @@ fn digest<T: Hash>(value: &T) -> u64 {
 struct Node<P> {
     protocol: Option<P>,
     incarnation: u64,
+    /// The ticks real time owes this incarnation.
+    clock: TickClock,
+    /// The current chain of tick wake-ups (a new one at each start and
+    /// resume; events of older chains are ignored).
+    tick_chain: u64,
+    /// Paused: events for this node wait in `backlog` until it resumes.
+    paused: bool,
+    backlog: Vec<Event>,
     storage: Storage,
     state_machine: StateMachine,
     kv: MemKv,
@@ -450,6 +502,10 @@ where
                 let node = Node {
                     protocol: Some(protocol),
                     incarnation: 0,
+                    clock: TickClock::new(0, config.tick_ms),
+                    tick_chain: 0,
+                    paused: false,
+                    backlog: Vec::new(),
                     storage: Storage::default(),
                     state_machine: StateMachine::default(),
                     kv: MemKv::default(),
@@ -518,14 +574,7 @@ where
     /// linearizability check of the whole history.
     pub fn run(mut self) -> Result<RunStats, Failure> {
         for id in self.members() {
-            let phase = self.rng.range(0, self.config.tick_ms);
-            self.schedule(
-                phase,
-                Event::Tick {
-                    node: id,
-                    incarnation: 0,
-                },
-            );
+            self.start_clock(id);
         }
         for client in 0..self.clients.len() {
             let start = self.rng.range(0, 20);
@@ -616,25 +665,42 @@ where
 
     fn handle(&mut self, event: Event) {
         match event {
-            Event::Tick { node, incarnation } => {
+            Event::Tick { node, chain } => {
                 let Some(n) = self.nodes.get(&node) else {
                     return;
                 };
-                if n.protocol.is_none() || n.incarnation != incarnation {
+                // A paused node's ticks start again when it resumes.
+                if n.protocol.is_none() || n.tick_chain != chain || n.paused {
                     return;
                 }
-                self.step(node, Input::Tick);
-                let tick = self.config.tick_ms;
-                self.schedule(tick, Event::Tick { node, incarnation });
+                self.deliver_due_ticks(node);
+                let next = self.nodes[&node].clock.next_due();
+                self.queue.push(next, Event::Tick { node, chain });
             }
             Event::Deliver { from, to, message } => {
                 if self.cut.contains(&(from, to)) || self.nodes[&to].protocol.is_none() {
                     return;
                 }
+                if self.nodes[&to].paused {
+                    let event = Event::Deliver { from, to, message };
+                    self.nodes
+                        .get_mut(&to)
+                        .expect("node exists")
+                        .backlog
+                        .push(event);
+                    return;
+                }
                 self.log(|| format!("{from}->{to} {}", short(&message)));
                 self.step(to, Input::Message { from, message });
             }
-            Event::PersistDone { node, incarnation } => self.persist_done(node, incarnation),
+            Event::PersistDone { node, incarnation } => {
+                let n = self.nodes.get_mut(&node).expect("node exists");
+                if n.paused && n.incarnation == incarnation {
+                    n.backlog.push(Event::PersistDone { node, incarnation });
+                    return;
+                }
+                self.persist_done(node, incarnation)
+            }
             Event::ClientArrive {
                 node,
                 client,
@@ -645,6 +711,15 @@ where
                 if n.protocol.is_none() {
                     return;
                 }
+                if n.paused {
+                    n.backlog.push(Event::ClientArrive {
+                        node,
+                        client,
+                        request,
+                        fast,
+                    });
+                    return;
+                }
                 let attempt = self.clients[client]
                     .current
                     .as_ref()
@@ -652,11 +727,11 @@ where
                 n.waiters.insert((request.id, fast), (client, attempt));
                 self.log(|| {
                     format!(
-                        "client {} -> {node}{}: {} {:?}",
+                        "client {} -> {node}{}: {} {}",
                         request.id.client,
                         if fast { " (fast path)" } else { "" },
                         request.id,
-                        request.command
+                        show_input(&to_input(&request.command))
                     )
                 });
                 let input = if fast {
@@ -729,17 +804,19 @@ where
                 }
             }
             Event::Restart { node } => self.restart(node),
+            Event::Resume { node } => self.resume(node),
             Event::Heal => {
                 self.healed = true;
                 self.heal_time = self.now;
                 self.cut.clear();
                 self.log(|| {
-                    "heal: partitions removed, crashed nodes restart, network reliable".into()
+                    "heal: partitions removed, crashed nodes restart, paused nodes resume, network reliable".into()
                 });
                 for id in self.members() {
                     if self.nodes[&id].protocol.is_none() {
                         self.restart(id);
                     }
+                    self.resume(id);
                 }
                 for client in 0..self.clients.len() {
                     if self.clients[client].current.is_none() {
@@ -756,7 +833,41 @@ where
 
     // ----- the runtime -----
 
+    /// Feeds `input` to node `id`, after every tick real time owes it
+    /// (`consensus::io`, rule 0), and carries out what follows.
     fn step(&mut self, id: NodeId, input: Input) {
+        if !self.config.runtime_loses_ticks_in_pauses {
+            self.deliver_due_ticks(id);
+        }
+        self.step_now(id, input);
+    }
+
+    /// Delivers the ticks real time owes node `id`.
+    fn deliver_due_ticks(&mut self, id: NodeId) {
+        let now = self.now;
+        let node = self.nodes.get_mut(&id).expect("node exists");
+        if node.protocol.is_none() {
+            return;
+        }
+        for _ in 0..node.clock.take_due(now) {
+            self.step_now(id, Input::Tick);
+        }
+    }
+
+    /// Starts the tick clock of node `id`'s current incarnation, at a
+    /// random phase.
+    fn start_clock(&mut self, id: NodeId) {
+        let phase = self.rng.range(0, self.config.tick_ms);
+        let (now, tick) = (self.now, self.config.tick_ms);
+        let node = self.nodes.get_mut(&id).expect("node exists");
+        node.clock = TickClock::new(now + phase, tick);
+        node.tick_chain += 1;
+        let chain = node.tick_chain;
+        let first = node.clock.next_due();
+        self.queue.push(first, Event::Tick { node: id, chain });
+    }
+
+    fn step_now(&mut self, id: NodeId, input: Input) {
         let mut inputs = VecDeque::from([input]);
         let mut rounds = 0;
         while let Some(input) = inputs.pop_front() {
@@ -991,8 +1102,14 @@ where
         );
     }
 
+    /// A client message's delay.
     fn net_delay(&mut self) -> Time {
-        let (low, high) = self.config.net_delay_ms;
+        self.delay_in(self.config.net_delay_ms)
+    }
+
+    /// A delay drawn from `(low, high)`, sometimes far longer during the
+    /// fault phase.
+    fn delay_in(&mut self, (low, high): (Time, Time)) -> Time {
         let mut delay = self.rng.range(low, high + 1);
         if !self.healed && self.config.faults.long_delays && self.rng.chance(0.03) {
             delay += self.rng.range(20, 200);
@@ -1020,7 +1137,7 @@ where
             1
         };
         for _ in 0..copies {
-            let delay = self.net_delay();
+            let delay = self.delay_in(self.config.peer_delay_ms);
             self.schedule(
                 delay,
                 Event::Deliver {
@@ -1044,6 +1161,8 @@ where
         let lost = node.pending.len();
         node.pending.clear();
         node.waiters.clear();
+        node.paused = false;
+        node.backlog.clear();
         self.stats.crashes += 1;
         self.log(|| format!("crash node {id}: {lost} unsynced write batches lost"));
     }
@@ -1062,16 +1181,55 @@ where
             durability_log: node.storage.durability_log.clone(),
         };
         node.protocol = Some((self.factory)(id, &members, recovered, seed));
-        let incarnation = node.incarnation;
         self.log(|| format!("restart node {id}"));
-        let phase = self.rng.range(0, self.config.tick_ms);
-        self.schedule(
-            phase,
-            Event::Tick {
-                node: id,
-                incarnation,
-            },
-        );
+        self.start_clock(id);
+    }
+
+    // ----- pauses -----
+
+    fn pause(&mut self, id: NodeId) {
+        let node = self.nodes.get_mut(&id).expect("node exists");
+        if node.protocol.is_none() || node.paused {
+            return;
+        }
+        node.paused = true;
+        self.stats.pauses += 1;
+        self.log(|| format!("pause node {id}"));
+    }
+
+    /// Resumes a paused node: its backlog (messages, requests, disk
+    /// completions) arrives in a random order over the next few
+    /// milliseconds, as the runtime would take it from its sockets and
+    /// queues; its clock owes it every tick it missed.
+    fn resume(&mut self, id: NodeId) {
+        let node = self.nodes.get_mut(&id).expect("node exists");
+        if !node.paused {
+            return;
+        }
+        node.paused = false;
+        let mut backlog = std::mem::take(&mut node.backlog);
+        node.tick_chain += 1;
+        let chain = node.tick_chain;
+        let waiting = backlog.len();
+        self.log(|| format!("resume node {id}: {waiting} events waited"));
+        // A random interleaving: shuffle, then spread over a few ms.
+        for i in (1..backlog.len()).rev() {
+            let j = self.rng.range(0, i as u64 + 1) as usize;
+            backlog.swap(i, j);
+        }
+        for event in backlog {
+            let delay = self.rng.range(0, 3);
+            self.schedule(delay, event);
+        }
+        if self.config.runtime_loses_ticks_in_pauses {
+            // A periodic timer that missed its ticks: one fires soon, at
+            // some point of the backlog, and time counts from there.
+            let (now, tick) = (self.now, self.config.tick_ms);
+            let node = self.nodes.get_mut(&id).expect("node exists");
+            node.clock = TickClock::new(now.saturating_sub(tick), tick);
+        }
+        let delay = self.rng.range(0, 3);
+        self.schedule(delay, Event::Tick { node: id, chain });
     }
 
     // ----- the nemesis -----
@@ -1109,6 +1267,9 @@ where
         }
         if faults.crashes {
             actions.extend(["crash", "crash-leader"]);
+        }
+        if faults.pauses {
+            actions.extend(["pause", "pause-leader"]);
         }
         if actions.len() == 1 {
             return;
@@ -1166,6 +1327,18 @@ where
                     self.schedule(down_for, Event::Restart { node: id });
                 }
             }
+            "pause" | "pause-leader" => {
+                let target = if action == "pause-leader" {
+                    self.current_leader()
+                } else {
+                    Some(members[self.rng.range(0, n as u64) as usize])
+                };
+                if let Some(id) = target {
+                    self.pause(id);
+                    let paused_for = self.rng.range(50, 800);
+                    self.schedule(paused_for, Event::Resume { node: id });
+                }
+            }
             _ => unreachable!(),
         }
         let cut = self.cut.len();
@@ -1202,8 +1375,10 @@ where
             input: to_input(&command),
             output: None,
         });
-        let fast =
-            self.config.nilext_fast_path && command.class() == consensus::CommandClass::Nilext;
+        let fast = self.config.nilext_fast_path
+            && (command.takes_fast_path()
+                || (self.config.multi_puts_on_fast_path
+                    && matches!(command, Command::MultiPut { .. })));
         c.current = Some(ClientOp {
             history_index: self.history.len() - 1,
             request: request.clone(),
@@ -1217,7 +1392,11 @@ where
         }
         // Nil-ext's fast path: to every node at once.
         for node in self.members() {
-            let delay = self.net_delay();
+            let mut delay = self.net_delay();
+            if self.rng.chance(self.config.fast_copy_delay_chance) {
+                let timeout = self.config.fast_path_timeout_ms;
+                delay += self.rng.range(timeout, 4 * timeout);
+            }
             let request = request.clone();
             self.schedule(
                 delay,
@@ -1272,7 +1451,12 @@ where
         if let CommandResult::Value(v) = &result {
             self.clients[client].last_seen = v.clone();
         }
-        self.log(|| format!("client {client} seq {seq} done: {result:?}"));
+        self.log(|| {
+            format!(
+                "client {client} seq {seq} done: {}",
+                show_output(&to_output(&result))
+            )
+        });
         let think = self.rng.range(0, 10);
         self.schedule(think, Event::ClientNext { client });
     }
