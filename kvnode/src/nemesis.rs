@@ -201,7 +201,15 @@ impl Recorder {
     }
 }
 
-async fn set_partition(cluster: &LocalCluster, node: u64, drop_to: Vec<u64>, drop_from: Vec<u64>) {
+/// Makes `node` drop its peer traffic to `drop_to` and from `drop_from`
+/// (needs `--fault-injection`); a node that does not answer within 500 ms
+/// keeps its old setting.
+pub async fn set_partition(
+    cluster: &LocalCluster,
+    node: u64,
+    drop_to: Vec<u64>,
+    drop_from: Vec<u64>,
+) {
     let Some(member) = cluster.members().get(&node) else {
         return;
     };

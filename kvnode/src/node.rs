@@ -135,6 +135,7 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
         std::sync::Arc::new(storage),
         state_machine,
         peer_queues,
+        Duration::from_millis(config.tick_ms),
     );
     if config.unsafe_local_reads {
         tracing::warn!(
@@ -147,19 +148,6 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
         .name(format!("runtime-{}", config.id))
         .spawn(move || runtime.run(events_rx))
         .context("cannot start the runtime thread")?;
-
-    let ticks = events_tx.clone();
-    let tick = Duration::from_millis(config.tick_ms);
-    let ticker = tokio::spawn(async move {
-        let mut interval = tokio::time::interval(tick);
-        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            interval.tick().await;
-            if ticks.send(Event::Tick).await.is_err() {
-                return;
-            }
-        }
-    });
 
     let kv = KvService {
         node_id: config.id,
@@ -240,7 +228,6 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
     }
     tracing::info!(node = config.id, "shutting down");
     let _ = stop_tx.send(true);
-    ticker.abort();
     // In-flight client calls get a moment to finish; peers' streams never
     // end by themselves, so the servers are not waited for longer.
     let (client_abort, peer_abort) = (client_task.abort_handle(), peer_task.abort_handle());

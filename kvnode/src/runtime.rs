@@ -12,6 +12,14 @@
 //! 5. `Persisted` (when a job with writes is durable) and `Applied` are fed
 //!    back to the protocol.
 //!
+//! Before every input the loop gives the protocol every tick real time
+//! owes it (`consensus::clock`): time comes from the monotonic clock, not
+//! from a timer's firings, so a process that was stopped (SIGSTOP, a VM
+//! migration, a long stall) counts the time it missed before it takes any
+//! message or request that waited meanwhile. A leader's lease, counted in
+//! ticks, has then ended in its eyes too. A timer wakes the loop when the
+//! next tick falls due.
+//!
 //! This is the same model the simulator runs. The runtime adds no
 //! optimization of its own: it never merges two outboxes' writes into one
 //! sync and never batches messages the protocol did not batch. While a job
@@ -26,7 +34,9 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
+use consensus::clock::TickClock;
 use consensus::io::{Envelope, Input, Outbox, OutboxParts, Reply, ReplyOutcome, Status, Write};
 use consensus::lock;
 use consensus::state_machine::StateMachine;
@@ -96,8 +106,6 @@ pub struct NodeStatus {
 /// An event for the runtime loop.
 #[derive(Debug)]
 pub enum Event {
-    /// A timer tick.
-    Tick,
     /// A message from a peer.
     Peer {
         /// The sender.
@@ -221,7 +229,9 @@ pub struct Runtime {
     peers: Peers,
     waiters: SharedWaiters,
     jobs_in_flight: usize,
-    ticks: u64,
+    /// Real time, in microseconds since `started`, turned into ticks.
+    clock: TickClock,
+    started: Instant,
     unsafe_local_reads: bool,
 }
 
@@ -275,14 +285,16 @@ fn persist_thread(
 }
 
 impl Runtime {
-    /// A runtime for a node rebuilt from storage.
+    /// A runtime for a node rebuilt from storage, ticking every `tick`.
     pub fn new(
         node_id: NodeId,
         protocol: BoxedProtocol,
         storage: Arc<Storage>,
         state_machine: StateMachine,
         peer_queues: HashMap<NodeId, DelayedSender<Message>>,
+        tick: Duration,
     ) -> Self {
+        let tick_us = u64::try_from(tick.as_micros()).unwrap_or(u64::MAX).max(1);
         Runtime {
             node_id,
             protocol,
@@ -294,7 +306,8 @@ impl Runtime {
             },
             waiters: SharedWaiters::default(),
             jobs_in_flight: 0,
-            ticks: 0,
+            clock: TickClock::new(0, tick_us),
+            started: Instant::now(),
             unsafe_local_reads: false,
         }
     }
@@ -311,6 +324,7 @@ impl Runtime {
     /// node that cannot persist must not keep acknowledging.
     pub fn run(mut self, mut events: mpsc::Receiver<Event>) -> Result<(), StorageError> {
         let executor = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
             .build()
             .map_err(|e| StorageError::Corrupt(format!("cannot start the runtime loop: {e}")))?;
         let (jobs_tx, jobs_rx) = std::sync::mpsc::channel::<PersistJob>();
@@ -329,10 +343,17 @@ impl Runtime {
                 })?
         };
         let result = executor.block_on(async {
+            let tick_timer = tokio::time::sleep_until(self.next_tick().into());
+            tokio::pin!(tick_timer);
             loop {
                 let can_take_input = self.jobs_in_flight < PERSIST_JOBS_MAX;
+                let next_tick = tokio::time::Instant::from(self.next_tick());
+                if tick_timer.deadline() != next_tick {
+                    tick_timer.as_mut().reset(next_tick);
+                }
                 tokio::select! {
-                    // Completions first: they unblock what waits on the disk.
+                    // Completions first: they unblock what waits on the disk;
+                    // then time, then new inputs.
                     biased;
                     done = done_rx.recv() => match done {
                         Some(PersistDone::Done { wrote, last_index, last_term }) => {
@@ -344,6 +365,9 @@ impl Runtime {
                         Some(PersistDone::Failed(error)) => return Err(error),
                         None => return Ok(()),
                     },
+                    () = &mut tick_timer => {
+                        self.deliver_due_ticks(&jobs_tx)?;
+                    }
                     event = events.recv(), if can_take_input => match event {
                         None | Some(Event::Shutdown) => return Ok(()),
                         Some(event) => self.handle(event, &jobs_tx)?,
@@ -364,13 +388,6 @@ impl Runtime {
     ) -> Result<(), StorageError> {
         let input = match event {
             Event::Shutdown => return Ok(()),
-            Event::Tick => {
-                self.ticks += 1;
-                if self.ticks.is_multiple_of(64) {
-                    lock(&self.waiters).prune();
-                }
-                Input::Tick
-            }
             Event::Peer { from, message } => Input::Message { from, message },
             Event::Client { request, reply, .. }
                 if self.unsafe_local_reads && request.command.is_read() =>
@@ -414,7 +431,44 @@ impl Runtime {
         self.step(input, jobs)
     }
 
+    /// Feeds `input` to the protocol, after every tick real time owes it
+    /// (`consensus::io`, rule 0), and carries out what follows.
     fn step(
+        &mut self,
+        input: Input,
+        jobs: &std::sync::mpsc::Sender<PersistJob>,
+    ) -> Result<(), StorageError> {
+        self.deliver_due_ticks(jobs)?;
+        self.step_now(input, jobs)
+    }
+
+    /// When the next tick falls due.
+    fn next_tick(&self) -> Instant {
+        self.started + Duration::from_micros(self.clock.next_due())
+    }
+
+    /// Gives the protocol the ticks real time owes it. After a stall that is
+    /// many at once; each is a step of its own, as if the timer had fired.
+    fn deliver_due_ticks(
+        &mut self,
+        jobs: &std::sync::mpsc::Sender<PersistJob>,
+    ) -> Result<(), StorageError> {
+        let now_us = u64::try_from(self.started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        let due = self.clock.take_due(now_us);
+        if due > 1 {
+            tracing::debug!(node = self.node_id, ticks = due, "catching up on time");
+        }
+        for _ in 0..due {
+            self.step_now(Input::Tick, jobs)?;
+            // Callers that gave up are forgotten now and then.
+            if self.clock.delivered().is_multiple_of(64) {
+                lock(&self.waiters).prune();
+            }
+        }
+        Ok(())
+    }
+
+    fn step_now(
         &mut self,
         input: Input,
         jobs: &std::sync::mpsc::Sender<PersistJob>,
