@@ -1,6 +1,8 @@
 //! Quorum arithmetic.
 
-use crate::types::LogIndex;
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::types::{LogIndex, NodeId, Term};
 
 /// The most failures a cluster of `n` replicas tolerates: f = (n - 1) / 2.
 pub fn max_failures(n: usize) -> usize {
@@ -35,6 +37,38 @@ pub fn nilext_fast_quorum(n: usize) -> usize {
     n
 }
 
+/// Nil-ext's fast-path completion rule, the one kvclient and the
+/// simulator's clients both use: a write is complete once
+/// [`nilext_fast_quorum`] distinct replicas acknowledged it as durable in one
+/// term, the leader of that term among them. Acknowledgements of different
+/// terms never add up: a replica that moved to a newer term may have handed
+/// its durability log to a new leader before it acknowledged.
+#[derive(Clone, Debug)]
+pub struct FastAcks {
+    quorum: usize,
+    /// term -> (replicas that acknowledged in it, the leader among them)
+    by_term: BTreeMap<Term, (BTreeSet<NodeId>, bool)>,
+}
+
+impl FastAcks {
+    /// No acknowledgement yet, for a cluster of `cluster_size` replicas.
+    pub fn new(cluster_size: usize) -> Self {
+        FastAcks {
+            quorum: nilext_fast_quorum(cluster_size),
+            by_term: BTreeMap::new(),
+        }
+    }
+
+    /// Counts `node`'s acknowledgement in `term` (`from_leader`: it leads
+    /// that term); true once the write is complete.
+    pub fn add(&mut self, node: NodeId, term: Term, from_leader: bool) -> bool {
+        let (nodes, leader) = self.by_term.entry(term).or_default();
+        nodes.insert(node);
+        *leader |= from_leader;
+        *leader && nodes.len() >= self.quorum
+    }
+}
+
 /// The highest index held by a majority, given each replica's match index
 /// (the leader's own durable index included). Figure 2's commit rule then
 /// also requires the entry at that index to be of the leader's term.
@@ -63,6 +97,23 @@ mod tests {
         assert_eq!(supermajority(5), 4);
         assert_eq!(supermajority(7), 6);
         assert_eq!(supermajority(1), 1);
+    }
+
+    #[test]
+    fn a_fast_write_completes_on_every_replica_of_one_term_with_its_leader() {
+        let mut acks = FastAcks::new(3);
+        assert!(!acks.add(2, 5, false));
+        assert!(!acks.add(3, 5, false));
+        assert!(!acks.add(1, 4, true), "an older term's ack does not count");
+        assert!(!acks.add(2, 5, false), "a repeated ack counts once");
+        assert!(acks.add(1, 5, true));
+        let mut no_leader = FastAcks::new(3);
+        for node in 1..=3 {
+            assert!(
+                !no_leader.add(node, 7, false),
+                "the leader must be among them"
+            );
+        }
     }
 
     #[test]

@@ -148,6 +148,20 @@ impl StateMachine {
         result
     }
 
+    /// What to answer at once to a Nil-ext fast-path write `id`, instead of
+    /// making it durable: a sequence number below the session's latest
+    /// update would be refused as stale at apply, after the client had been
+    /// told it was written. (The latest's own number is a retry of a write
+    /// that took effect, and is acknowledged.) A client that takes its id
+    /// back after a restart must go on from the sequence numbers it used.
+    pub fn refuse_fast_write(&self, id: RequestId) -> Option<CommandResult> {
+        let latest = self.sessions.get(&id.client)?.last_seq;
+        (id.seq < latest).then_some(CommandResult::Failed(ExecutionError::StaleRequest {
+            seq: id.seq,
+            latest,
+        }))
+    }
+
     /// Serves a read outside the log (ReadIndex, lease and Nil-ext reads).
     pub fn read<S: KvRead + ?Sized>(&self, store: &S, command: &Command) -> CommandResult {
         debug_assert!(command.is_read(), "only reads are served outside the log");

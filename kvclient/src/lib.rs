@@ -501,21 +501,19 @@ impl Client {
             };
             calls.push(attempt(kv, header, command, timeout));
         }
-        let quorum = consensus::quorum::nilext_fast_quorum(size);
-        let mut acks: HashMap<u64, (std::collections::BTreeSet<u64>, bool)> = HashMap::new();
+        let mut acks = consensus::quorum::FastAcks::new(size);
         let until = Instant::now() + timeout;
         while let Ok(Some(answer)) = tokio::time::timeout_at(until, calls.next()).await {
             match answer {
-                Ok((_, Some(ack))) if ack.durable_only => {
-                    let (nodes, leader) = acks.entry(ack.term).or_default();
-                    nodes.insert(ack.node_id);
-                    *leader |= ack.from_leader;
-                    if nodes.len() >= quorum && *leader {
-                        return Ok(true);
-                    }
+                Ok((_, Some(ack)))
+                    if ack.durable_only && acks.add(ack.node_id, ack.term, ack.from_leader) =>
+                {
+                    return Ok(true);
                 }
                 Err(status) => {
-                    if let Retry::Fail(error @ ClientError::Invalid(_)) = classify(&status) {
+                    // Refused for good (invalid, or a sequence number below
+                    // the session's): no path will take it.
+                    if let Retry::Fail(error) = classify(&status) {
                         return Err(error);
                     }
                 }

@@ -398,6 +398,16 @@ impl Runtime {
             }
             Event::Client {
                 request,
+                fast: true,
+                reply,
+            } if let Some(refusal) = self.state_machine.refuse_fast_write(request.id) => {
+                // Below the session's latest update: it would be refused as
+                // stale at apply, after the client had been told "written".
+                reply.send(ClientAnswer::Result(refusal));
+                return Ok(());
+            }
+            Event::Client {
+                request,
                 fast,
                 reply,
             } => {

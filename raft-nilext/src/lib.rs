@@ -420,9 +420,11 @@ impl NilextRaft {
     // ----- ordering, reads, updates -----
 
     /// Hands every record not yet ordered to the Raft log, in order.
-    fn order_durability_log(&mut self, out: &mut Outbox) {
+    /// Returns false when the proposal queue refused one: it and every later
+    /// record wait for the next ordering.
+    fn order_durability_log(&mut self, out: &mut Outbox) -> bool {
         if self.inner.status().role != Role::Leader || !self.recovered {
-            return;
+            return true;
         }
         let unordered: Vec<ClientRequest> = self
             .durability_log
@@ -436,9 +438,21 @@ impl NilextRaft {
                 // Refused (a full proposal queue): this record and every
                 // later one wait for the next ordering, so that the Raft log
                 // keeps the durability log's order.
-                break;
+                return false;
             }
             self.ordered.insert(id);
+        }
+        true
+    }
+
+    /// Orders every record now, appending the queued proposals to the log
+    /// to make room whenever the queue is full: a read or an update that
+    /// must come after every acknowledged write cannot leave one behind.
+    /// Each round orders at least one record (the queue holds at least one
+    /// proposal), so this ends.
+    fn order_all(&mut self, out: &mut Outbox) {
+        while !self.order_durability_log(out) {
+            self.inner.flush_now(out);
         }
     }
 
@@ -460,7 +474,7 @@ impl NilextRaft {
         }
         // Non-nilext updates, and writes on the slow path: after every
         // write this leader has acked.
-        self.order_durability_log(out);
+        self.order_all(out);
         let id = request.id;
         let command = request.command.clone();
         if self.inner.propose(request, out) {
@@ -499,7 +513,7 @@ impl NilextRaft {
                 && !self.durability_log.is_empty()
                 && self.proposed_keys.touches(&keys));
         if must_order {
-            self.order_durability_log(out);
+            self.order_all(out);
             self.inner.flush_now(out);
             let index = self.inner.last_index();
             self.inner.read(request, index, out);

@@ -585,3 +585,45 @@ fn a_multi_put_on_the_fast_path_could_be_reordered_by_a_new_leader() {
         "a multi-put on the fast path breaks linearizability"
     );
 }
+
+/// Issue 14, defect 2: with the proposal queue full, ordering must not skip
+/// a record. Three writes complete on the fast path; a read of the third
+/// write's key makes the leader order its durability log: the first record
+/// is appended at once (no log write in flight), the second queues (the
+/// queue holds one), the third is refused. The read must still see the
+/// third write. (Before the fix the refused record was marked ordered
+/// anyway and the read, at the end of the log, missed a completed write;
+/// with the record left unmarked but not ordered either, it missed it too.)
+#[test]
+fn a_read_sees_a_completed_write_the_full_proposal_queue_refused() {
+    let mut c = ManualCluster::new(3, |id, members| {
+        let mut config = Config::new(id, members.to_vec(), 11);
+        config.ordering_interval_ticks = 1_000_000;
+        config.raft.proposals_queued_max = 1;
+        config.raft.check_quorum = false;
+        config.raft.pre_vote = false;
+        NilextRaft::new(config, Default::default())
+    });
+    c.elect(1, 100);
+    c.settle(10_000);
+    let writes = [put(201, "a", "1"), put(202, "b", "2"), put(203, "c", "3")];
+    for node in 1..=3 {
+        for write in &writes {
+            c.step(node, Input::FastWrite(write.clone()));
+        }
+        c.sync(node);
+    }
+    for write in &writes {
+        assert_eq!(acks(&c, write.id).len(), 3, "{:?} completed", write.id);
+    }
+    let read = get(204, "c");
+    c.request(1, read.clone());
+    c.settle(10_000);
+    c.tick(1, 2);
+    c.settle(10_000);
+    assert_eq!(
+        c.result_of(read.id),
+        Some(&CommandResult::Value(Some(b"3".to_vec()))),
+        "the read sees the completed write the full queue refused"
+    );
+}

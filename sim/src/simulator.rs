@@ -37,11 +37,12 @@ use consensus::io::{
     Role, Write,
 };
 use consensus::message::Message;
+use consensus::quorum::FastAcks;
 use consensus::rng::DetRng;
 use consensus::state_machine::{MemKv, StateMachine};
 use consensus::{
-    ClientId, ClientRequest, Command, CommandResult, Consensus, Entry, LogIndex, NodeId, RequestId,
-    Term,
+    ClientId, ClientRequest, Command, CommandResult, Consensus, Entry, ExecutionError, LogIndex,
+    NodeId, RequestId, Term,
 };
 
 use crate::linearizability::{self, KvInput, KvOutput, Operation, Verdict};
@@ -72,6 +73,9 @@ pub struct Faults {
     /// disk completion) while the others go on; on resume its backlog
     /// arrives in a random order.
     pub pauses: bool,
+    /// Client processes restart: with a fresh id, or taking their id back
+    /// (going on from their sequence numbers, or carelessly from 1).
+    pub client_restarts: bool,
 }
 
 impl Faults {
@@ -85,6 +89,7 @@ impl Faults {
             one_way: true,
             crashes: true,
             pauses: true,
+            client_restarts: true,
         }
     }
 
@@ -141,6 +146,13 @@ impl Faults {
                     ..none
                 },
             ),
+            (
+                "client restarts",
+                Faults {
+                    client_restarts: true,
+                    ..none
+                },
+            ),
         ]
     }
 
@@ -154,6 +166,7 @@ impl Faults {
             one_way: false,
             crashes: false,
             pauses: false,
+            client_restarts: false,
         }
     }
 }
@@ -293,6 +306,11 @@ pub struct RunStats {
     pub crashes: u64,
     /// Pauses injected.
     pub pauses: u64,
+    /// Client processes restarted.
+    pub client_restarts: u64,
+    /// Requests refused because their sequence number was below the
+    /// session's (careless client restarts).
+    pub stale_refusals: u64,
     /// Partitions injected.
     pub partitions: u64,
     /// Highest term reached.
@@ -324,32 +342,38 @@ enum Event {
         node: NodeId,
         incarnation: u64,
     },
+    /// A client's request reaches a node. `op` is the operation's index in
+    /// the history: answers find their operation by it, so an answer to an
+    /// operation a client gave up (or to its earlier incarnation) is never
+    /// taken for the current one's.
     ClientArrive {
         node: NodeId,
         client: usize,
+        op: usize,
+        attempt: u64,
         request: ClientRequest,
         fast: bool,
     },
     ClientReply {
         client: usize,
+        op: usize,
         from: NodeId,
-        seq: u64,
         attempt: u64,
         fast: bool,
         answer: Answer,
     },
     ClientFastTimeout {
         client: usize,
-        seq: u64,
+        op: usize,
     },
     ClientTimeout {
         client: usize,
-        seq: u64,
+        op: usize,
         attempt: u64,
     },
     ClientRetry {
         client: usize,
-        seq: u64,
+        op: usize,
         attempt: u64,
     },
     ClientNext {
@@ -416,8 +440,8 @@ struct Node<P> {
     kv: MemKv,
     pending: VecDeque<PendingPersist>,
     /// Which client waits for which request at this node, and whether on
-    /// the fast path.
-    waiters: HashMap<(RequestId, bool), (usize, u64)>,
+    /// the fast path: (client, operation, attempt).
+    waiters: HashMap<(RequestId, bool), (usize, usize, u64)>,
 }
 
 struct ClientOp {
@@ -425,8 +449,8 @@ struct ClientOp {
     request: ClientRequest,
     attempt: u64,
     started: Time,
-    /// Fast-path acknowledgements so far: term -> (nodes, leader among them).
-    fast_acks: BTreeMap<Term, (BTreeSet<NodeId>, bool)>,
+    /// Fast-path acknowledgements so far, counted by kvclient's rule.
+    fast_acks: FastAcks,
 }
 
 struct Client {
@@ -436,6 +460,11 @@ struct Client {
     current: Option<ClientOp>,
     ops_after_heal_left: usize,
     last_seen: Option<Vec<u8>>,
+    /// Restarted with its id, numbering from 1: its next write puts this
+    /// key of its own...
+    restarted_carelessly: Option<Vec<u8>>,
+    /// ... and the operation after reads it back.
+    read_back: Option<Vec<u8>>,
 }
 
 /// The invariant checker's memory.
@@ -464,6 +493,13 @@ pub struct Simulation<P, F> {
     history_clock: u64,
     /// Directed links currently cut: (from, to).
     cut: HashSet<(NodeId, NodeId)>,
+    /// (client, node) pairs a partition separates, both ways.
+    client_cut: HashSet<(usize, NodeId)>,
+    /// The last client id given out.
+    next_client_id: ClientId,
+    /// Operations the state machine refused as stale (a careless client's):
+    /// they changed nothing, and the checked history leaves them out.
+    refused_as_stale: HashSet<usize>,
     healed: bool,
     heal_time: Time,
     invariants: Invariants,
@@ -523,6 +559,8 @@ where
                 current: None,
                 ops_after_heal_left: config.ops_after_heal,
                 last_seen: None,
+                restarted_carelessly: None,
+                read_back: None,
             })
             .collect();
         Simulation {
@@ -535,6 +573,9 @@ where
             history: Vec::new(),
             history_clock: 0,
             cut: HashSet::new(),
+            client_cut: HashSet::new(),
+            next_client_id: 1000 + config.clients as ClientId,
+            refused_as_stale: HashSet::new(),
             healed: false,
             heal_time: config.fault_phase_ms,
             invariants: Invariants::default(),
@@ -615,7 +656,14 @@ where
             self.fail("the run stopped with clients unfinished".into());
         }
         if self.failure.is_none() {
-            let verdict = linearizability::check(&self.history);
+            let checked: Vec<Operation> = self
+                .history
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| !self.refused_as_stale.contains(i))
+                .map(|(_, op)| op.clone())
+                .collect();
+            let verdict = linearizability::check(&checked);
             match verdict {
                 Verdict::Linearizable => {}
                 Verdict::Unknown => self.fail("linearizability check exceeded its budget".into()),
@@ -633,7 +681,7 @@ where
                         deepest.len()
                     );
                     for &i in operations.iter().take(80) {
-                        let _ = writeln!(text, "    {}", describe(&self.history[i]));
+                        let _ = writeln!(text, "    {}", describe(&checked[i]));
                     }
                     self.fail(text);
                 }
@@ -704,9 +752,14 @@ where
             Event::ClientArrive {
                 node,
                 client,
+                op,
+                attempt,
                 request,
                 fast,
             } => {
+                if self.client_cut.contains(&(client, node)) {
+                    return;
+                }
                 let n = self.nodes.get_mut(&node).expect("node exists");
                 if n.protocol.is_none() {
                     return;
@@ -715,16 +768,20 @@ where
                     n.backlog.push(Event::ClientArrive {
                         node,
                         client,
+                        op,
+                        attempt,
                         request,
                         fast,
                     });
                     return;
                 }
-                let attempt = self.clients[client]
-                    .current
-                    .as_ref()
-                    .map_or(0, |c| c.attempt);
-                n.waiters.insert((request.id, fast), (client, attempt));
+                n.waiters.insert((request.id, fast), (client, op, attempt));
+                // A fast-path write below the session's latest update is
+                // refused at once (it would be refused as stale at apply).
+                if fast && let Some(refusal) = n.state_machine.refuse_fast_write(request.id) {
+                    self.answer(node, request.id, true, Answer::Result(refusal));
+                    return;
+                }
                 self.log(|| {
                     format!(
                         "client {} -> {node}{}: {} {}",
@@ -743,40 +800,41 @@ where
             }
             Event::ClientReply {
                 client,
+                op,
                 from,
-                seq,
                 attempt,
                 fast,
                 answer,
             } => {
+                if self.client_cut.contains(&(client, from)) {
+                    return;
+                }
                 if fast {
-                    self.fast_reply(client, from, seq, answer);
+                    self.fast_reply(client, op, from, answer);
                 } else {
-                    self.client_reply(client, seq, attempt, answer);
+                    self.client_reply(client, op, attempt, answer);
                 }
             }
-            Event::ClientFastTimeout { client, seq } => {
-                let c = &self.clients[client];
-                if c.seq == seq && c.current.as_ref().is_some_and(|op| op.attempt == 0) {
-                    self.log(|| {
-                        format!("client {client} seq {seq}: fast path timed out, slow path")
-                    });
+            Event::ClientFastTimeout { client, op } => {
+                if self.current_op(client, op).is_some_and(|o| o.attempt == 0) {
+                    self.log(|| format!("client {client} op {op}: fast path timed out, slow path"));
                     self.send_attempt(client);
                 }
             }
             Event::ClientTimeout {
                 client,
-                seq,
+                op,
                 attempt,
             } => {
-                let c = &self.clients[client];
-                let Some(op) = &c.current else { return };
-                if c.seq != seq || op.attempt != attempt {
+                let Some(current) = self.current_op(client, op) else {
+                    return;
+                };
+                if current.attempt != attempt {
                     return;
                 }
-                let give_up = !self.healed && self.now >= op.started + self.config.give_up_ms;
+                let give_up = !self.healed && self.now >= current.started + self.config.give_up_ms;
                 if give_up {
-                    self.log(|| format!("client {client} gives up seq {seq}: outcome unknown"));
+                    self.log(|| format!("client {client} gives up op {op}: outcome unknown"));
                     self.clients[client].current = None;
                     self.schedule(1, Event::ClientNext { client });
                 } else {
@@ -787,11 +845,13 @@ where
             }
             Event::ClientRetry {
                 client,
-                seq,
+                op,
                 attempt,
             } => {
-                let c = &self.clients[client];
-                if c.seq == seq && c.current.as_ref().is_some_and(|op| op.attempt == attempt) {
+                if self
+                    .current_op(client, op)
+                    .is_some_and(|o| o.attempt == attempt)
+                {
                     self.send_attempt(client);
                 }
             }
@@ -809,6 +869,7 @@ where
                 self.healed = true;
                 self.heal_time = self.now;
                 self.cut.clear();
+                self.client_cut.clear();
                 self.log(|| {
                     "heal: partitions removed, crashed nodes restart, paused nodes resume, network reliable".into()
                 });
@@ -1076,16 +1137,16 @@ where
 
     fn answer(&mut self, id: NodeId, request: RequestId, fast_path: bool, answer: Answer) {
         let node = self.nodes.get_mut(&id).expect("node exists");
-        let Some((client, attempt)) = node.waiters.remove(&(request, fast_path)) else {
+        let Some((client, op, attempt)) = node.waiters.remove(&(request, fast_path)) else {
             return;
         };
-        let delay = self.net_delay();
-        self.schedule(
-            delay,
+        self.client_send(
+            client,
+            id,
             Event::ClientReply {
                 client,
+                op,
                 from: id,
-                seq: request.seq,
                 attempt,
                 fast: fast_path,
                 answer,
@@ -1243,6 +1304,9 @@ where
             .map(|(id, _)| id)
     }
 
+    /// Cuts `group` from the other nodes, both ways. Each client lands on
+    /// one side (cut from the other) or, a third of the time, keeps
+    /// reaching every node.
     fn isolate(&mut self, group: &BTreeSet<NodeId>) {
         let members = self.members();
         for &a in group {
@@ -1250,6 +1314,15 @@ where
                 if !group.contains(&b) {
                     self.cut.insert((a, b));
                     self.cut.insert((b, a));
+                }
+            }
+        }
+        for client in 0..self.clients.len() {
+            let side = self.rng.range(0, 3);
+            for &node in &members {
+                let in_group = group.contains(&node);
+                if (side == 0 && in_group) || (side == 1 && !in_group) {
+                    self.client_cut.insert((client, node));
                 }
             }
         }
@@ -1271,15 +1344,22 @@ where
         if faults.pauses {
             actions.extend(["pause", "pause-leader"]);
         }
+        if faults.client_restarts {
+            actions.push("restart-client");
+        }
         if actions.len() == 1 {
             return;
         }
         let action = actions[self.rng.range(0, actions.len() as u64) as usize];
         let members = self.members();
         match action {
-            "heal" => self.cut.clear(),
+            "heal" => {
+                self.cut.clear();
+                self.client_cut.clear();
+            }
             "random-split" => {
                 self.cut.clear();
+                self.client_cut.clear();
                 let size = self.rng.range(1, n as u64) as usize;
                 let mut group = BTreeSet::new();
                 while group.len() < size {
@@ -1290,6 +1370,7 @@ where
             }
             "isolate-leader" => {
                 self.cut.clear();
+                self.client_cut.clear();
                 if let Some(leader) = self.current_leader() {
                     self.isolate(&BTreeSet::from([leader]));
                     self.stats.partitions += 1;
@@ -1297,6 +1378,7 @@ where
             }
             "minority-majority" => {
                 self.cut.clear();
+                self.client_cut.clear();
                 let minority = consensus::quorum::max_failures(n);
                 let mut group = BTreeSet::new();
                 while group.len() < minority.max(1) {
@@ -1327,6 +1409,7 @@ where
                     self.schedule(down_for, Event::Restart { node: id });
                 }
             }
+            "restart-client" => self.restart_client(),
             "pause" | "pause-leader" => {
                 let target = if action == "pause-leader" {
                     self.current_leader()
@@ -1347,6 +1430,66 @@ where
 
     // ----- clients -----
 
+    /// The client's operation in progress, if it is `op`.
+    fn current_op(&self, client: usize, op: usize) -> Option<&ClientOp> {
+        self.clients[client]
+            .current
+            .as_ref()
+            .filter(|current| current.history_index == op)
+    }
+
+    /// Sends a message between a client and a node, through the network's
+    /// faults: lost, duplicated, delayed (so reordered), or cut with a
+    /// partition that put the client on the other side.
+    fn client_send(&mut self, client: usize, node: NodeId, event: Event) {
+        let faults = self.config.faults;
+        if self.client_cut.contains(&(client, node))
+            || (!self.healed && faults.drops && self.rng.chance(0.05))
+        {
+            return;
+        }
+        let duplicate = !self.healed && faults.duplicates && self.rng.chance(0.03);
+        if duplicate {
+            let copy = match &event {
+                Event::ClientArrive {
+                    node,
+                    client,
+                    op,
+                    attempt,
+                    request,
+                    fast,
+                } => Event::ClientArrive {
+                    node: *node,
+                    client: *client,
+                    op: *op,
+                    attempt: *attempt,
+                    request: request.clone(),
+                    fast: *fast,
+                },
+                Event::ClientReply {
+                    client,
+                    op,
+                    from,
+                    attempt,
+                    fast,
+                    answer,
+                } => Event::ClientReply {
+                    client: *client,
+                    op: *op,
+                    from: *from,
+                    attempt: *attempt,
+                    fast: *fast,
+                    answer: answer.clone(),
+                },
+                _ => unreachable!("only client messages travel between clients and nodes"),
+            };
+            let delay = self.net_delay();
+            self.schedule(delay, copy);
+        }
+        let delay = self.net_delay();
+        self.schedule(delay, event);
+    }
+
     fn next_op(&mut self, client: usize) {
         if self.clients[client].current.is_some() {
             return;
@@ -1357,7 +1500,22 @@ where
             }
             self.clients[client].ops_after_heal_left -= 1;
         }
-        let command = self.random_command(client);
+        let command = match self.clients[client].restarted_carelessly.take() {
+            // The first write of an incarnation that took its id back and
+            // numbers its requests from 1 again: a put of a key of its own,
+            // read back next (see `restart_client`).
+            Some(key) => {
+                self.clients[client].read_back = Some(key.clone());
+                Command::Put {
+                    key,
+                    value: format!("{}.restarted", self.clients[client].id).into_bytes(),
+                }
+            }
+            None => match self.clients[client].read_back.take() {
+                Some(key) => Command::Get { key },
+                None => self.random_command(client),
+            },
+        };
         let c = &mut self.clients[client];
         c.seq += 1;
         let request = ClientRequest {
@@ -1375,16 +1533,17 @@ where
             input: to_input(&command),
             output: None,
         });
+        let op = self.history.len() - 1;
         let fast = self.config.nilext_fast_path
             && (command.takes_fast_path()
                 || (self.config.multi_puts_on_fast_path
                     && matches!(command, Command::MultiPut { .. })));
         c.current = Some(ClientOp {
-            history_index: self.history.len() - 1,
+            history_index: op,
             request: request.clone(),
             attempt: 0,
             started: self.now,
-            fast_acks: BTreeMap::new(),
+            fast_acks: FastAcks::new(self.config.nodes),
         });
         if !fast {
             self.send_attempt(client);
@@ -1392,46 +1551,52 @@ where
         }
         // Nil-ext's fast path: to every node at once.
         for node in self.members() {
-            let mut delay = self.net_delay();
-            if self.rng.chance(self.config.fast_copy_delay_chance) {
+            let late = self.rng.chance(self.config.fast_copy_delay_chance);
+            let event = Event::ClientArrive {
+                node,
+                client,
+                op,
+                attempt: 0,
+                request: request.clone(),
+                fast: true,
+            };
+            if late {
+                // Past the fast-path timeout, so the write takes the slow
+                // path while this copy is still on its way.
                 let timeout = self.config.fast_path_timeout_ms;
-                delay += self.rng.range(timeout, 4 * timeout);
+                let delay = self.net_delay() + self.rng.range(timeout, 4 * timeout);
+                if !self.client_cut.contains(&(client, node)) {
+                    self.schedule(delay, event);
+                }
+            } else {
+                self.client_send(client, node, event);
             }
-            let request = request.clone();
-            self.schedule(
-                delay,
-                Event::ClientArrive {
-                    node,
-                    client,
-                    request,
-                    fast: true,
-                },
-            );
         }
-        let (seq, timeout) = (self.clients[client].seq, self.config.fast_path_timeout_ms);
-        self.schedule(timeout, Event::ClientFastTimeout { client, seq });
+        let timeout = self.config.fast_path_timeout_ms;
+        self.schedule(timeout, Event::ClientFastTimeout { client, op });
     }
 
     /// A fast-path answer: an acknowledgement counts toward the fast quorum
-    /// (even once the slow path has started); anything else is left to the
-    /// slow path.
-    fn fast_reply(&mut self, client: usize, from: NodeId, seq: u64, answer: Answer) {
-        let quorum = consensus::quorum::nilext_fast_quorum(self.config.nodes);
-        let c = &mut self.clients[client];
-        let Some(op) = c.current.as_mut() else { return };
-        if c.seq != seq {
+    /// (even once the slow path has started), by kvclient's own rule; a
+    /// refusal of a sequence number below the session's ends the operation,
+    /// as kvclient ends it; anything else is left to the slow path.
+    fn fast_reply(&mut self, client: usize, op: usize, from: NodeId, answer: Answer) {
+        if self.current_op(client, op).is_none() {
             return;
         }
         match answer {
             Answer::Other(ReplyOutcome::DurableAck { term, from_leader }) => {
-                let (nodes, leader) = op.fast_acks.entry(term).or_default();
-                nodes.insert(from);
-                *leader |= from_leader;
-                if nodes.len() >= quorum && *leader {
-                    self.log(|| format!("client {client} seq {seq}: fast quorum in term {term}"));
+                let Some(current) = self.clients[client].current.as_mut() else {
+                    return;
+                };
+                if current.fast_acks.add(from, term, from_leader) {
+                    self.log(|| format!("client {client} op {op}: fast quorum in term {term}"));
                     self.stats.fast_path_completions += 1;
-                    self.complete(client, seq, CommandResult::Written);
+                    self.complete(client, CommandResult::Written);
                 }
+            }
+            Answer::Result(result @ CommandResult::Failed(ExecutionError::StaleRequest { .. })) => {
+                self.complete(client, result);
             }
             Answer::Other(ReplyOutcome::Rejected(reason)) => {
                 self.fail(format!("a valid fast-path write was rejected: {reason}"));
@@ -1440,7 +1605,7 @@ where
         }
     }
 
-    fn complete(&mut self, client: usize, seq: u64, result: CommandResult) {
+    fn complete(&mut self, client: usize, result: CommandResult) {
         let Some(op) = self.clients[client].current.take() else {
             return;
         };
@@ -1451,9 +1616,17 @@ where
         if let CommandResult::Value(v) = &result {
             self.clients[client].last_seen = v.clone();
         }
+        if let CommandResult::Failed(ExecutionError::StaleRequest { .. }) = &result {
+            // It changed nothing. As kvclient's documentation tells a client
+            // whose id was taken back carelessly: take a fresh id.
+            self.stats.stale_refusals += 1;
+            self.refused_as_stale.insert(op.history_index);
+            self.give_fresh_id(client);
+        }
+        let index = op.history_index;
         self.log(|| {
             format!(
-                "client {client} seq {seq} done: {}",
+                "client {client} op {index} done: {}",
                 show_output(&to_output(&result))
             )
         });
@@ -1462,17 +1635,24 @@ where
     }
 
     fn send_attempt(&mut self, client: usize) {
-        let delay = self.net_delay();
         let timeout = self.config.client_timeout_ms;
         let c = &mut self.clients[client];
-        let op = c.current.as_mut().expect("an operation is in progress");
-        op.attempt += 1;
-        let (seq, attempt, request, node) = (c.seq, op.attempt, op.request.clone(), c.leader_guess);
-        self.schedule(
-            delay,
+        let current = c.current.as_mut().expect("an operation is in progress");
+        current.attempt += 1;
+        let (op, attempt, request, node) = (
+            current.history_index,
+            current.attempt,
+            current.request.clone(),
+            c.leader_guess,
+        );
+        self.client_send(
+            client,
+            node,
             Event::ClientArrive {
                 node,
                 client,
+                op,
+                attempt,
                 request,
                 fast: false,
             },
@@ -1481,22 +1661,20 @@ where
             timeout,
             Event::ClientTimeout {
                 client,
-                seq,
+                op,
                 attempt,
             },
         );
     }
 
-    fn client_reply(&mut self, client: usize, seq: u64, attempt: u64, answer: Answer) {
-        let c = &self.clients[client];
-        let Some(op) = &c.current else { return };
-        if c.seq != seq {
+    fn client_reply(&mut self, client: usize, op: usize, attempt: u64, answer: Answer) {
+        let Some(current) = self.current_op(client, op) else {
             return;
-        }
+        };
         match answer {
-            Answer::Result(result) => self.complete(client, seq, result),
+            Answer::Result(result) => self.complete(client, result),
             Answer::Other(outcome) => {
-                if op.attempt != attempt {
+                if current.attempt != attempt {
                     return;
                 }
                 let backoff = match outcome {
@@ -1523,17 +1701,70 @@ where
                     }
                 };
                 // The retry goes out under the same (client, seq).
-                let (seq, attempt) = (self.clients[client].seq, attempt);
                 self.schedule(
                     backoff,
                     Event::ClientRetry {
                         client,
-                        seq,
+                        op,
                         attempt,
                     },
                 );
             }
         }
+    }
+
+    /// A client process restarts. Its operation in progress, if any, is
+    /// abandoned (outcome unknown). Half the time it takes a fresh id;
+    /// otherwise it takes its id back (a documented kvclient option) and
+    /// either goes on from the sequence numbers it used (as a client must)
+    /// or numbers its requests from 1 again, as a careless one does: its
+    /// first write must then be refused as stale, never acknowledged, and it
+    /// takes a fresh id. The careless restart happens only where the nodes
+    /// can tell the number is stale: between operations, with every running
+    /// node having applied an update of the id numbered 2 or more. (A number
+    /// the sessions have not passed yet cannot be told from a new request;
+    /// kvclient's documentation forbids reusing one.)
+    fn restart_client(&mut self) {
+        let client = self.rng.range(0, self.clients.len() as u64) as usize;
+        self.stats.client_restarts += 1;
+        let abandoned = self.clients[client].current.take();
+        let roll = self.rng.range(0, 4);
+        let id = self.clients[client].id;
+        let applied_everywhere = self
+            .nodes
+            .values()
+            .filter(|n| n.protocol.is_some())
+            .map(|n| {
+                n.state_machine
+                    .sessions()
+                    .get(&id)
+                    .map_or(0, |s| s.last_seq)
+            })
+            .min()
+            .unwrap_or(0);
+        let c = &mut self.clients[client];
+        c.read_back = None;
+        c.restarted_carelessly = None;
+        c.leader_guess = 1 + (client % self.config.nodes) as NodeId;
+        let kind = if roll < 2 {
+            self.give_fresh_id(client);
+            "with a fresh id"
+        } else if roll == 2 || abandoned.is_some() || applied_everywhere < 2 {
+            "with its id, going on from its sequence numbers"
+        } else {
+            c.seq = 0;
+            c.restarted_carelessly = Some(format!("restart.{}.{}", c.id, self.now).into_bytes());
+            "with its id, numbering its requests from 1 again"
+        };
+        self.log(|| format!("client {client} restarts {kind}"));
+        self.schedule(1, Event::ClientNext { client });
+    }
+
+    fn give_fresh_id(&mut self, client: usize) {
+        self.next_client_id += 1;
+        let c = &mut self.clients[client];
+        c.id = self.next_client_id;
+        c.seq = 0;
     }
 
     fn random_command(&mut self, client: usize) -> Command {
