@@ -155,6 +155,13 @@ pub struct DurableRecord {
     pub term: Term,
 }
 
+impl DurableRecord {
+    /// An upper bound of the record's size encoded (as an entry's).
+    pub fn size_bytes(&self) -> usize {
+        crate::types::ENTRY_FRAMING_BYTES + self.request.command.encoded_bound()
+    }
+}
+
 /// An answer to a client other than the result of applying its command.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ReplyOutcome {

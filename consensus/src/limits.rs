@@ -10,6 +10,35 @@ pub const KEY_BYTES_MAX: usize = 4 * 1024;
 pub const VALUE_BYTES_MAX: usize = 1024 * 1024;
 /// The most keys one multi-put or multi-get may name.
 pub const MULTI_KEYS_MAX: usize = 1024;
+/// The largest client request a node decodes, in bytes (kvnode's gRPC
+/// limit for client calls; kvclient encodes none larger).
+pub const REQUEST_BYTES_MAX: usize = 4 << 20;
+/// The largest command accepted, by [`crate::Command::size_bytes`]: below
+/// [`REQUEST_BYTES_MAX`] by room for the request's framing (at most a few
+/// bytes per key and value), so a valid command always fits a request.
+pub const COMMAND_BYTES_MAX: usize = REQUEST_BYTES_MAX - (64 << 10);
+/// The largest result a read may return, in bytes of keys and values: a
+/// multi-get of more is refused (`ExecutionError::ResultTooLarge`) instead
+/// of reading it all, so one read cannot hold the node's loop for long.
+pub const READ_RESULT_BYTES_MAX: usize = 16 << 20;
+/// The largest message between replicas, by
+/// [`crate::Message::size_bytes`] (which bounds its encoded size from
+/// above): kvnode's transport sends none larger (it drops it, and its
+/// gRPC decoding refuses one), and the simulator drops one larger the same
+/// way. A protocol keeps every message within it: an AppendEntries carries
+/// entries up to its byte budget and always at least one, so the budget
+/// plus one largest entry must fit ([`fits_in_a_message`]).
+pub const PEER_MESSAGE_BYTES_MAX: usize = 16 << 20;
+
+/// Whether a message carrying up to `budget_bytes` of entries or records,
+/// plus one more of the largest size, stays within
+/// [`PEER_MESSAGE_BYTES_MAX`]: what a protocol's batch settings must meet.
+pub fn fits_in_a_message(budget_bytes: usize) -> bool {
+    budget_bytes
+        .checked_add(crate::types::Entry::size_of_command(COMMAND_BYTES_MAX))
+        .and_then(|b| b.checked_add(crate::message::MESSAGE_HEADER_BYTES))
+        .is_some_and(|total| total <= PEER_MESSAGE_BYTES_MAX)
+}
 
 /// Why a request was refused before it did anything.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -37,6 +66,14 @@ pub enum InvalidCommand {
     TooManyKeys {
         /// How many keys the request named.
         count: usize,
+    },
+    /// A command over [`COMMAND_BYTES_MAX`] in all.
+    #[error(
+        "the request's keys and values take {bytes} bytes, over the limit of {COMMAND_BYTES_MAX}"
+    )]
+    TooLarge {
+        /// Its size, by `Command::size_bytes`.
+        bytes: usize,
     },
 }
 
@@ -67,6 +104,15 @@ fn check_count(count: usize) -> Result<(), InvalidCommand> {
 
 /// Checks a command against the limits above.
 pub fn validate(command: &Command) -> Result<(), InvalidCommand> {
+    validate_parts(command)?;
+    let bytes = command.size_bytes();
+    if bytes > COMMAND_BYTES_MAX {
+        return Err(InvalidCommand::TooLarge { bytes });
+    }
+    Ok(())
+}
+
+fn validate_parts(command: &Command) -> Result<(), InvalidCommand> {
     match command {
         Command::Put { key, value } => {
             check_key(key)?;

@@ -73,20 +73,40 @@ pub struct RequestVoteResponse {
 }
 
 /// Nil-ext: a new leader asks for a replica's durability log (recovery,
-/// Skyros section 4.5).
+/// Skyros section 4.5), a chunk at a time.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DurabilityLogRequest {
     /// The new leader's term.
     pub term: Term,
+    /// Where in the replica's log to go on: 0 for the start, else the
+    /// `next` of the chunk before.
+    pub from: u64,
 }
 
-/// Nil-ext: a replica's durability log, handed to the leader of `term`.
-/// Having sent it, the replica acknowledges writes only in `term` or later.
+/// Nil-ext: a chunk of a replica's durability log, handed to the leader of
+/// `term`. Having sent the first, the replica acknowledges writes only in
+/// `term` or later.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DurabilityLogResponse {
     /// The term asked about.
     pub term: Term,
+    /// The request's `from`, echoed (a late duplicate is told apart).
+    pub from: u64,
     /// The records, in the replica's order.
+    pub records: Vec<crate::io::DurableRecord>,
+    /// Where the next chunk starts.
+    pub next: u64,
+    /// True when this chunk ends what the replica held when first asked.
+    pub done: bool,
+}
+
+/// Nil-ext: records a follower has held for long, sent to the leader of
+/// `term`, which orders those it lacks (raft-nilext, "Leftover records").
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DurabilityForward {
+    /// The leader's term, as the follower knows it.
+    pub term: Term,
+    /// The records, oldest first.
     pub records: Vec<crate::io::DurableRecord>,
 }
 
@@ -105,9 +125,33 @@ pub enum Message {
     DurabilityLogRequest(DurabilityLogRequest),
     /// See [`DurabilityLogResponse`].
     DurabilityLogResponse(DurabilityLogResponse),
+    /// See [`DurabilityForward`].
+    DurabilityForward(DurabilityForward),
 }
 
+/// A message's fixed part encoded (terms, indexes, ids, flags and their
+/// tags, and the envelope naming sender and receiver), rounded up.
+pub const MESSAGE_HEADER_BYTES: usize = 128;
+
 impl Message {
+    /// An upper bound of the message's size encoded: the transport and the
+    /// simulator compare it with `limits::PEER_MESSAGE_BYTES_MAX`.
+    pub fn size_bytes(&self) -> usize {
+        MESSAGE_HEADER_BYTES
+            + match self {
+                Message::AppendEntries(m) => m.entries.iter().map(Entry::size_bytes).sum(),
+                Message::DurabilityLogResponse(DurabilityLogResponse { records, .. })
+                | Message::DurabilityForward(DurabilityForward { records, .. }) => records
+                    .iter()
+                    .map(crate::io::DurableRecord::size_bytes)
+                    .sum(),
+                Message::AppendEntriesResponse(_)
+                | Message::RequestVote(_)
+                | Message::RequestVoteResponse(_)
+                | Message::DurabilityLogRequest(_) => 0,
+            }
+    }
+
     /// The sender's claim to lead its term, when the message carries one
     /// (only a leader sends AppendEntries).
     pub fn leader_hint(&self) -> Option<NodeId> {
@@ -126,6 +170,7 @@ impl Message {
             Message::RequestVoteResponse(m) => m.term,
             Message::DurabilityLogRequest(m) => m.term,
             Message::DurabilityLogResponse(m) => m.term,
+            Message::DurabilityForward(m) => m.term,
         }
     }
 }

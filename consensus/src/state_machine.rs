@@ -173,7 +173,20 @@ fn execute_read<S: KvRead + ?Sized>(store: &S, command: &Command) -> CommandResu
     match command {
         Command::Get { key } => CommandResult::Value(store.get(key)),
         Command::MultiGet { keys } => {
-            CommandResult::Values(keys.iter().map(|k| store.get(k)).collect())
+            // Stops at the limit rather than reading (and holding) it all.
+            let mut values = Vec::with_capacity(keys.len());
+            let mut bytes = 0;
+            for key in keys {
+                let value = store.get(key);
+                bytes += key.len() + value.as_ref().map_or(0, Vec::len);
+                if bytes > crate::limits::READ_RESULT_BYTES_MAX {
+                    return CommandResult::Failed(ExecutionError::ResultTooLarge {
+                        limit: crate::limits::READ_RESULT_BYTES_MAX,
+                    });
+                }
+                values.push(value);
+            }
+            CommandResult::Values(values)
         }
         other => unreachable!("not a read: {other:?}"),
     }

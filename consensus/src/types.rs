@@ -142,8 +142,22 @@ impl Command {
         }
     }
 
-    /// An estimate of the command's size on the wire and on disk, for byte
-    /// limits on batches.
+    /// An upper bound of the command's size encoded (on the wire and on
+    /// disk): its keys and values, plus framing (a tag and a length) for
+    /// each, plus a fixed part.
+    pub fn encoded_bound(&self) -> usize {
+        let fields = match self {
+            Command::Put { .. } | Command::Increment { .. } => 2,
+            Command::Delete { .. } | Command::Get { .. } => 1,
+            Command::CompareAndSwap { .. } => 3,
+            Command::MultiPut { pairs } => 2 * pairs.len(),
+            Command::MultiGet { keys } => keys.len(),
+        };
+        COMMAND_FRAMING_BYTES + self.size_bytes() + FIELD_FRAMING_BYTES * fields
+    }
+
+    /// The bytes of the command's keys and values (the request limits and
+    /// batches count these).
     pub fn size_bytes(&self) -> usize {
         match self {
             Command::Put { key, value } => key.len() + value.len(),
@@ -188,16 +202,36 @@ pub struct Entry {
     pub payload: EntryPayload,
 }
 
+/// Framing of one key or value encoded: its field tag and length prefix
+/// (at most 1 + 5 bytes for values up to 4 GiB), rounded up, with room for
+/// the tag and length of a key-value pair around them.
+pub const FIELD_FRAMING_BYTES: usize = 8;
+/// A command's fixed part encoded: its kind's tag and length, a counter.
+pub const COMMAND_FRAMING_BYTES: usize = 32;
+/// An entry's or a durability record's fixed part encoded: term, index,
+/// request id, their tags, and the entry's own tag and length in its
+/// message.
+pub const ENTRY_FRAMING_BYTES: usize = 64;
+
 impl Entry {
-    /// The entry's size for byte limits: the command's size plus a fixed
-    /// header.
+    /// An upper bound of the entry's size encoded, for byte limits on
+    /// batches and messages.
     pub fn size_bytes(&self) -> usize {
-        const HEADER_BYTES: usize = 32;
-        HEADER_BYTES
+        ENTRY_FRAMING_BYTES
             + match &self.payload {
                 EntryPayload::Noop => 0,
-                EntryPayload::Command(request) => request.command.size_bytes(),
+                EntryPayload::Command(request) => request.command.encoded_bound(),
             }
+    }
+
+    /// An upper bound of an entry's size encoded when its command takes
+    /// `command_bytes` of keys and values, whatever its kind (a multi-put of
+    /// the most keys has the most framing).
+    pub fn size_of_command(command_bytes: usize) -> usize {
+        ENTRY_FRAMING_BYTES
+            + COMMAND_FRAMING_BYTES
+            + command_bytes
+            + 2 * crate::limits::MULTI_KEYS_MAX * FIELD_FRAMING_BYTES
     }
 }
 
@@ -233,6 +267,13 @@ pub enum ExecutionError {
     /// Increment whose result does not fit in an i64.
     #[error("the increment overflows a 64-bit integer")]
     Overflow,
+    /// A read whose keys and values would take more than `limit` bytes
+    /// (`limits::READ_RESULT_BYTES_MAX`); read fewer keys at a time.
+    #[error("the result would exceed {limit} bytes; read fewer keys at a time")]
+    ResultTooLarge {
+        /// The limit.
+        limit: usize,
+    },
     /// A request older than the client's latest: its result is no longer kept,
     /// and the client has already moved past it.
     #[error("request {seq} is older than the session's latest ({latest})")]

@@ -3,8 +3,8 @@
 
 use consensus::io::HardState;
 use consensus::message::{
-    AppendEntries, AppendEntriesResponse, DurabilityLogRequest, DurabilityLogResponse, Message,
-    RequestVote, RequestVoteResponse,
+    AppendEntries, AppendEntriesResponse, DurabilityForward, DurabilityLogRequest,
+    DurabilityLogResponse, Message, RequestVote, RequestVoteResponse,
 };
 use consensus::state_machine::Session;
 use consensus::{
@@ -206,15 +206,23 @@ pub fn message_to_proto(from: u64, to: u64, message: &Message) -> raft::PeerMess
             vote_granted: m.vote_granted,
             pre_vote: m.pre_vote,
         }),
-        Message::DurabilityLogRequest(m) => {
-            Msg::DurabilityLogRequest(raft::DurabilityLogRequest { term: m.term })
-        }
+        Message::DurabilityLogRequest(m) => Msg::DurabilityLogRequest(raft::DurabilityLogRequest {
+            term: m.term,
+            from: m.from,
+        }),
         Message::DurabilityLogResponse(m) => {
             Msg::DurabilityLogResponse(raft::DurabilityLogResponse {
                 term: m.term,
                 records: m.records.iter().map(record_to_proto).collect(),
+                from: m.from,
+                next: m.next,
+                done: m.done,
             })
         }
+        Message::DurabilityForward(m) => Msg::DurabilityForward(raft::DurabilityForward {
+            term: m.term,
+            records: m.records.iter().map(record_to_proto).collect(),
+        }),
     };
     raft::PeerMessage {
         from,
@@ -266,19 +274,31 @@ pub fn message_from_proto(message: raft::PeerMessage) -> Result<Message, Convert
                 vote_granted: m.vote_granted,
                 pre_vote: m.pre_vote,
             }),
-            Msg::DurabilityLogRequest(m) => {
-                Message::DurabilityLogRequest(DurabilityLogRequest { term: m.term })
-            }
+            Msg::DurabilityLogRequest(m) => Message::DurabilityLogRequest(DurabilityLogRequest {
+                term: m.term,
+                from: m.from,
+            }),
             Msg::DurabilityLogResponse(m) => {
                 Message::DurabilityLogResponse(DurabilityLogResponse {
                     term: m.term,
+                    from: m.from,
                     records: m
                         .records
                         .into_iter()
                         .map(record_from_proto)
                         .collect::<Result<_, _>>()?,
+                    next: m.next,
+                    done: m.done,
                 })
             }
+            Msg::DurabilityForward(m) => Message::DurabilityForward(DurabilityForward {
+                term: m.term,
+                records: m
+                    .records
+                    .into_iter()
+                    .map(record_from_proto)
+                    .collect::<Result<_, _>>()?,
+            }),
         },
     )
 }
@@ -300,6 +320,7 @@ fn result_to_proto(result: &CommandResult) -> raft::StoredResult {
             ExecutionError::NotAnInteger => "not_an_integer".into(),
             ExecutionError::Overflow => "overflow".into(),
             ExecutionError::StaleRequest { seq, latest } => format!("stale:{seq}:{latest}"),
+            ExecutionError::ResultTooLarge { limit } => format!("too_large:{limit}"),
         }),
     };
     raft::StoredResult {
@@ -327,6 +348,11 @@ fn result_from_proto(result: raft::StoredResult) -> Result<CommandResult, Conver
             R::Failed(code) => CommandResult::Failed(match code.as_str() {
                 "not_an_integer" => ExecutionError::NotAnInteger,
                 "overflow" => ExecutionError::Overflow,
+                other if other.starts_with("too_large:") => ExecutionError::ResultTooLarge {
+                    limit: other["too_large:".len()..]
+                        .parse()
+                        .map_err(|_| malformed("result", format!("bad failure {other:?}")))?,
+                },
                 other => {
                     let mut parts = other.strip_prefix("stale:").unwrap_or_default().split(':');
                     let mut number = || parts.next().and_then(|p| p.parse().ok());
@@ -449,6 +475,7 @@ mod tests {
             CommandResult::Counter(-5),
             CommandResult::Failed(ExecutionError::NotAnInteger),
             CommandResult::Failed(ExecutionError::StaleRequest { seq: 1, latest: 4 }),
+            CommandResult::Failed(ExecutionError::ResultTooLarge { limit: 16 }),
         ];
         for result in results {
             let session = Session {
@@ -465,5 +492,105 @@ mod tests {
             voted_for: Some(2),
         };
         assert_eq!(hard_state_from_proto(hard_state_to_proto(&hs)), hs);
+    }
+
+    /// `Message::size_bytes` bounds the encoded size from above, so the
+    /// transport and the simulator can compare it with the peer message
+    /// limit: checked for the largest commands of every kind, one and many
+    /// to a message, with the largest terms and indexes.
+    #[test]
+    fn a_messages_size_bound_is_above_its_encoded_size() {
+        use consensus::limits::{COMMAND_BYTES_MAX, KEY_BYTES_MAX, MULTI_KEYS_MAX};
+        use prost::Message as _;
+        let key = |i: usize| {
+            let mut key = vec![b'k'; KEY_BYTES_MAX];
+            key[..8].copy_from_slice(&(i as u64).to_le_bytes());
+            key
+        };
+        // ... and in the most pairs, each as large as the limit allows.
+        let per_pair = COMMAND_BYTES_MAX / MULTI_KEYS_MAX - 64;
+        let commands = vec![
+            Command::Put {
+                key: key(0),
+                value: vec![7; consensus::limits::VALUE_BYTES_MAX],
+            },
+            // Near the command limit in few large values...
+            Command::MultiPut {
+                pairs: (0..3)
+                    .map(|i| (key(i), vec![7; consensus::limits::VALUE_BYTES_MAX]))
+                    .collect(),
+            },
+            Command::MultiPut {
+                pairs: (0..MULTI_KEYS_MAX)
+                    .map(|i| (key(i)[..64].to_vec(), vec![7; per_pair]))
+                    .collect(),
+            },
+            Command::MultiGet {
+                keys: (0..MULTI_KEYS_MAX).map(|i| key(i)[..64].to_vec()).collect(),
+            },
+            Command::CompareAndSwap {
+                key: key(0),
+                expected: Some(vec![1; 1 << 20]),
+                new: vec![2; 1 << 20],
+            },
+            Command::Increment {
+                key: key(0),
+                by: i64::MIN,
+            },
+            Command::Delete { key: key(0) },
+        ];
+        for command in commands {
+            assert!(consensus::limits::validate(&command).is_ok());
+            let request = ClientRequest {
+                id: RequestId {
+                    client: u64::MAX,
+                    seq: u64::MAX,
+                },
+                command,
+            };
+            let entry = Entry {
+                term: u64::MAX,
+                index: u64::MAX,
+                payload: EntryPayload::Command(request.clone()),
+            };
+            let record = DurableRecord {
+                request,
+                term: u64::MAX,
+            };
+            let messages = [
+                Message::AppendEntries(AppendEntries {
+                    term: u64::MAX,
+                    leader_id: u64::MAX,
+                    prev_log_index: u64::MAX,
+                    prev_log_term: u64::MAX,
+                    entries: vec![entry.clone(), entry],
+                    leader_commit: u64::MAX,
+                    context: u64::MAX,
+                }),
+                Message::DurabilityLogResponse(DurabilityLogResponse {
+                    term: u64::MAX,
+                    from: u64::MAX,
+                    records: vec![record.clone(), record.clone()],
+                    next: u64::MAX,
+                    done: true,
+                }),
+                Message::DurabilityForward(DurabilityForward {
+                    term: u64::MAX,
+                    records: vec![record],
+                }),
+            ];
+            for message in messages {
+                let encoded = message_to_proto(u64::MAX, u64::MAX, &message).encoded_len();
+                assert!(
+                    encoded <= message.size_bytes(),
+                    "{encoded} bytes encoded, bound {}",
+                    message.size_bytes()
+                );
+            }
+        }
+        assert!(
+            consensus::limits::fits_in_a_message(0),
+            "one largest entry fits"
+        );
     }
 }

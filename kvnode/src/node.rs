@@ -197,11 +197,19 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
     let incoming =
         |listener| tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     let client_server = tonic::transport::Server::builder()
-        .add_service(KvServer::new(kv))
+        .add_service(
+            KvServer::new(kv)
+                .max_decoding_message_size(crate::service::CALL_DECODE_BYTES_MAX)
+                .max_encoding_message_size(crate::service::ANSWER_ENCODE_BYTES_MAX),
+        )
         .add_optional_service(admin)
         .serve_with_incoming_shutdown(incoming(client_listener), stopped(stop_rx.clone()));
     let peer_server = tonic::transport::Server::builder()
-        .add_service(RaftPeerServer::new(peers))
+        .add_service(
+            RaftPeerServer::new(peers)
+                .max_decoding_message_size(crate::transport::PEER_BATCH_BYTES_MAX)
+                .max_encoding_message_size(crate::transport::PEER_BATCH_BYTES_MAX),
+        )
         .serve_with_incoming_shutdown(incoming(peer_listener), stopped(stop_rx));
     let client_task = tokio::spawn(client_server);
     let peer_task = tokio::spawn(peer_server);

@@ -318,6 +318,16 @@ fn unexpected(result: CommandResult) -> Status {
 /// reads no further calls from that stream until one is answered, and
 /// HTTP/2 flow control holds the sender back.
 pub const CALLS_IN_FLIGHT_MAX: usize = 4096;
+/// The gRPC decoding limit of client calls: four times the request limit
+/// (`consensus::limits::REQUEST_BYTES_MAX`), so a call over the request
+/// limit but under this one is read and refused alone, with
+/// INVALID_ARGUMENT and its detail, instead of ending the `Calls` stream it
+/// shares with other calls. (A call larger still ends its stream: gRPC
+/// cannot skip an undecoded message.)
+pub const CALL_DECODE_BYTES_MAX: usize = 4 * consensus::limits::REQUEST_BYTES_MAX;
+/// The gRPC encoding limit of answers: the largest read result
+/// (`consensus::limits::READ_RESULT_BYTES_MAX`) with room for its framing.
+pub const ANSWER_ENCODE_BYTES_MAX: usize = consensus::limits::READ_RESULT_BYTES_MAX + (1 << 20);
 
 /// A call being answered.
 type Answering = Pin<Box<dyn Future<Output = CallResult> + Send>>;

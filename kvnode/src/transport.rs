@@ -25,6 +25,10 @@ use crate::runtime::Event;
 
 /// Capacity of each peer's outgoing queue, in messages.
 pub const PEER_QUEUE_MESSAGES_MAX: usize = 4096;
+/// The gRPC limit on one peer batch, encoded: one message within
+/// `consensus::limits::PEER_MESSAGE_BYTES_MAX` (by `Message::size_bytes`,
+/// which bounds its encoding) and the batch's own fields.
+pub const PEER_BATCH_BYTES_MAX: usize = consensus::limits::PEER_MESSAGE_BYTES_MAX + 4096;
 const BACKOFF_MIN: Duration = Duration::from_millis(20);
 const BACKOFF_MAX: Duration = Duration::from_millis(1000);
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(1000);
@@ -79,7 +83,10 @@ pub async fn run_peer_sender(
             cluster_id: cluster_id.clone(),
             faults: faults.clone(),
         };
-        match RaftPeerClient::new(channel).stream(batches).await {
+        let mut client = RaftPeerClient::new(channel)
+            .max_encoding_message_size(PEER_BATCH_BYTES_MAX)
+            .max_decoding_message_size(PEER_BATCH_BYTES_MAX);
+        match client.stream(batches).await {
             Err(status) if status.code() == tonic::Code::PermissionDenied => {
                 tracing::error!(
                     node = node_id,
@@ -123,6 +130,20 @@ impl Stream for OutgoingBatches {
                 return Poll::Ready(None);
             };
             if self.faults.drops_to(self.peer_id) {
+                continue;
+            }
+            // The protocols keep their messages within the limit; one over
+            // it would break the stream at the peer, so it is dropped here,
+            // as the simulator drops it.
+            let bytes = message.size_bytes();
+            if bytes > consensus::limits::PEER_MESSAGE_BYTES_MAX {
+                tracing::error!(
+                    node = self.node_id,
+                    peer = self.peer_id,
+                    bytes,
+                    limit = consensus::limits::PEER_MESSAGE_BYTES_MAX,
+                    "dropped a peer message over the size limit"
+                );
                 continue;
             }
             return Poll::Ready(Some(PeerBatch {

@@ -104,7 +104,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 
 use consensus::io::{Input, Outbox, Recovered, ReplyOutcome, Role, Status, Timing, Write};
-use consensus::message::{DurabilityLogRequest, DurabilityLogResponse, Message};
+use consensus::message::{DurabilityForward, DurabilityLogRequest, DurabilityLogResponse, Message};
 use consensus::quorum::majority;
 use consensus::{
     ClientRequest, Command, Consensus, DurableRecord, EntryPayload, Key, NodeId, RequestId, Term,
@@ -126,6 +126,17 @@ pub struct Config {
     /// refused as unavailable (the client then takes the slow path).
     /// Default 100,000.
     pub durability_log_max: usize,
+    /// Most bytes of records a durability log holds (by
+    /// `DurableRecord::size_bytes`), likewise. Default 64 MiB.
+    pub durability_log_bytes_max: usize,
+    /// Most bytes of records in one chunk of a durability log sent to a
+    /// recovering leader, or forwarded to the leader (always at least one
+    /// record). Default 1 MiB.
+    pub chunk_bytes_max: usize,
+    /// A follower that has held a record this many ticks forwards it to the
+    /// leader, which orders it if it lacks it (see "Leftover records").
+    /// Default 50 (five base election timeouts).
+    pub forward_after_ticks: u64,
     /// A deliberate bug, for tests that show the simulator catches it.
     /// Never set outside tests.
     pub injected_bug: Option<InjectedBug>,
@@ -150,8 +161,32 @@ impl Config {
             raft: RaftConfig::new(id, members, seed),
             ordering_interval_ticks: 1,
             durability_log_max: 100_000,
+            durability_log_bytes_max: 64 << 20,
+            chunk_bytes_max: 1 << 20,
+            forward_after_ticks: 50,
             injected_bug: None,
         }
+    }
+
+    /// Checks the settings fit together: raft-optimized's, and chunks that
+    /// fit in a peer message.
+    pub fn validate(&self) -> Result<(), String> {
+        self.raft.validate()?;
+        if self.durability_log_max == 0 || self.durability_log_bytes_max == 0 {
+            return Err("the durability log must hold at least one record".into());
+        }
+        if self.chunk_bytes_max == 0 || !consensus::limits::fits_in_a_message(self.chunk_bytes_max)
+        {
+            return Err(format!(
+                "chunk_bytes_max must be at least 1, and a chunk plus one largest record must fit \
+                 in a peer message of {} bytes",
+                consensus::limits::PEER_MESSAGE_BYTES_MAX
+            ));
+        }
+        if self.forward_after_ticks == 0 {
+            return Err("forward_after_ticks must be at least 1".into());
+        }
+        Ok(())
     }
 }
 
@@ -159,9 +194,20 @@ impl Config {
 #[derive(Debug)]
 struct Recovery {
     term: Term,
-    /// Durability logs gathered so far, by replica (this node's included).
+    /// Durability logs gathered so far, by replica (this node's included),
+    /// whole or in part.
     logs: BTreeMap<NodeId, Vec<DurableRecord>>,
+    /// Where each replica whose log is not whole yet goes on.
+    next: BTreeMap<NodeId, u64>,
     ticks: u64,
+}
+
+impl Recovery {
+    /// How many of `members` replicas' logs are here whole (this node's
+    /// always is).
+    fn complete(&self, members: usize) -> usize {
+        members - self.next.len()
+    }
 }
 
 /// How many pending writes touch each key.
@@ -195,21 +241,31 @@ impl KeyCounts {
     }
 }
 
-/// The durability log: records in order, with indexes for lookups.
+/// A record in the durability log, with the tick it arrived at.
+#[derive(Debug)]
+struct Slot {
+    record: DurableRecord,
+    arrived_tick: u64,
+}
+
+/// The durability log: records in order (by position, which only grows),
+/// with indexes for lookups.
 #[derive(Debug, Default)]
 struct DurabilityLog {
-    records: BTreeMap<u64, DurableRecord>,
+    records: BTreeMap<u64, Slot>,
     position_of: HashMap<RequestId, u64>,
     next_position: u64,
     /// How many records touch each key.
     keys: KeyCounts,
+    /// Bytes of the records, by `DurableRecord::size_bytes`.
+    bytes: usize,
 }
 
 impl DurabilityLog {
-    fn from_records(records: Vec<DurableRecord>) -> Self {
+    fn from_records(records: Vec<DurableRecord>, now_tick: u64) -> Self {
         let mut log = DurabilityLog::default();
         for record in records {
-            log.push(record);
+            log.push(record, now_tick);
         }
         log
     }
@@ -222,15 +278,22 @@ impl DurabilityLog {
         self.position_of.contains_key(id)
     }
 
-    fn push(&mut self, record: DurableRecord) {
+    fn push(&mut self, record: DurableRecord, now_tick: u64) {
         debug_assert!(
             !self.contains(&record.request.id),
             "a record is in the log once"
         );
         self.keys.add(&record.request.command);
+        self.bytes += record.size_bytes();
         self.position_of
             .insert(record.request.id, self.next_position);
-        self.records.insert(self.next_position, record);
+        self.records.insert(
+            self.next_position,
+            Slot {
+                record,
+                arrived_tick: now_tick,
+            },
+        );
         self.next_position += 1;
     }
 
@@ -238,8 +301,9 @@ impl DurabilityLog {
         let Some(position) = self.position_of.remove(id) else {
             return false;
         };
-        if let Some(record) = self.records.remove(&position) {
-            self.keys.remove(&record.request.command);
+        if let Some(slot) = self.records.remove(&position) {
+            self.keys.remove(&slot.record.request.command);
+            self.bytes -= slot.record.size_bytes();
         }
         true
     }
@@ -253,7 +317,42 @@ impl DurabilityLog {
     }
 
     fn iter(&self) -> impl Iterator<Item = &DurableRecord> {
-        self.records.values()
+        self.records.values().map(|slot| &slot.record)
+    }
+
+    /// Records from position `from` up to (not including) `end`, at most
+    /// `bytes_max` of them but at least one; with the position after the
+    /// last one taken, and whether none is left before `end`.
+    fn chunk(&self, from: u64, end: u64, bytes_max: usize) -> (Vec<DurableRecord>, u64, bool) {
+        let mut records = Vec::new();
+        let mut bytes = 0;
+        let mut next = from;
+        for (&position, slot) in self.records.range(from..end) {
+            let size = slot.record.size_bytes();
+            if !records.is_empty() && bytes + size > bytes_max {
+                return (records, next, false);
+            }
+            bytes += size;
+            records.push(slot.record.clone());
+            next = position + 1;
+        }
+        (records, end, true)
+    }
+
+    /// Records that arrived at or before `tick`, oldest first, at most
+    /// `bytes_max` of them but at least one.
+    fn older_than(&self, tick: u64, bytes_max: usize) -> Vec<DurableRecord> {
+        let mut records = Vec::new();
+        let mut bytes = 0;
+        for slot in self.records.values().filter(|s| s.arrived_tick <= tick) {
+            let size = slot.record.size_bytes();
+            if !records.is_empty() && bytes + size > bytes_max {
+                break;
+            }
+            bytes += size;
+            records.push(slot.record.clone());
+        }
+        records
     }
 }
 
@@ -282,13 +381,21 @@ pub struct NilextRaft {
     recovery: Option<Recovery>,
     /// This node leads and has recovered: it may ack writes and serve.
     recovered: bool,
+    /// The term of the recovery this replica answers, and the end of what
+    /// it hands over: records that arrived after the first chunk was asked
+    /// for are not part of it.
+    answering: Option<(Term, u64)>,
     ticks: u64,
 }
 
 impl NilextRaft {
-    /// A node rebuilt from what its storage holds.
+    /// A node rebuilt from what its storage holds. Panics on settings that
+    /// [`Config::validate`] refuses.
     pub fn new(config: Config, recovered: Recovered) -> Self {
-        let durability_log = DurabilityLog::from_records(recovered.durability_log.clone());
+        if let Err(problem) = config.validate() {
+            panic!("invalid raft-nilext settings: {problem}");
+        }
+        let durability_log = DurabilityLog::from_records(recovered.durability_log.clone(), 0);
         let inner = OptimizedRaft::new(
             config.raft.clone(),
             Recovered {
@@ -309,6 +416,7 @@ impl NilextRaft {
             pending_removals: Vec::new(),
             recovery: None,
             recovered: false,
+            answering: None,
             ticks: 0,
         }
     }
@@ -353,9 +461,15 @@ impl NilextRaft {
             out.reply_fast(request.id, ReplyOutcome::Rejected(reason), Timing::Now);
             return;
         }
+        let waiting_bytes: usize = self
+            .waiting_writes
+            .iter()
+            .map(|r| consensus::types::ENTRY_FRAMING_BYTES + r.command.encoded_bound())
+            .sum();
         if !self.in_normal_operation()
             || self.durability_log.len() + self.waiting_writes.len()
                 >= self.config.durability_log_max
+            || self.durability_log.bytes + waiting_bytes >= self.config.durability_log_bytes_max
         {
             out.reply_fast(request.id, ReplyOutcome::Unavailable, Timing::Now);
             return;
@@ -401,7 +515,7 @@ impl NilextRaft {
             let id = request.id;
             if !self.durability_log.contains(&id) {
                 let record = DurableRecord { request, term };
-                self.durability_log.push(record.clone());
+                self.durability_log.push(record.clone(), self.ticks);
                 records.push(record);
             }
             out.reply_fast(id, ack.clone(), Timing::AfterPersist);
@@ -475,6 +589,12 @@ impl NilextRaft {
         // Non-nilext updates, and writes on the slow path: after every
         // write this leader has acked.
         self.order_all(out);
+        self.propose_tracked(request, out);
+    }
+
+    /// Proposes a command outside the durability log, tracking it for
+    /// `read` until it is applied.
+    fn propose_tracked(&mut self, request: ClientRequest, out: &mut Outbox) {
         let id = request.id;
         let command = request.command.clone();
         if self.inner.propose(request, out) {
@@ -529,28 +649,30 @@ impl NilextRaft {
         self.recovered = false;
         self.ordered.clear();
         let own = self.durability_log.iter().cloned().collect();
+        let peers: Vec<NodeId> = self
+            .members()
+            .iter()
+            .copied()
+            .filter(|&p| p != self.config.raft.id)
+            .collect();
         self.recovery = Some(Recovery {
             term,
             logs: BTreeMap::from([(self.config.raft.id, own)]),
+            next: peers.iter().map(|&p| (p, 0)).collect(),
             ticks: 0,
         });
-        for peer in self.members().to_vec() {
-            if peer != self.config.raft.id {
-                out.send(
-                    peer,
-                    Message::DurabilityLogRequest(DurabilityLogRequest { term }),
-                    Timing::Now,
-                );
-            }
+        for peer in peers {
+            let request = DurabilityLogRequest { term, from: 0 };
+            out.send(peer, Message::DurabilityLogRequest(request), Timing::Now);
         }
         self.maybe_finish_recovery(out);
     }
 
     fn maybe_finish_recovery(&mut self, out: &mut Outbox) {
-        let enough = self
-            .recovery
-            .as_ref()
-            .is_some_and(|r| r.logs.len() >= majority(self.members().len()));
+        let enough = self.recovery.as_ref().is_some_and(|r| {
+            let members = self.members().len();
+            r.complete(members) >= majority(members)
+        });
         if !enough {
             return;
         }
@@ -558,7 +680,8 @@ impl NilextRaft {
             return;
         };
         // This node's own records in its order (they hold every completed
-        // write, in a valid order), then the others' records it lacks.
+        // write, in a valid order), then the others' records it lacks, from
+        // every log gathered, whole or in part.
         let mut seen = HashSet::new();
         let own = recovery
             .logs
@@ -575,12 +698,15 @@ impl NilextRaft {
             .chain(others)
             .filter(|r| seen.insert(r.request.id))
             .collect();
-        self.durability_log = DurabilityLog::from_records(merged.clone());
+        self.durability_log = DurabilityLog::from_records(merged.clone(), self.ticks);
         out.persist.push(Write::DurabilityReplace(merged));
         self.recovered = true;
         self.order_durability_log(out);
     }
 
+    /// Hands the recovering leader of `m.term` the next chunk of this
+    /// replica's durability log (section 4.5, in chunks that fit a message
+    /// however long the log is).
     fn on_durability_log_request(
         &mut self,
         from: NodeId,
@@ -594,10 +720,23 @@ impl NilextRaft {
         // From here on this replica acks only in the new term (section 4.5:
         // stop acking the old term before handing the log over).
         self.inner.adopt_term(m.term, Some(from), out);
-        let records = self.durability_log.iter().cloned().collect();
+        let end = match self.answering {
+            Some((answering, end)) if answering == m.term => end,
+            _ => {
+                let end = self.durability_log.next_position;
+                self.answering = Some((m.term, end));
+                end
+            }
+        };
+        let (records, next, done) =
+            self.durability_log
+                .chunk(m.from, end, self.config.chunk_bytes_max);
         let response = DurabilityLogResponse {
             term: m.term,
+            from: m.from,
             records,
+            next,
+            done,
         };
         out.send(from, Message::DurabilityLogResponse(response), Timing::Now);
     }
@@ -608,11 +747,62 @@ impl NilextRaft {
         m: DurabilityLogResponse,
         out: &mut Outbox,
     ) {
-        if let Some(recovery) = self.recovery.as_mut()
-            && recovery.term == m.term
-        {
-            recovery.logs.insert(from, m.records);
+        let Some(recovery) = self.recovery.as_mut() else {
+            return;
+        };
+        // A chunk of another term, a duplicate, or one out of order is
+        // ignored; the tick asks again from where this replica stands.
+        if recovery.term != m.term || recovery.next.get(&from) != Some(&m.from) {
+            return;
+        }
+        recovery.logs.entry(from).or_default().extend(m.records);
+        if m.done {
+            recovery.next.remove(&from);
             self.maybe_finish_recovery(out);
+        } else {
+            recovery.next.insert(from, m.next);
+            let request = DurabilityLogRequest {
+                term: m.term,
+                from: m.next,
+            };
+            out.send(from, Message::DurabilityLogRequest(request), Timing::Now);
+        }
+    }
+
+    /// The leader orders forwarded records it lacks (see "Leftover records"
+    /// in the crate docs).
+    fn on_forward(&mut self, m: DurabilityForward, out: &mut Outbox) {
+        let status = self.inner.status();
+        if status.role != Role::Leader || !self.recovered || m.term != status.term {
+            return;
+        }
+        for record in m.records {
+            let id = record.request.id;
+            if !self.durability_log.contains(&id) && !self.proposed.contains_key(&id) {
+                self.propose_tracked(record.request, out);
+            }
+        }
+    }
+
+    /// A follower forwards to its leader the records it has held for
+    /// `forward_after_ticks`.
+    fn forward_old_records(&mut self, out: &mut Outbox) {
+        let status = self.inner.status();
+        let (Role::Follower, Some(leader)) = (status.role, status.leader) else {
+            return;
+        };
+        let Some(arrived_by) = self.ticks.checked_sub(self.config.forward_after_ticks) else {
+            return;
+        };
+        let records = self
+            .durability_log
+            .older_than(arrived_by, self.config.chunk_bytes_max);
+        if !records.is_empty() {
+            let forward = DurabilityForward {
+                term: status.term,
+                records,
+            };
+            out.send(leader, Message::DurabilityForward(forward), Timing::Now);
         }
     }
 
@@ -674,25 +864,14 @@ impl NilextRaft {
     fn tick(&mut self, out: &mut Outbox) {
         self.ticks += 1;
         let heartbeat = self.config.raft.heartbeat_ticks;
-        let id = self.config.raft.id;
         if let Some(recovery) = self.recovery.as_mut() {
             recovery.ticks += 1;
             if recovery.ticks.is_multiple_of(heartbeat) {
+                // Lost requests or answers: ask again where each stands.
                 let term = recovery.term;
-                let missing: Vec<NodeId> = self
-                    .config
-                    .raft
-                    .members
-                    .iter()
-                    .copied()
-                    .filter(|m| *m != id && !recovery.logs.contains_key(m))
-                    .collect();
-                for peer in missing {
-                    out.send(
-                        peer,
-                        Message::DurabilityLogRequest(DurabilityLogRequest { term }),
-                        Timing::Now,
-                    );
+                for (&peer, &from) in &recovery.next {
+                    let request = DurabilityLogRequest { term, from };
+                    out.send(peer, Message::DurabilityLogRequest(request), Timing::Now);
                 }
             }
         }
@@ -701,6 +880,9 @@ impl NilextRaft {
             .is_multiple_of(self.config.ordering_interval_ticks.max(1))
         {
             self.order_durability_log(out);
+        }
+        if self.ticks.is_multiple_of(self.config.forward_after_ticks) {
+            self.forward_old_records(out);
         }
     }
 }
@@ -725,6 +907,10 @@ impl Consensus for NilextRaft {
                 from,
                 message: Message::DurabilityLogResponse(m),
             } => self.on_durability_log_response(from, m, out),
+            Input::Message {
+                message: Message::DurabilityForward(m),
+                ..
+            } => self.on_forward(m, out),
             Input::Persisted { .. } => {
                 durability_log_synced = self.jobs.pop_front() == Some(true);
                 self.inner.step(input, out);

@@ -25,6 +25,19 @@ fn factory_with_bug(
     ordering_interval_ticks: u64,
     injected_bug: Option<InjectedBug>,
 ) -> impl Fn(NodeId, &[NodeId], Recovered, u64) -> NilextRaft + Clone {
+    factory_with(read_mode, ordering_interval_ticks, injected_bug, false)
+}
+
+/// With `small_limits`, every bound is tiny, so it is reached all the time:
+/// durability logs of three records, a proposal queue of two, one entry per
+/// AppendEntries, one record per recovery chunk and forward, records
+/// forwarded after five ticks.
+fn factory_with(
+    read_mode: ReadMode,
+    ordering_interval_ticks: u64,
+    injected_bug: Option<InjectedBug>,
+    small_limits: bool,
+) -> impl Fn(NodeId, &[NodeId], Recovered, u64) -> NilextRaft + Clone {
     move |id, members, recovered, seed| {
         let mut config = Config::new(id, members.to_vec(), seed);
         config.injected_bug = injected_bug;
@@ -32,6 +45,15 @@ fn factory_with_bug(
         config.raft.batch_entries_max = 8;
         config.raft.inflight_appends_max = 4;
         config.ordering_interval_ticks = ordering_interval_ticks;
+        if small_limits {
+            config.durability_log_max = 3;
+            config.durability_log_bytes_max = 600;
+            config.raft.proposals_queued_max = 2;
+            config.raft.batch_entries_max = 1;
+            config.raft.inflight_appends_max = 1;
+            config.chunk_bytes_max = 1;
+            config.forward_after_ticks = 5;
+        }
         NilextRaft::new(config, recovered)
     }
 }
@@ -209,6 +231,60 @@ fn client_restarts_reusing_their_id_are_refused_not_acknowledged() {
     assert!(refused > 20, "careless restarts were refused: {refused}");
 }
 
+/// Issue 14: small limits, so the bounds are reached all the time (the
+/// runtime's waiter limit too), with every fault kind; nothing is lost and
+/// everything drains.
+#[test]
+fn small_limits_are_reached_and_nothing_is_lost() {
+    let (mut refused, mut forwards, mut chunks) = (0, 0, 0);
+    for (mode, base) in [(ReadMode::Lease, 100_000), (ReadMode::ReadIndex, 101_000)] {
+        for nodes in [3, 5] {
+            let runs = run_seeds(
+                base..base + 40,
+                |seed| {
+                    let mut config = nilext(seed, nodes);
+                    config.waiters_max = 2;
+                    config
+                },
+                factory_with(mode, 2, None, true),
+                REPLAY,
+            )
+            .unwrap_or_else(|failures| panic!("{failures}"));
+            for run in runs {
+                refused += run.waiter_refusals;
+                forwards += run.messages.get("durability_forward").copied().unwrap_or(0);
+                chunks += run
+                    .messages
+                    .get("durability_log_response")
+                    .copied()
+                    .unwrap_or(0);
+            }
+        }
+    }
+    eprintln!("{refused} refused for the waiter limit, {forwards} forwards, {chunks} chunks");
+    assert!(refused > 0 && forwards > 0 && chunks > 0);
+}
+
+/// Issue 14: values up to the client value limit (1 MiB, two to a
+/// multi-put): AppendEntries, recovery chunks and forwards stay within the
+/// peer message limit, and nothing stalls.
+#[test]
+fn values_up_to_the_client_limit() {
+    let mut oversized = 0;
+    for (mode, base) in [(ReadMode::Lease, 110_000), (ReadMode::ReadIndex, 111_000)] {
+        // Few, short runs: megabyte values make each event slow here.
+        for run in check(base..base + 3, mode, 8, |seed| {
+            let mut config = nilext(seed, 3);
+            config.value_padding_bytes = (0, consensus::limits::VALUE_BYTES_MAX);
+            config.fault_phase_ms = 1_500;
+            config
+        }) {
+            oversized += run.oversized_messages;
+        }
+    }
+    assert_eq!(oversized, 0, "no message over the peer message limit");
+}
+
 /// A long soak, not run by default, with progress: each seed draws every
 /// setting the tests above vary (nodes, fault kinds, read mode, ordering
 /// interval, fast path on or off, late fast-path copies, slow replication),
@@ -248,9 +324,11 @@ fn soak_scenario(
         ),
         ("slow replication", slow.to_string()),
     ]);
+    let small_limits = variant.chance(0.15);
+    chosen.push(("small protocol limits", small_limits.to_string()));
     sim::Scenario {
         config,
-        factory: factory(read_mode, ordering_interval_ticks),
+        factory: factory_with(read_mode, ordering_interval_ticks, None, small_limits),
         chosen,
     }
 }

@@ -104,6 +104,17 @@ impl Config {
         if self.batch_entries_max == 0 || self.inflight_appends_max == 0 {
             return Err("batch and in-flight limits must be at least 1".into());
         }
+        if self.proposals_queued_max == 0 {
+            return Err("the proposal queue must hold at least one command".into());
+        }
+        if !consensus::limits::fits_in_a_message(self.batch_bytes_max) {
+            return Err(format!(
+                "batch_bytes_max {} is too large: an AppendEntries of that many bytes plus one \
+                 largest entry must fit in a peer message of {} bytes",
+                self.batch_bytes_max,
+                consensus::limits::PEER_MESSAGE_BYTES_MAX
+            ));
+        }
         if self.read_mode == ReadMode::Lease {
             if !self.check_quorum {
                 return Err("lease reads need check-quorum: without it a deposed leader could serve stale reads".into());

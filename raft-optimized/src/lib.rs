@@ -853,7 +853,9 @@ impl Consensus for OptimizedRaft {
                     Message::RequestVote(m) => self.handle_vote_request(from, m, out),
                     Message::RequestVoteResponse(m) => self.handle_vote_response(from, m, out),
                     // Nil-ext's messages are for the layer above, if any.
-                    Message::DurabilityLogRequest(_) | Message::DurabilityLogResponse(_) => {}
+                    Message::DurabilityLogRequest(_)
+                    | Message::DurabilityLogResponse(_)
+                    | Message::DurabilityForward(_) => {}
                 }
             }
         }

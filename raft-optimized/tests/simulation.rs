@@ -22,6 +22,16 @@ fn factory_with(
     read_mode: ReadMode,
     check_quorum: bool,
 ) -> impl Fn(NodeId, &[NodeId], Recovered, u64) -> OptimizedRaft + Clone {
+    factory_limits(read_mode, check_quorum, false)
+}
+
+/// With `small_limits`: a proposal queue of two, one entry per
+/// AppendEntries and per durable write, one AppendEntries in flight.
+fn factory_limits(
+    read_mode: ReadMode,
+    check_quorum: bool,
+    small_limits: bool,
+) -> impl Fn(NodeId, &[NodeId], Recovered, u64) -> OptimizedRaft + Clone {
     move |id, members, recovered, seed| {
         let mut config = Config::new(id, members.to_vec(), seed);
         config.read_mode = read_mode;
@@ -29,6 +39,11 @@ fn factory_with(
         // Small batches and windows, so the limits are exercised.
         config.batch_entries_max = 8;
         config.inflight_appends_max = 4;
+        if small_limits {
+            config.proposals_queued_max = 2;
+            config.batch_entries_max = 1;
+            config.inflight_appends_max = 1;
+        }
         OptimizedRaft::new(config, recovered)
     }
 }
@@ -148,6 +163,46 @@ fn catches_a_runtime_that_loses_the_ticks_of_a_pause() {
     assert!(failures.contains("not linearizable"), "{failures}");
 }
 
+/// Issue 14: small limits, reached all the time (the runtime's waiter
+/// limit too), with every fault kind.
+#[test]
+fn small_limits_are_reached_and_nothing_is_lost() {
+    let mut refused = 0;
+    for (mode, base) in [(ReadMode::Lease, 100_000), (ReadMode::ReadIndex, 101_000)] {
+        for nodes in [3, 5] {
+            let runs = run_seeds(
+                base..base + 40,
+                |seed| {
+                    let mut config = SimConfig::new(seed, nodes);
+                    config.waiters_max = 2;
+                    config
+                },
+                factory_limits(mode, true, true),
+                REPLAY,
+            )
+            .unwrap_or_else(|failures| panic!("{failures}"));
+            refused += runs.iter().map(|r| r.waiter_refusals).sum::<u64>();
+        }
+    }
+    assert!(refused > 0, "the waiter limit was reached");
+}
+
+/// Issue 14: values up to the client value limit; no message exceeds the
+/// peer message limit and nothing stalls.
+#[test]
+fn values_up_to_the_client_limit() {
+    for (mode, base) in [(ReadMode::Lease, 110_000), (ReadMode::ReadIndex, 111_000)] {
+        for run in check(base..base + 3, mode, |seed| {
+            let mut config = SimConfig::new(seed, 3);
+            config.value_padding_bytes = (0, consensus::limits::VALUE_BYTES_MAX);
+            config.fault_phase_ms = 1_500;
+            config
+        }) {
+            assert_eq!(run.oversized_messages, 0);
+        }
+    }
+}
+
 /// A long soak, not run by default, with progress: each seed draws every
 /// setting the tests above vary (nodes, fault kinds, read mode,
 /// check-quorum), and a failure prints the command that replays exactly
@@ -171,13 +226,15 @@ fn soak_scenario(
     };
     // Lease reads need check-quorum; ReadIndex runs also without it.
     let check_quorum = read_mode == ReadMode::Lease || variant.chance(0.75);
+    let small_limits = variant.chance(0.15);
     chosen.extend([
         ("read mode", format!("{read_mode:?}")),
         ("check-quorum", check_quorum.to_string()),
+        ("small protocol limits", small_limits.to_string()),
     ]);
     sim::Scenario {
         config,
-        factory: factory_with(read_mode, check_quorum),
+        factory: factory_limits(read_mode, check_quorum, small_limits),
         chosen,
     }
 }

@@ -430,7 +430,9 @@ impl Consensus for VanillaRaft {
                     Message::AppendEntriesResponse(m) => self.handle_append_response(from, m, out),
                     Message::RequestVote(m) => self.handle_vote_request(from, m, out),
                     Message::RequestVoteResponse(m) => self.handle_vote_response(from, m, out),
-                    Message::DurabilityLogRequest(_) | Message::DurabilityLogResponse(_) => {}
+                    Message::DurabilityLogRequest(_)
+                    | Message::DurabilityLogResponse(_)
+                    | Message::DurabilityForward(_) => {}
                 }
             }
         }

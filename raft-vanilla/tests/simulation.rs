@@ -121,6 +121,26 @@ fn catches_commit_of_an_earlier_term_by_counting_replicas() {
     );
 }
 
+/// Issue 14: the runtime's waiter limit reached all the time, and values
+/// up to the client value limit, with every fault kind.
+#[test]
+fn small_limits_and_values_up_to_the_client_limit() {
+    let runs = check(100_000..100_060, |seed| {
+        let mut config = SimConfig::new(seed, 3);
+        config.waiters_max = 2;
+        config
+    });
+    assert!(runs.iter().map(|r| r.waiter_refusals).sum::<u64>() > 0);
+    for run in check(110_000..110_003, |seed| {
+        let mut config = SimConfig::new(seed, 3);
+        config.value_padding_bytes = (0, consensus::limits::VALUE_BYTES_MAX);
+        config.fault_phase_ms = 1_500;
+        config
+    }) {
+        assert_eq!(run.oversized_messages, 0);
+    }
+}
+
 /// A long soak, not run by default, with progress: each seed draws the
 /// settings the tests above vary (nodes, fault kinds), and a failure prints
 /// the command that replays exactly that run:

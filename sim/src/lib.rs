@@ -118,9 +118,26 @@ pub fn soak_config(
         config.faults = faults;
         name.to_string()
     };
+    // A runtime waiter limit that is reached (the protocol's own small
+    // limits are the protocol's to draw), and rarely values up to the
+    // client limit (slow to simulate).
+    let small_waiters = variant.chance(0.15);
+    if small_waiters {
+        config.waiters_max = 2;
+    }
+    let large_values = variant.chance(0.002);
+    if large_values {
+        config.value_padding_bytes = (0, consensus::limits::VALUE_BYTES_MAX);
+        config.fault_phase_ms = 1_500;
+    }
     (
         config,
-        vec![("nodes", nodes.to_string()), ("faults", faults)],
+        vec![
+            ("nodes", nodes.to_string()),
+            ("faults", faults),
+            ("waiter limit 2", small_waiters.to_string()),
+            ("values up to the client limit", large_values.to_string()),
+        ],
     )
 }
 

@@ -39,7 +39,7 @@ use consensus::io::{
 use consensus::message::Message;
 use consensus::quorum::FastAcks;
 use consensus::rng::DetRng;
-use consensus::state_machine::{MemKv, StateMachine};
+use consensus::state_machine::{ApplyBatch, KvRead, MemKv, StateMachine};
 use consensus::{
     ClientId, ClientRequest, Command, CommandResult, Consensus, Entry, ExecutionError, LogIndex,
     NodeId, RequestId, Term,
@@ -225,6 +225,22 @@ pub struct SimConfig {
     /// `consensus::Command::takes_fast_path`); for a test that shows the
     /// simulator catches it.
     pub multi_puts_on_fast_path: bool,
+    /// Values are padded to a length in this range (bytes), up to the
+    /// client value limit: AppendEntries, durability-log chunks and
+    /// forwards then meet the peer message limit. The history keeps each
+    /// value's unique prefix; the padding is checked on every read.
+    pub value_padding_bytes: (usize, usize),
+    /// Most client requests a node holds waiting for an answer (kvnode's
+    /// `WAITERS_MAX`); beyond it, new ones are refused as unavailable.
+    pub waiters_max: usize,
+    /// On a crash, the state database may lose its latest applies (kvnode's
+    /// is not synced: it returns to its last flush), up to this many; the
+    /// node applies them again from its log.
+    pub state_rollback_max: usize,
+    /// After every client has finished, the run goes on this long with no
+    /// faults and no client; then nothing may be left pending anywhere:
+    /// every log the same and applied, every durability log drained.
+    pub quiet_ms: Time,
     /// Models a runtime that loses the ticks a pause missed (a periodic
     /// timer, as kvnode had before it took time from a clock): a resumed
     /// node gets one tick at some point of its backlog, and counts time
@@ -255,6 +271,10 @@ impl SimConfig {
             fast_path_timeout_ms: 40,
             fast_copy_delay_chance: 0.0,
             multi_puts_on_fast_path: false,
+            value_padding_bytes: (0, 0),
+            waiters_max: usize::MAX,
+            state_rollback_max: 8,
+            quiet_ms: 3_000,
             runtime_loses_ticks_in_pauses: false,
         }
     }
@@ -311,6 +331,12 @@ pub struct RunStats {
     /// Requests refused because their sequence number was below the
     /// session's (careless client restarts).
     pub stale_refusals: u64,
+    /// Peer messages dropped for exceeding the peer message limit.
+    pub oversized_messages: u64,
+    /// Crashes that rolled a state database back.
+    pub state_rollbacks: u64,
+    /// Requests refused because a node held too many waiting ones.
+    pub waiter_refusals: u64,
     /// Partitions injected.
     pub partitions: u64,
     /// Highest term reached.
@@ -424,6 +450,10 @@ fn digest<T: Hash>(value: &T) -> u64 {
     hasher.finish()
 }
 
+/// What undoes one apply: the state machine before it, and the values its
+/// keys held before it (`None`: absent).
+type Undo = (StateMachine, BTreeMap<Vec<u8>, Option<Vec<u8>>>);
+
 struct Node<P> {
     protocol: Option<P>,
     incarnation: u64,
@@ -439,6 +469,10 @@ struct Node<P> {
     state_machine: StateMachine,
     kv: MemKv,
     pending: VecDeque<PendingPersist>,
+    /// For the latest applies, newest last: the state machine before each,
+    /// and the values its keys held before it (for a state database that
+    /// rolls back in a crash).
+    undo: VecDeque<Undo>,
     /// Which client waits for which request at this node, and whether on
     /// the fast path: (client, operation, attempt).
     waiters: HashMap<(RequestId, bool), (usize, usize, u64)>,
@@ -546,6 +580,7 @@ where
                     state_machine: StateMachine::default(),
                     kv: MemKv::default(),
                     pending: VecDeque::new(),
+                    undo: VecDeque::new(),
                     waiters: HashMap::new(),
                 };
                 (id, node)
@@ -628,9 +663,13 @@ where
         let heal_at = self.config.fault_phase_ms;
         self.schedule(heal_at, Event::Heal);
         let deadline = heal_at + self.config.liveness_deadline_ms;
+        let mut quiet_until = None;
         while let Some((time, event)) = self.queue.pop() {
             self.now = time;
-            if self.now > deadline {
+            if quiet_until.is_some_and(|until| self.now >= until) {
+                break;
+            }
+            if quiet_until.is_none() && self.now > deadline {
                 let waiting: Vec<String> = self
                     .clients
                     .iter()
@@ -648,12 +687,18 @@ where
             if self.failure.is_none() {
                 self.check_invariants();
             }
-            if self.failure.is_some() || self.finished() {
+            if self.failure.is_some() || (self.config.quiet_ms == 0 && self.finished()) {
                 break;
+            }
+            if quiet_until.is_none() && self.finished() {
+                quiet_until = Some(self.now + self.config.quiet_ms);
             }
         }
         if self.failure.is_none() && !self.finished() {
             self.fail("the run stopped with clients unfinished".into());
+        }
+        if self.failure.is_none() && self.config.quiet_ms > 0 {
+            self.check_drained();
         }
         if self.failure.is_none() {
             let checked: Vec<Operation> = self
@@ -773,6 +818,14 @@ where
                         request,
                         fast,
                     });
+                    return;
+                }
+                if n.waiters.len() >= self.config.waiters_max {
+                    // As kvnode's runtime: refused, not queued without bound.
+                    n.waiters.insert((request.id, fast), (client, op, attempt));
+                    self.stats.waiter_refusals += 1;
+                    let answer = Answer::Other(ReplyOutcome::Unavailable);
+                    self.answer(node, request.id, fast, answer);
                     return;
                 }
                 n.waiters.insert((request.id, fast), (client, op, attempt));
@@ -1123,8 +1176,20 @@ where
                 }
             }
         }
+        let before = node.state_machine.clone();
         let batch = node.state_machine.apply(&node.kv, entries);
         self.stats.entries_applied += entries.len() as u64;
+        if self.config.state_rollback_max > 0 {
+            let old_values = batch
+                .data
+                .keys()
+                .map(|key| (key.clone(), node.kv.get(key)))
+                .collect();
+            if node.undo.len() == self.config.state_rollback_max {
+                node.undo.pop_front();
+            }
+            node.undo.push_back((before, old_values));
+        }
         node.kv.commit(&batch);
         self.log(|| format!("node {id} applied up to {}", batch.applied_index));
         for problem in problems {
@@ -1188,6 +1253,13 @@ where
         if self.cut.contains(&(from, to)) {
             return;
         }
+        // kvnode's transport drops a message over the limit by the same
+        // rule (and its peers could not decode one).
+        if envelope.message.size_bytes() > consensus::limits::PEER_MESSAGE_BYTES_MAX {
+            self.stats.oversized_messages += 1;
+            self.log(|| format!("{from}->{to} dropped: over the peer message limit"));
+            return;
+        }
         let faults = self.config.faults;
         if !self.healed && faults.drops && self.rng.chance(0.05) {
             return;
@@ -1224,6 +1296,22 @@ where
         node.waiters.clear();
         node.paused = false;
         node.backlog.clear();
+        // The state database returns to some earlier apply boundary.
+        let undo = std::mem::take(&mut node.undo);
+        let lose = self.rng.range(0, undo.len() as u64 + 1) as usize;
+        if lose > 0 {
+            let node = self.nodes.get_mut(&id).expect("node exists");
+            for (state_machine, old_values) in undo.into_iter().rev().take(lose) {
+                node.kv.commit(&ApplyBatch {
+                    data: old_values,
+                    ..ApplyBatch::default()
+                });
+                node.state_machine = state_machine;
+            }
+            self.stats.state_rollbacks += 1;
+            let applied = node.state_machine.applied_index();
+            self.log(|| format!("node {id}'s state database rolls back to index {applied}"));
+        }
         self.stats.crashes += 1;
         self.log(|| format!("crash node {id}: {lost} unsynced write batches lost"));
     }
@@ -1530,7 +1618,7 @@ where
             client: c.id,
             call: self.history_clock,
             ret: None,
-            input: to_input(&command),
+            input: unpadded_input(to_input(&command)),
             output: None,
         });
         let op = self.history.len() - 1;
@@ -1610,9 +1698,16 @@ where
             return;
         };
         self.history_clock += 1;
+        let output = match unpadded_output(to_output(&result)) {
+            Ok(output) => output,
+            Err(problem) => {
+                self.fail(problem);
+                to_output(&result)
+            }
+        };
         let record = &mut self.history[op.history_index];
         record.ret = Some(self.history_clock);
-        record.output = Some(to_output(&result));
+        record.output = Some(output);
         if let CommandResult::Value(v) = &result {
             self.clients[client].last_seen = v.clone();
         }
@@ -1771,8 +1866,13 @@ where
         let keys = self.config.keys as u64;
         let key = |i: u64| format!("k{i}").into_bytes();
         let c = &self.clients[client];
-        let value = format!("{}.{}", c.id, c.seq + 1).into_bytes();
+        let mut value = format!("{}.{}", c.id, c.seq + 1).into_bytes();
         let last_seen = c.last_seen.clone();
+        let (low, high) = self.config.value_padding_bytes;
+        if high > 0 {
+            let padding = self.rng.range(low as u64, high as u64 + 1) as usize;
+            pad(&mut value, padding);
+        }
         let pair = self.rng.range(0, keys.div_ceil(2)) * 2;
         let k = pair + self.rng.range(0, 2).min(keys - 1 - pair.min(keys - 1));
         let roll = self.rng.range(0, 100);
@@ -1832,6 +1932,57 @@ where
             .unwrap_or(0)
     }
 
+    /// After healing, the clients' last operations and a quiet period:
+    /// nothing may be left pending anywhere. Every node runs with the same
+    /// log, all of it committed and applied, and every durability log has
+    /// drained (ordered and applied, or forwarded and dropped).
+    fn check_drained(&mut self) {
+        let mut problems = Vec::new();
+        let mut ends = BTreeSet::new();
+        for (&id, node) in &self.nodes {
+            let Some(protocol) = &node.protocol else {
+                problems.push(format!("node {id} is down"));
+                continue;
+            };
+            let status = protocol.status();
+            let (last, last_term) = node.storage.last();
+            ends.insert((last, last_term));
+            if status.last_log_index != last
+                || status.commit_index != last
+                || status.applied_index != last
+            {
+                problems.push(format!(
+                    "node {id}: log ends at {last} (durable), {} in memory, commit {}, applied {}",
+                    status.last_log_index, status.commit_index, status.applied_index
+                ));
+            }
+            if !node.storage.durability_log.is_empty() {
+                let ids: Vec<String> = node
+                    .storage
+                    .durability_log
+                    .iter()
+                    .take(5)
+                    .map(|r| r.request.id.to_string())
+                    .collect();
+                problems.push(format!(
+                    "node {id} still holds {} durability-log records ({}...)",
+                    node.storage.durability_log.len(),
+                    ids.join(", ")
+                ));
+            }
+        }
+        if ends.len() > 1 {
+            problems.push(format!("the nodes' logs end differently: {ends:?}"));
+        }
+        if !problems.is_empty() {
+            self.fail(format!(
+                "{} ms after every client finished, something is left pending: {}",
+                self.config.quiet_ms,
+                problems.join("; ")
+            ));
+        }
+    }
+
     fn check_invariants(&mut self) {
         let mut problems = Vec::new();
         for (&id, node) in &self.nodes {
@@ -1877,6 +2028,68 @@ where
     }
 }
 
+/// Pads a value to `bytes` in all: a `#`, then a byte that says how the
+/// padding was made, repeated. The unique prefix before `#` stays.
+fn pad(value: &mut Vec<u8>, bytes: usize) {
+    if bytes > value.len() + 1 {
+        let fill = (bytes % 251) as u8;
+        let extra = bytes - value.len() - 1;
+        value.push(b'#');
+        value.extend(std::iter::repeat_n(fill, extra));
+    }
+}
+
+/// A value's unique prefix, after checking its padding is whole: the
+/// history compares prefixes (the checker need not copy megabytes), and
+/// a padding a node cut short or changed fails the run here.
+fn unpad(value: Vec<u8>) -> Result<Vec<u8>, String> {
+    let Some(hash) = value.iter().position(|&b| b == b'#') else {
+        return Ok(value);
+    };
+    let fill = (value.len() % 251) as u8;
+    if value[hash + 1..].iter().any(|&b| b != fill) {
+        return Err(format!(
+            "a value read back ({} bytes) has a damaged padding",
+            value.len()
+        ));
+    }
+    Ok(value[..hash].to_vec())
+}
+
+fn unpadded_input(input: KvInput) -> KvInput {
+    let strip = |v: Vec<u8>| unpad(v.clone()).unwrap_or(v);
+    match input {
+        KvInput::Put(k, v) => KvInput::Put(k, strip(v)),
+        KvInput::MultiPut(pairs) => {
+            KvInput::MultiPut(pairs.into_iter().map(|(k, v)| (k, strip(v))).collect())
+        }
+        KvInput::Cas { key, expected, new } => KvInput::Cas {
+            key,
+            expected: expected.map(strip),
+            new: strip(new),
+        },
+        other => other,
+    }
+}
+
+fn unpadded_output(output: KvOutput) -> Result<KvOutput, String> {
+    let strip_opt = |v: Option<Vec<u8>>| v.map(unpad).transpose();
+    Ok(match output {
+        KvOutput::Value(v) => KvOutput::Value(strip_opt(v)?),
+        KvOutput::Values(values) => KvOutput::Values(
+            values
+                .into_iter()
+                .map(strip_opt)
+                .collect::<Result<_, _>>()?,
+        ),
+        KvOutput::Cas { succeeded, current } => KvOutput::Cas {
+            succeeded,
+            current: current.map(strip_opt).transpose()?,
+        },
+        other => other,
+    })
+}
+
 fn kind(message: &Message) -> &'static str {
     match message {
         Message::AppendEntries(m) if m.entries.is_empty() => "heartbeat",
@@ -1887,6 +2100,7 @@ fn kind(message: &Message) -> &'static str {
         Message::RequestVoteResponse(_) => "request_vote_response",
         Message::DurabilityLogRequest(_) => "durability_log_request",
         Message::DurabilityLogResponse(_) => "durability_log_response",
+        Message::DurabilityForward(_) => "durability_forward",
     }
 }
 
@@ -1914,10 +2128,16 @@ fn short(message: &Message) -> String {
             "RVR t{} granted={} pre={}",
             m.term, m.vote_granted, m.pre_vote
         ),
-        Message::DurabilityLogRequest(m) => format!("DLR t{}", m.term),
-        Message::DurabilityLogResponse(m) => {
-            format!("DLRR t{} records={}", m.term, m.records.len())
-        }
+        Message::DurabilityLogRequest(m) => format!("DLR t{} from {}", m.term, m.from),
+        Message::DurabilityLogResponse(m) => format!(
+            "DLRR t{} from {} records={} next {} done={}",
+            m.term,
+            m.from,
+            m.records.len(),
+            m.next,
+            m.done
+        ),
+        Message::DurabilityForward(m) => format!("DF t{} records={}", m.term, m.records.len()),
     }
 }
 
