@@ -44,6 +44,20 @@ enum Commands {
     Cluster(ClusterArgs),
 }
 
+/// Makes any panic, on any thread or task, end the process after it is
+/// reported. Without this, tokio catches the panic of a spawned task and
+/// the node goes on without it (a peer sender, a server, the runtime
+/// thread): half alive, answering some calls and not others, which is
+/// harder to notice and to recover from than a process that exited.
+fn abort_on_panic() {
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        report(info);
+        eprintln!("kvnode: a panic ends the process");
+        std::process::abort();
+    }));
+}
+
 /// Runs `kvnode` with `args` (the first is the program name) and returns its
 /// exit code.
 pub fn main_with_args<I, T>(args: I) -> std::process::ExitCode
@@ -52,6 +66,7 @@ where
     T: Into<std::ffi::OsString> + Clone,
 {
     let cli = Cli::parse_from(args);
+    abort_on_panic();
     if cli.exit_with_parent {
         exit_with_parent();
     }

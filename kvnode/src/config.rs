@@ -34,6 +34,13 @@ pub struct NodeArgs {
     /// Where this node keeps its RocksDB database.
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
+    /// `new` to create a new cluster (every member starts on an empty data
+    /// directory), `existing` to run a member of a cluster that already ran
+    /// (its data directory must hold its data). An empty data directory is
+    /// refused under `existing`: a member that lost its data must not rejoin
+    /// as a voter [default: existing].
+    #[arg(long, value_name = "new|existing")]
+    pub initial_cluster_state: Option<String>,
     /// Address the client API listens on (default: this node's CLIENT_ADDR in --peers).
     #[arg(long)]
     pub client_addr: Option<String>,
@@ -105,6 +112,7 @@ impl NodeArgs {
             id: self.id.or(other.id),
             peers: self.peers.or(other.peers),
             data_dir: self.data_dir.or(other.data_dir),
+            initial_cluster_state: self.initial_cluster_state.or(other.initial_cluster_state),
             client_addr: self.client_addr.or(other.client_addr),
             peer_addr: self.peer_addr.or(other.peer_addr),
             cluster_id: self.cluster_id.or(other.cluster_id),
@@ -137,6 +145,28 @@ pub struct Member {
     pub client_addr: String,
 }
 
+/// Whether a start creates a new cluster or runs a member of one that ran.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InitialClusterState {
+    /// The first start of a new cluster: an empty data directory is
+    /// initialized (one with data is used as it is).
+    New,
+    /// A member of a cluster that already ran: the data directory must hold
+    /// this member's data.
+    Existing,
+}
+
+impl std::str::FromStr for InitialClusterState {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> anyhow::Result<Self> {
+        match s {
+            "new" => Ok(InitialClusterState::New),
+            "existing" => Ok(InitialClusterState::Existing),
+            other => bail!("--initial-cluster-state {other:?}: use new or existing"),
+        }
+    }
+}
+
 /// Complete, validated settings of one node.
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
@@ -148,6 +178,8 @@ pub struct NodeConfig {
     pub members: BTreeMap<NodeId, Member>,
     /// The data directory.
     pub data_dir: PathBuf,
+    /// New cluster or existing one.
+    pub initial_cluster_state: InitialClusterState,
     /// Client API listen address.
     pub client_addr: String,
     /// Peer service listen address.
@@ -298,6 +330,10 @@ impl NodeConfig {
             id,
             members,
             data_dir,
+            initial_cluster_state: match args.initial_cluster_state {
+                Some(state) => state.parse()?,
+                None => InitialClusterState::Existing,
+            },
             tick_ms,
             election_timeout_ticks,
             heartbeat_ticks,

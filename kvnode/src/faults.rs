@@ -8,7 +8,7 @@ use std::sync::{Arc, RwLock};
 
 use consensus::NodeId;
 use proto::kv::admin_server::Admin;
-use proto::kv::{SetFaultsRequest, SetFaultsResponse};
+use proto::kv::{PanicRequest, PanicResponse, SetFaultsRequest, SetFaultsResponse};
 use tonic::{Request, Response, Status};
 
 /// Which peers' traffic is dropped, shared by the transport and the Admin
@@ -82,5 +82,28 @@ impl Admin for AdminService {
             r.drop_incoming_from.into_iter().collect(),
         );
         Ok(Response::new(SetFaultsResponse {}))
+    }
+
+    async fn panic(
+        &self,
+        request: Request<PanicRequest>,
+    ) -> Result<Response<PanicResponse>, Status> {
+        if !request.remote_addr().is_some_and(|a| a.ip().is_loopback()) {
+            return Err(Status::permission_denied(
+                "fault injection is reachable from loopback only",
+            ));
+        }
+        tracing::warn!(
+            node = self.node_id,
+            "fault injection: a task panics as asked"
+        );
+        // The panic of a spawned task, which tokio would catch, leaving the
+        // rest of the node running without it.
+        let node = self.node_id;
+        tokio::spawn(async move {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            panic!("node {node}: a task panicked (injected)");
+        });
+        Ok(Response::new(PanicResponse {}))
     }
 }

@@ -45,6 +45,10 @@ pub struct LocalCluster {
     extra_args: Vec<String>,
     children: BTreeMap<u64, Child>,
     log_dir: PathBuf,
+    /// True while the cluster is being created: every node's first start
+    /// is the start of a new cluster (`--initial-cluster-state new`); later
+    /// starts are restarts of members with their data.
+    creating: bool,
 }
 
 impl LocalCluster {
@@ -108,10 +112,12 @@ impl LocalCluster {
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
             children: BTreeMap::new(),
             log_dir,
+            creating: true,
         };
         for id in 1..=nodes as u64 {
             cluster.start_node(id)?;
         }
+        cluster.creating = false;
         Ok(cluster)
     }
 
@@ -166,6 +172,10 @@ impl LocalCluster {
             .args(["--peers", &self.peers_flag()])
             .arg("--data-dir")
             .arg(data_dir)
+            .args([
+                "--initial-cluster-state",
+                if self.creating { "new" } else { "existing" },
+            ])
             .args(&self.extra_args)
             .env(
                 "RUST_LOG",

@@ -53,9 +53,18 @@ pub async fn run(args: ClusterArgs) -> anyhow::Result<()> {
     let members = local_members(args.nodes, args.base_port);
     let peers = format_members(&members);
     let exe = std::env::current_exe().context("cannot find the kvnode executable")?;
+    let dirs: Vec<_> = members
+        .keys()
+        .map(|id| args.data_dir.join(format!("node{id}")))
+        .collect();
+    // A new cluster only when every member starts empty: one directory
+    // emptied among others that hold data is refused by its node.
+    let new_cluster = dirs
+        .iter()
+        .all(|d| !crate::storage::Storage::holds_database(d));
+    let state = if new_cluster { "new" } else { "existing" };
     let mut children = Vec::new();
-    for id in members.keys() {
-        let dir = args.data_dir.join(format!("node{id}"));
+    for (id, dir) in members.keys().zip(dirs) {
         let child = tokio::process::Command::new(&exe)
             .arg("--exit-with-parent")
             .arg("--protocol")
@@ -66,6 +75,7 @@ pub async fn run(args: ClusterArgs) -> anyhow::Result<()> {
             .arg(&peers)
             .arg("--data-dir")
             .arg(&dir)
+            .args(["--initial-cluster-state", state])
             .args(&args.node_flags)
             .kill_on_drop(true)
             .spawn()

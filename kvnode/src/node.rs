@@ -47,6 +47,9 @@ pub fn build_protocol(
         "nilext" => {
             let mut settings = raft_nilext::Config::new(config.id, members.clone(), 0);
             settings.raft = optimized_settings(config, members)?;
+            settings
+                .validate()
+                .map_err(|problem| anyhow::anyhow!("invalid settings: {problem}"))?;
             Ok(Box::new(raft_nilext::NilextRaft::new(
                 settings,
                 recovered.unwrap_or_default(),
@@ -94,6 +97,27 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
     build_protocol(&config, None)?;
     let client_addr = parse_listen(&config.client_addr, "client address")?;
     let peer_addr = parse_listen(&config.peer_addr, "peer address")?;
+    // A directory with files but no database is refused by storage below.
+    let empty = std::fs::read_dir(&config.data_dir).map_or(true, |mut d| d.next().is_none());
+    match (config.initial_cluster_state, empty) {
+        (crate::config::InitialClusterState::Existing, true) => bail!(
+            "data directory {} holds no data, and this node was started as a member of a \
+             cluster that already ran (--initial-cluster-state existing, the default). A member \
+             that lost its data must not rejoin as a voter: it may have voted, or acknowledged \
+             entries, that it no longer remembers, and could let a second leader be elected in \
+             a term or a committed write be lost. To create a new cluster, start every member \
+             on an empty directory with --initial-cluster-state new. To bring this member back, \
+             restore its data directory (membership changes, which would remove it and add it \
+             again, are not built yet).",
+            config.data_dir.display()
+        ),
+        (crate::config::InitialClusterState::New, false) => tracing::info!(
+            node = config.id,
+            dir = %config.data_dir.display(),
+            "--initial-cluster-state new ignored: the data directory already holds this member's data"
+        ),
+        _ => {}
+    }
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create data directory {}", config.data_dir.display()))?;
     let identity = Identity {

@@ -115,6 +115,14 @@ pub enum StorageError {
         /// RocksDB's reason.
         source: rocksdb::Error,
     },
+    /// Another process has the directory open (RocksDB's lock is held).
+    #[error(
+        "data directory {dir} is in use by another process (a kvnode on it is running); stop that process, or give this node its own directory"
+    )]
+    InUse {
+        /// The directory.
+        dir: PathBuf,
+    },
     /// The directory holds files but no kvnode database.
     #[error(
         "{dir} is not a kvnode data directory (it is not empty and holds no database); choose an empty or new directory"
@@ -197,10 +205,16 @@ fn session_key(client: ClientId) -> Vec<u8> {
 }
 
 impl Storage {
+    /// True when `dir` holds a kvnode database (not a new or empty
+    /// directory).
+    pub fn holds_database(dir: &Path) -> bool {
+        dir.join("CURRENT").is_file()
+    }
+
     /// Opens (or creates) the database in `dir` and checks it belongs to
     /// `identity`.
     pub fn open(dir: &Path, identity: &Identity) -> Result<(Storage, Loaded), StorageError> {
-        let exists = dir.join("CURRENT").is_file();
+        let exists = Storage::holds_database(dir);
         if !exists
             && dir.is_dir()
             && std::fs::read_dir(dir)
@@ -219,6 +233,12 @@ impl Storage {
             options.create_missing_column_families(true);
             // Fail on corruption found while opening rather than dropping data.
             options.set_paranoid_checks(true);
+            // A torn last record (a write a crash cut short, never synced,
+            // so never acknowledged) is dropped; damage anywhere before it
+            // refuses the open. RocksDB's default (point in time) would
+            // instead drop everything after the damage, synced entries and
+            // votes included, and start as if they were never written.
+            options.set_wal_recovery_mode(rocksdb::DBRecoveryMode::TolerateCorruptedTailRecords);
             // Applies skip the WAL (see `apply`): the data and metadata
             // families flush together, so the files on disk always hold the
             // state after some whole apply.
@@ -233,9 +253,21 @@ impl Storage {
                 }
                 ColumnFamilyDescriptor::new(*name, family)
             });
-            DB::open_cf_descriptors(&options, dir, families).map_err(|source| StorageError::Open {
-                dir: dir.to_path_buf(),
-                source,
+            DB::open_cf_descriptors(&options, dir, families).map_err(|source| {
+                // RocksDB's own words name its LOCK file: "While lock file:
+                // .../LOCK: Resource temporarily unavailable" (another
+                // process), "lock hold by current process ... /LOCK: No locks
+                // available" (this one).
+                if source.to_string().contains("/LOCK:") {
+                    StorageError::InUse {
+                        dir: dir.to_path_buf(),
+                    }
+                } else {
+                    StorageError::Open {
+                        dir: dir.to_path_buf(),
+                        source,
+                    }
+                }
             })
         };
         if exists
@@ -683,6 +715,78 @@ mod tests {
                 std::fs::copy(item.path(), target).expect("copy");
             }
         }
+    }
+
+    /// Issue 14, defect 8: damage in the middle of the WAL (here, one byte
+    /// flipped in a crash copy of a live database) refuses the open. With
+    /// RocksDB's default recovery mode the open succeeded and the synced
+    /// entries after the damage were silently gone.
+    #[test]
+    fn damage_in_the_middle_of_the_wal_refuses_the_open() {
+        let dir = temp_dir("wal");
+        let crashed = temp_dir("wal-copy");
+        let entry = |index: u64| Entry {
+            term: 1,
+            index,
+            payload: EntryPayload::Command(ClientRequest {
+                id: RequestId {
+                    client: 9,
+                    seq: index,
+                },
+                command: Command::Put {
+                    key: b"k".to_vec(),
+                    value: vec![index as u8; 512],
+                },
+            }),
+        };
+        {
+            let (storage, _) = Storage::open(&dir, &identity()).expect("open");
+            for index in 1..=200 {
+                storage
+                    .persist(&[Write::AppendLog(vec![entry(index)])])
+                    .expect("persist");
+            }
+            copy_tree(&dir, &crashed);
+        }
+        // The undamaged copy opens whole.
+        {
+            let check = temp_dir("wal-check");
+            copy_tree(&crashed, &check);
+            let (_, loaded) = Storage::open(&check, &identity()).expect("an undamaged copy opens");
+            assert_eq!(loaded.recovered.log.len(), 200);
+        }
+        let wal = std::fs::read_dir(&crashed)
+            .expect("read")
+            .map(|e| e.expect("entry").path())
+            .filter(|p| p.extension().is_some_and(|e| e == "log"))
+            .max_by_key(|p| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0))
+            .expect("a WAL file");
+        let mut bytes = std::fs::read(&wal).expect("read the WAL");
+        assert!(bytes.len() > 50_000, "the WAL holds the entries");
+        let middle = bytes.len() / 2;
+        bytes[middle] ^= 0xff;
+        std::fs::write(&wal, bytes).expect("write the WAL");
+        match Storage::open(&crashed, &identity()) {
+            Ok((_, loaded)) => panic!(
+                "opened a damaged WAL, with {} of 200 entries",
+                loaded.recovered.log.len()
+            ),
+            Err(error) => assert!(
+                error.to_string().to_lowercase().contains("corrupt"),
+                "{error}"
+            ),
+        }
+    }
+
+    /// Issue 14, defect 10: a second process (here, a second open) on a
+    /// directory in use is refused with a clear error.
+    #[test]
+    fn a_directory_in_use_is_refused_clearly() {
+        let dir = temp_dir("in-use");
+        let (_first, _) = Storage::open(&dir, &identity()).expect("open");
+        let error = Storage::open(&dir, &identity()).expect_err("a second open is refused");
+        assert!(matches!(error, StorageError::InUse { .. }), "{error}");
+        assert!(error.to_string().contains("in use by another process"));
     }
 
     #[test]

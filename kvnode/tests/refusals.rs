@@ -433,7 +433,14 @@ fn bad_data_directories_and_settings_give_clear_errors() {
     {
         // Create it, then stop the node (it runs until signalled).
         let mut child = Process::new(kvnode())
-            .args(with(&["--protocol", "vanilla", "--cluster-id", "alpha"]))
+            .args(with(&[
+                "--protocol",
+                "vanilla",
+                "--cluster-id",
+                "alpha",
+                "--initial-cluster-state",
+                "new",
+            ]))
             .arg("--data-dir")
             .arg(&data)
             .stdout(std::process::Stdio::null())
@@ -502,4 +509,89 @@ fn bad_data_directories_and_settings_give_clear_errors() {
     let (code, stderr) = run_kvnode(&with(&["--protocol", "paxos"]), &dir.path().join("x"));
     assert_eq!(code, 1, "{stderr}");
     assert!(stderr.contains("unknown protocol"), "{stderr}");
+    let (code, stderr) = run_kvnode(
+        &with(&["--protocol", "vanilla", "--initial-cluster-state", "old"]),
+        &dir.path().join("x"),
+    );
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("use new or existing"), "{stderr}");
+}
+
+/// Issue 14, defect 7: a member whose data directory was wiped must not
+/// rejoin as a voter that forgot its votes and its log; it is refused with
+/// a clear error. (Before, it started, empty, as a voter.) The first start
+/// of a new cluster, every directory empty, still works: every test's
+/// cluster starts so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_whose_data_was_wiped_is_refused() {
+    let mut test = TestCluster::start("optimized", 3);
+    let mut client = test.client(Duration::from_secs(10));
+    client.put("k", "v").await.expect("write");
+    let (leader, _) = test.leader().await;
+    let wiped = if leader == 3 { 2 } else { 3 };
+    test.cluster.kill(wiped);
+    let data = test.cluster.data_dir(wiped).expect("member").to_path_buf();
+    std::fs::remove_dir_all(&data).expect("wipe");
+    test.cluster.start_node(wiped).expect("spawn");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while test.cluster.is_running(wiped) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "node {wiped}, wiped, kept running"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let log = std::fs::read_to_string(test.cluster.log_file(wiped)).expect("log");
+    assert!(
+        log.contains("holds no data") && log.contains("must not rejoin as a voter"),
+        "{log}"
+    );
+    assert!(!data.join("CURRENT").exists(), "nothing was initialized");
+    // The cluster goes on with the other two.
+    client
+        .put("k", "w")
+        .await
+        .expect("write without the wiped member");
+}
+
+/// Issue 14, defect 10: a second kvnode on a data directory in use refuses
+/// to start, with a clear error, and leaves the first one unharmed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_process_on_a_data_directory_in_use_is_refused() {
+    let test = TestCluster::start("vanilla", 3);
+    test.leader().await;
+    let data = test.cluster.data_dir(1).expect("member");
+    let peers = test.cluster.peers_flag();
+    let (code, stderr) = run_kvnode(
+        &["--protocol", "vanilla", "--id", "1", "--peers", &peers],
+        data,
+    );
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("in use by another process"), "{stderr}");
+    test.leader().await;
+}
+
+/// Issue 14, defect 9: a panic in any task ends the process (before, tokio
+/// caught it and the node went on half alive).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panic_in_a_task_ends_the_process() {
+    let mut test = TestCluster::start_with_flags("optimized", 3, &["--fault-injection"]);
+    test.leader().await;
+    let addr = test.cluster.members()[&2].client_addr.clone();
+    let mut admin = proto::kv::admin_client::AdminClient::connect(format!("http://{addr}"))
+        .await
+        .expect("connect");
+    admin.panic(PanicRequest {}).await.expect("asked to panic");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while test.cluster.is_running(2) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "node 2 still runs after a task panicked"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let log = std::fs::read_to_string(test.cluster.log_file(2)).expect("log");
+    assert!(log.contains("a panic ends the process"), "{log}");
+    // The others go on.
+    test.leader().await;
 }
