@@ -37,7 +37,20 @@ pub struct ClientOptions {
     /// How long one attempt at one node may take.
     pub attempt_timeout: Duration,
     /// The client's id; random when `None`. Two clients must not share one.
+    ///
+    /// A client that takes an id back (after a restart, say) must go on
+    /// from above every sequence number it used with that id before (see
+    /// `first_seq` and [`Client::last_seq`]): the nodes keep, per id, the
+    /// latest request they applied and answer a retry of it from memory.
+    /// A request numbered below it is refused as stale (an
+    /// [`ClientError::Execution`] error: nothing was written); one that
+    /// reuses a number not applied yet cannot be told from a retry, and may
+    /// be answered with another request's result. When in doubt, take a
+    /// fresh id.
     pub client_id: Option<u64>,
+    /// The sequence number of this client's first request (default 1):
+    /// above every one used before, for a client that takes its id back.
+    pub first_seq: u64,
     /// Nil-ext's fast path: how long to wait for every replica's
     /// durability acknowledgement before sending the write to the leader
     /// (the slow path, under the same request id).
@@ -120,6 +133,7 @@ impl Default for ClientOptions {
             timeout: Duration::from_secs(10),
             attempt_timeout: Duration::from_secs(2),
             client_id: None,
+            first_seq: 1,
             fast_path_timeout: Duration::from_millis(50),
             start_at_first_endpoint: false,
             shared_connections: None,
@@ -395,11 +409,17 @@ impl Client {
             connections: HashMap::new(),
             leader: None,
             client_id,
-            seq: 0,
+            seq: options.first_seq.saturating_sub(1),
             options,
             cluster: None,
             fast_path_paused_until: None,
         })
+    }
+
+    /// The sequence number of this client's latest request (0: none yet):
+    /// what a client that means to take its id back must keep.
+    pub fn last_seq(&self) -> u64 {
+        self.seq
     }
 
     /// This client's id.

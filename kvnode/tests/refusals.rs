@@ -226,7 +226,10 @@ async fn call_stream(
 ) {
     let mut kv = KvClient::connect(format!("http://{addr}"))
         .await
-        .expect("connect");
+        .expect("connect")
+        // As a client in another language might: no limit of its own on
+        // what it sends.
+        .max_encoding_message_size(usize::MAX);
     let (calls, queued) = tokio::sync::mpsc::channel(256);
     let answers = kv
         .calls(tokio_stream::wrappers::ReceiverStream::new(queued))
@@ -594,4 +597,46 @@ async fn a_panic_in_a_task_ends_the_process() {
     assert!(log.contains("a panic ends the process"), "{log}");
     // The others go on.
     test.leader().await;
+}
+
+/// Issue 14, defect 6: a call over the request limit on a `Calls` stream
+/// fails alone, with INVALID_ARGUMENT and its detail; the calls sharing the
+/// stream, before and after it, are answered. (Before, it was over gRPC's
+/// decoding limit and ended the stream, failing every call on it.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_oversized_call_fails_alone_on_its_stream() {
+    let test = TestCluster::start("optimized", 3);
+    let (leader, _) = test.leader().await;
+    let leader_addr = test.cluster.members()[&leader].client_addr.clone();
+    let (calls, mut stream) = call_stream(&leader_addr).await;
+    let put = |seq: u64, value: Vec<u8>| {
+        call::Request::Put(PutRequest {
+            header: header(seq),
+            key: format!("k{seq}").into_bytes(),
+            value,
+        })
+    };
+    send(&calls, 1, Some(put(1, b"small".to_vec()))).await;
+    let over = consensus::limits::REQUEST_BYTES_MAX + (1 << 20);
+    send(&calls, 2, Some(put(2, vec![7; over]))).await;
+    send(&calls, 3, Some(put(3, b"small too".to_vec()))).await;
+    let answered = answers(&mut stream, 3).await;
+    let detail = call_error(&answered[&2]);
+    assert_eq!(detail.kind, Kind::InvalidArgument as i32, "{detail:?}");
+    assert!(detail.message.contains("exceeds"), "{}", detail.message);
+    for id in [1, 3] {
+        assert!(
+            matches!(answered[&id], call_result::Answer::Write(_)),
+            "call {id}: {:?}",
+            answered[&id]
+        );
+    }
+    // The stream still carries calls.
+    let get = call::Request::Get(GetRequest {
+        header: header(4),
+        key: b"k3".to_vec(),
+    });
+    send(&calls, 4, Some(get)).await;
+    let read = answers(&mut stream, 1).await;
+    assert!(matches!(read[&4], call_result::Answer::Get(_)), "{read:?}");
 }
