@@ -285,6 +285,25 @@ fn values_up_to_the_client_limit() {
     assert_eq!(oversized, 0, "no message over the peer message limit");
 }
 
+/// A thousand seeds of the soak's own mix (every setting the soak draws,
+/// every fault kind, client faults and restarts among them), in every test
+/// run.
+#[test]
+fn a_thousand_seeds_of_the_soak() {
+    let started = std::time::Instant::now();
+    for seed in 7000000..7001000 {
+        let scenario = soak_scenario(seed);
+        run_seeds(
+            [seed],
+            |_| scenario.config.clone(),
+            scenario.factory,
+            SOAK_REPLAY,
+        )
+        .unwrap_or_else(|failures| panic!("{failures}"));
+    }
+    eprintln!("1000 seeds in {:.1} s", started.elapsed().as_secs_f64());
+}
+
 /// A long soak, not run by default, with progress: each seed draws every
 /// setting the tests above vary (nodes, fault kinds, read mode, ordering
 /// interval, fast path on or off, late fast-path copies, slow replication),

@@ -141,6 +141,25 @@ fn small_limits_and_values_up_to_the_client_limit() {
     }
 }
 
+/// A thousand seeds of the soak's own mix (every setting the soak draws,
+/// every fault kind, client faults and restarts among them), in every test
+/// run.
+#[test]
+fn a_thousand_seeds_of_the_soak() {
+    let started = std::time::Instant::now();
+    for seed in 5000000..5001000 {
+        let scenario = soak_scenario(seed);
+        run_seeds(
+            [seed],
+            |_| scenario.config.clone(),
+            scenario.factory,
+            SOAK_REPLAY,
+        )
+        .unwrap_or_else(|failures| panic!("{failures}"));
+    }
+    eprintln!("1000 seeds in {:.1} s", started.elapsed().as_secs_f64());
+}
+
 /// A long soak, not run by default, with progress: each seed draws the
 /// settings the tests above vary (nodes, fault kinds), and a failure prints
 /// the command that replays exactly that run:
@@ -148,15 +167,16 @@ fn small_limits_and_values_up_to_the_client_limit() {
 #[test]
 #[ignore]
 fn many_seeds() {
-    sim::run_many(
-        |seed| {
-            let (config, chosen) = sim::soak_config(seed, &mut sim::variant_rng(seed));
-            sim::Scenario {
-                config,
-                factory: factory(None),
-                chosen,
-            }
-        },
-        SOAK_REPLAY,
-    );
+    sim::run_many(soak_scenario, SOAK_REPLAY);
+}
+
+fn soak_scenario(
+    seed: u64,
+) -> sim::Scenario<impl Fn(NodeId, &[NodeId], Recovered, u64) -> VanillaRaft + Clone> {
+    let (config, chosen) = sim::soak_config(seed, &mut sim::variant_rng(seed));
+    sim::Scenario {
+        config,
+        factory: factory(None),
+        chosen,
+    }
 }
