@@ -170,6 +170,14 @@ struct NemesisArgs {
     /// Seed of the fault schedule.
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Fault schedules at once (each with its own seed): 2 makes faults
+    /// overlap, a kill during another node's or the leader's pause.
+    #[arg(long, default_value_t = 1)]
+    schedules: usize,
+    /// Read mode of raft-optimized and raft-nilext: read-index or lease
+    /// (kvnode's default: read-index).
+    #[arg(long)]
+    read_mode: Option<String>,
     /// Where to keep node logs and, on an anomaly, the history.
     #[arg(long, default_value = "nemesis-runs")]
     out: PathBuf,
@@ -187,9 +195,22 @@ async fn nemesis(args: NemesisArgs) -> anyhow::Result<bool> {
         config.nodes = args.nodes;
         config.clients = args.clients;
         config.seed = args.seed;
+        config.schedules = args.schedules;
+        if let Some(mode) = &args.read_mode
+            && protocol != "vanilla"
+        {
+            config.node_flags.push(format!("--read-mode={mode}"));
+        }
         println!(
-            "{protocol}: {} s of faults on {} nodes...",
-            args.duration, args.nodes
+            "{protocol}: {} s of faults on {} nodes, {} schedule(s) at once, reads by {}...",
+            args.duration,
+            args.nodes,
+            args.schedules,
+            match (&args.read_mode, protocol.as_str()) {
+                (_, "vanilla") => "the log",
+                (Some(mode), _) => mode.as_str(),
+                (None, _) => "read-index",
+            }
         );
         let report = kvnode::nemesis::run(&exe, &["node"], &dir, &config).await?;
         println!("{protocol}: {}", report.summary());

@@ -44,6 +44,10 @@ pub struct NemesisConfig {
     pub fault_every: (Duration, Duration),
     /// Seed of the schedule.
     pub seed: u64,
+    /// Fault schedules running at once, each with its own seed: with two,
+    /// faults overlap (a node killed while another, or the leader, is
+    /// paused), as a user's own fault tests do.
+    pub schedules: usize,
     /// Extra flags for every node.
     pub node_flags: Vec<String>,
     /// Deliberately unsafe reads on every node: the run must then report an
@@ -66,6 +70,7 @@ impl NemesisConfig {
             keys: 3,
             fault_every: (Duration::from_millis(800), Duration::from_millis(2500)),
             seed: 1,
+            schedules: 1,
             node_flags: vec!["--tick-ms=10".into(), "--request-timeout-ms=1500".into()],
             unsafe_local_reads: false,
             converge_timeout: Duration::from_secs(30),
@@ -244,6 +249,115 @@ async fn leader(cluster: &LocalCluster) -> Option<u64> {
         .map(|(id, _)| id)
 }
 
+/// One schedule of faults until the run's end: every 0.8 to 2.5 s, a fault
+/// of a random kind, held 0.5 to 2 s, then healed. Returns how many of each
+/// kind it injected.
+async fn fault_schedule(
+    shared: &tokio::sync::Mutex<LocalCluster>,
+    config: &NemesisConfig,
+    seed: u64,
+    start: Instant,
+) -> anyhow::Result<BTreeMap<&'static str, u64>> {
+    let mut rng = DetRng::new(seed);
+    let mut faults: BTreeMap<&'static str, u64> = BTreeMap::new();
+    let members: Vec<u64> = shared.lock().await.members().keys().copied().collect();
+    let pick = |rng: &mut DetRng| members[rng.range(0, members.len() as u64) as usize];
+    while start.elapsed() < config.duration {
+        let wait = Duration::from_millis(rng.range(
+            config.fault_every.0.as_millis() as u64,
+            config.fault_every.1.as_millis() as u64 + 1,
+        ));
+        tokio::time::sleep(wait.min(config.duration.saturating_sub(start.elapsed()))).await;
+        if start.elapsed() >= config.duration {
+            break;
+        }
+        let hold = Duration::from_millis(rng.range(500, 2000));
+        match rng.range(0, 7) {
+            kind @ (0 | 1) => {
+                let node = if kind == 1 {
+                    leader(&*shared.lock().await)
+                        .await
+                        .unwrap_or_else(|| pick(&mut rng))
+                } else {
+                    pick(&mut rng)
+                };
+                shared.lock().await.kill(node);
+                *faults
+                    .entry(if kind == 1 { "kill-leader" } else { "kill" })
+                    .or_default() += 1;
+                tokio::time::sleep(hold).await;
+                shared.lock().await.start_node(node)?;
+            }
+            kind @ (2 | 3) => {
+                // SIGSTOP: the process stops, its time does not.
+                let node = if kind == 3 {
+                    leader(&*shared.lock().await)
+                        .await
+                        .unwrap_or_else(|| pick(&mut rng))
+                } else {
+                    pick(&mut rng)
+                };
+                let _ = shared.lock().await.signal(node, Signal::SIGSTOP);
+                *faults
+                    .entry(if kind == 3 { "pause-leader" } else { "pause" })
+                    .or_default() += 1;
+                tokio::time::sleep(hold).await;
+                let _ = shared.lock().await.signal(node, Signal::SIGCONT);
+            }
+            4 => {
+                // The leader cut off from everyone, both ways.
+                let cluster = shared.lock().await;
+                let isolated = leader(&cluster).await.unwrap_or_else(|| pick(&mut rng));
+                let others: Vec<u64> = members.iter().copied().filter(|m| *m != isolated).collect();
+                set_partition(&cluster, isolated, others.clone(), others.clone()).await;
+                for &other in &others {
+                    set_partition(&cluster, other, vec![isolated], vec![isolated]).await;
+                }
+                drop(cluster);
+                *faults.entry("partition-leader").or_default() += 1;
+                tokio::time::sleep(hold).await;
+                heal_partitions(&*shared.lock().await).await;
+            }
+            5 => {
+                // A minority (one node of three, two of five) from the majority.
+                let mut minority: Vec<u64> = Vec::new();
+                while minority.len() < consensus::quorum::max_failures(members.len()).max(1) {
+                    let node = pick(&mut rng);
+                    if !minority.contains(&node) {
+                        minority.push(node);
+                    }
+                }
+                let majority: Vec<u64> = members
+                    .iter()
+                    .copied()
+                    .filter(|m| !minority.contains(m))
+                    .collect();
+                let cluster = shared.lock().await;
+                for &node in &minority {
+                    set_partition(&cluster, node, majority.clone(), majority.clone()).await;
+                }
+                for &node in &majority {
+                    set_partition(&cluster, node, minority.clone(), minority.clone()).await;
+                }
+                drop(cluster);
+                *faults.entry("partition-minority").or_default() += 1;
+                tokio::time::sleep(hold).await;
+                heal_partitions(&*shared.lock().await).await;
+            }
+            _ => {
+                // One way: a node that hears but cannot speak.
+                let node = pick(&mut rng);
+                let others: Vec<u64> = members.iter().copied().filter(|m| *m != node).collect();
+                set_partition(&*shared.lock().await, node, others, vec![]).await;
+                *faults.entry("partition-one-way").or_default() += 1;
+                tokio::time::sleep(hold).await;
+                heal_partitions(&*shared.lock().await).await;
+            }
+        }
+    }
+    Ok(faults)
+}
+
 /// Runs the test with node processes started from `exe` (after
 /// `leading_args`), data under `dir`.
 pub async fn run(
@@ -258,7 +372,7 @@ pub async fn run(
         flags.push("--unsafe-local-reads".into());
     }
     let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
-    let mut cluster = LocalCluster::start_with(
+    let cluster = LocalCluster::start_with(
         exe,
         leading_args,
         &config.protocol,
@@ -319,89 +433,26 @@ pub async fn run(
         }));
     }
 
-    let mut rng = DetRng::new(config.seed);
+    // The schedules share the cluster; each holds it only for one step.
+    let shared = Arc::new(tokio::sync::Mutex::new(cluster));
+    let schedules: Vec<_> = (0..config.schedules.max(1))
+        .map(|i| {
+            let seed = config.seed.wrapping_add(i as u64);
+            let (shared, config) = (shared.clone(), config.clone());
+            tokio::spawn(async move { fault_schedule(&shared, &config, seed, start).await })
+        })
+        .collect();
     let mut faults: BTreeMap<&'static str, u64> = BTreeMap::new();
-    let members: Vec<u64> = cluster.members().keys().copied().collect();
-    let pick = |rng: &mut DetRng| members[rng.range(0, members.len() as u64) as usize];
-    while start.elapsed() < config.duration {
-        let wait = Duration::from_millis(rng.range(
-            config.fault_every.0.as_millis() as u64,
-            config.fault_every.1.as_millis() as u64 + 1,
-        ));
-        tokio::time::sleep(wait.min(config.duration.saturating_sub(start.elapsed()))).await;
-        if start.elapsed() >= config.duration {
-            break;
-        }
-        let hold = Duration::from_millis(rng.range(500, 2000));
-        match rng.range(0, 6) {
-            0 => {
-                let node = pick(&mut rng);
-                cluster.kill(node);
-                *faults.entry("kill").or_default() += 1;
-                tokio::time::sleep(hold).await;
-                cluster.start_node(node)?;
-            }
-            1 => {
-                let node = leader(&cluster).await.unwrap_or_else(|| pick(&mut rng));
-                cluster.kill(node);
-                *faults.entry("kill-leader").or_default() += 1;
-                tokio::time::sleep(hold).await;
-                cluster.start_node(node)?;
-            }
-            2 => {
-                let node = pick(&mut rng);
-                let _ = cluster.signal(node, Signal::SIGSTOP);
-                *faults.entry("pause").or_default() += 1;
-                tokio::time::sleep(hold).await;
-                let _ = cluster.signal(node, Signal::SIGCONT);
-            }
-            3 => {
-                // The leader cut off from everyone, both ways.
-                let isolated = leader(&cluster).await.unwrap_or_else(|| pick(&mut rng));
-                let others: Vec<u64> = members.iter().copied().filter(|m| *m != isolated).collect();
-                set_partition(&cluster, isolated, others.clone(), others.clone()).await;
-                for &other in &others {
-                    set_partition(&cluster, other, vec![isolated], vec![isolated]).await;
-                }
-                *faults.entry("partition-leader").or_default() += 1;
-                tokio::time::sleep(hold).await;
-                heal_partitions(&cluster).await;
-            }
-            4 => {
-                // A minority (one node of three, two of five) from the majority.
-                let mut minority: Vec<u64> = Vec::new();
-                while minority.len() < consensus::quorum::max_failures(members.len()).max(1) {
-                    let node = pick(&mut rng);
-                    if !minority.contains(&node) {
-                        minority.push(node);
-                    }
-                }
-                let majority: Vec<u64> = members
-                    .iter()
-                    .copied()
-                    .filter(|m| !minority.contains(m))
-                    .collect();
-                for &node in &minority {
-                    set_partition(&cluster, node, majority.clone(), majority.clone()).await;
-                }
-                for &node in &majority {
-                    set_partition(&cluster, node, minority.clone(), minority.clone()).await;
-                }
-                *faults.entry("partition-minority").or_default() += 1;
-                tokio::time::sleep(hold).await;
-                heal_partitions(&cluster).await;
-            }
-            _ => {
-                // One way: a node that hears but cannot speak.
-                let node = pick(&mut rng);
-                let others: Vec<u64> = members.iter().copied().filter(|m| *m != node).collect();
-                set_partition(&cluster, node, others, vec![]).await;
-                *faults.entry("partition-one-way").or_default() += 1;
-                tokio::time::sleep(hold).await;
-                heal_partitions(&cluster).await;
-            }
+    for schedule in schedules {
+        for (kind, count) in schedule.await?? {
+            *faults.entry(kind).or_default() += count;
         }
     }
+    let Ok(mutex) = Arc::try_unwrap(shared) else {
+        anyhow::bail!("a fault schedule still holds the cluster");
+    };
+    let mut cluster = mutex.into_inner();
+    let members: Vec<u64> = cluster.members().keys().copied().collect();
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     for task in tasks {
         let _ = task.await;

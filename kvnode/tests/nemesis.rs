@@ -24,7 +24,11 @@ async fn run_bounded(
 }
 
 async fn short_run(protocol: &str) {
-    let config = NemesisConfig::new(protocol, Duration::from_secs(25));
+    check(NemesisConfig::new(protocol, Duration::from_secs(25))).await;
+}
+
+async fn check(config: NemesisConfig) {
+    let protocol = config.protocol.clone();
     let (_dir, report) = run_bounded(&config, Duration::from_secs(180)).await;
     eprintln!("{protocol}: {}", report.summary());
     if let Some(excerpt) = &report.excerpt {
@@ -56,6 +60,18 @@ async fn optimized_stays_linearizable_under_faults() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn nilext_stays_linearizable_under_faults() {
     short_run("nilext").await;
+}
+
+/// Issue 22's setting, where lease reads went stale: five nodes, lease
+/// reads, two fault schedules at once (kills and pauses of random nodes and
+/// of the leader overlapping).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn lease_reads_on_five_nodes_under_overlapping_kills_and_pauses() {
+    let mut config = NemesisConfig::new("optimized", Duration::from_secs(25));
+    config.nodes = 5;
+    config.schedules = 2;
+    config.node_flags.push("--read-mode=lease".into());
+    check(config).await;
 }
 
 /// The harness can fail: with reads answered by any node without a
