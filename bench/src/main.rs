@@ -214,6 +214,12 @@ async fn nemesis(args: NemesisArgs) -> anyhow::Result<bool> {
         );
         let report = kvnode::nemesis::run(&exe, &["node"], &dir, &config).await?;
         println!("{protocol}: {}", report.summary());
+        if !report.converged {
+            println!(
+                "{protocol}: the nodes as last seen: {}",
+                report.last_statuses
+            );
+        }
         if let Some(excerpt) = &report.excerpt {
             println!("{excerpt}");
         }
@@ -344,6 +350,13 @@ fn main() -> ExitCode {
         let argv = std::iter::once("kvnode".to_string()).chain(args);
         return kvnode::cli::main_with_args(argv);
     }
+    // The harness's own logs (RUST_LOG=info: convergence progress, ...).
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -53,9 +53,11 @@ pub struct NemesisConfig {
     /// Deliberately unsafe reads on every node: the run must then report an
     /// anomaly (this proves the harness can fail).
     pub unsafe_local_reads: bool,
-    /// How long the nodes may go without progress while converging after
-    /// healing. Vanilla Raft sends one entry per round trip, so a replica far
-    /// behind after a long run needs a while, but keeps progressing.
+    /// How long the nodes may go without visible progress while converging
+    /// after healing (at least the run's duration). Vanilla Raft backs off
+    /// and sends one entry per round trip, so a replica far behind after a
+    /// long run needs a while, and its status shows nothing while the
+    /// leader backs off.
     pub converge_timeout: Duration,
 }
 
@@ -99,6 +101,8 @@ pub struct NemesisReport {
     pub converged: bool,
     /// How long convergence took (or how long it was waited for).
     pub converge_time: Duration,
+    /// The nodes' statuses when convergence ended (or was given up).
+    pub last_statuses: String,
 }
 
 impl NemesisReport {
@@ -479,7 +483,12 @@ pub async fn run(
         };
         history.run(&mut reader, command).await.ok();
     }
-    let (converged, converge_time) = converge(&cluster, config.converge_timeout).await;
+    // Vanilla backs off one entry per rejected AppendEntries (Figure 2), and
+    // no status changes while it does: after a long run a node can be tens
+    // of thousands of entries apart, so the wait without visible progress
+    // grows with the run.
+    let patience = config.converge_timeout.max(config.duration);
+    let (converged, converge_time, last_statuses) = converge(&cluster, patience).await;
     cluster.kill_all();
 
     let (ops, failed) = (history.operations(), history.failed());
@@ -508,6 +517,7 @@ pub async fn run(
         history_file,
         converged,
         converge_time,
+        last_statuses,
     })
 }
 
@@ -535,12 +545,29 @@ fn excerpt(ops: &[Operation], operations: &[usize], deepest: &[usize]) -> String
 /// without progress (the least applied index not rising), so a replica that
 /// is still catching up gets the time it needs. Returns whether the nodes
 /// converged, and how long it took.
-async fn converge(cluster: &LocalCluster, timeout: Duration) -> (bool, Duration) {
+async fn converge(cluster: &LocalCluster, timeout: Duration) -> (bool, Duration, String) {
     let started = Instant::now();
     let mut last_progress = Instant::now();
     let mut least_applied = 0;
+    let mut seen = String::new();
+    let mut logged = Instant::now();
     while last_progress.elapsed() < timeout {
         let statuses = cluster.statuses().await;
+        seen = statuses
+            .iter()
+            .map(|(id, s)| {
+                format!(
+                    "node {id} {} term {}: last {}/{}, commit {}, applied {}",
+                    s.role,
+                    s.term,
+                    s.last_log_index,
+                    s.last_log_term,
+                    s.commit_index,
+                    s.applied_index
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("; ");
         if statuses.len() == cluster.members().len() {
             let settled = |s: &proto::kv::StatusResponse| {
                 s.applied_index == s.commit_index && s.commit_index == s.last_log_index
@@ -550,7 +577,7 @@ async fn converge(cluster: &LocalCluster, timeout: Duration) -> (bool, Duration)
                 .map(|s| (s.last_log_index, s.last_log_term, s.commit_index))
                 .collect();
             if views.len() == 1 && statuses.values().all(settled) {
-                return (true, started.elapsed());
+                return (true, started.elapsed(), seen);
             }
             let least = statuses
                 .values()
@@ -562,7 +589,11 @@ async fn converge(cluster: &LocalCluster, timeout: Duration) -> (bool, Duration)
                 last_progress = Instant::now();
             }
         }
+        if logged.elapsed() >= Duration::from_secs(5) {
+            logged = Instant::now();
+            tracing::info!(statuses = %seen, "converging");
+        }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    (false, started.elapsed())
+    (false, started.elapsed(), seen)
 }
