@@ -324,6 +324,13 @@ impl DurabilityLog {
     /// `bytes_max` of them but at least one; with the position after the
     /// last one taken, and whether none is left before `end`.
     fn chunk(&self, from: u64, end: u64, bytes_max: usize) -> (Vec<DurableRecord>, u64, bool) {
+        if from >= end {
+            // Nothing left; or this replica restarted since the chunk before
+            // and numbers its records from 0 again. What it has not handed
+            // over then are extras: every completed write is in the
+            // recovering leader's own log.
+            return (Vec::new(), from, true);
+        }
         let mut records = Vec::new();
         let mut bytes = 0;
         let mut next = from;

@@ -304,6 +304,24 @@ fn a_thousand_seeds_of_the_soak() {
     eprintln!("1000 seeds in {:.1} s", started.elapsed().as_secs_f64());
 }
 
+/// Seeds the soak found failing, replayed exactly (their scenario drawn
+/// from the seed): 100001737, a replica that restarted while a new leader
+/// gathered its durability log in chunks, and then was asked to go on past
+/// the end of its renumbered log.
+#[test]
+fn soak_regressions() {
+    for seed in [100_001_737] {
+        let scenario = soak_scenario(seed);
+        run_seeds(
+            [seed],
+            |_| scenario.config.clone(),
+            scenario.factory,
+            SOAK_REPLAY,
+        )
+        .unwrap_or_else(|failures| panic!("{failures}"));
+    }
+}
+
 /// A long soak, not run by default, with progress: each seed draws every
 /// setting the tests above vary (nodes, fault kinds, read mode, ordering
 /// interval, fast path on or off, late fast-path copies, slow replication),
