@@ -308,9 +308,11 @@ fn a_thousand_seeds_of_the_soak() {
 /// from the seed): 100001737, a replica that restarted while a new leader
 /// gathered its durability log in chunks, and then was asked to go on past
 /// the end of its renumbered log.
+const SOAK_REGRESSIONS: &[u64] = &[100_001_737];
+
 #[test]
 fn soak_regressions() {
-    for seed in [100_001_737] {
+    for &seed in SOAK_REGRESSIONS {
         let scenario = soak_scenario(seed);
         run_seeds(
             [seed],
