@@ -28,7 +28,7 @@ pub fn supermajority(n: usize) -> usize {
 /// For f = 1 this is the paper's supermajority (3 of 3). For f >= 2 the
 /// paper's f + ceil(f/2) + 1 (4 of 5) can leave a new leader facing
 /// durability logs that order three writes in a cycle with no safe answer
-/// (DESIGN.md, "Known hazard"); with all n replicas acknowledging, every
+/// (`docs/architecture.md`, "Nil-ext Raft"); with all n replicas acknowledging, every
 /// completed write is in every durability log, in an order consistent with
 /// real time, so any one log is a valid order. Slower (one slow replica
 /// sends writes to the slow path), but safe.

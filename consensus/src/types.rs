@@ -84,7 +84,7 @@ pub enum Command {
     },
 }
 
-/// How a command relates to Nil-ext's fast path (DESIGN.md, "Client semantics").
+/// How a command relates to Nil-ext's fast path (`docs/architecture.md`, "Nil-ext Raft").
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CommandClass {
     /// Returns nothing but an acknowledgement: put, delete, multi-put.

@@ -62,7 +62,7 @@
 //! other three may hold `c a b`, `a b c`, `b c a`; each of a->b, b->c, c->a
 //! has 2 of 3 votes, and there are executions consistent with these logs
 //! that require each of the three orders, so no rule over the logs is always
-//! right (DESIGN.md, "Known hazard").
+//! right (`docs/architecture.md`, "Nil-ext Raft").
 //!
 //! This crate therefore uses a **unanimous fast quorum**
 //! ([`consensus::quorum::nilext_fast_quorum`]): all n replicas, the leader

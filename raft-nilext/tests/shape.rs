@@ -1,6 +1,6 @@
 //! The shape of Nil-ext on a hand-driven cluster (`sim::manual`): what a
 //! nilext write costs, when reads make the leader order first, the slow path
-//! with a replica down, and the five-replica cycle scenario of DESIGN.md.
+//! with a replica down, and the five-replica cycle scenario of `docs/architecture.md`.
 
 use consensus::io::{Input, ReplyOutcome};
 use consensus::{ClientRequest, Command, CommandResult, Consensus, RequestId, Role};
@@ -185,7 +185,7 @@ fn with_one_replica_of_three_down_writes_complete_on_the_slow_path() {
     );
 }
 
-/// DESIGN.md's known hazard for f >= 2: five replicas, the old leader S1
+/// The known hazard of the paper's fast quorum for f >= 2 (`docs/architecture.md`): five replicas, the old leader S1
 /// crashed, S5 cut off, S2, S3, S4 holding `c a b`, `a b c`, `b c a`. Under
 /// the paper's 4-of-5 fast quorum each of a, b, c could have completed, and
 /// the logs cannot tell which real-time order to keep. Under this crate's

@@ -1,4 +1,4 @@
-//! Readers for the history formats of `shared/testdata/linearizability`:
+//! Readers for the history formats of `sim/testdata/linearizability`:
 //! Jepsen's etcd register logs and Porcupine's key-value EDN histories.
 
 use std::collections::HashMap;

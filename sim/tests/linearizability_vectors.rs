@@ -1,6 +1,7 @@
-//! The checker must reproduce every verdict of
-//! `shared/testdata/linearizability/VERDICTS.tsv`, read where it lies (beside
-//! the project's clone), and check a large per-key-split history quickly.
+//! The checker must reproduce every verdict of the test vectors in
+//! `sim/testdata/linearizability/VERDICTS.tsv` (histories from Porcupine's
+//! test data, MIT licence: see `LICENSE-PORCUPINE.md` there), and check a
+//! large per-key-split history quickly.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -8,32 +9,21 @@ use std::time::{Duration, Instant};
 use sim::history_formats::{parse_jepsen_register, parse_kv_edn};
 use sim::linearizability::{KvOutput, check, generated_history};
 
-fn testdata_dir() -> Option<PathBuf> {
-    let dir = match std::env::var_os("LINEARIZABILITY_TESTDATA") {
-        Some(dir) => PathBuf::from(dir),
-        None => {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/testdata/linearizability")
-        }
-    };
-    if dir.join("VERDICTS.tsv").is_file() {
-        return Some(dir);
-    }
-    let in_ci = std::env::var("CI").is_ok_and(|v| v == "true");
+/// The test vectors, in the repository: their absence is a failure, not a
+/// skip (a checkout without them checks nothing).
+fn testdata_dir() -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("testdata/linearizability");
     assert!(
-        !in_ci,
-        "CI=true but the linearizability test vectors are missing at {}",
+        dir.join("VERDICTS.tsv").is_file(),
+        "the linearizability test vectors are missing at {}",
         dir.display()
     );
-    eprintln!(
-        "SKIPPED: linearizability test vectors not found at {} (set LINEARIZABILITY_TESTDATA)",
-        dir.display()
-    );
-    None
+    dir
 }
 
 #[test]
-fn reproduces_every_verdict_of_the_shared_test_vectors() {
-    let Some(dir) = testdata_dir() else { return };
+fn reproduces_every_verdict_of_the_test_vectors() {
+    let dir = testdata_dir();
     let verdicts = std::fs::read_to_string(dir.join("VERDICTS.tsv")).expect("read VERDICTS.tsv");
     let mut checked = 0;
     let mut wrong = Vec::new();
