@@ -7,7 +7,8 @@
 //!   durable, committed entries to apply, reads to serve, client replies). It
 //!   does no I/O, reads no clock, starts no thread: the runtime in `kvnode`
 //!   and the simulator in `sim` drive the very same code. The ordering rules
-//!   the runtime follows, and why, are in the [`io`] module.
+//!   the runtime follows, and why, are in the [`io`] module; the
+//!   [`executor`] carries them out for every runtime.
 //! - Shared types ([`types`]), the peer message vocabulary ([`message`]),
 //!   quorum arithmetic ([`quorum`]), the in-memory log ([`log`]), request
 //!   limits ([`limits`]), a queue of items by deadline ([`deadline`]), real
@@ -89,6 +90,7 @@
 
 pub mod clock;
 pub mod deadline;
+pub mod executor;
 pub mod io;
 pub mod limits;
 pub mod log;

@@ -1,5 +1,7 @@
 //! The runtime: the loop that owns a node's protocol value and carries out
-//! every outbox exactly as written, by the rules of `consensus::io`:
+//! every outbox exactly as written, by the rules of `consensus::io`. The
+//! rules themselves are `consensus::executor`'s (the simulator runs the same
+//! code); this module supplies the effects (`NodeEffects`):
 //!
 //! 1. messages and replies marked `Now` are handed to the transport and the
 //!    waiting callers at once;
@@ -20,7 +22,7 @@
 //! ticks, has then ended in its eyes too. A timer wakes the loop when the
 //! next tick falls due.
 //!
-//! This is the same model the simulator runs. The runtime adds no
+//! The runtime adds no
 //! optimization of its own: it never merges two outboxes' writes into one
 //! sync and never batches messages the protocol did not batch. While a job
 //! is syncing the loop goes on with other inputs, as a real disk and network
@@ -32,15 +34,16 @@
 //! block on RocksDB; the persist thread blocks on syncs. Neither blocks the
 //! async workers serving gRPC.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use consensus::clock::TickClock;
-use consensus::io::{Envelope, Input, Outbox, OutboxParts, Reply, ReplyOutcome, Status, Write};
+use consensus::executor::{self, Effects, PersistJob};
+use consensus::io::{Envelope, Input, Reply, ReplyOutcome, Status};
 use consensus::lock;
 use consensus::state_machine::StateMachine;
-use consensus::{ClientRequest, CommandResult, Consensus, Message, NodeId, RequestId};
+use consensus::{ClientRequest, CommandResult, Consensus, Entry, Message, NodeId, RequestId};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::netdelay::{DelayedSender, NetDelay};
@@ -198,13 +201,6 @@ impl Peers {
             ),
         }
     }
-}
-
-/// Writes to make durable, and what waits for them.
-struct PersistJob {
-    writes: Vec<Write>,
-    after: Vec<Envelope>,
-    replies: Vec<Reply>,
 }
 
 /// What the persist thread reports back.
@@ -442,14 +438,32 @@ impl Runtime {
     }
 
     /// Feeds `input` to the protocol, after every tick real time owes it
-    /// (`consensus::io`, rule 0), and carries out what follows.
+    /// (`consensus::io`, rule 0), and carries out what follows by the rules
+    /// of `consensus::executor`.
     fn step(
         &mut self,
         input: Input,
         jobs: &std::sync::mpsc::Sender<PersistJob>,
     ) -> Result<(), StorageError> {
         self.deliver_due_ticks(jobs)?;
-        self.step_now(input, jobs)
+        let Runtime {
+            protocol,
+            storage,
+            state_machine,
+            peers,
+            waiters,
+            jobs_in_flight,
+            ..
+        } = self;
+        let mut effects = NodeEffects {
+            storage,
+            state_machine,
+            peers,
+            waiters,
+            jobs,
+            jobs_in_flight,
+        };
+        executor::step(protocol.as_mut(), input, &mut effects)
     }
 
     /// When the next tick falls due.
@@ -464,97 +478,110 @@ impl Runtime {
         jobs: &std::sync::mpsc::Sender<PersistJob>,
     ) -> Result<(), StorageError> {
         let now_us = u64::try_from(self.started.elapsed().as_micros()).unwrap_or(u64::MAX);
-        let due = self.clock.take_due(now_us);
+        let before = self.clock.delivered();
+        let Runtime {
+            protocol,
+            storage,
+            state_machine,
+            peers,
+            waiters,
+            jobs_in_flight,
+            clock,
+            ..
+        } = self;
+        let mut effects = NodeEffects {
+            storage,
+            state_machine,
+            peers,
+            waiters,
+            jobs,
+            jobs_in_flight,
+        };
+        let due = executor::deliver_due_ticks(protocol.as_mut(), clock, now_us, &mut effects)?;
         if due > 1 {
             tracing::debug!(node = self.node_id, ticks = due, "catching up on time");
         }
-        for _ in 0..due {
-            self.step_now(Input::Tick, jobs)?;
-            // Callers that gave up are forgotten now and then.
-            if self.clock.delivered().is_multiple_of(64) {
-                lock(&self.waiters).prune();
-            }
+        // Callers that gave up are forgotten every 64 ticks.
+        if before / 64 != self.clock.delivered() / 64 {
+            lock(&self.waiters).prune();
+        }
+        Ok(())
+    }
+}
+
+/// The node's effects (`consensus::executor`): messages to the peer
+/// queues, answers to the waiting callers, writes to the persist thread,
+/// applies and reads on this thread, in the state database.
+struct NodeEffects<'a> {
+    storage: &'a Arc<Storage>,
+    state_machine: &'a mut StateMachine,
+    peers: &'a Peers,
+    waiters: &'a SharedWaiters,
+    jobs: &'a std::sync::mpsc::Sender<PersistJob>,
+    jobs_in_flight: &'a mut usize,
+}
+
+impl NodeEffects<'_> {
+    fn hand_over(&mut self, job: PersistJob) -> Result<(), StorageError> {
+        *self.jobs_in_flight += 1;
+        self.jobs
+            .send(job)
+            .map_err(|_| StorageError::Corrupt("the persist thread stopped".into()))
+    }
+}
+
+impl Effects for NodeEffects<'_> {
+    type Error = StorageError;
+
+    fn send(&mut self, envelope: Envelope) {
+        self.peers.send(envelope);
+    }
+
+    fn reply(&mut self, reply: Reply) {
+        lock(self.waiters).answer(
+            reply.request,
+            reply.fast_path,
+            ClientAnswer::Outcome(reply.outcome),
+        );
+    }
+
+    fn persist(&mut self, job: PersistJob) -> Result<(), StorageError> {
+        self.hand_over(job)
+    }
+
+    fn writes_in_flight(&self) -> bool {
+        *self.jobs_in_flight > 0
+    }
+
+    fn after_writes_in_flight(
+        &mut self,
+        after: Vec<Envelope>,
+        replies: Vec<Reply>,
+    ) -> Result<(), StorageError> {
+        // A job with no write: the persist thread takes jobs in order, so it
+        // leaves after every write handed over before it.
+        self.hand_over(PersistJob {
+            writes: Vec::new(),
+            after,
+            replies,
+        })
+    }
+
+    fn apply(&mut self, entries: Vec<Entry>) -> Result<(), StorageError> {
+        let batch = self.state_machine.apply(&**self.storage, &entries);
+        self.storage.apply(&batch)?;
+        let mut waiters = lock(self.waiters);
+        for (_, request, result) in batch.results {
+            waiters.answer(request, false, ClientAnswer::Result(result));
         }
         Ok(())
     }
 
-    fn step_now(
-        &mut self,
-        input: Input,
-        jobs: &std::sync::mpsc::Sender<PersistJob>,
-    ) -> Result<(), StorageError> {
-        let mut inputs = VecDeque::from([input]);
-        while let Some(input) = inputs.pop_front() {
-            let mut out = Outbox::default();
-            self.protocol.step(input, &mut out);
-            self.carry_out(out, &mut inputs, jobs)?;
-        }
-        Ok(())
-    }
-
-    fn carry_out(
-        &mut self,
-        out: Outbox,
-        follow_ups: &mut VecDeque<Input>,
-        jobs: &std::sync::mpsc::Sender<PersistJob>,
-    ) -> Result<(), StorageError> {
-        let parts = out.split();
-        let waits = parts.waits_for_persist();
-        let OutboxParts {
-            send_now,
-            reply_now,
-            persist,
-            send_after_persist,
-            reply_after_persist,
-            apply,
-            reads,
-        } = parts;
-        for envelope in send_now {
-            self.peers.send(envelope);
-        }
-        if !reply_now.is_empty() {
-            let mut waiters = lock(&self.waiters);
-            for r in reply_now {
-                waiters.answer(r.request, r.fast_path, ClientAnswer::Outcome(r.outcome));
-            }
-        }
-        if !persist.is_empty() || (waits && self.jobs_in_flight > 0) {
-            // What waits for the disk waits for every write issued so far,
-            // so it rides on a job even when this outbox wrote nothing.
-            self.jobs_in_flight += 1;
-            let job = PersistJob {
-                writes: persist,
-                after: send_after_persist,
-                replies: reply_after_persist,
-            };
-            if jobs.send(job).is_err() {
-                return Err(StorageError::Corrupt("the persist thread stopped".into()));
-            }
-        } else if waits {
-            for envelope in send_after_persist {
-                self.peers.send(envelope);
-            }
-            let mut waiters = lock(&self.waiters);
-            for r in reply_after_persist {
-                waiters.answer(r.request, r.fast_path, ClientAnswer::Outcome(r.outcome));
-            }
-        }
-        if let Some(last) = apply.last() {
-            let index = last.index;
-            let batch = self.state_machine.apply(&*self.storage, &apply);
-            self.storage.apply(&batch)?;
-            let mut waiters = lock(&self.waiters);
-            for (_, request, result) in batch.results {
-                waiters.answer(request, false, ClientAnswer::Result(result));
-            }
-            follow_ups.push_back(Input::Applied { index });
-        }
-        if !reads.is_empty() {
-            let mut waiters = lock(&self.waiters);
-            for request in reads {
-                let result = self.state_machine.read(&*self.storage, &request.command);
-                waiters.answer(request.id, false, ClientAnswer::Result(result));
-            }
+    fn serve_reads(&mut self, reads: Vec<ClientRequest>) -> Result<(), StorageError> {
+        let mut waiters = lock(self.waiters);
+        for request in reads {
+            let result = self.state_machine.read(&**self.storage, &request.command);
+            waiters.answer(request.id, false, ClientAnswer::Result(result));
         }
         Ok(())
     }

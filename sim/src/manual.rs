@@ -6,7 +6,8 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
-use consensus::io::{Envelope, Input, Outbox, OutboxParts, Recovered, Reply, Timing, Write};
+use consensus::executor::{self, Effects, PersistJob};
+use consensus::io::{Envelope, Input, Outbox, Recovered, Reply, Timing, Write};
 use consensus::message::Message;
 use consensus::state_machine::{MemKv, StateMachine};
 use consensus::{
@@ -103,6 +104,111 @@ pub struct OutboxSummary {
     pub reads: usize,
 }
 
+impl OutboxSummary {
+    fn of(out: &Outbox) -> Self {
+        OutboxSummary {
+            writes: out.persist.len(),
+            appended_entries: out
+                .persist
+                .iter()
+                .map(|w| match w {
+                    Write::AppendLog(entries) => entries.len(),
+                    _ => 0,
+                })
+                .sum(),
+            messages: (
+                out.send.iter().filter(|e| e.timing == Timing::Now).count(),
+                out.send
+                    .iter()
+                    .filter(|e| e.timing == Timing::AfterPersist)
+                    .count(),
+            ),
+            applied: out.apply.len(),
+            reads: out.reads.len(),
+        }
+    }
+}
+
+/// The hand-driven cluster's effects for one node: writes wait in its
+/// queue for a test's `sync`, messages in the network for `deliver`.
+struct ManualEffects<'a> {
+    id: NodeId,
+    pending: &'a mut VecDeque<Pending>,
+    state_machine: &'a mut StateMachine,
+    kv: &'a mut MemKv,
+    network: &'a mut VecDeque<InFlight>,
+    answers: &'a mut Vec<Answer>,
+}
+
+impl Effects for ManualEffects<'_> {
+    type Error = std::convert::Infallible;
+
+    fn send(&mut self, envelope: Envelope) {
+        self.network.push_back(InFlight {
+            from: self.id,
+            to: envelope.to,
+            message: envelope.message,
+        });
+    }
+
+    fn reply(&mut self, reply: Reply) {
+        self.answers.push(Answer::Reply {
+            node: self.id,
+            reply,
+        });
+    }
+
+    fn persist(&mut self, job: PersistJob) -> Result<(), Self::Error> {
+        self.pending.push_back(Pending {
+            writes: job.writes,
+            after: job.after,
+            replies: job.replies,
+        });
+        Ok(())
+    }
+
+    fn writes_in_flight(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
+    fn after_writes_in_flight(
+        &mut self,
+        after: Vec<Envelope>,
+        replies: Vec<Reply>,
+    ) -> Result<(), Self::Error> {
+        if let Some(last) = self.pending.back_mut() {
+            last.after.extend(after);
+            last.replies.extend(replies);
+        }
+        Ok(())
+    }
+
+    fn apply(&mut self, entries: Vec<Entry>) -> Result<(), Self::Error> {
+        let batch = self.state_machine.apply(&*self.kv, &entries);
+        self.kv.commit(&batch);
+        for (_, request, result) in batch.results {
+            self.answers.push(Answer::Result {
+                node: self.id,
+                request,
+                result,
+            });
+        }
+        Ok(())
+    }
+
+    fn serve_reads(&mut self, reads: Vec<ClientRequest>) -> Result<(), Self::Error> {
+        for request in reads {
+            let result = self.state_machine.read(&*self.kv, &request.command);
+            self.answers.push(Answer::Result {
+                node: self.id,
+                request: request.id,
+                result,
+            });
+        }
+        Ok(())
+    }
+}
+
 impl<P> std::fmt::Debug for ManualCluster<P> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ManualCluster")
@@ -166,94 +272,28 @@ impl<P: Consensus> ManualCluster<P> {
     /// writes wait for [`ManualCluster::sync`] and messages for
     /// [`ManualCluster::deliver`].
     pub fn step(&mut self, id: NodeId, input: Input) {
-        let mut inputs = VecDeque::from([input]);
-        while let Some(input) = inputs.pop_front() {
+        let mut next = Some(input);
+        while let Some(input) = next.take() {
             let mut out = Outbox::default();
-            self.nodes
-                .get_mut(&id)
-                .expect("node exists")
-                .protocol
-                .step(input, &mut out);
-            self.carry_out(id, out, &mut inputs);
-        }
-    }
-
-    fn carry_out(&mut self, id: NodeId, out: Outbox, follow_ups: &mut VecDeque<Input>) {
-        let summary = OutboxSummary {
-            writes: out.persist.len(),
-            appended_entries: out
-                .persist
-                .iter()
-                .map(|w| match w {
-                    Write::AppendLog(entries) => entries.len(),
-                    _ => 0,
-                })
-                .sum(),
-            messages: (
-                out.send.iter().filter(|e| e.timing == Timing::Now).count(),
-                out.send
-                    .iter()
-                    .filter(|e| e.timing == Timing::AfterPersist)
-                    .count(),
-            ),
-            applied: out.apply.len(),
-            reads: out.reads.len(),
-        };
-        self.outboxes.push((id, summary));
-        let parts = out.split();
-        let waits = parts.waits_for_persist();
-        let OutboxParts {
-            send_now,
-            reply_now,
-            persist,
-            send_after_persist,
-            reply_after_persist,
-            apply,
-            reads,
-        } = parts;
-        for envelope in send_now {
-            self.enqueue(id, envelope);
-        }
-        for reply in reply_now {
-            self.answers.push(Answer::Reply { node: id, reply });
-        }
-        let node = self.nodes.get_mut(&id).expect("node exists");
-        if !persist.is_empty() || (waits && !node.pending.is_empty()) {
-            node.pending.push_back(Pending {
-                writes: persist,
-                after: send_after_persist,
-                replies: reply_after_persist,
-            });
-        } else {
-            for envelope in send_after_persist {
-                self.enqueue(id, envelope);
-            }
-            for reply in reply_after_persist {
-                self.answers.push(Answer::Reply { node: id, reply });
-            }
-        }
-        if let Some(last) = apply.last() {
-            let index = last.index;
             let node = self.nodes.get_mut(&id).expect("node exists");
-            let batch = node.state_machine.apply(&node.kv, &apply);
-            node.kv.commit(&batch);
-            for (_, request, result) in batch.results {
-                self.answers.push(Answer::Result {
-                    node: id,
-                    request,
-                    result,
-                });
-            }
-            follow_ups.push_back(Input::Applied { index });
-        }
-        for request in reads {
-            let node = &self.nodes[&id];
-            let result = node.state_machine.read(&node.kv, &request.command);
-            self.answers.push(Answer::Result {
-                node: id,
-                request: request.id,
-                result,
-            });
+            node.protocol.step(input, &mut out);
+            self.outboxes.push((id, OutboxSummary::of(&out)));
+            let ManualNode {
+                pending,
+                state_machine,
+                kv,
+                ..
+            } = node;
+            let mut effects = ManualEffects {
+                id,
+                pending,
+                state_machine,
+                kv,
+                network: &mut self.network,
+                answers: &mut self.answers,
+            };
+            let Ok(follow_up) = executor::carry_out(out, &mut effects);
+            next = follow_up;
         }
     }
 

@@ -32,9 +32,9 @@ use std::hash::{DefaultHasher, Hash, Hasher};
 
 use consensus::clock::TickClock;
 use consensus::deadline::DeadlineQueue;
+use consensus::executor::{self, Effects, PersistJob};
 use consensus::io::{
-    DurableRecord, Envelope, HardState, Input, Outbox, OutboxParts, Recovered, Reply, ReplyOutcome,
-    Role, Write,
+    DurableRecord, Envelope, HardState, Input, Outbox, Recovered, Reply, ReplyOutcome, Role, Write,
 };
 use consensus::message::Message;
 use consensus::quorum::FastAcks;
@@ -513,6 +513,61 @@ struct Invariants {
     leaders_checked: HashSet<(NodeId, Term)>,
 }
 
+/// The simulated runtime's effects for node `id` (the rules are
+/// `consensus::executor`'s, as in kvnode).
+struct SimEffects<'a, P, F> {
+    sim: &'a mut Simulation<P, F>,
+    id: NodeId,
+}
+
+impl<P, F> Effects for SimEffects<'_, P, F>
+where
+    P: Consensus,
+    F: FnMut(NodeId, &[NodeId], Recovered, u64) -> P,
+{
+    type Error = std::convert::Infallible;
+
+    fn send(&mut self, envelope: Envelope) {
+        self.sim.send_message(self.id, envelope);
+    }
+
+    fn reply(&mut self, reply: Reply) {
+        self.sim.protocol_reply(self.id, reply);
+    }
+
+    fn persist(&mut self, job: PersistJob) -> Result<(), Self::Error> {
+        self.sim.persist_job(self.id, job);
+        Ok(())
+    }
+
+    fn writes_in_flight(&self) -> bool {
+        !self.sim.nodes[&self.id].pending.is_empty()
+    }
+
+    fn after_writes_in_flight(
+        &mut self,
+        after: Vec<Envelope>,
+        replies: Vec<Reply>,
+    ) -> Result<(), Self::Error> {
+        let node = self.sim.nodes.get_mut(&self.id).expect("node exists");
+        if let Some(last) = node.pending.back_mut() {
+            last.after.extend(after);
+            last.replies.extend(replies);
+        }
+        Ok(())
+    }
+
+    fn apply(&mut self, entries: Vec<Entry>) -> Result<(), Self::Error> {
+        self.sim.apply(self.id, &entries);
+        Ok(())
+    }
+
+    fn serve_reads(&mut self, reads: Vec<ClientRequest>) -> Result<(), Self::Error> {
+        self.sim.serve_reads(self.id, reads);
+        Ok(())
+    }
+}
+
 /// A simulated cluster running protocol `P`, built by `F` from a node id, the
 /// member list, what storage recovered, and a seed.
 pub struct Simulation<P, F> {
@@ -982,9 +1037,9 @@ where
     }
 
     fn step_now(&mut self, id: NodeId, input: Input) {
-        let mut inputs = VecDeque::from([input]);
+        let mut next = Some(input);
         let mut rounds = 0;
-        while let Some(input) = inputs.pop_front() {
+        while let Some(input) = next.take() {
             rounds += 1;
             assert!(rounds < 10_000, "node {id} keeps producing work");
             let mut out = Outbox::default();
@@ -993,68 +1048,35 @@ where
                 return;
             };
             protocol.step(input, &mut out);
-            self.carry_out(id, out, &mut inputs);
+            let Ok(follow_up) = executor::carry_out(out, &mut SimEffects { sim: self, id });
+            next = follow_up;
         }
     }
 
-    /// Carries out an outbox by the rules of `consensus::io`.
-    fn carry_out(&mut self, id: NodeId, out: Outbox, follow_ups: &mut VecDeque<Input>) {
-        let OutboxParts {
-            send_now,
-            reply_now,
-            persist,
-            send_after_persist: after_msgs,
-            reply_after_persist: after_replies,
-            apply,
-            reads,
-        } = out.split();
-        for envelope in send_now {
-            self.send_message(id, envelope);
-        }
-        for r in reply_now {
-            self.protocol_reply(id, r);
-        }
+    /// Hands a write job to node `id`'s simulated disk: durable after a
+    /// random delay, after every job before it.
+    fn persist_job(&mut self, id: NodeId, job: PersistJob) {
+        let delay = self.rng.range(
+            self.config.persist_delay_ms.0,
+            self.config.persist_delay_ms.1 + 1,
+        );
         let node = self.nodes.get_mut(&id).expect("node exists");
-        if !persist.is_empty() || !node.pending.is_empty() {
-            // AfterPersist waits for every write issued so far, this
-            // outbox's and earlier ones.
-            let fresh = !persist.is_empty();
-            if fresh {
-                node.pending.push_back(PendingPersist {
-                    writes: persist,
-                    after: after_msgs,
-                    replies: after_replies,
-                });
-                let delay = self.rng.range(
-                    self.config.persist_delay_ms.0,
-                    self.config.persist_delay_ms.1 + 1,
-                );
-                let incarnation = node.incarnation;
-                self.schedule(
-                    delay,
-                    Event::PersistDone {
-                        node: id,
-                        incarnation,
-                    },
-                );
-            } else {
-                let last = node.pending.back_mut().expect("non-empty");
-                last.after.extend(after_msgs);
-                last.replies.extend(after_replies);
-            }
-        } else {
-            for envelope in after_msgs {
-                self.send_message(id, envelope);
-            }
-            for r in after_replies {
-                self.protocol_reply(id, r);
-            }
-        }
-        if !apply.is_empty() {
-            self.apply(id, &apply);
-            let index = apply.last().map_or(0, |e| e.index);
-            follow_ups.push_back(Input::Applied { index });
-        }
+        node.pending.push_back(PendingPersist {
+            writes: job.writes,
+            after: job.after,
+            replies: job.replies,
+        });
+        let incarnation = node.incarnation;
+        self.schedule(
+            delay,
+            Event::PersistDone {
+                node: id,
+                incarnation,
+            },
+        );
+    }
+
+    fn serve_reads(&mut self, id: NodeId, reads: Vec<ClientRequest>) {
         for request in reads {
             self.stats.reads_outside_log += 1;
             let node = &self.nodes[&id];
