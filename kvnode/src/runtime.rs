@@ -446,6 +446,20 @@ impl Runtime {
         jobs: &std::sync::mpsc::Sender<PersistJob>,
     ) -> Result<(), StorageError> {
         self.deliver_due_ticks(jobs)?;
+        let (protocol, _, mut effects) = self.parts(jobs);
+        executor::step(protocol, input, &mut effects)
+    }
+
+    /// The protocol, the clock, and the effects the executor carries out
+    /// with the rest of the runtime.
+    fn parts<'a>(
+        &'a mut self,
+        jobs: &'a std::sync::mpsc::Sender<PersistJob>,
+    ) -> (
+        &'a mut (dyn Consensus + Send),
+        &'a mut TickClock,
+        NodeEffects<'a>,
+    ) {
         let Runtime {
             protocol,
             storage,
@@ -453,9 +467,10 @@ impl Runtime {
             peers,
             waiters,
             jobs_in_flight,
+            clock,
             ..
         } = self;
-        let mut effects = NodeEffects {
+        let effects = NodeEffects {
             storage,
             state_machine,
             peers,
@@ -463,7 +478,7 @@ impl Runtime {
             jobs,
             jobs_in_flight,
         };
-        executor::step(protocol.as_mut(), input, &mut effects)
+        (protocol.as_mut(), clock, effects)
     }
 
     /// When the next tick falls due.
@@ -479,25 +494,8 @@ impl Runtime {
     ) -> Result<(), StorageError> {
         let now_us = u64::try_from(self.started.elapsed().as_micros()).unwrap_or(u64::MAX);
         let before = self.clock.delivered();
-        let Runtime {
-            protocol,
-            storage,
-            state_machine,
-            peers,
-            waiters,
-            jobs_in_flight,
-            clock,
-            ..
-        } = self;
-        let mut effects = NodeEffects {
-            storage,
-            state_machine,
-            peers,
-            waiters,
-            jobs,
-            jobs_in_flight,
-        };
-        let due = executor::deliver_due_ticks(protocol.as_mut(), clock, now_us, &mut effects)?;
+        let (protocol, clock, mut effects) = self.parts(jobs);
+        let due = executor::deliver_due_ticks(protocol, clock, now_us, &mut effects)?;
         if due > 1 {
             tracing::debug!(node = self.node_id, ticks = due, "catching up on time");
         }
