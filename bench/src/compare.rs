@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
-use kvnode::harness::{LocalCluster, data_dirs_under};
+use kvnode::local_cluster::{LocalCluster, data_dirs_under};
 use serde::Serialize;
 
 use crate::load::{self, LoadSpec, TIMELINE_BUCKET};

@@ -35,7 +35,7 @@ impl EtcdCluster {
             available(),
             "no etcd binary on PATH; install Debian's etcd-server package (apt-get install etcd-server)"
         );
-        let ports = kvnode::harness::free_ports(2 * members)?;
+        let ports = kvnode::local_cluster::free_ports(2 * members)?;
         let peer_url = |i: usize| format!("http://127.0.0.1:{}", ports[2 * i + 1]);
         let initial: Vec<String> = (0..members)
             .map(|i| format!("e{i}={}", peer_url(i)))

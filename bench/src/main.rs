@@ -191,7 +191,7 @@ async fn nemesis(args: NemesisArgs) -> anyhow::Result<bool> {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir)?;
         let mut config =
-            kvnode::nemesis::NemesisConfig::new(protocol, seconds(args.duration, "--duration")?);
+            nemesis::NemesisConfig::new(protocol, seconds(args.duration, "--duration")?);
         config.nodes = args.nodes;
         config.clients = args.clients;
         config.seed = args.seed;
@@ -212,7 +212,7 @@ async fn nemesis(args: NemesisArgs) -> anyhow::Result<bool> {
                 (None, _) => "read-index",
             }
         );
-        let report = kvnode::nemesis::run(&exe, &["node"], &dir, &config).await?;
+        let report = nemesis::run(&exe, &["node"], &dir, &config).await?;
         println!("{protocol}: {}", report.summary());
         if !report.converged {
             println!(

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use kvnode::harness::LocalCluster;
+use kvnode::local_cluster::LocalCluster;
 
 /// CPU seconds (user + system) a process has used, from `/proc/PID/stat`.
 pub fn cpu_seconds(pid: u32) -> Option<f64> {

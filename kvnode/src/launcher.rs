@@ -5,10 +5,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
 
-use crate::config::{Member, format_members};
+use crate::config::Member;
+use crate::local_cluster::{LocalCluster, NodeLaunch, data_dirs_under};
 
 /// Settings of `kvnode cluster`.
 #[derive(clap::Args, Debug, Clone)]
@@ -51,37 +50,18 @@ pub async fn run(args: ClusterArgs) -> anyhow::Result<()> {
         "--nodes must be between 1 and 9"
     );
     let members = local_members(args.nodes, args.base_port);
-    let peers = format_members(&members);
     let exe = std::env::current_exe().context("cannot find the kvnode executable")?;
-    let dirs: Vec<_> = members
-        .keys()
-        .map(|id| args.data_dir.join(format!("node{id}")))
-        .collect();
-    // A new cluster only when every member starts empty: one directory
-    // emptied among others that hold data is refused by its node.
-    let new_cluster = dirs
-        .iter()
-        .all(|d| !crate::storage::Storage::holds_database(d));
-    let state = if new_cluster { "new" } else { "existing" };
-    let mut children = Vec::new();
-    for (id, dir) in members.keys().zip(dirs) {
-        let child = tokio::process::Command::new(&exe)
-            .arg("--exit-with-parent")
-            .arg("--protocol")
-            .arg(&args.protocol)
-            .arg("--id")
-            .arg(id.to_string())
-            .arg("--peers")
-            .arg(&peers)
-            .arg("--data-dir")
-            .arg(&dir)
-            .args(["--initial-cluster-state", state])
-            .args(&args.node_flags)
-            .kill_on_drop(true)
-            .spawn()
-            .with_context(|| format!("cannot start node {id}"))?;
-        children.push((*id, child));
-    }
+    let launch = NodeLaunch {
+        exe,
+        leading_args: Vec::new(),
+        protocol: args.protocol.clone(),
+        extra_args: args.node_flags.clone(),
+        log_dir: None,
+        log_filter: None,
+    };
+    let data_dirs = data_dirs_under(&args.data_dir, args.nodes);
+    let mut cluster = LocalCluster::launch(launch, members.clone(), data_dirs)
+        .context("cannot start the nodes")?;
     let endpoints: Vec<&str> = members.values().map(|m| m.client_addr.as_str()).collect();
     println!(
         "local {} cluster of {} nodes; data in {}",
@@ -102,38 +82,20 @@ pub async fn run(args: ClusterArgs) -> anyhow::Result<()> {
 
     let shutdown = crate::node::shutdown_signal();
     tokio::pin!(shutdown);
-    let mut reported = std::collections::HashSet::new();
     loop {
         tokio::select! {
             _ = &mut shutdown => break,
             _ = tokio::time::sleep(Duration::from_millis(500)) => {
                 // Report nodes that exit on their own; keep the others running.
-                for (id, child) in &mut children {
-                    if let Ok(Some(status)) = child.try_wait()
-                        && reported.insert(*id)
-                    {
-                        eprintln!("node {id} exited on its own ({status}); the others keep running");
-                    }
+                for (id, status) in cluster.exited() {
+                    eprintln!("node {id} exited on its own ({status}); the others keep running");
                 }
             }
         }
     }
     println!("stopping the cluster");
-    for (id, child) in &mut children {
-        if let Some(pid) = child.id()
-            && let Err(error) = kill(Pid::from_raw(pid as i32), Signal::SIGTERM)
-        {
-            tracing::warn!(node = *id, %error, "cannot signal node");
-        }
-    }
-    for (id, child) in &mut children {
-        match tokio::time::timeout(Duration::from_secs(5), child.wait()).await {
-            Ok(Ok(status)) => println!("node {id} stopped ({status})"),
-            _ => {
-                let _ = child.kill().await;
-                println!("node {id} killed after 5 s");
-            }
-        }
+    for (id, how) in cluster.stop(Duration::from_secs(5)).await {
+        println!("node {id} {how}");
     }
     Ok(())
 }

@@ -11,20 +11,20 @@
 //! - [`transport`]: long-lived gRPC streams between peers;
 //! - [`service`]: the client API;
 //! - [`node`]: assembly, startup checks, graceful shutdown;
-//! - [`launcher`]: `kvnode cluster`, a local cluster of child processes;
-//! - [`harness`]: the same from Rust, for the process-level tests and the benchmark;
+//! - [`launcher`]: `kvnode cluster`, on [`local_cluster`];
+//! - [`local_cluster`]: a local cluster of node processes, which the
+//!   process-level tests, the nemesis (crate `nemesis`) and the benchmark
+//!   use too;
 //! - [`convert`]: protocol types to and from their protobuf forms;
 //! - [`netdelay`]: user-space network delay for benchmarks;
-//! - [`faults`]: fault injection for the process-level fault tests;
-//! - [`nemesis`]: the Jepsen-style fault test of the whole running system.
+//! - [`faults`]: fault injection for the process-level fault tests.
 
 pub mod cli;
 pub mod config;
 pub mod convert;
 pub mod faults;
-pub mod harness;
 pub mod launcher;
-pub mod nemesis;
+pub mod local_cluster;
 pub mod netdelay;
 pub mod node;
 pub mod runtime;

@@ -12,7 +12,7 @@ use std::time::Duration;
 use common::{PROTOCOLS, TestCluster};
 use consensus::limits::{COMMAND_BYTES_MAX, MULTI_KEYS_MAX, VALUE_BYTES_MAX};
 use kvclient::{Client, ClientError, ClientOptions};
-use kvnode::nemesis::set_partition;
+use nemesis::set_partition;
 
 fn options(timeout: Duration, client_id: Option<u64>) -> ClientOptions {
     ClientOptions {

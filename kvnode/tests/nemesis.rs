@@ -6,7 +6,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use kvnode::nemesis::{NemesisConfig, NemesisReport, run};
+use nemesis::{NemesisConfig, NemesisReport, run};
 
 /// Runs `config` against this build's kvnode, bounded by `limit`; the
 /// directory (logs, a saved history) lives as long as the caller keeps it.

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use common::TestCluster;
 use kvclient::{Client, ClientOptions};
-use kvnode::nemesis::set_partition;
+use nemesis::set_partition;
 use nix::sys::signal::Signal;
 
 async fn a_resumed_leader_serves_no_stale_lease_read(protocol: &str) {

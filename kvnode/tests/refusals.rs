@@ -420,7 +420,7 @@ fn run_kvnode(args: &[&str], data_dir: &Path) -> (i32, String) {
 #[test]
 fn bad_data_directories_and_settings_give_clear_errors() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let ports = kvnode::harness::free_ports(2).expect("ports");
+    let ports = kvnode::local_cluster::free_ports(2).expect("ports");
     let peers = format!("1=127.0.0.1:{}/127.0.0.1:{}", ports[0], ports[1]);
     let base = ["--id", "1", "--peers", peers.as_str()];
     let with = |extra: &[&'static str]| -> Vec<&str> {

@@ -3,11 +3,14 @@
 //! - [`simulator`]: runs a cluster of any [`consensus::Consensus`] protocol
 //!   under injected faults and checks it (see the module's documentation).
 //! - [`linearizability`]: the checker, usable on any recorded history.
+//! - [`history`]: recording client operations for the checker, and
+//!   describing them.
 //! - [`history_formats`]: readers for Jepsen and Porcupine history files.
 //! - [`manual`]: a hand-driven cluster, for tests of a protocol's shape.
 //! - [`run_seeds`]: the test driver every protocol crate uses: many seeds,
 //!   or one seed from `SIM_SEED` to replay a failure.
 
+pub mod history;
 pub mod history_formats;
 pub mod linearizability;
 pub mod manual;

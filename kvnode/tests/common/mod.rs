@@ -11,9 +11,9 @@ use std::time::{Duration, Instant};
 
 use consensus::Command;
 use kvclient::{Client, ClientOptions};
-use kvnode::harness::LocalCluster;
+use kvnode::local_cluster::LocalCluster;
+use sim::history::describe;
 use sim::linearizability::{Verdict, check};
-use sim::simulator::describe;
 
 /// The protocols the process-level scenarios run against: every one built.
 pub const PROTOCOLS: &[&str] = &["vanilla", "optimized", "nilext"];
@@ -134,7 +134,7 @@ impl LeaderWatch {
 }
 
 /// The client-history recorder of the nemesis harness.
-pub use kvnode::nemesis::Recorder;
+pub use nemesis::Recorder;
 
 /// Asserts the recorded history is linearizable, printing the failing key's
 /// operations when it is not.

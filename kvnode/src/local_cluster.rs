@@ -1,8 +1,9 @@
-//! A local cluster of real `kvnode` processes on loopback, for the
-//! process-level tests and the benchmark: start, SIGKILL, restart, and ask
-//! each node its status. Every node is started with `--exit-with-parent` and
-//! is killed when the [`LocalCluster`] is dropped, so no process outlives a
-//! test, even a failing one.
+//! A local cluster of real `kvnode` processes on loopback: `kvnode cluster`
+//! runs one, and so do the process-level tests, the nemesis and the
+//! benchmark. It starts, SIGKILLs, signals and restarts nodes, asks each its
+//! status, and stops them (gracefully, or by killing them when dropped).
+//! Every node is started with `--exit-with-parent`, so none outlives its
+//! parent, even one that fails.
 
 use std::collections::BTreeMap;
 use std::net::TcpListener;
@@ -34,20 +35,35 @@ pub fn data_dirs_under(dir: &Path, nodes: u64) -> Vec<PathBuf> {
         .collect()
 }
 
+/// How a local cluster's nodes are started.
+#[derive(Debug, Clone)]
+pub struct NodeLaunch {
+    /// The program: `kvnode`, or one that runs a node when given
+    /// `leading_args` first (e.g. `bench node`).
+    pub exe: PathBuf,
+    /// Arguments before the node's own.
+    pub leading_args: Vec<String>,
+    /// The protocol.
+    pub protocol: String,
+    /// Flags passed to every node after its own.
+    pub extra_args: Vec<String>,
+    /// A file per node (`node<ID>.log`) in this directory takes the node's
+    /// standard error; `None` leaves it the caller's.
+    pub log_dir: Option<PathBuf>,
+    /// The nodes' `RUST_LOG`; `None` leaves the caller's.
+    pub log_filter: Option<String>,
+}
+
 /// A running local cluster.
 #[derive(Debug)]
 pub struct LocalCluster {
-    exe: PathBuf,
-    leading_args: Vec<String>,
-    protocol: String,
+    launch: NodeLaunch,
     members: BTreeMap<u64, Member>,
     data_dirs: BTreeMap<u64, PathBuf>,
-    extra_args: Vec<String>,
     children: BTreeMap<u64, Child>,
-    log_dir: PathBuf,
-    /// True while the cluster is being created: every node's first start
-    /// is the start of a new cluster (`--initial-cluster-state new`); later
-    /// starts are restarts of members with their data.
+    /// True while a new cluster is being created: every node's first start
+    /// is then the start of a new cluster (`--initial-cluster-state new`);
+    /// later starts are restarts of members with their data.
     creating: bool,
 }
 
@@ -101,20 +117,41 @@ impl LocalCluster {
                 (id, member)
             })
             .collect();
-        let log_dir = dir.join("logs");
-        std::fs::create_dir_all(&log_dir)?;
-        let mut cluster = LocalCluster {
+        let launch = NodeLaunch {
             exe: exe.to_path_buf(),
             leading_args: leading_args.iter().map(|s| s.to_string()).collect(),
             protocol: protocol.to_string(),
+            extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+            log_dir: Some(dir.join("logs")),
+            log_filter: Some(std::env::var("KVNODE_TEST_LOG").unwrap_or_else(|_| "info".into())),
+        };
+        Self::launch(launch, members, data_dirs)
+    }
+
+    /// Starts a node of `members` on each of `data_dirs` (node `i`, from 1,
+    /// on `data_dirs[i - 1]`), as `launch` says. A new cluster is created
+    /// only when every directory is empty (`--initial-cluster-state new`);
+    /// otherwise each node starts as a member of a cluster that ran, and
+    /// one whose directory was emptied is refused by its node.
+    pub fn launch(
+        launch: NodeLaunch,
+        members: BTreeMap<u64, Member>,
+        data_dirs: Vec<PathBuf>,
+    ) -> std::io::Result<Self> {
+        if let Some(dir) = &launch.log_dir {
+            std::fs::create_dir_all(dir)?;
+        }
+        let creating = data_dirs
+            .iter()
+            .all(|d| !crate::storage::Storage::holds_database(d));
+        let mut cluster = LocalCluster {
+            launch,
             members,
             data_dirs: (1..).zip(data_dirs).collect(),
-            extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
             children: BTreeMap::new(),
-            log_dir,
-            creating: true,
+            creating,
         };
-        for id in 1..=nodes as u64 {
+        for id in cluster.members.keys().copied().collect::<Vec<_>>() {
             cluster.start_node(id)?;
         }
         cluster.creating = false;
@@ -144,9 +181,13 @@ impl LocalCluster {
         self.data_dirs.get(&id).map(PathBuf::as_path)
     }
 
-    /// The file a node's standard error goes to.
+    /// The file a node's standard error goes to (when logs go to files).
     pub fn log_file(&self, id: u64) -> PathBuf {
-        self.log_dir.join(format!("node{id}.log"))
+        self.launch
+            .log_dir
+            .clone()
+            .unwrap_or_default()
+            .join(format!("node{id}.log"))
     }
 
     /// Starts (or restarts) node `id` on its data directory.
@@ -160,14 +201,11 @@ impl LocalCluster {
                 format!("node {id} is not a member of this cluster"),
             ));
         };
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.log_file(id))?;
-        let child = Command::new(&self.exe)
-            .args(&self.leading_args)
+        let mut command = Command::new(&self.launch.exe);
+        command
+            .args(&self.launch.leading_args)
             .arg("--exit-with-parent")
-            .args(["--protocol", &self.protocol])
+            .args(["--protocol", &self.launch.protocol])
             .args(["--id", &id.to_string()])
             .args(["--peers", &self.peers_flag()])
             .arg("--data-dir")
@@ -176,14 +214,19 @@ impl LocalCluster {
                 "--initial-cluster-state",
                 if self.creating { "new" } else { "existing" },
             ])
-            .args(&self.extra_args)
-            .env(
-                "RUST_LOG",
-                std::env::var("KVNODE_TEST_LOG").unwrap_or_else(|_| "info".into()),
-            )
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()?;
+            .args(&self.launch.extra_args)
+            .stdout(Stdio::null());
+        if let Some(filter) = &self.launch.log_filter {
+            command.env("RUST_LOG", filter);
+        }
+        if self.launch.log_dir.is_some() {
+            let log = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(self.log_file(id))?;
+            command.stderr(log);
+        }
+        let child = command.spawn()?;
         self.children.insert(id, child);
         Ok(())
     }
@@ -217,6 +260,49 @@ impl LocalCluster {
     /// The process id of node `id`, while it runs.
     pub fn pid(&self, id: u64) -> Option<u32> {
         self.children.get(&id).map(Child::id)
+    }
+
+    /// Nodes that exited by themselves since last asked, with how.
+    pub fn exited(&mut self) -> Vec<(u64, std::process::ExitStatus)> {
+        let mut exited = Vec::new();
+        self.children.retain(|&id, child| match child.try_wait() {
+            Ok(Some(status)) => {
+                exited.push((id, status));
+                false
+            }
+            _ => true,
+        });
+        exited
+    }
+
+    /// Stops every node gracefully: SIGTERM to each, then SIGKILL to any
+    /// still running after `patience`. Returns how each ended.
+    pub async fn stop(&mut self, patience: Duration) -> Vec<(u64, String)> {
+        for &id in self.children.keys() {
+            let _ = self.signal(id, nix::sys::signal::Signal::SIGTERM);
+        }
+        let deadline = tokio::time::Instant::now() + patience;
+        let mut ended = Vec::new();
+        for (id, mut child) in std::mem::take(&mut self.children) {
+            loop {
+                match child.try_wait() {
+                    Ok(Some(status)) => {
+                        ended.push((id, format!("stopped ({status})")));
+                        break;
+                    }
+                    Ok(None) if tokio::time::Instant::now() < deadline => {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                    _ => {
+                        let _ = child.kill();
+                        let _ = child.wait();
+                        ended.push((id, format!("killed after {} s", patience.as_secs())));
+                        break;
+                    }
+                }
+            }
+        }
+        ended
     }
 
     /// Kills every node.

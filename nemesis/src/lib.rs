@@ -22,10 +22,10 @@ use kvclient::{Client, ClientError, ClientOptions};
 use nix::sys::signal::Signal;
 use proto::kv::SetFaultsRequest;
 use proto::kv::admin_client::AdminClient;
+use sim::history::{describe, to_input, to_output};
 use sim::linearizability::{KvOutput, Operation, Verdict, check};
-use sim::simulator::{describe, to_input, to_output};
 
-use crate::harness::LocalCluster;
+use kvnode::local_cluster::LocalCluster;
 
 /// What a run does.
 #[derive(Clone, Debug)]
