@@ -1,15 +1,20 @@
 //! The rules every Raft variant shares, written once: persistent state
-//! (term, vote, log) and how it changes, the receiver's side of
-//! AppendEntries and RequestVote (Figure 2), commitment and applying, and the
-//! randomized election timer. A variant (vanilla, optimized, Nil-ext) adds
-//! its own leader behaviour around a [`RaftCore`].
+//! (term, vote, log) and how it changes, the role a node plays and the
+//! transitions between roles, the receiver's side of AppendEntries and
+//! RequestVote (Figure 2), commitment and applying, the randomized election
+//! timer, and the requests a leader owes answers. A variant (vanilla,
+//! optimized, Nil-ext) adds its own leader behaviour around a [`RaftCore`].
 
-use crate::io::{HardState, Outbox, Recovered, Role, Status, Timing, Write};
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::io::{HardState, Outbox, Recovered, ReplyOutcome, Role, Status, Timing, Write};
 use crate::log::RaftLog;
-use crate::message::{AppendEntries, Message, RequestVote, RequestVoteResponse};
+use crate::message::{
+    AppendEntries, AppendEntriesResponse, Message, RequestVote, RequestVoteResponse,
+};
 use crate::quorum::{majority, quorum_index};
 use crate::rng::DetRng;
-use crate::types::{Entry, EntryPayload, LogIndex, NodeId, Term};
+use crate::types::{Entry, EntryPayload, LogIndex, NodeId, RequestId, Term};
 
 /// Why a follower rejected an AppendEntries, with hints for the leader.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -24,11 +29,33 @@ pub struct Conflict {
     pub hint_term: Term,
 }
 
-/// A replica's persistent state and the indexes derived from it.
+/// What a follower's rejection tells the leader.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConflictHints {
+    /// Figure 2: the rejected `prev_log_index` only; the leader steps back
+    /// one entry at a time.
+    RejectedIndex,
+    /// The conflicting entry's term and the first index of that term in
+    /// the follower's log (section 5.3's optimization), so the leader skips
+    /// a term at a time.
+    TermAndFirstIndex,
+}
+
+/// A replica's persistent state, the indexes derived from it, and the role
+/// it plays.
 #[derive(Clone, Debug)]
 pub struct RaftCore {
     /// This node.
     pub id: NodeId,
+    /// Its role (Figure 2, "Rules for Servers").
+    pub role: Role,
+    /// The leader it knows for `term`.
+    pub leader: Option<NodeId>,
+    /// As candidate (or pre-candidate): the votes granted so far, its own
+    /// included.
+    pub votes: BTreeSet<NodeId>,
+    /// The randomized election timeout.
+    pub election: ElectionTimer,
     /// Every member, this node included.
     pub members: Vec<NodeId>,
     /// Figure 2: `currentTerm`. Invariant: never decreases.
@@ -51,8 +78,16 @@ pub struct RaftCore {
 }
 
 impl RaftCore {
-    /// The state rebuilt from storage.
-    pub fn new(id: NodeId, members: Vec<NodeId>, recovered: Recovered) -> Self {
+    /// The state rebuilt from storage, a follower with no known leader,
+    /// its election timeout drawn from `[base, 2 * base)` ticks by a
+    /// generator seeded from `seed` and the node's id.
+    pub fn new(
+        id: NodeId,
+        members: Vec<NodeId>,
+        recovered: Recovered,
+        election_timeout_ticks: u64,
+        seed: u64,
+    ) -> Self {
         assert!(members.contains(&id), "a node is a member of its cluster");
         let log = RaftLog::new(recovered.log);
         let applied = recovered.applied_index;
@@ -62,6 +97,13 @@ impl RaftCore {
         );
         RaftCore {
             id,
+            role: Role::Follower,
+            leader: None,
+            votes: BTreeSet::new(),
+            election: ElectionTimer::new(
+                election_timeout_ticks,
+                seed ^ id.wrapping_mul(0x9E37_79B9),
+            ),
             members,
             term: recovered.hard_state.term,
             voted_for: recovered.hard_state.voted_for,
@@ -108,14 +150,156 @@ impl RaftCore {
         true
     }
 
-    /// Starts a new term voting for itself (becoming a candidate). The vote
-    /// must be durable before any RequestVote leaves: a node that forgot
-    /// its vote after a crash could vote twice in one term.
-    pub fn campaign(&mut self, out: &mut Outbox) -> RequestVote {
+    /// Figure 2, all servers: follows `leader` (if known) in `term`, as a
+    /// follower, adopting the term when it is higher. Returns whether this
+    /// node was the leader until now (the variant then drops its leader
+    /// state and answers the requests it owed).
+    pub fn become_follower(
+        &mut self,
+        term: Term,
+        leader: Option<NodeId>,
+        out: &mut Outbox,
+    ) -> bool {
+        self.observe_term(term, out);
+        let was_leader = self.role == Role::Leader;
+        self.role = Role::Follower;
+        self.leader = leader;
+        self.votes.clear();
+        was_leader
+    }
+
+    /// Becomes a candidate (Figure 2, candidates): starts a new term voting
+    /// for itself, resets the election timer, and asks every peer for its
+    /// vote. The vote must be durable before any RequestVote leaves: a node
+    /// that forgot its vote after a crash could vote twice in one term.
+    /// Returns true when its own vote is already a majority.
+    pub fn campaign(&mut self, out: &mut Outbox) -> bool {
+        self.role = Role::Candidate;
+        self.leader = None;
+        self.votes = BTreeSet::from([self.id]);
+        self.election.reset();
         self.term += 1;
         self.voted_for = Some(self.id);
         out.persist.push(Write::HardState(self.hard_state()));
-        self.vote_request(self.term, false)
+        let request = self.vote_request(self.term, false);
+        for peer in self.peers() {
+            out.send(
+                peer,
+                Message::RequestVote(request.clone()),
+                Timing::AfterPersist,
+            );
+        }
+        self.has_majority_of_votes()
+    }
+
+    /// Becomes a pre-candidate (Raft thesis 9.6): asks every peer whether
+    /// it would vote in the next term, changing nobody's state (its own
+    /// term included). Returns true when its own answer is already a
+    /// majority.
+    pub fn pre_campaign(&mut self, out: &mut Outbox) -> bool {
+        self.role = Role::PreCandidate;
+        self.leader = None;
+        self.votes = BTreeSet::from([self.id]);
+        let request = self.vote_request(self.term + 1, true);
+        for peer in self.peers() {
+            out.send(peer, Message::RequestVote(request.clone()), Timing::Now);
+        }
+        self.has_majority_of_votes()
+    }
+
+    /// Counts a vote (or pre-vote) granted by `from`; true once a majority
+    /// granted.
+    pub fn count_vote(&mut self, from: NodeId) -> bool {
+        self.votes.insert(from);
+        self.has_majority_of_votes()
+    }
+
+    /// Figure 2, candidates: counts a vote granted in this term by
+    /// `from`; true when it completes a majority (the candidate then
+    /// becomes leader).
+    pub fn wins_with(&mut self, from: NodeId, m: &RequestVoteResponse) -> bool {
+        self.role == Role::Candidate
+            && m.term == self.term
+            && m.vote_granted
+            && !m.pre_vote
+            && self.count_vote(from)
+    }
+
+    fn has_majority_of_votes(&self) -> bool {
+        self.votes.len() >= self.majority()
+    }
+
+    /// Becomes the leader of its term.
+    pub fn become_leader(&mut self) {
+        self.role = Role::Leader;
+        self.leader = Some(self.id);
+        self.votes.clear();
+    }
+
+    /// The answer to a client request that needs the leader, from a node
+    /// that does not lead: the leader it knows, or, knowing none,
+    /// unavailable for now (a leader is likely being elected).
+    pub fn not_leader(&self) -> ReplyOutcome {
+        match self.leader {
+            Some(leader) => ReplyOutcome::NotLeader {
+                leader: Some(leader),
+            },
+            None => ReplyOutcome::Unavailable,
+        }
+    }
+
+    /// Figure 2, AppendEntries receiver, step 1: refuses an AppendEntries of
+    /// an older term, at once, with this node's term.
+    pub fn refuse_stale_append(&self, from: NodeId, m: &AppendEntries, out: &mut Outbox) {
+        debug_assert!(m.term < self.term);
+        let response = AppendEntriesResponse {
+            term: self.term,
+            success: false,
+            match_index: 0,
+            conflict_index: m.prev_log_index,
+            conflict_term: 0,
+            context: m.context,
+        };
+        out.send(from, Message::AppendEntriesResponse(response), Timing::Now);
+    }
+
+    /// Figure 2, AppendEntries receiver, steps 2 to 5, for the current
+    /// term's leader `from` (whom the caller already follows): resets the
+    /// election timer, checks and appends (see
+    /// [`RaftCore::append_entries`]), and answers once what it appended is
+    /// durable (the answer promises it), with `hints` on a rejection.
+    pub fn accept_append(
+        &mut self,
+        from: NodeId,
+        m: &AppendEntries,
+        hints: ConflictHints,
+        out: &mut Outbox,
+    ) {
+        debug_assert!(m.term == self.term && self.role == Role::Follower);
+        self.election.reset();
+        let (success, match_index, conflict_index, conflict_term) =
+            match self.append_entries(m, out) {
+                Ok(match_index) => (true, match_index, 0, 0),
+                Err(conflict) => match hints {
+                    ConflictHints::RejectedIndex => (false, 0, conflict.rejected_prev, 0),
+                    ConflictHints::TermAndFirstIndex => {
+                        (false, 0, conflict.hint_index, conflict.hint_term)
+                    }
+                },
+            };
+        let response = AppendEntriesResponse {
+            term: self.term,
+            success,
+            match_index,
+            conflict_index,
+            conflict_term,
+            context: m.context,
+        };
+        out.send(
+            from,
+            Message::AppendEntriesResponse(response),
+            Timing::AfterPersist,
+        );
     }
 
     /// A RequestVote for `term` describing this node's log.
@@ -149,9 +333,13 @@ impl RaftCore {
 
     /// [`RaftCore::decide_vote`], answered to `from`: the answer leaves
     /// only once a granted vote is durable, since the candidate counts it.
-    /// Returns whether the vote was granted.
+    /// Granting resets the election timer (Figure 2: a follower that grants
+    /// a vote does not time out). Returns whether the vote was granted.
     pub fn answer_vote(&mut self, from: NodeId, m: &RequestVote, out: &mut Outbox) -> bool {
         let granted = self.decide_vote(m, out);
+        if granted {
+            self.election.reset();
+        }
         let response = RequestVoteResponse {
             term: self.term,
             vote_granted: granted,
@@ -296,13 +484,13 @@ impl RaftCore {
         self.applied_index = self.applied_index.max(index);
     }
 
-    /// The node's status in `role`, knowing `leader`.
-    pub fn status(&self, role: Role, leader: Option<NodeId>) -> Status {
+    /// The node's status.
+    pub fn status(&self) -> Status {
         Status {
             id: self.id,
-            role,
+            role: self.role,
             term: self.term,
-            leader,
+            leader: self.leader,
             commit_index: self.commit_index,
             applied_index: self.applied_index,
             last_log_index: self.log.last_index(),
@@ -344,5 +532,140 @@ impl ElectionTimer {
     pub fn tick(&mut self) -> bool {
         self.elapsed_ticks += 1;
         self.elapsed_ticks >= self.timeout_ticks
+    }
+}
+
+/// A Raft variant's handlers, which [`step`] routes its inputs to: the
+/// shape of `Consensus::step` that every variant shares, written once.
+pub trait RaftVariant {
+    /// The variant's name, for the refusal of a fast-path write.
+    const NAME: &'static str;
+
+    /// Its core.
+    fn core(&self) -> &RaftCore;
+
+    /// Whether a message of a higher term makes this node adopt the term
+    /// (and follow) before the message is handled (Figure 2, all servers).
+    /// Variants with pre-vote or check-quorum handle some first.
+    fn adopts_term_first(&self, message: &Message) -> bool {
+        let _ = message;
+        true
+    }
+
+    /// Follows `leader` in `term`, dropping any leader state.
+    fn become_follower(&mut self, term: Term, leader: Option<NodeId>, out: &mut Outbox);
+    /// One tick passed.
+    fn on_tick(&mut self, out: &mut Outbox);
+    /// A client request arrived.
+    fn on_request(&mut self, request: crate::types::ClientRequest, out: &mut Outbox);
+    /// The log is durable up to (`last_index`, `last_term`).
+    fn on_persisted(&mut self, last_index: LogIndex, last_term: Term, out: &mut Outbox);
+    /// The state machine applied up to `index`.
+    fn on_applied(&mut self, index: LogIndex, out: &mut Outbox);
+    /// An AppendEntries from `from`, the leader of this node's term, whom
+    /// it now follows ([`step`] refused an older term's and made the node
+    /// follow).
+    fn on_append(&mut self, from: NodeId, m: AppendEntries, out: &mut Outbox);
+    /// An answer to an AppendEntries.
+    fn on_append_response(&mut self, from: NodeId, m: AppendEntriesResponse, out: &mut Outbox);
+    /// A RequestVote (or pre-vote).
+    fn on_vote_request(&mut self, from: NodeId, m: RequestVote, out: &mut Outbox);
+    /// An answer to a RequestVote (or pre-vote).
+    fn on_vote_response(&mut self, from: NodeId, m: RequestVoteResponse, out: &mut Outbox);
+}
+
+/// Every Raft variant is a protocol: [`step`] routes its inputs, its core
+/// says its status.
+impl<V: RaftVariant> crate::Consensus for V {
+    fn step(&mut self, input: crate::io::Input, out: &mut Outbox) {
+        step(self, input, out);
+    }
+
+    fn status(&self) -> Status {
+        self.core().status()
+    }
+}
+
+/// Routes `input` to `variant`'s handlers: a fast-path write is refused (no
+/// plain Raft variant has the fast path); a message of a higher term first
+/// makes the node adopt it, where the variant says so; an AppendEntries of
+/// an older term is refused, and one of this term makes the node follow its
+/// sender (Figure 2, AppendEntries receiver, step 1, and all servers);
+/// Nil-ext's messages are left to the layer above, if any.
+pub fn step<V: RaftVariant>(variant: &mut V, input: crate::io::Input, out: &mut Outbox) {
+    use crate::io::Input;
+    match input {
+        Input::Tick => variant.on_tick(out),
+        Input::Request(request) => variant.on_request(request, out),
+        Input::FastWrite(request) => {
+            let reason = format!(
+                "{} has no nilext fast path; send the write to the leader",
+                V::NAME
+            );
+            out.reply_fast(request.id, ReplyOutcome::Rejected(reason), Timing::Now);
+        }
+        Input::Persisted {
+            last_index,
+            last_term,
+        } => variant.on_persisted(last_index, last_term, out),
+        Input::Applied { index } => variant.on_applied(index, out),
+        Input::Message { from, message } => {
+            if message.term() > variant.core().term && variant.adopts_term_first(&message) {
+                variant.become_follower(message.term(), message.leader_hint(), out);
+            }
+            match message {
+                Message::AppendEntries(m) => {
+                    let core = variant.core();
+                    if m.term < core.term {
+                        core.refuse_stale_append(from, &m, out);
+                        return;
+                    }
+                    // m.term == term: `from` is this term's leader.
+                    debug_assert!(
+                        core.role != Role::Leader,
+                        "two leaders in term {}",
+                        core.term
+                    );
+                    if core.role != Role::Follower || core.leader != Some(m.leader_id) {
+                        variant.become_follower(m.term, Some(m.leader_id), out);
+                    }
+                    variant.on_append(from, m, out);
+                }
+                Message::AppendEntriesResponse(m) => variant.on_append_response(from, m, out),
+                Message::RequestVote(m) => variant.on_vote_request(from, m, out),
+                Message::RequestVoteResponse(m) => variant.on_vote_response(from, m, out),
+                Message::DurabilityLogRequest(_)
+                | Message::DurabilityLogResponse(_)
+                | Message::DurabilityForward(_) => {}
+            }
+        }
+    }
+}
+
+/// The client requests a leader appended to its log and has not applied
+/// yet, by index: it answers them as it applies them, and, should it lose
+/// its leadership first, answers each "not leader" (the entry may still
+/// commit under the next leader; the client retries there under the same
+/// request id, and its session makes the retry take effect once).
+#[derive(Clone, Debug, Default)]
+pub struct PendingRequests(BTreeMap<LogIndex, RequestId>);
+
+impl PendingRequests {
+    /// Remembers that the entry at `index` carries request `id`.
+    pub fn insert(&mut self, index: LogIndex, id: RequestId) {
+        self.0.insert(index, id);
+    }
+
+    /// Forgets the requests of entries handed to the runtime for apply
+    /// (the runtime answers them with their results).
+    pub fn applying(&mut self, entries: &[Entry]) {
+        for entry in entries {
+            self.0.remove(&entry.index);
+        }
+    }
+
+    /// The requests still waiting, in log order, forgotten.
+    pub fn take(&mut self) -> impl Iterator<Item = RequestId> + use<> {
+        std::mem::take(&mut self.0).into_values()
     }
 }

@@ -39,14 +39,14 @@
 
 mod config;
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 
-use consensus::io::{Input, Outbox, Recovered, ReplyOutcome, Role, Status, Timing};
+use consensus::io::{Outbox, Recovered, ReplyOutcome, Role, Timing};
 use consensus::message::{
     AppendEntries, AppendEntriesResponse, Message, RequestVote, RequestVoteResponse,
 };
-use consensus::raft::{ElectionTimer, RaftCore};
-use consensus::{ClientRequest, Consensus, EntryPayload, LogIndex, NodeId, RequestId, Term};
+use consensus::raft::{ConflictHints, PendingRequests, RaftCore, RaftVariant};
+use consensus::{ClientRequest, EntryPayload, LogIndex, NodeId, Term};
 
 pub use config::{Config, ReadMode};
 
@@ -122,13 +122,9 @@ struct Round {
 pub struct OptimizedRaft {
     config: Config,
     core: RaftCore,
-    role: Role,
-    leader: Option<NodeId>,
-    election: ElectionTimer,
     now_ticks: u64,
     /// Ticks since a leader was last heard from, or since this node started.
     ticks_since_leader: u64,
-    votes: BTreeSet<NodeId>,
     // Leader state.
     heartbeat_elapsed: u64,
     quorum_check_elapsed: u64,
@@ -136,7 +132,7 @@ pub struct OptimizedRaft {
     /// Commands waiting for the next durable write.
     proposals: VecDeque<ClientRequest>,
     /// Commands in the log, not yet applied, by index.
-    pending: BTreeMap<LogIndex, RequestId>,
+    pending: PendingRequests,
     /// Index of this term's no-op; reads wait until it commits.
     term_start_index: LogIndex,
     next_round: u64,
@@ -156,25 +152,26 @@ impl OptimizedRaft {
         if let Err(problem) = config.validate() {
             panic!("invalid raft-optimized settings: {problem}");
         }
-        let seed = config.seed ^ config.id.wrapping_mul(0x9E37_79B9);
         let never_saw_a_term = recovered.hard_state.term == 0;
         OptimizedRaft {
-            core: RaftCore::new(config.id, config.members.clone(), recovered),
-            role: Role::Follower,
-            leader: None,
-            election: ElectionTimer::new(config.election_timeout_ticks, seed),
+            core: RaftCore::new(
+                config.id,
+                config.members.clone(),
+                recovered,
+                config.election_timeout_ticks,
+                config.seed,
+            ),
             now_ticks: 0,
             // A node that restarts counts as having just heard from a leader:
             // it may have acknowledged a lease before it crashed, and must not
             // help elect another leader while that lease lasts. A node that
             // never saw a term has acknowledged nothing.
             ticks_since_leader: if never_saw_a_term { u64::MAX } else { 0 },
-            votes: BTreeSet::new(),
             heartbeat_elapsed: 0,
             quorum_check_elapsed: 0,
             progress: BTreeMap::new(),
             proposals: VecDeque::new(),
-            pending: BTreeMap::new(),
+            pending: PendingRequests::default(),
             term_start_index: 0,
             next_round: 1,
             rounds: VecDeque::new(),
@@ -188,13 +185,12 @@ impl OptimizedRaft {
     // ----- roles -----
 
     fn become_follower(&mut self, term: Term, leader: Option<NodeId>, out: &mut Outbox) {
-        self.core.observe_term(term, out);
-        if self.role == Role::Leader {
-            // Appended commands may still commit under the next leader; their
-            // clients retry there with the same id, and sessions make the
-            // retry take effect once. Buffered ones and reads never ran.
-            let waiting = std::mem::take(&mut self.pending)
-                .into_values()
+        if self.core.become_follower(term, leader, out) {
+            // Appended commands may still commit under the next leader (see
+            // `PendingRequests`). Buffered ones and reads never ran.
+            let waiting = self
+                .pending
+                .take()
                 .chain(self.proposals.drain(..).map(|r| r.id))
                 .chain(
                     self.rounds
@@ -211,9 +207,6 @@ impl OptimizedRaft {
             self.progress.clear();
             self.lease_until_tick = 0;
         }
-        self.role = Role::Follower;
-        self.leader = leader;
-        self.votes.clear();
     }
 
     /// True while this node has heard from a leader (or started) within the
@@ -221,49 +214,25 @@ impl OptimizedRaft {
     /// leader stickiness, which lease reads rely on).
     fn leader_is_fresh(&self) -> bool {
         self.config.check_quorum
-            && (self.role == Role::Leader
+            && (self.core.role == Role::Leader
                 || self.ticks_since_leader < self.config.election_timeout_ticks)
     }
 
     fn on_election_timeout(&mut self, out: &mut Outbox) {
-        self.election.reset();
-        if !self.config.pre_vote {
-            self.start_election(out);
-            return;
-        }
-        self.role = Role::PreCandidate;
-        self.leader = None;
-        self.votes = BTreeSet::from([self.config.id]);
-        let request = self.core.vote_request(self.core.term + 1, true);
-        for peer in self.core.peers() {
-            out.send(peer, Message::RequestVote(request.clone()), Timing::Now);
-        }
-        if self.votes.len() >= self.core.majority() {
+        self.core.election.reset();
+        if !self.config.pre_vote || self.core.pre_campaign(out) {
             self.start_election(out);
         }
     }
 
     fn start_election(&mut self, out: &mut Outbox) {
-        self.role = Role::Candidate;
-        self.leader = None;
-        self.votes = BTreeSet::from([self.config.id]);
-        self.election.reset();
-        let request = self.core.campaign(out);
-        for peer in self.core.peers() {
-            out.send(
-                peer,
-                Message::RequestVote(request.clone()),
-                Timing::AfterPersist,
-            );
-        }
-        if self.votes.len() >= self.core.majority() {
+        if self.core.campaign(out) {
             self.become_leader(out);
         }
     }
 
     fn become_leader(&mut self, out: &mut Outbox) {
-        self.role = Role::Leader;
-        self.leader = Some(self.config.id);
+        self.core.become_leader();
         self.heartbeat_elapsed = 0;
         self.quorum_check_elapsed = 0;
         self.lease_until_tick = 0;
@@ -358,7 +327,7 @@ impl OptimizedRaft {
 
     /// Appends buffered commands as one batch: one durable write.
     fn flush_proposals(&mut self, out: &mut Outbox) {
-        if self.role != Role::Leader || self.proposals.is_empty() {
+        if self.core.role != Role::Leader || self.proposals.is_empty() {
             return;
         }
         let mut payloads = Vec::new();
@@ -390,7 +359,7 @@ impl OptimizedRaft {
     }
 
     fn advance_commit(&mut self, out: &mut Outbox) {
-        if self.role == Role::Leader
+        if self.core.role == Role::Leader
             && let Some(index) = self
                 .core
                 .quorum_commit(self.progress.values().map(|p| p.match_index))
@@ -399,109 +368,13 @@ impl OptimizedRaft {
         }
         let before = out.apply.len();
         self.core.emit_applies(out);
-        for entry in &out.apply[before..] {
-            self.pending.remove(&entry.index);
-        }
-        if self.role == Role::Leader
+        self.pending.applying(&out.apply[before..]);
+        if self.core.role == Role::Leader
             && self.core.commit_index >= self.term_start_index
             && !self.unrounded_reads.is_empty()
         {
             self.route_reads(out);
         }
-    }
-
-    fn handle_append(&mut self, from: NodeId, m: AppendEntries, out: &mut Outbox) {
-        if m.term < self.core.term {
-            let response = AppendEntriesResponse {
-                term: self.core.term,
-                success: false,
-                match_index: 0,
-                conflict_index: 0,
-                conflict_term: 0,
-                context: m.context,
-            };
-            out.send(from, Message::AppendEntriesResponse(response), Timing::Now);
-            return;
-        }
-        debug_assert!(
-            self.role != Role::Leader,
-            "two leaders in term {}",
-            self.core.term
-        );
-        if self.role != Role::Follower || self.leader != Some(m.leader_id) {
-            self.become_follower(m.term, Some(m.leader_id), out);
-        }
-        self.election.reset();
-        self.ticks_since_leader = 0;
-        let response = match self.core.append_entries(&m, out) {
-            Ok(match_index) => AppendEntriesResponse {
-                term: self.core.term,
-                success: true,
-                match_index,
-                conflict_index: 0,
-                conflict_term: 0,
-                context: m.context,
-            },
-            Err(conflict) => AppendEntriesResponse {
-                term: self.core.term,
-                success: false,
-                match_index: 0,
-                conflict_index: conflict.hint_index,
-                conflict_term: conflict.hint_term,
-                context: m.context,
-            },
-        };
-        // An acknowledgement promises the entries are durable here.
-        out.send(
-            from,
-            Message::AppendEntriesResponse(response),
-            Timing::AfterPersist,
-        );
-        self.advance_commit(out);
-    }
-
-    fn handle_append_response(&mut self, from: NodeId, m: AppendEntriesResponse, out: &mut Outbox) {
-        if self.role != Role::Leader || m.term != self.core.term {
-            return;
-        }
-        let now = self.now_ticks;
-        let last_index = self.core.log.last_index();
-        let conflict_next = (!m.success).then(|| self.next_after_conflict(&m));
-        let Some(p) = self.progress.get_mut(&from) else {
-            return;
-        };
-        p.active = true;
-        p.acked_round = p.acked_round.max(m.context);
-        if m.success {
-            if m.match_index > p.match_index {
-                p.match_index = m.match_index;
-                p.progress_tick = now;
-            }
-            while p
-                .inflight
-                .front()
-                .is_some_and(|(last, _)| *last <= p.match_index)
-            {
-                if let Some((_, bytes)) = p.inflight.pop_front() {
-                    p.inflight_bytes -= bytes;
-                }
-            }
-            if p.state == ReplicationState::Probe {
-                p.state = ReplicationState::Replicate;
-                p.probe_sent = false;
-                p.next_index = p.match_index + 1;
-                p.inflight.clear();
-                p.inflight_bytes = 0;
-            }
-            p.next_index = p.next_index.max(p.match_index + 1);
-        } else if let Some(next) = conflict_next {
-            // The optimistic stream broke, or a probe missed: probe from the
-            // follower's hint.
-            p.become_probe(next.min(last_index + 1));
-        }
-        self.confirm_rounds(out);
-        self.advance_commit(out);
-        self.send_appends(from, out);
     }
 
     /// Where to resume after a rejection: past the leader's last entry of the
@@ -525,68 +398,12 @@ impl OptimizedRaft {
 
     // ----- elections -----
 
-    fn handle_vote_request(&mut self, from: NodeId, m: RequestVote, out: &mut Outbox) {
-        if m.pre_vote {
-            let granted = !self.leader_is_fresh() && self.core.would_grant_pre_vote(&m);
-            let response = RequestVoteResponse {
-                term: if granted { m.term } else { self.core.term },
-                vote_granted: granted,
-                pre_vote: true,
-            };
-            out.send(from, Message::RequestVoteResponse(response), Timing::Now);
-            return;
-        }
-        if m.term > self.core.term {
-            if self.leader_is_fresh() {
-                // Check-quorum: a live leader exists; do not let this
-                // candidate depose it, nor raise our term.
-                let response = RequestVoteResponse {
-                    term: self.core.term,
-                    vote_granted: false,
-                    pre_vote: false,
-                };
-                out.send(from, Message::RequestVoteResponse(response), Timing::Now);
-                return;
-            }
-            self.become_follower(m.term, None, out);
-        }
-        if self.core.answer_vote(from, &m, out) {
-            self.election.reset();
-        }
-    }
-
-    fn handle_vote_response(&mut self, from: NodeId, m: RequestVoteResponse, out: &mut Outbox) {
-        if m.pre_vote {
-            if self.role == Role::PreCandidate && m.vote_granted && m.term == self.core.term + 1 {
-                self.votes.insert(from);
-                if self.votes.len() >= self.core.majority() {
-                    self.start_election(out);
-                }
-            } else if !m.vote_granted && m.term > self.core.term {
-                self.become_follower(m.term, None, out);
-            }
-            return;
-        }
-        if m.term > self.core.term {
-            self.become_follower(m.term, None, out);
-            return;
-        }
-        if self.role == Role::Candidate && m.term == self.core.term && m.vote_granted {
-            self.votes.insert(from);
-            if self.votes.len() >= self.core.majority() {
-                self.become_leader(out);
-            }
-        }
-    }
-
-    /// Answers "not leader" (with the leader known, if any) unless this node
-    /// leads; true when it answered.
+    /// Answers "not leader" unless this node leads; true when it answered.
     fn refused_unless_leader(&self, request: &ClientRequest, out: &mut Outbox) -> bool {
-        if self.role == Role::Leader {
+        if self.core.role == Role::Leader {
             return false;
         }
-        let leader = self.leader;
-        out.reply(request.id, ReplyOutcome::NotLeader { leader }, Timing::Now);
+        out.reply(request.id, self.core.not_leader(), Timing::Now);
         true
     }
 
@@ -674,7 +491,7 @@ impl OptimizedRaft {
             }
         }
         self.serve_ready_reads(out);
-        if !self.unrounded_reads.is_empty() && self.role == Role::Leader {
+        if !self.unrounded_reads.is_empty() && self.core.role == Role::Leader {
             self.route_reads(out);
         }
     }
@@ -692,18 +509,6 @@ impl OptimizedRaft {
     }
 
     // ----- inputs -----
-
-    fn handle_request(&mut self, request: ClientRequest, out: &mut Outbox) {
-        if out.refuse_invalid(&request, false) {
-            return;
-        }
-        // `read` and `propose` answer "not leader" themselves.
-        if request.command.is_read() {
-            self.read(request, 0, out);
-            return;
-        }
-        self.propose(request, out);
-    }
 
     /// Queues a command for the log (leader only; others answer "not
     /// leader"). Group commit: while the leader's last log write is syncing,
@@ -729,7 +534,7 @@ impl OptimizedRaft {
     /// Appends every queued command to the log now, without waiting for the
     /// write in flight (a layer above needs their indexes).
     pub fn flush_now(&mut self, out: &mut Outbox) {
-        while !self.proposals.is_empty() && self.role == Role::Leader {
+        while !self.proposals.is_empty() && self.core.role == Role::Leader {
             self.flush_proposals(out);
         }
     }
@@ -754,20 +559,35 @@ impl OptimizedRaft {
     fn log_write_in_flight(&self) -> bool {
         self.core.durable_index < self.core.log.last_index()
     }
+}
 
-    fn handle_persisted(&mut self, last_index: LogIndex, last_term: Term, out: &mut Outbox) {
-        self.core.persisted(last_index, last_term);
-        self.advance_commit(out);
-        if !self.log_write_in_flight() {
-            self.flush_proposals(out);
-        }
+impl RaftVariant for OptimizedRaft {
+    const NAME: &'static str = "raft-optimized";
+
+    fn core(&self) -> &RaftCore {
+        &self.core
     }
 
-    fn tick(&mut self, out: &mut Outbox) {
+    /// Pre-votes carry a term nobody has entered yet, and a vote request
+    /// of a higher term is weighed against check-quorum's leader
+    /// stickiness first: both are handled before the term is adopted.
+    fn adopts_term_first(&self, message: &Message) -> bool {
+        !matches!(
+            message,
+            Message::RequestVote(_)
+                | Message::RequestVoteResponse(RequestVoteResponse { pre_vote: true, .. })
+        )
+    }
+
+    fn become_follower(&mut self, term: Term, leader: Option<NodeId>, out: &mut Outbox) {
+        OptimizedRaft::become_follower(self, term, leader, out);
+    }
+
+    fn on_tick(&mut self, out: &mut Outbox) {
         self.now_ticks += 1;
         self.ticks_since_leader = self.ticks_since_leader.saturating_add(1);
-        if self.role != Role::Leader {
-            if self.election.tick() {
+        if self.core.role != Role::Leader {
+            if self.core.election.tick() {
                 self.on_election_timeout(out);
             }
             return;
@@ -815,53 +635,131 @@ impl OptimizedRaft {
             self.flush_proposals(out);
         }
     }
-}
 
-impl Consensus for OptimizedRaft {
-    fn step(&mut self, input: Input, out: &mut Outbox) {
-        match input {
-            Input::Tick => self.tick(out),
-            Input::Request(request) => self.handle_request(request, out),
-            Input::FastWrite(request) => {
-                let reason = "raft-optimized has no nilext fast path; send the write to the leader"
-                    .to_string();
-                out.reply_fast(request.id, ReplyOutcome::Rejected(reason), Timing::Now);
-            }
-            Input::Persisted {
-                last_index,
-                last_term,
-            } => self.handle_persisted(last_index, last_term, out),
-            Input::Applied { index } => {
-                self.core.applied(index);
-                self.serve_ready_reads(out);
-            }
-            Input::Message { from, message } => {
-                // Pre-votes carry a term nobody has entered yet: they are
-                // handled before the rule that adopts a higher term.
-                let is_pre_vote = matches!(
-                    &message,
-                    Message::RequestVote(RequestVote { pre_vote: true, .. })
-                        | Message::RequestVoteResponse(RequestVoteResponse { pre_vote: true, .. })
-                );
-                let is_vote_request = matches!(&message, Message::RequestVote(_));
-                if !is_pre_vote && !is_vote_request && message.term() > self.core.term {
-                    self.become_follower(message.term(), message.leader_hint(), out);
-                }
-                match message {
-                    Message::AppendEntries(m) => self.handle_append(from, m, out),
-                    Message::AppendEntriesResponse(m) => self.handle_append_response(from, m, out),
-                    Message::RequestVote(m) => self.handle_vote_request(from, m, out),
-                    Message::RequestVoteResponse(m) => self.handle_vote_response(from, m, out),
-                    // Nil-ext's messages are for the layer above, if any.
-                    Message::DurabilityLogRequest(_)
-                    | Message::DurabilityLogResponse(_)
-                    | Message::DurabilityForward(_) => {}
-                }
-            }
+    fn on_request(&mut self, request: ClientRequest, out: &mut Outbox) {
+        if out.refuse_invalid(&request, false) {
+            return;
+        }
+        // `read` and `propose` answer "not leader" themselves.
+        if request.command.is_read() {
+            self.read(request, 0, out);
+            return;
+        }
+        self.propose(request, out);
+    }
+
+    fn on_persisted(&mut self, last_index: LogIndex, last_term: Term, out: &mut Outbox) {
+        self.core.persisted(last_index, last_term);
+        self.advance_commit(out);
+        if !self.log_write_in_flight() {
+            self.flush_proposals(out);
         }
     }
 
-    fn status(&self) -> Status {
-        self.core.status(self.role, self.leader)
+    fn on_applied(&mut self, index: LogIndex, out: &mut Outbox) {
+        self.core.applied(index);
+        self.serve_ready_reads(out);
+    }
+
+    fn on_append(&mut self, from: NodeId, m: AppendEntries, out: &mut Outbox) {
+        self.ticks_since_leader = 0;
+        self.core
+            .accept_append(from, &m, ConflictHints::TermAndFirstIndex, out);
+        self.advance_commit(out);
+    }
+
+    fn on_append_response(&mut self, from: NodeId, m: AppendEntriesResponse, out: &mut Outbox) {
+        if self.core.role != Role::Leader || m.term != self.core.term {
+            return;
+        }
+        let now = self.now_ticks;
+        let last_index = self.core.log.last_index();
+        let conflict_next = (!m.success).then(|| self.next_after_conflict(&m));
+        let Some(p) = self.progress.get_mut(&from) else {
+            return;
+        };
+        p.active = true;
+        p.acked_round = p.acked_round.max(m.context);
+        if m.success {
+            if m.match_index > p.match_index {
+                p.match_index = m.match_index;
+                p.progress_tick = now;
+            }
+            while p
+                .inflight
+                .front()
+                .is_some_and(|(last, _)| *last <= p.match_index)
+            {
+                if let Some((_, bytes)) = p.inflight.pop_front() {
+                    p.inflight_bytes -= bytes;
+                }
+            }
+            if p.state == ReplicationState::Probe {
+                p.state = ReplicationState::Replicate;
+                p.probe_sent = false;
+                p.next_index = p.match_index + 1;
+                p.inflight.clear();
+                p.inflight_bytes = 0;
+            }
+            p.next_index = p.next_index.max(p.match_index + 1);
+        } else if let Some(next) = conflict_next {
+            // The optimistic stream broke, or a probe missed: probe from the
+            // follower's hint.
+            p.become_probe(next.min(last_index + 1));
+        }
+        self.confirm_rounds(out);
+        self.advance_commit(out);
+        self.send_appends(from, out);
+    }
+
+    fn on_vote_request(&mut self, from: NodeId, m: RequestVote, out: &mut Outbox) {
+        if m.pre_vote {
+            let granted = !self.leader_is_fresh() && self.core.would_grant_pre_vote(&m);
+            let response = RequestVoteResponse {
+                term: if granted { m.term } else { self.core.term },
+                vote_granted: granted,
+                pre_vote: true,
+            };
+            out.send(from, Message::RequestVoteResponse(response), Timing::Now);
+            return;
+        }
+        if m.term > self.core.term {
+            if self.leader_is_fresh() {
+                // Check-quorum: a live leader exists; do not let this
+                // candidate depose it, nor raise our term.
+                let response = RequestVoteResponse {
+                    term: self.core.term,
+                    vote_granted: false,
+                    pre_vote: false,
+                };
+                out.send(from, Message::RequestVoteResponse(response), Timing::Now);
+                return;
+            }
+            self.become_follower(m.term, None, out);
+        }
+        self.core.answer_vote(from, &m, out);
+    }
+
+    fn on_vote_response(&mut self, from: NodeId, m: RequestVoteResponse, out: &mut Outbox) {
+        if m.pre_vote {
+            if self.core.role == Role::PreCandidate
+                && m.vote_granted
+                && m.term == self.core.term + 1
+            {
+                if self.core.count_vote(from) {
+                    self.start_election(out);
+                }
+            } else if !m.vote_granted && m.term > self.core.term {
+                self.become_follower(m.term, None, out);
+            }
+            return;
+        }
+        if m.term > self.core.term {
+            self.become_follower(m.term, None, out);
+            return;
+        }
+        if self.core.wins_with(from, &m) {
+            self.become_leader(out);
+        }
     }
 }

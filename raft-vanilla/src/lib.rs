@@ -35,13 +35,15 @@
 //! No batching, no pipelining, no pre-vote, no leases: those belong to
 //! `raft-optimized`.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
-use consensus::io::{Input, Outbox, Recovered, ReplyOutcome, Role, Status, Timing};
-use consensus::message::{AppendEntries, AppendEntriesResponse, Message, RequestVoteResponse};
+use consensus::io::{Outbox, Recovered, ReplyOutcome, Role, Timing};
+use consensus::message::{
+    AppendEntries, AppendEntriesResponse, Message, RequestVote, RequestVoteResponse,
+};
 use consensus::quorum::quorum_index;
-use consensus::raft::{ElectionTimer, RaftCore};
-use consensus::{ClientRequest, Consensus, EntryPayload, LogIndex, NodeId, RequestId, Term};
+use consensus::raft::{ConflictHints, PendingRequests, RaftCore, RaftVariant};
+use consensus::{ClientRequest, EntryPayload, LogIndex, NodeId, Term};
 
 /// A deliberate protocol bug, for the tests that prove the simulator catches
 /// unsafe protocols. Never set outside those tests; `kvnode` has no flag for
@@ -104,14 +106,10 @@ struct Progress {
 pub struct VanillaRaft {
     config: Config,
     core: RaftCore,
-    role: Role,
-    leader: Option<NodeId>,
-    election: ElectionTimer,
     heartbeat_elapsed: u64,
-    votes: BTreeSet<NodeId>,
     progress: BTreeMap<NodeId, Progress>,
     /// Requests this leader appended and has not yet applied.
-    pending: BTreeMap<LogIndex, RequestId>,
+    pending: PendingRequests,
 }
 
 impl VanillaRaft {
@@ -120,16 +118,17 @@ impl VanillaRaft {
         assert!(
             config.heartbeat_ticks >= 1 && config.election_timeout_ticks > config.heartbeat_ticks
         );
-        let seed = config.seed ^ config.id.wrapping_mul(0x9E37_79B9);
         VanillaRaft {
-            core: RaftCore::new(config.id, config.members.clone(), recovered),
-            role: Role::Follower,
-            leader: None,
-            election: ElectionTimer::new(config.election_timeout_ticks, seed),
+            core: RaftCore::new(
+                config.id,
+                config.members.clone(),
+                recovered,
+                config.election_timeout_ticks,
+                config.seed,
+            ),
             heartbeat_elapsed: 0,
-            votes: BTreeSet::new(),
             progress: BTreeMap::new(),
-            pending: BTreeMap::new(),
+            pending: PendingRequests::default(),
             config,
         }
     }
@@ -137,46 +136,22 @@ impl VanillaRaft {
     /// Figure 2, all servers: "If RPC request or response contains term
     /// T > currentTerm: set currentTerm = T, convert to follower".
     fn become_follower(&mut self, term: Term, leader: Option<NodeId>, out: &mut Outbox) {
-        self.core.observe_term(term, out);
-        if self.role == Role::Leader {
-            // Entries this leader appended may still commit under the next
-            // leader; the clients retry there under the same request id, and
-            // their sessions make the retry take effect once.
-            for (_, request) in std::mem::take(&mut self.pending) {
+        if self.core.become_follower(term, leader, out) {
+            for request in self.pending.take() {
                 out.reply(request, ReplyOutcome::NotLeader { leader }, Timing::Now);
             }
             self.progress.clear();
         }
-        self.role = Role::Follower;
-        self.leader = leader;
-        self.votes.clear();
     }
 
     fn start_election(&mut self, out: &mut Outbox) {
-        self.role = Role::Candidate;
-        self.leader = None;
-        self.votes = BTreeSet::from([self.config.id]);
-        self.election.reset();
-        let request = self.core.campaign(out);
-        for peer in self.core.peers() {
-            out.send(
-                peer,
-                Message::RequestVote(request.clone()),
-                Timing::AfterPersist,
-            );
-        }
-        self.maybe_win(out);
-    }
-
-    fn maybe_win(&mut self, out: &mut Outbox) {
-        if self.role == Role::Candidate && self.votes.len() >= self.core.majority() {
+        if self.core.campaign(out) {
             self.become_leader(out);
         }
     }
 
     fn become_leader(&mut self, out: &mut Outbox) {
-        self.role = Role::Leader;
-        self.leader = Some(self.config.id);
+        self.core.become_leader();
         self.heartbeat_elapsed = 0;
         let next_index = self.core.log.last_index() + 1;
         self.progress = self
@@ -244,115 +219,6 @@ impl VanillaRaft {
         }
     }
 
-    fn handle_request(&mut self, request: ClientRequest, out: &mut Outbox) {
-        if out.refuse_invalid(&request, false) {
-            return;
-        }
-        if self.role != Role::Leader {
-            // A follower points at its leader; with no leader known the
-            // cluster is unavailable for now.
-            let outcome = match self.leader {
-                Some(leader) => ReplyOutcome::NotLeader {
-                    leader: Some(leader),
-                },
-                None => ReplyOutcome::Unavailable,
-            };
-            out.reply(request.id, outcome, Timing::Now);
-            return;
-        }
-        let id = request.id;
-        // One client command, one durable write, one sync. Followers get
-        // the entry once it is durable here (see `Input::Persisted`).
-        let index = self
-            .core
-            .append_as_leader(vec![EntryPayload::Command(request)], out);
-        self.pending.insert(index, id);
-    }
-
-    fn handle_append(&mut self, from: NodeId, m: AppendEntries, out: &mut Outbox) {
-        let reject = |term, conflict_index| AppendEntriesResponse {
-            term,
-            success: false,
-            match_index: 0,
-            conflict_index,
-            conflict_term: 0,
-            context: m.context,
-        };
-        if m.term < self.core.term {
-            let response = reject(self.core.term, m.prev_log_index);
-            out.send(from, Message::AppendEntriesResponse(response), Timing::Now);
-            return;
-        }
-        // m.term == term: `from` is this term's leader.
-        debug_assert!(
-            self.role != Role::Leader,
-            "two leaders in term {}",
-            self.core.term
-        );
-        if self.role != Role::Follower || self.leader != Some(m.leader_id) {
-            self.become_follower(m.term, Some(m.leader_id), out);
-        }
-        self.election.reset();
-        let response = match self.core.append_entries(&m, out) {
-            // Vanilla's leader steps back one entry at a time: it only needs
-            // the rejected index.
-            Err(conflict) => reject(self.core.term, conflict.rejected_prev),
-            Ok(match_index) => AppendEntriesResponse {
-                term: self.core.term,
-                success: true,
-                match_index,
-                conflict_index: 0,
-                conflict_term: 0,
-                context: m.context,
-            },
-        };
-        // The acknowledgement promises the entries are on stable storage.
-        out.send(
-            from,
-            Message::AppendEntriesResponse(response),
-            Timing::AfterPersist,
-        );
-        self.emit_applies(out);
-    }
-
-    fn handle_append_response(&mut self, from: NodeId, m: AppendEntriesResponse, out: &mut Outbox) {
-        if self.role != Role::Leader || m.term != self.core.term {
-            return;
-        }
-        let Some(progress) = self.progress.get_mut(&from) else {
-            return;
-        };
-        progress.in_flight = false;
-        if m.success {
-            progress.match_index = progress.match_index.max(m.match_index);
-            progress.next_index = progress.next_index.max(progress.match_index + 1);
-            self.advance_commit(out);
-        } else if m.conflict_index + 1 == progress.next_index && progress.next_index > 1 {
-            // Figure 2: "If AppendEntries fails because of log inconsistency:
-            // decrement nextIndex and retry". Stale rejections are ignored.
-            progress.next_index -= 1;
-        }
-        self.send_append(from, false, out);
-    }
-
-    fn handle_vote_request(
-        &mut self,
-        from: NodeId,
-        m: consensus::message::RequestVote,
-        out: &mut Outbox,
-    ) {
-        if self.core.answer_vote(from, &m, out) {
-            self.election.reset();
-        }
-    }
-
-    fn handle_vote_response(&mut self, from: NodeId, m: RequestVoteResponse, out: &mut Outbox) {
-        if self.role == Role::Candidate && m.term == self.core.term && m.vote_granted {
-            self.votes.insert(from);
-            self.maybe_win(out);
-        }
-    }
-
     /// Figure 2, leaders: commit the highest N held by a majority whose entry
     /// is of the current term.
     fn advance_commit(&mut self, out: &mut Outbox) {
@@ -375,14 +241,55 @@ impl VanillaRaft {
     fn emit_applies(&mut self, out: &mut Outbox) {
         let before = out.apply.len();
         self.core.emit_applies(out);
-        for entry in &out.apply[before..] {
-            self.pending.remove(&entry.index);
+        self.pending.applying(&out.apply[before..]);
+    }
+}
+
+impl RaftVariant for VanillaRaft {
+    const NAME: &'static str = "vanilla Raft";
+
+    fn core(&self) -> &RaftCore {
+        &self.core
+    }
+
+    fn become_follower(&mut self, term: Term, leader: Option<NodeId>, out: &mut Outbox) {
+        VanillaRaft::become_follower(self, term, leader, out);
+    }
+
+    fn on_tick(&mut self, out: &mut Outbox) {
+        if self.core.role == Role::Leader {
+            self.heartbeat_elapsed += 1;
+            if self.heartbeat_elapsed >= self.config.heartbeat_ticks {
+                self.heartbeat_elapsed = 0;
+                self.broadcast_append(out);
+            }
+            return;
+        }
+        if self.core.election.tick() {
+            self.start_election(out);
         }
     }
 
-    fn handle_persisted(&mut self, last_index: LogIndex, last_term: Term, out: &mut Outbox) {
+    fn on_request(&mut self, request: ClientRequest, out: &mut Outbox) {
+        if out.refuse_invalid(&request, false) {
+            return;
+        }
+        if self.core.role != Role::Leader {
+            out.reply(request.id, self.core.not_leader(), Timing::Now);
+            return;
+        }
+        let id = request.id;
+        // One client command, one durable write, one sync. Followers get
+        // the entry once it is durable here (see `Input::Persisted`).
+        let index = self
+            .core
+            .append_as_leader(vec![EntryPayload::Command(request)], out);
+        self.pending.insert(index, id);
+    }
+
+    fn on_persisted(&mut self, last_index: LogIndex, last_term: Term, out: &mut Outbox) {
         self.core.persisted(last_index, last_term);
-        if self.role == Role::Leader {
+        if self.core.role == Role::Leader {
             self.advance_commit(out);
             for peer in self.core.peers() {
                 self.send_append(peer, false, out);
@@ -391,54 +298,45 @@ impl VanillaRaft {
         self.emit_applies(out);
     }
 
-    fn tick(&mut self, out: &mut Outbox) {
-        if self.role == Role::Leader {
-            self.heartbeat_elapsed += 1;
-            if self.heartbeat_elapsed >= self.config.heartbeat_ticks {
-                self.heartbeat_elapsed = 0;
-                self.broadcast_append(out);
-            }
+    fn on_applied(&mut self, index: LogIndex, _out: &mut Outbox) {
+        self.core.applied(index);
+    }
+
+    fn on_append(&mut self, from: NodeId, m: AppendEntries, out: &mut Outbox) {
+        // Vanilla's leader steps back one entry at a time: it only needs the
+        // rejected index.
+        self.core
+            .accept_append(from, &m, ConflictHints::RejectedIndex, out);
+        self.emit_applies(out);
+    }
+
+    fn on_append_response(&mut self, from: NodeId, m: AppendEntriesResponse, out: &mut Outbox) {
+        if self.core.role != Role::Leader || m.term != self.core.term {
             return;
         }
-        if self.election.tick() {
-            self.start_election(out);
+        let Some(progress) = self.progress.get_mut(&from) else {
+            return;
+        };
+        progress.in_flight = false;
+        if m.success {
+            progress.match_index = progress.match_index.max(m.match_index);
+            progress.next_index = progress.next_index.max(progress.match_index + 1);
+            self.advance_commit(out);
+        } else if m.conflict_index + 1 == progress.next_index && progress.next_index > 1 {
+            // Figure 2: "If AppendEntries fails because of log inconsistency:
+            // decrement nextIndex and retry". Stale rejections are ignored.
+            progress.next_index -= 1;
         }
-    }
-}
-
-impl Consensus for VanillaRaft {
-    fn step(&mut self, input: Input, out: &mut Outbox) {
-        match input {
-            Input::Tick => self.tick(out),
-            Input::Request(request) => self.handle_request(request, out),
-            Input::FastWrite(request) => {
-                let reason = "vanilla Raft has no nilext fast path; send the write to the leader"
-                    .to_string();
-                out.reply_fast(request.id, ReplyOutcome::Rejected(reason), Timing::Now);
-            }
-            Input::Persisted {
-                last_index,
-                last_term,
-            } => self.handle_persisted(last_index, last_term, out),
-            Input::Applied { index } => self.core.applied(index),
-            Input::Message { from, message } => {
-                if message.term() > self.core.term {
-                    self.become_follower(message.term(), message.leader_hint(), out);
-                }
-                match message {
-                    Message::AppendEntries(m) => self.handle_append(from, m, out),
-                    Message::AppendEntriesResponse(m) => self.handle_append_response(from, m, out),
-                    Message::RequestVote(m) => self.handle_vote_request(from, m, out),
-                    Message::RequestVoteResponse(m) => self.handle_vote_response(from, m, out),
-                    Message::DurabilityLogRequest(_)
-                    | Message::DurabilityLogResponse(_)
-                    | Message::DurabilityForward(_) => {}
-                }
-            }
-        }
+        self.send_append(from, false, out);
     }
 
-    fn status(&self) -> Status {
-        self.core.status(self.role, self.leader)
+    fn on_vote_request(&mut self, from: NodeId, m: RequestVote, out: &mut Outbox) {
+        self.core.answer_vote(from, &m, out);
+    }
+
+    fn on_vote_response(&mut self, from: NodeId, m: RequestVoteResponse, out: &mut Outbox) {
+        if self.core.wins_with(from, &m) {
+            self.become_leader(out);
+        }
     }
 }
