@@ -6,7 +6,7 @@
 
 use crate::Consensus;
 use crate::clock::TickClock;
-use crate::io::{Envelope, Input, Outbox, OutboxParts, Reply, Write};
+use crate::io::{Envelope, Input, Outbox, OutboxParts, Reply, SoftState, Write};
 use crate::types::{ClientRequest, Entry};
 
 /// Writes to make durable with one sync, in order after every write
@@ -50,6 +50,11 @@ pub trait Effects {
     fn apply(&mut self, entries: Vec<Entry>) -> Result<(), Self::Error>;
     /// Serves reads from the state machine and answers them.
     fn serve_reads(&mut self, reads: Vec<ClientRequest>) -> Result<(), Self::Error>;
+    /// The node's role, term or leader changed (for logs; nothing to do
+    /// by default).
+    fn role_changed(&mut self, soft: SoftState) {
+        let _ = soft;
+    }
 }
 
 /// Carries out one outbox by the rules of [`crate::io`], in their order:
@@ -68,7 +73,11 @@ pub fn carry_out<E: Effects>(out: Outbox, effects: &mut E) -> Result<Option<Inpu
         reply_after_persist,
         apply,
         reads,
+        soft_state,
     } = parts;
+    if let Some(soft) = soft_state {
+        effects.role_changed(soft);
+    }
     for envelope in send_now {
         effects.send(envelope);
     }

@@ -213,6 +213,20 @@ pub struct Outbox {
     pub reads: Vec<ClientRequest>,
     /// Answers to clients other than results.
     pub reply: Vec<Reply>,
+    /// The node's role, term or leader changed (the latest), for the
+    /// runtime's logs and metrics (etcd's `SoftState`).
+    pub soft_state: Option<SoftState>,
+}
+
+/// What a node is, as a runtime reports it: its role, term and leader.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SoftState {
+    /// Its role.
+    pub role: Role,
+    /// Its current term.
+    pub term: Term,
+    /// The leader it knows for `term`.
+    pub leader: Option<NodeId>,
 }
 
 /// An outbox taken apart in the order the runtime carries it out.
@@ -232,6 +246,8 @@ pub struct OutboxParts {
     pub apply: Vec<Entry>,
     /// Reads to serve after applying.
     pub reads: Vec<ClientRequest>,
+    /// A change of role, term or leader to report.
+    pub soft_state: Option<SoftState>,
 }
 
 impl OutboxParts {
@@ -258,6 +274,7 @@ impl Outbox {
             reply_after_persist,
             apply: self.apply,
             reads: self.reads,
+            soft_state: self.soft_state,
         }
     }
 
@@ -268,6 +285,7 @@ impl Outbox {
             && self.apply.is_empty()
             && self.reads.is_empty()
             && self.reply.is_empty()
+            && self.soft_state.is_none()
     }
 
     /// Queues a message.

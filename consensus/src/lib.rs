@@ -110,7 +110,7 @@ pub fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 pub use io::{
     DurableRecord, Envelope, HardState, Input, Outbox, OutboxParts, Recovered, Reply, ReplyOutcome,
-    Role, Status, Timing, Write,
+    Role, SoftState, Status, Timing, Write,
 };
 pub use message::Message;
 pub use types::{

@@ -7,7 +7,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::io::{HardState, Outbox, Recovered, ReplyOutcome, Role, Status, Timing, Write};
+use crate::io::{
+    HardState, Outbox, Recovered, ReplyOutcome, Role, SoftState, Status, Timing, Write,
+};
 use crate::log::RaftLog;
 use crate::message::{
     AppendEntries, AppendEntriesResponse, Message, RequestVote, RequestVoteResponse,
@@ -160,12 +162,30 @@ impl RaftCore {
         leader: Option<NodeId>,
         out: &mut Outbox,
     ) -> bool {
+        let before = self.soft_state();
         self.observe_term(term, out);
         let was_leader = self.role == Role::Leader;
         self.role = Role::Follower;
         self.leader = leader;
         self.votes.clear();
+        if self.soft_state() != before {
+            self.report(out);
+        }
         was_leader
+    }
+
+    /// Its role, term and leader.
+    pub fn soft_state(&self) -> SoftState {
+        SoftState {
+            role: self.role,
+            term: self.term,
+            leader: self.leader,
+        }
+    }
+
+    /// Reports its role, term and leader in the outbox (they changed).
+    fn report(&self, out: &mut Outbox) {
+        out.soft_state = Some(self.soft_state());
     }
 
     /// Becomes a candidate (Figure 2, candidates): starts a new term voting
@@ -181,6 +201,7 @@ impl RaftCore {
         self.term += 1;
         self.voted_for = Some(self.id);
         out.persist.push(Write::HardState(self.hard_state()));
+        self.report(out);
         let request = self.vote_request(self.term, false);
         for peer in self.peers() {
             out.send(
@@ -200,6 +221,7 @@ impl RaftCore {
         self.role = Role::PreCandidate;
         self.leader = None;
         self.votes = BTreeSet::from([self.id]);
+        self.report(out);
         let request = self.vote_request(self.term + 1, true);
         for peer in self.peers() {
             out.send(peer, Message::RequestVote(request.clone()), Timing::Now);
@@ -230,10 +252,11 @@ impl RaftCore {
     }
 
     /// Becomes the leader of its term.
-    pub fn become_leader(&mut self) {
+    pub fn become_leader(&mut self, out: &mut Outbox) {
         self.role = Role::Leader;
         self.leader = Some(self.id);
         self.votes.clear();
+        self.report(out);
     }
 
     /// The answer to a client request that needs the leader, from a node

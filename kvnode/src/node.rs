@@ -249,11 +249,12 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
         ended = &mut runtime_done => Some(ended),
     };
     if let Some(ended) = early_exit {
-        // The runtime stopped on its own: storage failed. Stop serving.
+        // The runtime stopped on its own (its storage or one of its threads
+        // failed). Stop serving.
         let _ = stop_tx.send(true);
         return match ended {
-            Ok(Ok(Err(storage_error))) => {
-                Err(anyhow::Error::from(storage_error).context("the node stopped"))
+            Ok(Ok(Err(runtime_error))) => {
+                Err(anyhow::Error::from(runtime_error).context("the node stopped"))
             }
             _ => bail!("the runtime thread stopped unexpectedly"),
         };
@@ -275,7 +276,7 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
     let _ = events_tx.send(Event::Shutdown).await;
     match runtime_done.await {
         Ok(Ok(Ok(()))) => Ok(()),
-        Ok(Ok(Err(storage_error))) => Err(storage_error.into()),
+        Ok(Ok(Err(runtime_error))) => Err(runtime_error.into()),
         _ => bail!("the runtime thread panicked"),
     }
 }

@@ -40,7 +40,7 @@ use std::time::{Duration, Instant};
 
 use consensus::clock::TickClock;
 use consensus::executor::{self, Effects, PersistJob};
-use consensus::io::{Envelope, Input, Reply, ReplyOutcome, Status};
+use consensus::io::{Envelope, Input, Reply, ReplyOutcome, Role, SoftState, Status};
 use consensus::lock;
 use consensus::state_machine::StateMachine;
 use consensus::{ClientRequest, CommandResult, Consensus, Entry, Message, NodeId, RequestId};
@@ -56,6 +56,21 @@ pub const WAITERS_MAX: usize = 16 * 1024;
 /// The most persist jobs queued or syncing; beyond it the loop stops taking
 /// new inputs until the disk catches up.
 pub const PERSIST_JOBS_MAX: usize = 1024;
+
+/// Why the runtime stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// Storage failed: a node that cannot persist must not keep
+    /// acknowledging.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    /// A thread or executor of the runtime could not start.
+    #[error("cannot start {0}")]
+    Start(String),
+    /// The persist thread stopped without a storage error of its own.
+    #[error("the persist thread stopped")]
+    PersistThreadStopped,
+}
 
 /// What a waiting client request is answered with.
 #[derive(Debug, Clone)]
@@ -318,11 +333,11 @@ impl Runtime {
     /// Runs until `Shutdown` or until every sender of `events` is gone.
     /// Returns an error only when storage fails, which stops the node: a
     /// node that cannot persist must not keep acknowledging.
-    pub fn run(mut self, mut events: mpsc::Receiver<Event>) -> Result<(), StorageError> {
+    pub fn run(mut self, mut events: mpsc::Receiver<Event>) -> Result<(), RuntimeError> {
         let executor = tokio::runtime::Builder::new_current_thread()
             .enable_time()
             .build()
-            .map_err(|e| StorageError::Corrupt(format!("cannot start the runtime loop: {e}")))?;
+            .map_err(|e| RuntimeError::Start(format!("the loop's executor: {e}")))?;
         let (jobs_tx, jobs_rx) = std::sync::mpsc::channel::<PersistJob>();
         let (done_tx, mut done_rx) = mpsc::unbounded_channel();
         let persister = {
@@ -334,9 +349,7 @@ impl Runtime {
             std::thread::Builder::new()
                 .name(format!("persist-{}", self.node_id))
                 .spawn(move || persist_thread(storage, peers, waiters, jobs_rx, done_tx))
-                .map_err(|e| {
-                    StorageError::Corrupt(format!("cannot start the persist thread: {e}"))
-                })?
+                .map_err(|e| RuntimeError::Start(format!("the persist thread: {e}")))?
         };
         let result = executor.block_on(async {
             let tick_timer = tokio::time::sleep_until(self.next_tick().into());
@@ -358,7 +371,7 @@ impl Runtime {
                                 self.step(Input::Persisted { last_index, last_term }, &jobs_tx)?;
                             }
                         }
-                        Some(PersistDone::Failed(error)) => return Err(error),
+                        Some(PersistDone::Failed(error)) => return Err(RuntimeError::Storage(error)),
                         None => return Ok(()),
                     },
                     () = &mut tick_timer => {
@@ -381,7 +394,7 @@ impl Runtime {
         &mut self,
         event: Event,
         jobs: &std::sync::mpsc::Sender<PersistJob>,
-    ) -> Result<(), StorageError> {
+    ) -> Result<(), RuntimeError> {
         let input = match event {
             Event::Shutdown => return Ok(()),
             Event::Peer { from, message } => Input::Message { from, message },
@@ -444,7 +457,7 @@ impl Runtime {
         &mut self,
         input: Input,
         jobs: &std::sync::mpsc::Sender<PersistJob>,
-    ) -> Result<(), StorageError> {
+    ) -> Result<(), RuntimeError> {
         self.deliver_due_ticks(jobs)?;
         let (protocol, _, mut effects) = self.parts(jobs);
         executor::step(protocol, input, &mut effects)
@@ -461,6 +474,7 @@ impl Runtime {
         NodeEffects<'a>,
     ) {
         let Runtime {
+            node_id,
             protocol,
             storage,
             state_machine,
@@ -471,6 +485,7 @@ impl Runtime {
             ..
         } = self;
         let effects = NodeEffects {
+            node_id: *node_id,
             storage,
             state_machine,
             peers,
@@ -491,7 +506,7 @@ impl Runtime {
     fn deliver_due_ticks(
         &mut self,
         jobs: &std::sync::mpsc::Sender<PersistJob>,
-    ) -> Result<(), StorageError> {
+    ) -> Result<(), RuntimeError> {
         let now_us = u64::try_from(self.started.elapsed().as_micros()).unwrap_or(u64::MAX);
         let before = self.clock.delivered();
         let (protocol, clock, mut effects) = self.parts(jobs);
@@ -511,6 +526,7 @@ impl Runtime {
 /// queues, answers to the waiting callers, writes to the persist thread,
 /// applies and reads on this thread, in the state database.
 struct NodeEffects<'a> {
+    node_id: NodeId,
     storage: &'a Arc<Storage>,
     state_machine: &'a mut StateMachine,
     peers: &'a Peers,
@@ -520,16 +536,16 @@ struct NodeEffects<'a> {
 }
 
 impl NodeEffects<'_> {
-    fn hand_over(&mut self, job: PersistJob) -> Result<(), StorageError> {
+    fn hand_over(&mut self, job: PersistJob) -> Result<(), RuntimeError> {
         *self.jobs_in_flight += 1;
         self.jobs
             .send(job)
-            .map_err(|_| StorageError::Corrupt("the persist thread stopped".into()))
+            .map_err(|_| RuntimeError::PersistThreadStopped)
     }
 }
 
 impl Effects for NodeEffects<'_> {
-    type Error = StorageError;
+    type Error = RuntimeError;
 
     fn send(&mut self, envelope: Envelope) {
         self.peers.send(envelope);
@@ -543,7 +559,7 @@ impl Effects for NodeEffects<'_> {
         );
     }
 
-    fn persist(&mut self, job: PersistJob) -> Result<(), StorageError> {
+    fn persist(&mut self, job: PersistJob) -> Result<(), RuntimeError> {
         self.hand_over(job)
     }
 
@@ -555,7 +571,7 @@ impl Effects for NodeEffects<'_> {
         &mut self,
         after: Vec<Envelope>,
         replies: Vec<Reply>,
-    ) -> Result<(), StorageError> {
+    ) -> Result<(), RuntimeError> {
         // A job with no write: the persist thread takes jobs in order, so it
         // leaves after every write handed over before it.
         self.hand_over(PersistJob {
@@ -565,7 +581,7 @@ impl Effects for NodeEffects<'_> {
         })
     }
 
-    fn apply(&mut self, entries: Vec<Entry>) -> Result<(), StorageError> {
+    fn apply(&mut self, entries: Vec<Entry>) -> Result<(), RuntimeError> {
         let batch = self.state_machine.apply(&**self.storage, &entries);
         self.storage.apply(&batch)?;
         let mut waiters = lock(self.waiters);
@@ -575,7 +591,36 @@ impl Effects for NodeEffects<'_> {
         Ok(())
     }
 
-    fn serve_reads(&mut self, reads: Vec<ClientRequest>) -> Result<(), StorageError> {
+    fn role_changed(&mut self, soft: SoftState) {
+        match (soft.role, soft.leader) {
+            (Role::Leader, _) => tracing::info!(
+                node = self.node_id,
+                term = soft.term,
+                "node {} became leader at term {}",
+                self.node_id,
+                soft.term
+            ),
+            (Role::Follower, Some(leader)) => tracing::info!(
+                node = self.node_id,
+                term = soft.term,
+                leader,
+                "node {} follows node {leader} at term {}",
+                self.node_id,
+                soft.term
+            ),
+            (role, _) => tracing::info!(
+                node = self.node_id,
+                term = soft.term,
+                role = role.as_str(),
+                "node {} became {} at term {} (no leader known)",
+                self.node_id,
+                role.as_str(),
+                soft.term
+            ),
+        }
+    }
+
+    fn serve_reads(&mut self, reads: Vec<ClientRequest>) -> Result<(), RuntimeError> {
         let mut waiters = lock(self.waiters);
         for request in reads {
             let result = self.state_machine.read(&**self.storage, &request.command);

@@ -388,6 +388,8 @@ pub struct NilextRaft {
     recovery: Option<Recovery>,
     /// This node leads and has recovered: it may ack writes and serve.
     recovered: bool,
+    /// The role and term last reported by raft-optimized.
+    role_and_term: (Role, Term),
     /// The term of the recovery this replica answers, and the end of what
     /// it hands over: records that arrived after the first chunk was asked
     /// for are not part of it.
@@ -410,7 +412,9 @@ impl NilextRaft {
                 ..recovered
             },
         );
+        let status = inner.status();
         NilextRaft {
+            role_and_term: (status.role, status.term),
             config,
             inner,
             durability_log,
@@ -815,13 +819,16 @@ impl NilextRaft {
 
     // ----- after every step of the inner protocol -----
 
-    /// Follows role changes, and drops from the durability log what was
-    /// applied.
-    fn after_inner_step(&mut self, before: (Role, Term), apply_from: usize, out: &mut Outbox) {
-        let status = self.inner.status();
-        let now = (status.role, status.term);
-        if now != before {
-            if status.role == Role::Leader {
+    /// Follows role changes (as raft-optimized reports them in the
+    /// outbox), and drops from the durability log what was applied.
+    fn after_inner_step(&mut self, apply_from: usize, out: &mut Outbox) {
+        let changed = out
+            .soft_state
+            .map(|soft| (soft.role, soft.term))
+            .filter(|now| *now != self.role_and_term);
+        if let Some((role, term)) = changed {
+            self.role_and_term = (role, term);
+            if role == Role::Leader {
                 self.start_recovery(out);
             } else {
                 self.recovered = false;
@@ -898,8 +905,6 @@ impl Consensus for NilextRaft {
     fn step(&mut self, input: Input, out: &mut Outbox) {
         let writes_before = out.persist.len();
         let apply_from = out.apply.len();
-        let status = self.inner.status();
-        let before = (status.role, status.term);
         self.appended_this_step = false;
         let mut durability_log_synced = false;
         let is_tick = matches!(input, Input::Tick);
@@ -928,7 +933,7 @@ impl Consensus for NilextRaft {
             }
             other => self.inner.step(other, out),
         }
-        self.after_inner_step(before, apply_from, out);
+        self.after_inner_step(apply_from, out);
         if durability_log_synced || !self.dl_write_in_flight() {
             self.flush_writes(out);
         }

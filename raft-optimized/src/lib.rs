@@ -232,7 +232,7 @@ impl OptimizedRaft {
     }
 
     fn become_leader(&mut self, out: &mut Outbox) {
-        self.core.become_leader();
+        self.core.become_leader(out);
         self.heartbeat_elapsed = 0;
         self.quorum_check_elapsed = 0;
         self.lease_until_tick = 0;

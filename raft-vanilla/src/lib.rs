@@ -151,7 +151,7 @@ impl VanillaRaft {
     }
 
     fn become_leader(&mut self, out: &mut Outbox) {
-        self.core.become_leader();
+        self.core.become_leader(out);
         self.heartbeat_elapsed = 0;
         let next_index = self.core.log.last_index() + 1;
         self.progress = self

@@ -34,7 +34,8 @@ use consensus::clock::TickClock;
 use consensus::deadline::DeadlineQueue;
 use consensus::executor::{self, Effects, PersistJob};
 use consensus::io::{
-    DurableRecord, Envelope, HardState, Input, Outbox, Recovered, Reply, ReplyOutcome, Role, Write,
+    DurableRecord, Envelope, HardState, Input, Outbox, Recovered, Reply, ReplyOutcome, Role,
+    SoftState, Write,
 };
 use consensus::message::Message;
 use consensus::quorum::FastAcks;
@@ -566,6 +567,18 @@ where
     fn serve_reads(&mut self, reads: Vec<ClientRequest>) -> Result<(), Self::Error> {
         self.sim.serve_reads(self.id, reads);
         Ok(())
+    }
+
+    fn role_changed(&mut self, soft: SoftState) {
+        let id = self.id;
+        self.sim.log(|| {
+            format!(
+                "node {id} is {} at term {}, leader {:?}",
+                soft.role.as_str(),
+                soft.term,
+                soft.leader
+            )
+        });
     }
 }
 
