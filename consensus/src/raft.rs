@@ -271,6 +271,29 @@ impl RaftCore {
         }
     }
 
+    /// Figure 2, the leader's AppendEntries: `entries` after
+    /// `prev_log_index` (which must be in its log), its term and its
+    /// commit index.
+    pub fn append_request(
+        &self,
+        prev_log_index: LogIndex,
+        entries: Vec<Entry>,
+        context: u64,
+    ) -> AppendEntries {
+        let Some(prev_log_term) = self.log.term(prev_log_index) else {
+            unreachable!("a leader only sends from within its log");
+        };
+        AppendEntries {
+            term: self.term,
+            leader_id: self.id,
+            prev_log_index,
+            prev_log_term,
+            entries,
+            leader_commit: self.commit_index,
+            context,
+        }
+    }
+
     /// Figure 2, AppendEntries receiver, step 1: refuses an AppendEntries of
     /// an older term, at once, with this node's term.
     pub fn refuse_stale_append(&self, from: NodeId, m: &AppendEntries, out: &mut Outbox) {

@@ -4,7 +4,7 @@
 //! conflict hints that skip a term at a time.
 
 use consensus::io::{Outbox, ReplyOutcome, Role, Timing};
-use consensus::message::{AppendEntries, AppendEntriesResponse, Message};
+use consensus::message::{AppendEntriesResponse, Message};
 use consensus::{ClientRequest, EntryPayload, LogIndex, NodeId};
 
 use crate::OptimizedRaft;
@@ -17,18 +17,7 @@ impl OptimizedRaft {
         entries: Vec<consensus::Entry>,
         context: u64,
     ) -> Message {
-        let Some(prev_log_term) = self.core.log.term(prev_log_index) else {
-            unreachable!("a leader only sends from within its log");
-        };
-        Message::AppendEntries(AppendEntries {
-            term: self.core.term,
-            leader_id: self.config.id,
-            prev_log_index,
-            prev_log_term,
-            entries,
-            leader_commit: self.core.commit_index,
-            context,
-        })
+        Message::AppendEntries(self.core.append_request(prev_log_index, entries, context))
     }
 
     /// Sends what flow control allows to `peer`. Entries leave at once, even

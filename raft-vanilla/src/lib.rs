@@ -193,18 +193,8 @@ impl VanillaRaft {
         } else {
             Vec::new()
         };
-        let Some(prev_log_term) = self.core.log.term(prev_log_index) else {
-            unreachable!("next_index never passes the end of the leader's log");
-        };
-        let message = AppendEntries {
-            term: self.core.term,
-            leader_id: self.config.id,
-            prev_log_index,
-            prev_log_term,
-            entries,
-            leader_commit: self.core.commit_index,
-            context: 0,
-        };
+        // next_index never passes the end of the leader's log.
+        let message = self.core.append_request(prev_log_index, entries, 0);
         if has_entry && let Some(p) = self.progress.get_mut(&peer) {
             p.in_flight = true;
         }
