@@ -149,17 +149,30 @@ impl StateMachine {
     }
 
     /// What to answer at once to a Nil-ext fast-path write `id`, instead of
-    /// making it durable: a sequence number below the session's latest
-    /// update would be refused as stale at apply, after the client had been
-    /// told it was written. (The latest's own number is a retry of a write
-    /// that took effect, and is acknowledged.) A client that takes its id
-    /// back after a restart must go on from the sequence numbers it used.
-    pub fn refuse_fast_write(&self, id: RequestId) -> Option<CommandResult> {
-        let latest = self.sessions.get(&id.client)?.last_seq;
-        (id.seq < latest).then_some(CommandResult::Failed(ExecutionError::StaleRequest {
-            seq: id.seq,
-            latest,
-        }))
+    /// making it durable:
+    ///
+    /// - the session's latest update is `id` itself: the write took effect
+    ///   here (a retry, or a copy that arrived late); its result, as the
+    ///   ordered path answers a retry. Stored again, the record would only
+    ///   wait in the durability log for a leader that has nothing left to
+    ///   order (simulator seed 600098640: a late copy of an applied write
+    ///   was forwarded, 1 MiB at a time, for longer than the quiet period);
+    /// - a sequence number below the session's latest update: refused as
+    ///   stale, as apply would refuse it, after the client had been told it
+    ///   was written.
+    ///
+    /// A client that takes its id back after a restart must go on from the
+    /// sequence numbers it used.
+    pub fn answer_fast_write(&self, id: RequestId) -> Option<CommandResult> {
+        let session = self.sessions.get(&id.client)?;
+        match id.seq.cmp(&session.last_seq) {
+            std::cmp::Ordering::Equal => Some(session.last_result.clone()),
+            std::cmp::Ordering::Less => Some(CommandResult::Failed(ExecutionError::StaleRequest {
+                seq: id.seq,
+                latest: session.last_seq,
+            })),
+            std::cmp::Ordering::Greater => None,
+        }
     }
 
     /// Serves a read outside the log (ReadIndex, lease and Nil-ext reads).

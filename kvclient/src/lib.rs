@@ -508,7 +508,8 @@ impl Client {
     /// Nil-ext's fast path: sends the write to every replica and waits for
     /// durability acknowledgements from all `size` of them in one term, the
     /// leader's among them (`consensus::quorum::nilext_fast_quorum`). True
-    /// when that quorum was reached within the fast-path timeout.
+    /// when that quorum was reached within the fast-path timeout, or a
+    /// replica answered that it had already applied the write.
     async fn fast_path(&mut self, command: &Command, size: usize) -> Result<bool, ClientError> {
         let timeout = self.options.fast_path_timeout;
         let header = self.header(true);
@@ -530,6 +531,9 @@ impl Client {
                 {
                     return Ok(true);
                 }
+                // A replica that had already applied this write (a retry)
+                // answers with its result: it took effect.
+                Ok((_, Some(ack))) if !ack.durable_only => return Ok(true),
                 Err(status) => {
                     // Refused for good (invalid, or a sequence number below
                     // the session's): no path will take it.

@@ -409,10 +409,10 @@ impl Runtime {
                 request,
                 fast: true,
                 reply,
-            } if let Some(refusal) = self.state_machine.refuse_fast_write(request.id) => {
-                // Below the session's latest update: it would be refused as
-                // stale at apply, after the client had been told "written".
-                reply.send(ClientAnswer::Result(refusal));
+            } if let Some(answer) = self.state_machine.answer_fast_write(request.id) => {
+                // Already applied, or below the session's latest update
+                // (see `StateMachine::answer_fast_write`).
+                reply.send(ClientAnswer::Result(answer));
                 return Ok(());
             }
             Event::Client {

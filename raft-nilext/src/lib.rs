@@ -100,6 +100,21 @@
 //! although the read had placed M after W. So `Command::takes_fast_path`
 //! admits put and delete only; a multi-put goes to the leader, which orders
 //! it in its Raft log, where no later leader reorders it.
+//!
+//! # Leftover records
+//!
+//! A record is dropped from a durability log once its command is applied
+//! there. One that the leader never orders would stay for good: a write
+//! whose copy reached the followers but not the leader, whose client gave
+//! up or moved to the slow path before the leader had it. So a follower
+//! forwards to its leader the records it has held for
+//! `Config::forward_after_ticks`, `Config::chunk_bytes_max` at a time, once
+//! per heartbeat, each again only after another `forward_after_ticks`; the
+//! leader orders those it lacks. Ordering one that already took effect is
+//! harmless: the session table answers it with its first result. A copy
+//! that arrives after its write was applied here is not stored at all: the
+//! runtime answers it with that result
+//! (`consensus::StateMachine::answer_fast_write`).
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 
@@ -246,6 +261,8 @@ impl KeyCounts {
 struct Slot {
     record: DurableRecord,
     arrived_tick: u64,
+    /// When it was last forwarded to the leader.
+    forwarded_tick: Option<u64>,
 }
 
 /// The durability log: records in order (by position, which only grows),
@@ -292,6 +309,7 @@ impl DurabilityLog {
             Slot {
                 record,
                 arrived_tick: now_tick,
+                forwarded_tick: None,
             },
         );
         self.next_position += 1;
@@ -346,17 +364,28 @@ impl DurabilityLog {
         (records, end, true)
     }
 
-    /// Records that arrived at or before `tick`, oldest first, at most
-    /// `bytes_max` of them but at least one.
-    fn older_than(&self, tick: u64, bytes_max: usize) -> Vec<DurableRecord> {
+    /// Records to forward at `now`: those that arrived, and were last
+    /// forwarded, `age` ticks ago or earlier; oldest first, at most
+    /// `bytes_max` of them but at least one. Marks them forwarded.
+    fn take_due_for_forwarding(
+        &mut self,
+        now: u64,
+        age: u64,
+        bytes_max: usize,
+    ) -> Vec<DurableRecord> {
+        let due = |tick: u64| tick.saturating_add(age) <= now;
         let mut records = Vec::new();
         let mut bytes = 0;
-        for slot in self.records.values().filter(|s| s.arrived_tick <= tick) {
+        for slot in self.records.values_mut() {
+            if !due(slot.arrived_tick) || slot.forwarded_tick.is_some_and(|t| !due(t)) {
+                continue;
+            }
             let size = slot.record.size_bytes();
             if !records.is_empty() && bytes + size > bytes_max {
                 break;
             }
             bytes += size;
+            slot.forwarded_tick = Some(now);
             records.push(slot.record.clone());
         }
         records
@@ -796,18 +825,17 @@ impl NilextRaft {
     }
 
     /// A follower forwards to its leader the records it has held for
-    /// `forward_after_ticks`.
+    /// `forward_after_ticks` (see "Leftover records").
     fn forward_old_records(&mut self, out: &mut Outbox) {
         let status = self.inner.status();
         let (Role::Follower, Some(leader)) = (status.role, status.leader) else {
             return;
         };
-        let Some(arrived_by) = self.ticks.checked_sub(self.config.forward_after_ticks) else {
-            return;
-        };
-        let records = self
-            .durability_log
-            .older_than(arrived_by, self.config.chunk_bytes_max);
+        let records = self.durability_log.take_due_for_forwarding(
+            self.ticks,
+            self.config.forward_after_ticks,
+            self.config.chunk_bytes_max,
+        );
         if !records.is_empty() {
             let forward = DurabilityForward {
                 term: status.term,
@@ -895,7 +923,7 @@ impl NilextRaft {
         {
             self.order_durability_log(out);
         }
-        if self.ticks.is_multiple_of(self.config.forward_after_ticks) {
+        if self.ticks.is_multiple_of(heartbeat.max(1)) {
             self.forward_old_records(out);
         }
     }

@@ -345,6 +345,9 @@ pub struct RunStats {
     pub max_term: Term,
     /// Writes completed on Nil-ext's fast path (a fast quorum of acks).
     pub fast_path_completions: u64,
+    /// Fast-path writes a replica answered with their result: it had
+    /// already applied them (a retry, or a copy that arrived late).
+    pub fast_path_applied_answers: u64,
     /// Reads served outside the log (ReadIndex, lease, Nil-ext reads).
     pub reads_outside_log: u64,
     /// Log entries applied, over all nodes.
@@ -898,10 +901,10 @@ where
                     return;
                 }
                 n.waiters.insert((request.id, fast), (client, op, attempt));
-                // A fast-path write below the session's latest update is
-                // refused at once (it would be refused as stale at apply).
-                if fast && let Some(refusal) = n.state_machine.refuse_fast_write(request.id) {
-                    self.answer(node, request.id, true, Answer::Result(refusal));
+                // A fast-path write already applied, or below the session's
+                // latest update, is answered at once.
+                if fast && let Some(answer) = n.state_machine.answer_fast_write(request.id) {
+                    self.answer(node, request.id, true, Answer::Result(answer));
                     return;
                 }
                 self.log(|| {
@@ -1701,9 +1704,10 @@ where
     }
 
     /// A fast-path answer: an acknowledgement counts toward the fast quorum
-    /// (even once the slow path has started), by kvclient's own rule; a
-    /// refusal of a sequence number below the session's ends the operation,
-    /// as kvclient ends it; anything else is left to the slow path.
+    /// (even once the slow path has started), by kvclient's own rule; the
+    /// result of a write already applied there, or a refusal of a sequence
+    /// number below the session's, ends the operation, as kvclient ends it;
+    /// anything else is left to the slow path.
     fn fast_reply(&mut self, client: usize, op: usize, from: NodeId, answer: Answer) {
         if self.current_op(client, op).is_none() {
             return;
@@ -1719,7 +1723,13 @@ where
                     self.complete(client, CommandResult::Written);
                 }
             }
-            Answer::Result(result @ CommandResult::Failed(ExecutionError::StaleRequest { .. })) => {
+            Answer::Result(
+                result @ (CommandResult::Written
+                | CommandResult::Failed(ExecutionError::StaleRequest { .. })),
+            ) => {
+                if result == CommandResult::Written {
+                    self.stats.fast_path_applied_answers += 1;
+                }
                 self.complete(client, result);
             }
             Answer::Other(ReplyOutcome::Rejected(reason)) => {
