@@ -1,6 +1,7 @@
 //! `bench compare`: for each protocol, a fresh local cluster of real node
 //! processes (RocksDB, fsync on), the same workloads, and a report.
 
+use consensus::config::{Protocol, ReadMode, format_duration};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -18,7 +19,8 @@ use crate::workload::{Distribution, Workload};
 #[derive(Clone, Debug, Serialize)]
 pub struct CompareSpec {
     /// Protocols to compare, in order.
-    pub protocols: Vec<String>,
+    #[serde(serialize_with = "names")]
+    pub protocols: Vec<Protocol>,
     /// Workloads to run on each.
     pub workloads: Vec<Workload>,
     /// Client counts to run each workload with.
@@ -35,10 +37,12 @@ pub struct CompareSpec {
     pub keys: u64,
     /// Key distribution.
     pub distribution: Distribution,
-    /// One-way delay added to every peer and client message, milliseconds.
-    pub net_delay_ms: u64,
-    /// Jitter on that delay, milliseconds.
-    pub net_jitter_ms: u64,
+    /// One-way delay added to every peer and client message.
+    #[serde(serialize_with = "duration")]
+    pub net_delay: Duration,
+    /// Jitter on that delay.
+    #[serde(serialize_with = "duration")]
+    pub net_jitter: Duration,
     /// Open-loop rate (total ops/s), or closed loop.
     pub rate: Option<f64>,
     /// Connection sets the clients share (0: a connection per client).
@@ -48,7 +52,8 @@ pub struct CompareSpec {
     /// Length of the leader-kill run; the leader dies at a third of it.
     pub availability_duration: Duration,
     /// Read mode of raft-optimized and raft-nilext.
-    pub read_mode: String,
+    #[serde(serialize_with = "name")]
+    pub read_mode: ReadMode,
     /// Extra flags for every node.
     pub node_flags: Vec<String>,
     /// One directory per node to keep its data in (empty: all under the
@@ -128,14 +133,26 @@ pub struct Report {
     pub cores: usize,
 }
 
-fn node_flags(spec: &CompareSpec, protocol: &str) -> Vec<String> {
+fn names<S: serde::Serializer>(protocols: &[Protocol], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(protocols.iter().map(|p| p.name()))
+}
+
+fn name<S: serde::Serializer>(mode: &ReadMode, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(mode.name())
+}
+
+fn duration<S: serde::Serializer>(duration: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&format_duration(*duration))
+}
+
+fn node_flags(spec: &CompareSpec, protocol: Protocol) -> Vec<String> {
     let mut flags = spec.node_flags.clone();
-    if spec.net_delay_ms > 0 || spec.net_jitter_ms > 0 {
-        flags.push(format!("--net-delay-ms={}", spec.net_delay_ms));
-        flags.push(format!("--net-jitter-ms={}", spec.net_jitter_ms));
+    if !spec.net_delay.is_zero() || !spec.net_jitter.is_zero() {
+        flags.push(format!("--net-delay={}", format_duration(spec.net_delay)));
+        flags.push(format!("--net-jitter={}", format_duration(spec.net_jitter)));
     }
     // Nil-ext reads through raft-optimized's read path: the same mode.
-    if protocol == "optimized" || protocol == "nilext" {
+    if protocol.has_read_modes() {
         flags.push(format!("--read-mode={}", spec.read_mode));
     }
     flags
@@ -144,7 +161,7 @@ fn node_flags(spec: &CompareSpec, protocol: &str) -> Vec<String> {
 async fn start_cluster(
     exe: &Path,
     spec: &CompareSpec,
-    protocol: &str,
+    protocol: Protocol,
     dir: &Path,
     data_dirs: Vec<PathBuf>,
 ) -> anyhow::Result<LocalCluster> {
@@ -380,15 +397,15 @@ pub async fn run(spec: &CompareSpec, exe: &Path, work_dir: &Path) -> anyhow::Res
         )
         .await?;
     }
-    for protocol in &spec.protocols {
-        let dir = work_dir.join(protocol);
+    for &protocol in &spec.protocols {
+        let dir = work_dir.join(protocol.name());
         std::fs::create_dir_all(&dir)?;
-        let (data_dirs, _removed_after_the_run) = node_data_dirs(spec, protocol, &dir)?;
+        let (data_dirs, _removed_after_the_run) = node_data_dirs(spec, protocol.name(), &dir)?;
         let mut cluster = start_cluster(exe, spec, protocol, &dir, data_dirs).await?;
         let target = TargetSpec::Store(cluster.endpoints());
         measure_all(
             spec,
-            protocol,
+            protocol.name(),
             &target,
             &Probe::Store(&cluster),
             &multi,
@@ -396,7 +413,7 @@ pub async fn run(spec: &CompareSpec, exe: &Path, work_dir: &Path) -> anyhow::Res
         )
         .await?;
         if spec.availability_clients > 0 {
-            availability.push(leader_kill(spec, &mut cluster, protocol, &multi).await?);
+            availability.push(leader_kill(spec, &mut cluster, protocol.name(), &multi).await?);
         }
         cluster.kill_all();
     }
@@ -524,7 +541,7 @@ mod tests {
 
     fn spec(nodes: u64, node_dirs: Vec<PathBuf>) -> CompareSpec {
         CompareSpec {
-            protocols: vec!["optimized".into()],
+            protocols: vec![Protocol::Optimized],
             workloads: vec![Workload::Write],
             clients: vec![1],
             duration: Duration::from_secs(1),
@@ -533,13 +550,13 @@ mod tests {
             value_bytes: 100,
             keys: 10,
             distribution: Distribution::Uniform,
-            net_delay_ms: 0,
-            net_jitter_ms: 0,
+            net_delay: Duration::ZERO,
+            net_jitter: Duration::ZERO,
             rate: None,
             connections: 1,
             availability_clients: 0,
             availability_duration: Duration::from_secs(1),
-            read_mode: "lease".into(),
+            read_mode: ReadMode::Lease,
             node_flags: Vec::new(),
             node_dirs,
             etcd: false,

@@ -10,6 +10,7 @@ use bench::compare::{self, CompareSpec};
 use bench::load::{self, LoadSpec};
 use bench::workload::{Distribution, Workload};
 use clap::{Args, Parser, Subcommand};
+use consensus::config::{Protocol, ReadMode, format_duration, parse_duration};
 
 /// Measures the consensus protocols side by side on real local clusters.
 #[derive(Parser, Debug)]
@@ -70,7 +71,7 @@ struct CompareArgs {
         value_delimiter = ',',
         default_value = "vanilla,optimized,nilext"
     )]
-    protocols: Vec<String>,
+    protocols: Vec<Protocol>,
     /// Workloads: write, mixed-P, read-recent, ycsb-a, ycsb-b, ycsb-c, ycsb-d, ycsb-f, nonnilext-P.
     #[arg(
         long,
@@ -81,30 +82,30 @@ struct CompareArgs {
     /// Client counts to run each workload with.
     #[arg(long, value_delimiter = ',', default_value = "1,16,64")]
     clients: Vec<usize>,
-    /// Measured seconds per run.
-    #[arg(long, default_value_t = 3.0)]
-    duration: f64,
-    /// Unmeasured seconds before each run.
-    #[arg(long, default_value_t = 1.0)]
-    warmup: f64,
+    /// Measured time per run (e.g. 3s, 1m).
+    #[arg(long, default_value = "3s", value_parser = parse_duration)]
+    duration: Duration,
+    /// Unmeasured time before each run.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    warmup: Duration,
     /// Nodes per cluster: 3 or 5.
     #[arg(long, default_value_t = 3)]
     nodes: u64,
-    /// One-way delay added to every peer and client message, ms.
-    #[arg(long, default_value_t = 0)]
-    net_delay: u64,
-    /// Jitter on that delay, ms.
-    #[arg(long, default_value_t = 0)]
-    net_jitter: u64,
+    /// One-way delay added to every peer and client message (e.g. 1ms).
+    #[arg(long, default_value = "0", value_parser = parse_duration)]
+    net_delay: Duration,
+    /// Jitter on that delay (e.g. 200us).
+    #[arg(long, default_value = "0", value_parser = parse_duration)]
+    net_jitter: Duration,
     /// Clients in the leader-kill run (0 skips it).
     #[arg(long, default_value_t = 16)]
     availability_clients: usize,
-    /// Seconds of the leader-kill run (the leader dies at a third).
-    #[arg(long, default_value_t = 6.0)]
-    availability_duration: f64,
+    /// Length of the leader-kill run (the leader dies at a third).
+    #[arg(long, default_value = "6s", value_parser = parse_duration)]
+    availability_duration: Duration,
     /// Read mode of raft-optimized and raft-nilext: lease or read-index.
-    #[arg(long, default_value = "lease")]
-    read_mode: String,
+    #[arg(long, default_value_t = ReadMode::Lease)]
+    read_mode: ReadMode,
     /// Where to write the report.
     #[arg(long, default_value = "bench-report")]
     out: PathBuf,
@@ -113,7 +114,7 @@ struct CompareArgs {
     /// etcd-server) and reports each protocol's ratio to it.
     #[arg(long)]
     target: Option<String>,
-    /// Extra flags for every node (e.g. --node-flag=--tick-ms=10).
+    /// Extra flags for every node (e.g. --node-flag=--tick=10ms).
     #[arg(long = "node-flag", allow_hyphen_values = true)]
     node_flags: Vec<String>,
     /// One existing directory per node, in node order, to keep each node's
@@ -142,9 +143,9 @@ struct LoadArgs {
     /// Concurrent clients.
     #[arg(long, default_value_t = 16)]
     clients: usize,
-    /// Seconds to run.
-    #[arg(long, default_value_t = 10.0)]
-    duration: f64,
+    /// How long to run (e.g. 10s).
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    duration: Duration,
     #[command(flatten)]
     workload_args: WorkloadArgs,
 }
@@ -157,10 +158,10 @@ struct NemesisArgs {
         value_delimiter = ',',
         default_value = "vanilla,optimized,nilext"
     )]
-    protocols: Vec<String>,
-    /// Seconds of faults per protocol.
-    #[arg(long, default_value_t = 300.0)]
-    duration: f64,
+    protocols: Vec<Protocol>,
+    /// Time of faults per protocol (e.g. 5m).
+    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    duration: Duration,
     /// Nodes per cluster: 3 or 5.
     #[arg(long, default_value_t = 3)]
     nodes: u64,
@@ -177,7 +178,7 @@ struct NemesisArgs {
     /// Read mode of raft-optimized and raft-nilext: read-index or lease
     /// (kvnode's default: read-index).
     #[arg(long)]
-    read_mode: Option<String>,
+    read_mode: Option<ReadMode>,
     /// Where to keep node logs and, on an anomaly, the history.
     #[arg(long, default_value = "nemesis-runs")]
     out: PathBuf,
@@ -186,30 +187,28 @@ struct NemesisArgs {
 async fn nemesis(args: NemesisArgs) -> anyhow::Result<bool> {
     let exe = std::env::current_exe().context("cannot find the bench executable")?;
     let mut all_passed = true;
-    for protocol in &args.protocols {
-        let dir = args.out.join(protocol);
+    for &protocol in &args.protocols {
+        let dir = args.out.join(protocol.name());
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir)?;
-        let mut config =
-            nemesis::NemesisConfig::new(protocol, seconds(args.duration, "--duration")?);
+        let mut config = nemesis::NemesisConfig::new(protocol, args.duration);
         config.nodes = args.nodes;
         config.clients = args.clients;
         config.seed = args.seed;
         config.schedules = args.schedules;
-        if let Some(mode) = &args.read_mode
-            && protocol != "vanilla"
+        if let Some(mode) = args.read_mode
+            && protocol.has_read_modes()
         {
             config.node_flags.push(format!("--read-mode={mode}"));
         }
         println!(
-            "{protocol}: {} s of faults on {} nodes, {} schedule(s) at once, reads by {}...",
-            args.duration,
+            "{protocol}: {} of faults on {} nodes, {} schedule(s) at once, reads by {}...",
+            format_duration(args.duration),
             args.nodes,
             args.schedules,
-            match (&args.read_mode, protocol.as_str()) {
-                (_, "vanilla") => "the log",
-                (Some(mode), _) => mode.as_str(),
-                (None, _) => "read-index",
+            match (args.read_mode, protocol.has_read_modes()) {
+                (_, false) => "the log".to_string(),
+                (mode, true) => mode.unwrap_or_default().to_string(),
             }
         );
         let report = nemesis::run(&exe, &["node"], &dir, &config).await?;
@@ -231,14 +230,6 @@ async fn nemesis(args: NemesisArgs) -> anyhow::Result<bool> {
     Ok(all_passed)
 }
 
-fn seconds(s: f64, what: &str) -> anyhow::Result<Duration> {
-    anyhow::ensure!(
-        s.is_finite() && s >= 0.0,
-        "{what} must be a non-negative number of seconds"
-    );
-    Ok(Duration::from_secs_f64(s))
-}
-
 fn workloads(names: &[String]) -> anyhow::Result<Vec<Workload>> {
     names
         .iter()
@@ -252,29 +243,23 @@ async fn compare(args: CompareArgs) -> anyhow::Result<()> {
         !args.clients.is_empty() && args.clients.iter().all(|c| *c > 0),
         "--clients needs positive counts"
     );
-    for protocol in &args.protocols {
-        anyhow::ensure!(
-            kvnode::config::PROTOCOLS.contains(&protocol.as_str()),
-            "unknown protocol {protocol:?}; choose from {}",
-            kvnode::config::PROTOCOLS.join(", ")
-        );
-    }
+    anyhow::ensure!(!args.duration.is_zero(), "--duration must be above 0");
     let spec = CompareSpec {
         protocols: args.protocols,
         workloads: workloads(&args.workloads)?,
         clients: args.clients,
-        duration: seconds(args.duration, "--duration")?,
-        warmup: seconds(args.warmup, "--warmup")?,
+        duration: args.duration,
+        warmup: args.warmup,
         nodes: args.nodes,
         value_bytes: args.workload.value_size,
         keys: args.workload.keys,
         distribution: args.workload.distribution,
-        net_delay_ms: args.net_delay,
-        net_jitter_ms: args.net_jitter,
+        net_delay: args.net_delay,
+        net_jitter: args.net_jitter,
         rate: args.workload.rate,
         connections: args.workload.conns,
         availability_clients: args.availability_clients,
-        availability_duration: seconds(args.availability_duration, "--availability-duration")?,
+        availability_duration: args.availability_duration,
         read_mode: args.read_mode,
         node_flags: args.node_flags,
         node_dirs: args.node_dirs,
@@ -302,7 +287,7 @@ async fn run_load(args: LoadArgs) -> anyhow::Result<()> {
     let spec = LoadSpec {
         workload,
         clients: args.clients,
-        duration: seconds(args.duration, "--duration")?,
+        duration: args.duration,
         value_bytes: args.workload_args.value_size,
         keys: args.workload_args.keys,
         distribution: args.workload_args.distribution,

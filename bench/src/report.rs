@@ -7,7 +7,12 @@ use crate::compare::Report;
 
 /// The systems measured: etcd first when it ran, then the protocols.
 fn systems(report: &Report) -> Vec<String> {
-    let mut systems = report.spec.protocols.clone();
+    let mut systems: Vec<String> = report
+        .spec
+        .protocols
+        .iter()
+        .map(|p| p.name().to_string())
+        .collect();
     if report.spec.etcd {
         systems.insert(0, "etcd".into());
     }
@@ -41,7 +46,7 @@ pub fn markdown(report: &Report) -> String {
     let _ = writeln!(
         out,
         "{} nodes per cluster (real processes, RocksDB, fsync on, {}), {} s per run after {} s warm-up, \
-         {}-byte values over {} keys ({:?}), network delay {} ms ± {} ms, {}; machine: {} cores.\n",
+         {}-byte values over {} keys ({:?}), network delay {} ± {}, {}, reads of optimized and nilext by {}; machine: {} cores.\n",
         s.nodes,
         if s.node_dirs.is_empty() {
             "every node's data on one file system".to_string()
@@ -58,8 +63,8 @@ pub fn markdown(report: &Report) -> String {
         s.value_bytes,
         s.keys,
         s.distribution,
-        s.net_delay_ms,
-        s.net_jitter_ms,
+        consensus::config::format_duration(s.net_delay),
+        consensus::config::format_duration(s.net_jitter),
         match (s.rate, s.connections) {
             (Some(rate), 0) => format!("open loop at {rate:.0} ops/s, a connection per client"),
             (None, 0) => "closed-loop clients, a connection each".into(),
@@ -67,6 +72,7 @@ pub fn markdown(report: &Report) -> String {
                 format!("open loop at {rate:.0} ops/s, clients sharing {n} connection(s) per node"),
             (None, n) => format!("closed-loop clients sharing {n} connection(s) per node"),
         },
+        s.read_mode,
         report.cores
     );
     let _ = writeln!(

@@ -11,7 +11,7 @@ fn a_tiny_comparison_writes_a_complete_report() {
         .args([
             "compare",
             "--duration",
-            "0.5",
+            "500ms",
             "--warmup",
             "0",
             "--clients",
@@ -23,7 +23,7 @@ fn a_tiny_comparison_writes_a_complete_report() {
             "--availability-clients",
             "2",
         ])
-        .args(["--availability-duration", "2", "--keys", "100"])
+        .args(["--availability-duration", "2s", "--keys", "100"])
         // Two clients on one set of connections: calls side by side on one
         // connection per node, on every path (fast path, redirects, leader kill).
         .args(["--conns", "1"])

@@ -89,6 +89,7 @@
 //! described in `docs/architecture.md`.
 
 pub mod clock;
+pub mod config;
 pub mod deadline;
 pub mod executor;
 pub mod io;

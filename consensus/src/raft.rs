@@ -18,6 +18,27 @@ use crate::quorum::{majority, quorum_index};
 use crate::rng::DetRng;
 use crate::types::{Entry, EntryPayload, LogIndex, NodeId, RequestId, Term};
 
+/// Default base election timeout of every Raft variant, in ticks: each
+/// timeout is drawn from `[T, 2T)`. With kvnode's default tick of 20 ms,
+/// 300 to 600 ms.
+pub const ELECTION_TIMEOUT_TICKS: u64 = 15;
+
+/// Default ticks between a leader's heartbeats (60 ms at kvnode's default
+/// tick): five per base election timeout.
+pub const HEARTBEAT_TICKS: u64 = 3;
+
+/// Checks election and heartbeat timing fit together: a follower must hear
+/// several heartbeats within its shortest election timeout.
+pub fn validate_timing(election_timeout_ticks: u64, heartbeat_ticks: u64) -> Result<(), String> {
+    if heartbeat_ticks == 0 || election_timeout_ticks <= heartbeat_ticks {
+        return Err(format!(
+            "need heartbeat ticks > 0 and election timeout ticks > heartbeat ticks \
+             (election timeout {election_timeout_ticks}, heartbeat {heartbeat_ticks})"
+        ));
+    }
+    Ok(())
+}
+
 /// Why a follower rejected an AppendEntries, with hints for the leader.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Conflict {

@@ -494,7 +494,7 @@ impl Client {
                 .fast_path_paused_until
                 .is_none_or(|until| Instant::now() >= until)
             && let Some((protocol, size)) = self.cluster().await
-            && protocol == "nilext"
+            && protocol.parse() == Ok(consensus::config::Protocol::Nilext)
         {
             match self.fast_path(&command, size).await {
                 Ok(true) => return Ok(CommandResult::Written),

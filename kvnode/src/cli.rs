@@ -3,7 +3,8 @@
 
 use crate::config::{NodeArgs, NodeConfig};
 use crate::launcher::ClusterArgs;
-use clap::{Parser, Subcommand};
+use clap::error::ErrorKind;
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 /// A replica of the replicated key-value store, running vanilla Raft,
 /// optimized Raft or Nil-ext Raft over RocksDB.
@@ -65,7 +66,26 @@ where
     I: IntoIterator<Item = T>,
     T: Into<std::ffi::OsString> + Clone,
 {
-    let cli = Cli::parse_from(args);
+    let command = crate::config::help_with_defaults(Cli::command());
+    let parsed = command
+        .try_get_matches_from(args)
+        .and_then(|matches| Cli::from_arg_matches(&matches));
+    let cli = match parsed {
+        Ok(cli) => cli,
+        // A value that does not parse is an invalid setting, as one that
+        // parses but does not fit: exit code 1, as for every refusal of the
+        // settings (2 stays for a malformed command line).
+        Err(error)
+            if matches!(
+                error.kind(),
+                ErrorKind::InvalidValue | ErrorKind::ValueValidation
+            ) =>
+        {
+            let _ = error.print();
+            return std::process::ExitCode::from(1);
+        }
+        Err(error) => error.exit(),
+    };
     abort_on_panic();
     if cli.exit_with_parent {
         exit_with_parent();

@@ -1,15 +1,53 @@
 //! `kvnode`'s settings: command-line flags, an optional TOML file holding the
 //! same settings (flags win), defaults, and validation.
+//!
+//! Every default is defined once, in code: the protocols' own in their
+//! `Config::new` (and `consensus::raft` for the timing all Raft variants
+//! share), kvnode's in [`Defaults`]; `kvnode --help` prints them from there
+//! ([`help_with_defaults`]).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use consensus::NodeId;
-use serde::Deserialize;
+use consensus::config::{Protocol, ReadMode, format_duration, parse_duration};
+use serde::{Deserialize, Deserializer};
 
-/// The protocols `kvnode` knows by name.
-pub const PROTOCOLS: [&str; 3] = ["vanilla", "optimized", "nilext"];
+/// kvnode's own defaults (the protocols' are theirs).
+#[derive(Debug, Clone, Copy)]
+pub struct Defaults;
+
+impl Defaults {
+    /// Length of one logical tick.
+    pub const TICK: Duration = Duration::from_millis(20);
+    /// How long a client request may wait for its answer.
+    pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+}
+
+/// A setting given as text (a flag's value, or a string in the file) and
+/// parsed by `FromStr`, as the flag is.
+fn parsed<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: FromStr<Err = String>,
+{
+    let text = Option::<String>::deserialize(deserializer)?;
+    text.map(|t| t.parse().map_err(serde::de::Error::custom))
+        .transpose()
+}
+
+/// A duration in the file, as on the command line: `"250ms"`, `"1.5s"`.
+fn duration<'de, D>(deserializer: D) -> Result<Option<Duration>, D::Error>
+where
+    D: Deserializer<'de>,
+{
+    let text = Option::<String>::deserialize(deserializer)?;
+    text.map(|t| parse_duration(&t).map_err(serde::de::Error::custom))
+        .transpose()
+}
 
 /// Settings as given: every one optional, from flags or from the file.
 #[derive(clap::Args, Debug, Default, Clone, Deserialize)]
@@ -22,7 +60,8 @@ pub struct NodeArgs {
     pub config: Option<PathBuf>,
     /// The consensus protocol: vanilla, optimized or nilext.
     #[arg(long)]
-    pub protocol: Option<String>,
+    #[serde(default, deserialize_with = "parsed")]
+    pub protocol: Option<Protocol>,
     /// This node's id (1, 2, ...), one of the members in --peers.
     #[arg(long)]
     pub id: Option<NodeId>,
@@ -38,9 +77,10 @@ pub struct NodeArgs {
     /// directory), `existing` to run a member of a cluster that already ran
     /// (its data directory must hold its data). An empty data directory is
     /// refused under `existing`: a member that lost its data must not rejoin
-    /// as a voter [default: existing].
+    /// as a voter.
     #[arg(long, value_name = "new|existing")]
-    pub initial_cluster_state: Option<String>,
+    #[serde(default, deserialize_with = "parsed")]
+    pub initial_cluster_state: Option<InitialClusterState>,
     /// Address the client API listens on (default: this node's CLIENT_ADDR in --peers).
     #[arg(long)]
     pub client_addr: Option<String>,
@@ -50,55 +90,60 @@ pub struct NodeArgs {
     /// The cluster's id (default: derived from --peers, the same on every member).
     #[arg(long)]
     pub cluster_id: Option<String>,
-    /// Length of one logical tick in milliseconds [default: 20].
-    #[arg(long)]
-    pub tick_ms: Option<u64>,
-    /// Base election timeout in ticks; each timeout is drawn from [T, 2T) [default: 15].
+    /// Length of one logical tick.
+    #[arg(long, value_parser = parse_duration)]
+    #[serde(default, deserialize_with = "duration")]
+    pub tick: Option<Duration>,
+    /// Base election timeout in ticks; each timeout is drawn from [T, 2T).
     #[arg(long)]
     pub election_timeout_ticks: Option<u64>,
-    /// Ticks between heartbeats [default: 3].
+    /// Ticks between heartbeats.
     #[arg(long)]
     pub heartbeat_ticks: Option<u64>,
-    /// How long a client request may wait for its answer, in milliseconds [default: 5000].
+    /// How long a client request may wait for its answer.
+    #[arg(long, value_parser = parse_duration)]
+    #[serde(default, deserialize_with = "duration")]
+    pub request_timeout: Option<Duration>,
+    /// (optimized, nilext) How the leader serves reads: read-index or lease.
     #[arg(long)]
-    pub request_timeout_ms: Option<u64>,
-    /// (optimized, nilext) How the leader serves reads: read-index or lease [default: read-index].
-    #[arg(long)]
-    pub read_mode: Option<String>,
-    /// (optimized, nilext) Most commands per durable write and entries per AppendEntries [default: 1024].
+    #[serde(default, deserialize_with = "parsed")]
+    pub read_mode: Option<ReadMode>,
+    /// (optimized, nilext) Most commands per durable write and entries per AppendEntries.
     #[arg(long)]
     pub batch_entries_max: Option<usize>,
-    /// (optimized, nilext) Most bytes per durable write and AppendEntries [default: 1048576].
+    /// (optimized, nilext) Most bytes per durable write and AppendEntries.
     #[arg(long)]
     pub batch_bytes_max: Option<usize>,
-    /// (optimized, nilext) Most AppendEntries in flight to one follower [default: 32].
+    /// (optimized, nilext) Most AppendEntries in flight to one follower.
     #[arg(long)]
     pub inflight_appends_max: Option<usize>,
-    /// (optimized, nilext) Most bytes in flight to one follower [default: 16777216].
+    /// (optimized, nilext) Most bytes in flight to one follower.
     #[arg(long)]
     pub inflight_bytes_max: Option<usize>,
-    /// (optimized, nilext) Ticks taken off a lease for clock drift [default: 2].
+    /// (optimized, nilext) Ticks taken off a lease for clock drift.
     #[arg(long)]
     pub lease_drift_ticks: Option<u64>,
-    /// (optimized, nilext) Pre-vote before raising the term: true or false [default: true].
+    /// (optimized, nilext) Pre-vote before raising the term: true or false.
     #[arg(long)]
     pub pre_vote: Option<bool>,
-    /// (optimized, nilext) Check-quorum and leader stickiness: true or false [default: true].
+    /// (optimized, nilext) Check-quorum and leader stickiness: true or false.
     #[arg(long)]
     pub check_quorum: Option<bool>,
     /// One-way delay added to every peer message and every client request
-    /// and response, in milliseconds (user space; for benchmarks) [default: 0].
-    #[arg(long)]
-    pub net_delay_ms: Option<u64>,
-    /// Uniform jitter on that delay, in milliseconds [default: 0].
-    #[arg(long)]
-    pub net_jitter_ms: Option<u64>,
+    /// and response (user space; for benchmarks; e.g. 1ms).
+    #[arg(long, value_parser = parse_duration)]
+    #[serde(default, deserialize_with = "duration")]
+    pub net_delay: Option<Duration>,
+    /// Uniform jitter on that delay (e.g. 200us).
+    #[arg(long, value_parser = parse_duration)]
+    #[serde(default, deserialize_with = "duration")]
+    pub net_jitter: Option<Duration>,
     /// Serve the Admin service, which drops peer traffic on command (for
-    /// fault tests; loopback callers only) [default: false].
+    /// fault tests; loopback callers only).
     #[arg(long, num_args = 0..=1, default_missing_value = "true")]
     pub fault_injection: Option<bool>,
     /// UNSAFE, for proving the fault tests can fail: answer reads from the
-    /// local state machine on any node, with no leadership check [default: false].
+    /// local state machine on any node, with no leadership check.
     #[arg(long, hide = true, num_args = 0..=1, default_missing_value = "true")]
     pub unsafe_local_reads: Option<bool>,
 }
@@ -116,10 +161,10 @@ impl NodeArgs {
             client_addr: self.client_addr.or(other.client_addr),
             peer_addr: self.peer_addr.or(other.peer_addr),
             cluster_id: self.cluster_id.or(other.cluster_id),
-            tick_ms: self.tick_ms.or(other.tick_ms),
+            tick: self.tick.or(other.tick),
             election_timeout_ticks: self.election_timeout_ticks.or(other.election_timeout_ticks),
             heartbeat_ticks: self.heartbeat_ticks.or(other.heartbeat_ticks),
-            request_timeout_ms: self.request_timeout_ms.or(other.request_timeout_ms),
+            request_timeout: self.request_timeout.or(other.request_timeout),
             read_mode: self.read_mode.or(other.read_mode),
             batch_entries_max: self.batch_entries_max.or(other.batch_entries_max),
             batch_bytes_max: self.batch_bytes_max.or(other.batch_bytes_max),
@@ -128,12 +173,63 @@ impl NodeArgs {
             lease_drift_ticks: self.lease_drift_ticks.or(other.lease_drift_ticks),
             pre_vote: self.pre_vote.or(other.pre_vote),
             check_quorum: self.check_quorum.or(other.check_quorum),
-            net_delay_ms: self.net_delay_ms.or(other.net_delay_ms),
-            net_jitter_ms: self.net_jitter_ms.or(other.net_jitter_ms),
+            net_delay: self.net_delay.or(other.net_delay),
+            net_jitter: self.net_jitter.or(other.net_jitter),
             fault_injection: self.fault_injection.or(other.fault_injection),
             unsafe_local_reads: self.unsafe_local_reads.or(other.unsafe_local_reads),
         }
     }
+}
+
+/// `command` (one that flattens [`NodeArgs`]) with each setting's default
+/// appended to its help, taken from the code that defines it: kvnode's
+/// [`Defaults`] and the protocols' `Config::new`.
+pub fn help_with_defaults(command: clap::Command) -> clap::Command {
+    let optimized = raft_optimized::Config::new(1, vec![1], 0);
+    let nilext = raft_nilext::Config::new(1, vec![1], 0);
+    assert_eq!(
+        optimized.read_mode, nilext.raft.read_mode,
+        "one default per setting"
+    );
+    let defaults: [(&str, String); 16] = [
+        ("initial_cluster_state", "existing".into()),
+        ("tick", format_duration(Defaults::TICK)),
+        (
+            "election_timeout_ticks",
+            consensus::raft::ELECTION_TIMEOUT_TICKS.to_string(),
+        ),
+        (
+            "heartbeat_ticks",
+            consensus::raft::HEARTBEAT_TICKS.to_string(),
+        ),
+        (
+            "request_timeout",
+            format_duration(Defaults::REQUEST_TIMEOUT),
+        ),
+        ("read_mode", optimized.read_mode.to_string()),
+        ("batch_entries_max", optimized.batch_entries_max.to_string()),
+        ("batch_bytes_max", optimized.batch_bytes_max.to_string()),
+        (
+            "inflight_appends_max",
+            optimized.inflight_appends_max.to_string(),
+        ),
+        (
+            "inflight_bytes_max",
+            optimized.inflight_bytes_max.to_string(),
+        ),
+        ("lease_drift_ticks", optimized.lease_drift_ticks.to_string()),
+        ("pre_vote", optimized.pre_vote.to_string()),
+        ("check_quorum", optimized.check_quorum.to_string()),
+        ("net_delay", "0".into()),
+        ("net_jitter", "0".into()),
+        ("fault_injection", "false".into()),
+    ];
+    defaults.into_iter().fold(command, |command, (id, value)| {
+        command.mut_arg(id, |arg| {
+            let help = arg.get_help().map(|h| h.to_string()).unwrap_or_default();
+            arg.help(format!("{help} [default: {value}]"))
+        })
+    })
 }
 
 /// One member's addresses.
@@ -156,13 +252,15 @@ pub enum InitialClusterState {
     Existing,
 }
 
-impl std::str::FromStr for InitialClusterState {
-    type Err = anyhow::Error;
-    fn from_str(s: &str) -> anyhow::Result<Self> {
+impl FromStr for InitialClusterState {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
         match s {
             "new" => Ok(InitialClusterState::New),
             "existing" => Ok(InitialClusterState::Existing),
-            other => bail!("--initial-cluster-state {other:?}: use new or existing"),
+            other => Err(format!(
+                "initial cluster state {other:?}: use new or existing"
+            )),
         }
     }
 }
@@ -170,8 +268,8 @@ impl std::str::FromStr for InitialClusterState {
 /// Complete, validated settings of one node.
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
-    /// The protocol's name.
-    pub protocol: String,
+    /// The protocol.
+    pub protocol: Protocol,
     /// This node.
     pub id: NodeId,
     /// Every member, this node included.
@@ -187,13 +285,13 @@ pub struct NodeConfig {
     /// The cluster id.
     pub cluster_id: String,
     /// Tick length.
-    pub tick_ms: u64,
-    /// Base election timeout in ticks.
-    pub election_timeout_ticks: u64,
-    /// Heartbeat interval in ticks.
-    pub heartbeat_ticks: u64,
+    pub tick: Duration,
+    /// Base election timeout in ticks (unset: the protocol's default).
+    pub election_timeout_ticks: Option<u64>,
+    /// Heartbeat interval in ticks (unset: the protocol's default).
+    pub heartbeat_ticks: Option<u64>,
     /// Client request deadline.
-    pub request_timeout_ms: u64,
+    pub request_timeout: Duration,
     /// Settings of raft-optimized left unset keep its defaults.
     pub optimized: OptimizedSettings,
     /// Injected network delay.
@@ -207,8 +305,8 @@ pub struct NodeConfig {
 /// raft-optimized's settings as given (unset: the protocol's default).
 #[derive(Debug, Clone, Default)]
 pub struct OptimizedSettings {
-    /// `read-index` or `lease`.
-    pub read_mode: Option<String>,
+    /// How the leader serves reads.
+    pub read_mode: Option<ReadMode>,
     /// See `raft_optimized::Config`.
     pub batch_entries_max: Option<usize>,
     /// See `raft_optimized::Config`.
@@ -299,26 +397,28 @@ impl NodeConfig {
         };
         let protocol = args
             .protocol
-            .context("--protocol is required (vanilla, optimized or nilext)")?;
-        if !PROTOCOLS.contains(&protocol.as_str()) {
-            bail!(
-                "unknown protocol {protocol:?}; choose one of {}",
-                PROTOCOLS.join(", ")
-            );
-        }
+            .with_context(|| format!("--protocol is required ({})", Protocol::names()))?;
         let id = args.id.context("--id is required")?;
         let members = parse_members(&args.peers.context("--peers is required")?)?;
         let me = members
             .get(&id)
             .with_context(|| format!("--id {id} is not among the members in --peers"))?;
         let data_dir = args.data_dir.context("--data-dir is required")?;
-        let tick_ms = args.tick_ms.unwrap_or(20);
-        let election_timeout_ticks = args.election_timeout_ticks.unwrap_or(15);
-        let heartbeat_ticks = args.heartbeat_ticks.unwrap_or(3);
-        if tick_ms == 0 || heartbeat_ticks == 0 || election_timeout_ticks <= heartbeat_ticks {
+        let tick = args.tick.unwrap_or(Defaults::TICK);
+        if tick < Duration::from_millis(1) {
             bail!(
-                "need tick-ms > 0, heartbeat-ticks > 0 and election-timeout-ticks > heartbeat-ticks"
+                "--tick {} is too short: at least 1ms",
+                format_duration(tick)
             );
+        }
+        let request_timeout = args.request_timeout.unwrap_or(Defaults::REQUEST_TIMEOUT);
+        if request_timeout.is_zero() {
+            bail!("--request-timeout must be above 0");
+        }
+        if let Some(mode) = args.read_mode
+            && !protocol.has_read_modes()
+        {
+            bail!("--read-mode {mode}: {protocol} reads through the log and has no read mode");
         }
         Ok(NodeConfig {
             client_addr: args.client_addr.unwrap_or_else(|| me.client_addr.clone()),
@@ -330,14 +430,13 @@ impl NodeConfig {
             id,
             members,
             data_dir,
-            initial_cluster_state: match args.initial_cluster_state {
-                Some(state) => state.parse()?,
-                None => InitialClusterState::Existing,
-            },
-            tick_ms,
-            election_timeout_ticks,
-            heartbeat_ticks,
-            request_timeout_ms: args.request_timeout_ms.unwrap_or(5000),
+            initial_cluster_state: args
+                .initial_cluster_state
+                .unwrap_or(InitialClusterState::Existing),
+            tick,
+            election_timeout_ticks: args.election_timeout_ticks,
+            heartbeat_ticks: args.heartbeat_ticks,
+            request_timeout,
             optimized: OptimizedSettings {
                 read_mode: args.read_mode,
                 batch_entries_max: args.batch_entries_max,
@@ -349,8 +448,8 @@ impl NodeConfig {
                 check_quorum: args.check_quorum,
             },
             net_delay: crate::netdelay::NetDelay {
-                delay: std::time::Duration::from_millis(args.net_delay_ms.unwrap_or(0)),
-                jitter: std::time::Duration::from_millis(args.net_jitter_ms.unwrap_or(0)),
+                delay: args.net_delay.unwrap_or_default(),
+                jitter: args.net_jitter.unwrap_or_default(),
             },
             fault_injection: args.fault_injection.unwrap_or(false),
             unsafe_local_reads: args.unsafe_local_reads.unwrap_or(false),
@@ -376,27 +475,53 @@ mod tests {
         let file = dir.join("node.toml");
         std::fs::write(
             &file,
-            "protocol = \"vanilla\"\nid = 2\npeers = [\"1=127.0.0.1:7001/127.0.0.1:6001\", \"2=127.0.0.1:7002/127.0.0.1:6002\"]\ndata-dir = \"/tmp/x\"\ntick-ms = 50\n",
+            "protocol = \"optimized\"\nid = 2\npeers = [\"1=127.0.0.1:7001/127.0.0.1:6001\", \"2=127.0.0.1:7002/127.0.0.1:6002\"]\ndata-dir = \"/tmp/x\"\ntick = \"50ms\"\nrequest-timeout = \"1.5s\"\nread-mode = \"lease\"\n",
         )
         .expect("write");
         let args = NodeArgs {
             config: Some(file),
-            tick_ms: Some(10),
+            tick: Some(Duration::from_millis(10)),
             ..NodeArgs::default()
         };
         let config = NodeConfig::from_args(args).expect("valid");
         assert_eq!(config.id, 2);
-        assert_eq!(config.tick_ms, 10);
+        assert_eq!(config.protocol, Protocol::Optimized);
+        assert_eq!(config.tick, Duration::from_millis(10));
+        assert_eq!(config.request_timeout, Duration::from_millis(1500));
+        assert_eq!(config.optimized.read_mode, Some(ReadMode::Lease));
         assert_eq!(config.client_addr, "127.0.0.1:6002");
-        assert_eq!(config.heartbeat_ticks, 3);
+        assert_eq!(config.heartbeat_ticks, None, "the protocol's default");
         assert!(config.cluster_id.starts_with("c-"));
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[derive(clap::Parser)]
+    struct Flags {
+        #[command(flatten)]
+        node: NodeArgs,
+    }
+
+    #[test]
+    fn help_shows_the_defaults_the_code_uses() {
+        use clap::CommandFactory;
+        let help = help_with_defaults(Flags::command())
+            .render_long_help()
+            .to_string();
+        for expected in [
+            "[default: 20ms]",
+            "[default: 5s]",
+            &format!("[default: {}]", consensus::raft::ELECTION_TIMEOUT_TICKS),
+            "[default: read-index]",
+            "[default: existing]",
+        ] {
+            assert!(help.contains(expected), "{expected} missing from:\n{help}");
+        }
     }
 
     #[test]
     fn bad_settings_are_explained() {
         let base = NodeArgs {
-            protocol: Some("vanilla".into()),
+            protocol: Some(Protocol::Vanilla),
             id: Some(1),
             peers: Some(peers()),
             data_dir: Some("/tmp/x".into()),
@@ -407,10 +532,17 @@ mod tests {
             |args: NodeArgs| format!("{:#}", NodeConfig::from_args(args).expect_err("invalid"));
         assert!(
             error(NodeArgs {
-                protocol: Some("paxos".into()),
+                read_mode: Some(ReadMode::Lease),
                 ..base.clone()
             })
-            .contains("unknown protocol")
+            .contains("has no read mode")
+        );
+        assert!(
+            error(NodeArgs {
+                tick: Some(Duration::ZERO),
+                ..base.clone()
+            })
+            .contains("too short")
         );
         assert!(
             error(NodeArgs {

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
+use consensus::config::Protocol;
 
 use crate::config::Member;
 use crate::local_cluster::{LocalCluster, NodeLaunch, data_dirs_under};
@@ -16,15 +17,15 @@ pub struct ClusterArgs {
     #[arg(long, default_value_t = 3)]
     pub nodes: u64,
     /// The consensus protocol: vanilla, optimized or nilext.
-    #[arg(long, default_value = "vanilla")]
-    pub protocol: String,
+    #[arg(long, default_value_t = Protocol::Vanilla)]
+    pub protocol: Protocol,
     /// Node i serves clients on BASE_PORT + i and peers on BASE_PORT + 100 + i.
     #[arg(long, default_value_t = 6100)]
     pub base_port: u16,
     /// Parent directory of the nodes' data directories (node1, node2, ...).
     #[arg(long, default_value = "./kvnode-cluster")]
     pub data_dir: PathBuf,
-    /// Extra flags passed to every node (e.g. --tick-ms=10).
+    /// Extra flags passed to every node (e.g. --tick=10ms).
     #[arg(last = true)]
     pub node_flags: Vec<String>,
 }
@@ -54,7 +55,7 @@ pub async fn run(args: ClusterArgs) -> anyhow::Result<()> {
     let launch = NodeLaunch {
         exe,
         leading_args: Vec::new(),
-        protocol: args.protocol.clone(),
+        protocol: args.protocol,
         extra_args: args.node_flags.clone(),
         log_dir: None,
         log_filter: None,

@@ -14,6 +14,8 @@ use std::time::Duration;
 use proto::kv::kv_client::KvClient;
 use proto::kv::{StatusRequest, StatusResponse};
 
+use consensus::config::Protocol;
+
 use crate::config::{Member, format_members};
 
 /// Finds `count` free TCP ports on 127.0.0.1.
@@ -44,7 +46,7 @@ pub struct NodeLaunch {
     /// Arguments before the node's own.
     pub leading_args: Vec<String>,
     /// The protocol.
-    pub protocol: String,
+    pub protocol: Protocol,
     /// Flags passed to every node after its own.
     pub extra_args: Vec<String>,
     /// A file per node (`node<ID>.log`) in this directory takes the node's
@@ -72,7 +74,7 @@ impl LocalCluster {
     /// data directories under `dir`, passing `extra_args` to each.
     pub fn start(
         exe: &Path,
-        protocol: &str,
+        protocol: Protocol,
         nodes: u64,
         dir: &Path,
         extra_args: &[&str],
@@ -85,7 +87,7 @@ impl LocalCluster {
     pub fn start_with(
         exe: &Path,
         leading_args: &[&str],
-        protocol: &str,
+        protocol: Protocol,
         nodes: u64,
         dir: &Path,
         extra_args: &[&str],
@@ -100,7 +102,7 @@ impl LocalCluster {
     pub fn start_in(
         exe: &Path,
         leading_args: &[&str],
-        protocol: &str,
+        protocol: Protocol,
         dir: &Path,
         data_dirs: Vec<PathBuf>,
         extra_args: &[&str],
@@ -120,7 +122,7 @@ impl LocalCluster {
         let launch = NodeLaunch {
             exe: exe.to_path_buf(),
             leading_args: leading_args.iter().map(|s| s.to_string()).collect(),
-            protocol: protocol.to_string(),
+            protocol,
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
             log_dir: Some(dir.join("logs")),
             log_filter: Some(std::env::var("KVNODE_TEST_LOG").unwrap_or_else(|_| "info".into())),
@@ -205,7 +207,7 @@ impl LocalCluster {
         command
             .args(&self.launch.leading_args)
             .arg("--exit-with-parent")
-            .args(["--protocol", &self.launch.protocol])
+            .args(["--protocol", self.launch.protocol.name()])
             .args(["--id", &id.to_string()])
             .args(["--peers", &self.peers_flag()])
             .arg("--data-dir")

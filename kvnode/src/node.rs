@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use consensus::config::Protocol;
 use consensus::io::Recovered;
 use consensus::state_machine::StateMachine;
 use proto::kv::admin_server::AdminServer;
@@ -23,28 +24,33 @@ use crate::transport::{PEER_QUEUE_MESSAGES_MAX, PeerService, run_peer_sender};
 /// Capacity of the runtime's event queue.
 pub const EVENT_QUEUE_MAX: usize = 8192;
 
-/// Builds the protocol named in `config` from what storage recovered; a
-/// protocol that is not built yet is refused with a clear message.
+/// Builds the protocol named in `config` from what storage recovered,
+/// refusing settings the protocol does not accept with a clear message.
 pub fn build_protocol(
     config: &NodeConfig,
     recovered: Option<Recovered>,
 ) -> anyhow::Result<BoxedProtocol> {
     let members: Vec<u64> = config.members.keys().copied().collect();
-    match config.protocol.as_str() {
-        "vanilla" => {
+    match config.protocol {
+        Protocol::Vanilla => {
             let mut settings = raft_vanilla::Config::new(config.id, members, rand::random());
-            settings.election_timeout_ticks = config.election_timeout_ticks;
-            settings.heartbeat_ticks = config.heartbeat_ticks;
+            settings.election_timeout_ticks = config
+                .election_timeout_ticks
+                .unwrap_or(settings.election_timeout_ticks);
+            settings.heartbeat_ticks = config.heartbeat_ticks.unwrap_or(settings.heartbeat_ticks);
+            settings
+                .validate()
+                .map_err(|problem| anyhow::anyhow!("invalid settings: {problem}"))?;
             Ok(Box::new(raft_vanilla::VanillaRaft::new(
                 settings,
                 recovered.unwrap_or_default(),
             )))
         }
-        "optimized" => Ok(Box::new(raft_optimized::OptimizedRaft::new(
+        Protocol::Optimized => Ok(Box::new(raft_optimized::OptimizedRaft::new(
             optimized_settings(config, members)?,
             recovered.unwrap_or_default(),
         ))),
-        "nilext" => {
+        Protocol::Nilext => {
             let mut settings = raft_nilext::Config::new(config.id, members.clone(), 0);
             settings.raft = optimized_settings(config, members)?;
             settings
@@ -55,7 +61,6 @@ pub fn build_protocol(
                 recovered.unwrap_or_default(),
             )))
         }
-        other => bail!("unknown protocol {other:?}"),
     }
 }
 
@@ -66,11 +71,11 @@ fn optimized_settings(
 ) -> anyhow::Result<raft_optimized::Config> {
     let o = &config.optimized;
     let mut settings = raft_optimized::Config::new(config.id, members, rand::random());
-    settings.election_timeout_ticks = config.election_timeout_ticks;
-    settings.heartbeat_ticks = config.heartbeat_ticks;
-    if let Some(mode) = &o.read_mode {
-        settings.read_mode = mode.parse().map_err(anyhow::Error::msg)?;
-    }
+    settings.election_timeout_ticks = config
+        .election_timeout_ticks
+        .unwrap_or(settings.election_timeout_ticks);
+    settings.heartbeat_ticks = config.heartbeat_ticks.unwrap_or(settings.heartbeat_ticks);
+    settings.read_mode = o.read_mode.unwrap_or(settings.read_mode);
     settings.batch_entries_max = o.batch_entries_max.unwrap_or(settings.batch_entries_max);
     settings.batch_bytes_max = o.batch_bytes_max.unwrap_or(settings.batch_bytes_max);
     settings.inflight_appends_max = o
@@ -93,7 +98,7 @@ fn parse_listen(addr: &str, what: &str) -> anyhow::Result<SocketAddr> {
 
 /// Runs a node until SIGTERM or Ctrl-C, then shuts down gracefully.
 pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
-    // Refuse an unbuilt protocol before touching the data directory.
+    // Refuse invalid protocol settings before touching the data directory.
     build_protocol(&config, None)?;
     let client_addr = parse_listen(&config.client_addr, "client address")?;
     let peer_addr = parse_listen(&config.peer_addr, "peer address")?;
@@ -122,7 +127,7 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
         .with_context(|| format!("cannot create data directory {}", config.data_dir.display()))?;
     let identity = Identity {
         cluster_id: config.cluster_id.clone(),
-        protocol: config.protocol.clone(),
+        protocol: config.protocol.name().to_string(),
         node_id: config.id,
     };
     let (storage, loaded) = Storage::open(&config.data_dir, &identity)?;
@@ -159,7 +164,7 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
         std::sync::Arc::new(storage),
         state_machine,
         peer_queues,
-        Duration::from_millis(config.tick_ms),
+        config.tick,
     );
     if config.unsafe_local_reads {
         tracing::warn!(
@@ -175,7 +180,7 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
 
     let kv = KvService {
         node_id: config.id,
-        protocol: config.protocol.clone(),
+        protocol: config.protocol,
         cluster_id: config.cluster_id.clone(),
         client_addrs: config
             .members
@@ -183,7 +188,7 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
             .map(|(id, m)| (*id, m.client_addr.clone()))
             .collect(),
         events: events_tx.clone(),
-        request_timeout: Duration::from_millis(config.request_timeout_ms),
+        request_timeout: config.request_timeout,
         net_delay: config.net_delay,
     };
     let peers = PeerService {

@@ -38,8 +38,8 @@ use crate::runtime::{ClientAnswer, Event, ReplyTo};
 pub struct KvService {
     /// This node.
     pub node_id: NodeId,
-    /// The protocol's name, for Status.
-    pub protocol: String,
+    /// The protocol, for Status.
+    pub protocol: consensus::config::Protocol,
     /// The cluster id, for Status.
     pub cluster_id: String,
     /// Each member's client address, for redirect hints.
@@ -586,7 +586,7 @@ impl Kv for KvService {
             commit_index: s.commit_index,
             applied_index: s.applied_index,
             last_log_index: s.last_log_index,
-            protocol: self.protocol.clone(),
+            protocol: self.protocol.name().to_string(),
             cluster_id: self.cluster_id.clone(),
             last_log_term: node.last_log_term,
             cluster_size: self.client_addrs.len() as u64,

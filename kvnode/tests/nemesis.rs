@@ -1,11 +1,12 @@
 //! The Jepsen-style fault test on real processes, short version: about 25
 //! seconds per protocol of kills, pauses and partitions under concurrent
 //! register clients, then the history is checked. Long runs:
-//! `cargo run --release -p bench -- nemesis --protocol P --duration 300`.
+//! `cargo run --release -p bench -- nemesis --protocols P --duration 5m`.
 
 use std::path::Path;
 use std::time::Duration;
 
+use consensus::config::Protocol;
 use nemesis::{NemesisConfig, NemesisReport, run};
 
 /// Runs `config` against this build's kvnode, bounded by `limit`; the
@@ -23,12 +24,12 @@ async fn run_bounded(
     (dir, report)
 }
 
-async fn short_run(protocol: &str) {
+async fn short_run(protocol: Protocol) {
     check(NemesisConfig::new(protocol, Duration::from_secs(25))).await;
 }
 
 async fn check(config: NemesisConfig) {
-    let protocol = config.protocol.clone();
+    let protocol = config.protocol;
     let (_dir, report) = run_bounded(&config, Duration::from_secs(180)).await;
     eprintln!("{protocol}: {}", report.summary());
     if let Some(excerpt) = &report.excerpt {
@@ -49,17 +50,17 @@ async fn check(config: NemesisConfig) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn vanilla_stays_linearizable_under_faults() {
-    short_run("vanilla").await;
+    short_run(Protocol::Vanilla).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn optimized_stays_linearizable_under_faults() {
-    short_run("optimized").await;
+    short_run(Protocol::Optimized).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn nilext_stays_linearizable_under_faults() {
-    short_run("nilext").await;
+    short_run(Protocol::Nilext).await;
 }
 
 /// Issue 22's setting, where lease reads went stale: five nodes, lease
@@ -67,7 +68,7 @@ async fn nilext_stays_linearizable_under_faults() {
 /// of the leader overlapping).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn lease_reads_on_five_nodes_under_overlapping_kills_and_pauses() {
-    let mut config = NemesisConfig::new("optimized", Duration::from_secs(25));
+    let mut config = NemesisConfig::new(Protocol::Optimized, Duration::from_secs(25));
     config.nodes = 5;
     config.schedules = 2;
     config.node_flags.push("--read-mode=lease".into());
@@ -78,7 +79,7 @@ async fn lease_reads_on_five_nodes_under_overlapping_kills_and_pauses() {
 /// leadership check, it finds an anomaly, saves the history and shows where.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn unsafe_local_reads_are_caught() {
-    let mut config = NemesisConfig::new("optimized", Duration::from_secs(12));
+    let mut config = NemesisConfig::new(Protocol::Optimized, Duration::from_secs(12));
     config.unsafe_local_reads = true;
     let (_dir, report) = run_bounded(&config, Duration::from_secs(120)).await;
     eprintln!("{}", report.summary());

@@ -11,12 +11,12 @@ mod common;
 
 use std::time::Duration;
 
-use common::TestCluster;
+use common::{Protocol, TestCluster};
 use kvclient::{Client, ClientOptions};
 use nemesis::set_partition;
 use nix::sys::signal::Signal;
 
-async fn a_resumed_leader_serves_no_stale_lease_read(protocol: &str) {
+async fn a_resumed_leader_serves_no_stale_lease_read(protocol: Protocol) {
     let test =
         TestCluster::start_with_flags(protocol, 3, &["--read-mode", "lease", "--fault-injection"]);
     let mut client = test.client(Duration::from_secs(10));
@@ -103,10 +103,10 @@ async fn a_resumed_leader_serves_no_stale_lease_read(protocol: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn optimized_resumed_leader_serves_no_stale_lease_read() {
-    a_resumed_leader_serves_no_stale_lease_read("optimized").await;
+    a_resumed_leader_serves_no_stale_lease_read(Protocol::Optimized).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nilext_resumed_leader_serves_no_stale_lease_read() {
-    a_resumed_leader_serves_no_stale_lease_read("nilext").await;
+    a_resumed_leader_serves_no_stale_lease_read(Protocol::Nilext).await;
 }

@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::Command as Process;
 use std::time::Duration;
 
-use common::{PROTOCOLS, TestCluster};
+use common::{PROTOCOLS, Protocol, TestCluster};
 use consensus::limits::{KEY_BYTES_MAX, MULTI_KEYS_MAX, VALUE_BYTES_MAX};
 use kvclient::error_detail;
 use proto::kv::error_detail::Kind;
@@ -279,7 +279,7 @@ fn call_error(answer: &call_result::Answer) -> ErrorDetail {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn calls_on_one_stream_are_answered_by_id_as_their_unary_methods_answer() {
-    let test = TestCluster::start("optimized", 3);
+    let test = TestCluster::start(Protocol::Optimized, 3);
     let (leader, _) = test.leader().await;
     let leader_addr = test.cluster.members()[&leader].client_addr.clone();
     let (calls, mut stream) = call_stream(&leader_addr).await;
@@ -527,7 +527,7 @@ fn bad_data_directories_and_settings_give_clear_errors() {
 /// cluster starts so.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_member_whose_data_was_wiped_is_refused() {
-    let mut test = TestCluster::start("optimized", 3);
+    let mut test = TestCluster::start(Protocol::Optimized, 3);
     let mut client = test.client(Duration::from_secs(10));
     client.put("k", "v").await.expect("write");
     let (leader, _) = test.leader().await;
@@ -561,7 +561,7 @@ async fn a_member_whose_data_was_wiped_is_refused() {
 /// to start, with a clear error, and leaves the first one unharmed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_process_on_a_data_directory_in_use_is_refused() {
-    let test = TestCluster::start("vanilla", 3);
+    let test = TestCluster::start(Protocol::Vanilla, 3);
     test.leader().await;
     let data = test.cluster.data_dir(1).expect("member");
     let peers = test.cluster.peers_flag();
@@ -578,7 +578,7 @@ async fn a_second_process_on_a_data_directory_in_use_is_refused() {
 /// caught it and the node went on half alive).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_panic_in_a_task_ends_the_process() {
-    let mut test = TestCluster::start_with_flags("optimized", 3, &["--fault-injection"]);
+    let mut test = TestCluster::start_with_flags(Protocol::Optimized, 3, &["--fault-injection"]);
     test.leader().await;
     let addr = test.cluster.members()[&2].client_addr.clone();
     let mut admin = proto::kv::admin_client::AdminClient::connect(format!("http://{addr}"))
@@ -605,7 +605,7 @@ async fn a_panic_in_a_task_ends_the_process() {
 /// decoding limit and ended the stream, failing every call on it.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_oversized_call_fails_alone_on_its_stream() {
-    let test = TestCluster::start("optimized", 3);
+    let test = TestCluster::start(Protocol::Optimized, 3);
     let (leader, _) = test.leader().await;
     let leader_addr = test.cluster.members()[&leader].client_addr.clone();
     let (calls, mut stream) = call_stream(&leader_addr).await;

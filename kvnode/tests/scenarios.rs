@@ -8,12 +8,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{PROTOCOLS, Recorder, TestCluster, spawn_load};
+use common::{PROTOCOLS, Protocol, Recorder, TestCluster, spawn_load};
 use consensus::Command;
 
 const TEST_LIMIT: Duration = Duration::from_secs(120);
 
-async fn bounded(name: &str, test: impl std::future::Future<Output = ()>) {
+async fn bounded(name: impl std::fmt::Display, test: impl std::future::Future<Output = ()>) {
     if tokio::time::timeout(TEST_LIMIT, test).await.is_err() {
         panic!("{name} did not finish within {TEST_LIMIT:?}");
     }
@@ -340,7 +340,7 @@ async fn acknowledged_writes_survive_killing_every_node() {
     }
 }
 
-/// An injected one-way delay (`--net-delay-ms`) slows every hop, client
+/// An injected one-way delay (`--net-delay`) slows every hop, client
 /// and peer alike, and changes no answer: a write of a protocol that
 /// replicates through the leader's log takes at least four one-way hops
 /// (client, follower, back, client), a Nil-ext fast-path write and a read
@@ -351,13 +351,13 @@ async fn an_injected_delay_slows_every_hop_and_changes_no_answer() {
     let hop = Duration::from_millis(DELAY_MS);
     bounded("an_injected_delay", async {
         for protocol in PROTOCOLS {
-            let delay = DELAY_MS.to_string();
-            let test = TestCluster::start_with_flags(protocol, 3, &["--net-delay-ms", &delay]);
+            let delay = format!("{DELAY_MS}ms");
+            let test = TestCluster::start_with_flags(protocol, 3, &["--net-delay", &delay]);
             let (leader, _) = test.leader().await;
             let mut client = test.client(Duration::from_secs(10));
             // The first request finds the leader; time the ones after.
             client.put("warm", "up").await.expect("put");
-            let write_hops = if *protocol == "nilext" { 2 } else { 4 };
+            let write_hops = if protocol == Protocol::Nilext { 2 } else { 4 };
             for i in 0..5 {
                 let started = Instant::now();
                 client

@@ -9,6 +9,7 @@
 //! pass the linearizability checker. An anomaly saves the history and comes
 //! with a readable excerpt.
 
+use consensus::config::Protocol;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -31,7 +32,7 @@ use kvnode::local_cluster::LocalCluster;
 #[derive(Clone, Debug)]
 pub struct NemesisConfig {
     /// The protocol under test.
-    pub protocol: String,
+    pub protocol: Protocol,
     /// Nodes in the cluster.
     pub nodes: u64,
     /// How long clients run under faults.
@@ -63,9 +64,9 @@ pub struct NemesisConfig {
 
 impl NemesisConfig {
     /// A run of `duration` against `protocol` with the defaults.
-    pub fn new(protocol: &str, duration: Duration) -> Self {
+    pub fn new(protocol: Protocol, duration: Duration) -> Self {
         NemesisConfig {
-            protocol: protocol.to_string(),
+            protocol,
             nodes: 3,
             duration,
             clients: 6,
@@ -73,7 +74,7 @@ impl NemesisConfig {
             fault_every: (Duration::from_millis(800), Duration::from_millis(2500)),
             seed: 1,
             schedules: 1,
-            node_flags: vec!["--tick-ms=10".into(), "--request-timeout-ms=1500".into()],
+            node_flags: vec!["--tick=10ms".into(), "--request-timeout=1.5s".into()],
             unsafe_local_reads: false,
             converge_timeout: Duration::from_secs(30),
         }
@@ -379,7 +380,7 @@ pub async fn run(
     let cluster = LocalCluster::start_with(
         exe,
         leading_args,
-        &config.protocol,
+        config.protocol,
         config.nodes,
         dir,
         &flags,

@@ -146,7 +146,7 @@ fn a_read_of_a_key_with_a_pending_write_orders_first_and_one_of_another_key_does
         Some(&CommandResult::Value(Some(b"v".to_vec())))
     );
     // A heartbeat carries the commit index to the followers, which apply.
-    c.tick(1, 2);
+    c.tick(1, consensus::raft::HEARTBEAT_TICKS);
     c.settle(10_000);
     for node in 1..=3 {
         assert!(

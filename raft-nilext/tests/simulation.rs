@@ -40,6 +40,8 @@ fn factory_with(
 ) -> impl Fn(NodeId, &[NodeId], Recovered, u64) -> NilextRaft + Clone {
     move |id, members, recovered, seed| {
         let mut config = Config::new(id, members.to_vec(), seed);
+        config.raft.election_timeout_ticks = sim::ELECTION_TIMEOUT_TICKS;
+        config.raft.heartbeat_ticks = sim::HEARTBEAT_TICKS;
         config.injected_bug = injected_bug;
         config.raft.read_mode = read_mode;
         config.raft.batch_entries_max = 8;

@@ -2,32 +2,7 @@
 
 use consensus::NodeId;
 
-/// How the leader serves reads.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ReadMode {
-    /// ReadIndex (Raft thesis 6.4): note the commit index, confirm
-    /// leadership with a heartbeat round acknowledged by a majority, answer
-    /// once the state machine has applied up to the noted index. One round
-    /// trip, no log entry, no disk write.
-    ReadIndex,
-    /// Lease reads (thesis 6.4.1): while a lease from the last heartbeat
-    /// round acknowledged by a majority is valid, answer at once. Valid only
-    /// with check-quorum, and with a margin for clock drift.
-    Lease,
-}
-
-impl std::str::FromStr for ReadMode {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "read-index" | "readindex" => Ok(ReadMode::ReadIndex),
-            "lease" => Ok(ReadMode::Lease),
-            other => Err(format!(
-                "unknown read mode {other:?}; use read-index or lease"
-            )),
-        }
-    }
-}
+pub use consensus::config::ReadMode;
 
 /// Settings of one node.
 #[derive(Clone, Debug)]
@@ -38,9 +13,10 @@ pub struct Config {
     pub members: Vec<NodeId>,
     /// Seed for election timeouts.
     pub seed: u64,
-    /// Base election timeout in ticks (each drawn from [T, 2T)). Default 10.
+    /// Base election timeout in ticks (each drawn from [T, 2T)). Default
+    /// `consensus::raft::ELECTION_TIMEOUT_TICKS`.
     pub election_timeout_ticks: u64,
-    /// Ticks between heartbeats. Default 2.
+    /// Ticks between heartbeats. Default `consensus::raft::HEARTBEAT_TICKS`.
     pub heartbeat_ticks: u64,
     /// Most client commands in one durable write, and most entries in one
     /// AppendEntries. Default 1024.
@@ -77,8 +53,8 @@ impl Config {
             id,
             members,
             seed,
-            election_timeout_ticks: 10,
-            heartbeat_ticks: 2,
+            election_timeout_ticks: consensus::raft::ELECTION_TIMEOUT_TICKS,
+            heartbeat_ticks: consensus::raft::HEARTBEAT_TICKS,
             batch_entries_max: 1024,
             batch_bytes_max: 1 << 20,
             inflight_appends_max: 32,
@@ -96,11 +72,7 @@ impl Config {
         if !self.members.contains(&self.id) {
             return Err(format!("node {} is not among the members", self.id));
         }
-        if self.heartbeat_ticks == 0 || self.election_timeout_ticks <= self.heartbeat_ticks {
-            return Err(
-                "need heartbeat_ticks > 0 and election_timeout_ticks > heartbeat_ticks".into(),
-            );
-        }
+        consensus::raft::validate_timing(self.election_timeout_ticks, self.heartbeat_ticks)?;
         if self.batch_entries_max == 0 || self.inflight_appends_max == 0 {
             return Err("batch and in-flight limits must be at least 1".into());
         }

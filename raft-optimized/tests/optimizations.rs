@@ -9,6 +9,9 @@ use sim::manual::ManualCluster;
 fn cluster(n: u64, read_mode: ReadMode) -> ManualCluster<OptimizedRaft> {
     ManualCluster::new(n, |id, members| {
         let mut config = Config::new(id, members.to_vec(), 7);
+        // The tick counts in these tests assume the simulator's timing.
+        config.election_timeout_ticks = sim::ELECTION_TIMEOUT_TICKS;
+        config.heartbeat_ticks = sim::HEARTBEAT_TICKS;
         config.read_mode = read_mode;
         config.inflight_appends_max = 4;
         OptimizedRaft::new(config, Default::default())

@@ -34,6 +34,8 @@ fn factory_limits(
 ) -> impl Fn(NodeId, &[NodeId], Recovered, u64) -> OptimizedRaft + Clone {
     move |id, members, recovered, seed| {
         let mut config = Config::new(id, members.to_vec(), seed);
+        config.election_timeout_ticks = sim::ELECTION_TIMEOUT_TICKS;
+        config.heartbeat_ticks = sim::HEARTBEAT_TICKS;
         config.read_mode = read_mode;
         config.check_quorum = check_quorum;
         // Small batches and windows, so the limits are exercised.

@@ -66,9 +66,11 @@ pub struct Config {
     /// Every member of the cluster, this node included.
     pub members: Vec<NodeId>,
     /// Base election timeout in ticks; each timeout is drawn from
-    /// `[election_timeout_ticks, 2 * election_timeout_ticks)`.
+    /// `[election_timeout_ticks, 2 * election_timeout_ticks)`. Default
+    /// `consensus::raft::ELECTION_TIMEOUT_TICKS`.
     pub election_timeout_ticks: u64,
-    /// Ticks between a leader's heartbeats.
+    /// Ticks between a leader's heartbeats. Default
+    /// `consensus::raft::HEARTBEAT_TICKS`.
     pub heartbeat_ticks: u64,
     /// Seed of the generator for election timeouts.
     pub seed: u64,
@@ -77,16 +79,24 @@ pub struct Config {
 }
 
 impl Config {
-    /// Defaults: election timeout 10 ticks, heartbeat every 2 ticks.
+    /// The defaults above, no injected bug.
     pub fn new(id: NodeId, members: Vec<NodeId>, seed: u64) -> Self {
         Config {
             id,
             members,
-            election_timeout_ticks: 10,
-            heartbeat_ticks: 2,
+            election_timeout_ticks: consensus::raft::ELECTION_TIMEOUT_TICKS,
+            heartbeat_ticks: consensus::raft::HEARTBEAT_TICKS,
             seed,
             injected_bug: None,
         }
+    }
+
+    /// Checks the settings fit together.
+    pub fn validate(&self) -> Result<(), String> {
+        if !self.members.contains(&self.id) {
+            return Err(format!("node {} is not among the members", self.id));
+        }
+        consensus::raft::validate_timing(self.election_timeout_ticks, self.heartbeat_ticks)
     }
 }
 
@@ -115,9 +125,9 @@ pub struct VanillaRaft {
 impl VanillaRaft {
     /// A node rebuilt from what its storage holds.
     pub fn new(config: Config, recovered: Recovered) -> Self {
-        assert!(
-            config.heartbeat_ticks >= 1 && config.election_timeout_ticks > config.heartbeat_ticks
-        );
+        if let Err(problem) = config.validate() {
+            panic!("invalid settings: {problem}");
+        }
         VanillaRaft {
             core: RaftCore::new(
                 config.id,

@@ -11,7 +11,11 @@ use sim::manual::{Answer, ManualCluster};
 
 fn cluster(n: u64) -> ManualCluster<VanillaRaft> {
     ManualCluster::new(n, |id, members| {
-        VanillaRaft::new(Config::new(id, members.to_vec(), 3), Default::default())
+        let mut config = Config::new(id, members.to_vec(), 3);
+        // The tick counts in these tests assume the simulator's timing.
+        config.election_timeout_ticks = sim::ELECTION_TIMEOUT_TICKS;
+        config.heartbeat_ticks = sim::HEARTBEAT_TICKS;
+        VanillaRaft::new(config, Default::default())
     })
 }
 

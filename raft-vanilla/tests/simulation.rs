@@ -16,6 +16,8 @@ fn factory(
 ) -> impl Fn(NodeId, &[NodeId], Recovered, u64) -> VanillaRaft + Clone {
     move |id, members, recovered, seed| {
         let mut config = Config::new(id, members.to_vec(), seed);
+        config.election_timeout_ticks = sim::ELECTION_TIMEOUT_TICKS;
+        config.heartbeat_ticks = sim::HEARTBEAT_TICKS;
         config.injected_bug = bug;
         VanillaRaft::new(config, recovered)
     }

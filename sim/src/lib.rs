@@ -18,6 +18,15 @@ pub mod simulator;
 
 pub use simulator::{Failure, Faults, RunStats, SimConfig, Simulation};
 
+/// The base election timeout the protocol suites give every node in the
+/// simulator: shorter than kvnode's default
+/// (`consensus::raft::ELECTION_TIMEOUT_TICKS`), so that a simulated run of
+/// a few seconds (10 ms ticks) holds many elections.
+pub const ELECTION_TIMEOUT_TICKS: u64 = 10;
+
+/// The heartbeat interval that goes with [`ELECTION_TIMEOUT_TICKS`].
+pub const HEARTBEAT_TICKS: u64 = 2;
+
 use std::collections::BTreeMap;
 
 use consensus::io::Recovered;

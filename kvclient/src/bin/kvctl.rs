@@ -3,6 +3,8 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
+use consensus::config::parse_duration;
+
 use clap::{Parser, Subcommand};
 use kvclient::{Client, ClientError, ClientOptions};
 use serde_json::json;
@@ -71,23 +73,6 @@ enum Cmd {
     },
     /// Show every node's role, term, leader and indexes.
     Status,
-}
-
-fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let (number, unit) = text.split_at(
-        text.find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(text.len()),
-    );
-    let n: u64 = number
-        .parse()
-        .map_err(|_| format!("{text:?} is not a duration like 500ms or 10s"))?;
-    match unit {
-        "ms" => Ok(Duration::from_millis(n)),
-        "s" | "" => Ok(Duration::from_secs(n)),
-        "m" => Ok(Duration::from_secs(60 * n)),
-        _ => Err(format!("{text:?}: unknown unit {unit:?} (use ms, s or m)")),
-    }
 }
 
 fn text(bytes: &[u8]) -> String {

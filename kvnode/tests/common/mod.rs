@@ -10,16 +10,17 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use consensus::Command;
+pub use consensus::config::Protocol;
 use kvclient::{Client, ClientOptions};
 use kvnode::local_cluster::LocalCluster;
 use sim::history::describe;
 use sim::linearizability::{Verdict, check};
 
 /// The protocols the process-level scenarios run against: every one built.
-pub const PROTOCOLS: &[&str] = &["vanilla", "optimized", "nilext"];
+pub const PROTOCOLS: [Protocol; 3] = Protocol::ALL;
 
 /// Node flags for tests: short ticks so elections take a few hundred ms.
-pub const NODE_FLAGS: &[&str] = &["--tick-ms", "10", "--request-timeout-ms", "2000"];
+pub const NODE_FLAGS: &[&str] = &["--tick", "10ms", "--request-timeout", "2s"];
 
 /// A test's cluster and its directory, removed at the end.
 pub struct TestCluster {
@@ -29,12 +30,12 @@ pub struct TestCluster {
 }
 
 impl TestCluster {
-    pub fn start(protocol: &str, nodes: u64) -> TestCluster {
+    pub fn start(protocol: Protocol, nodes: u64) -> TestCluster {
         TestCluster::start_with_flags(protocol, nodes, &[])
     }
 
     /// As [`TestCluster::start`], with more node flags after [`NODE_FLAGS`].
-    pub fn start_with_flags(protocol: &str, nodes: u64, flags: &[&str]) -> TestCluster {
+    pub fn start_with_flags(protocol: Protocol, nodes: u64, flags: &[&str]) -> TestCluster {
         let dir = tempfile::tempdir().expect("temporary directory");
         let flags: Vec<&str> = NODE_FLAGS.iter().chain(flags).copied().collect();
         let cluster = LocalCluster::start(
