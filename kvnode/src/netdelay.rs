@@ -1,6 +1,8 @@
 //! Network delay injected in user space (this machine's kernel has no
 //! netem): a one-way delay with optional jitter, applied alike to every
-//! message between peers and to every client request and response.
+//! message between peers and to every client request and response, at the
+//! edges: as peer messages arrive (`transport`) and at the client service
+//! boundary (`service`); the runtime never sees it.
 
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};

@@ -15,7 +15,6 @@ use proto::raft::raft_peer_server::RaftPeerServer;
 use tokio::sync::mpsc;
 
 use crate::config::NodeConfig;
-use crate::netdelay::DelayedSender;
 use crate::runtime::{BoxedProtocol, Event, Runtime};
 use crate::service::KvService;
 use crate::storage::{Identity, Storage};
@@ -148,7 +147,7 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
     let mut peer_queues = HashMap::new();
     for (&peer, member) in config.members.iter().filter(|(id, _)| **id != config.id) {
         let (tx, rx) = mpsc::channel(PEER_QUEUE_MESSAGES_MAX);
-        peer_queues.insert(peer, DelayedSender::new(tx, config.net_delay));
+        peer_queues.insert(peer, tx);
         tokio::spawn(run_peer_sender(
             config.id,
             peer,
@@ -197,6 +196,7 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
         members: config.members.keys().copied().collect::<HashSet<_>>(),
         events: events_tx.clone(),
         faults: faults.clone(),
+        net_delay: config.net_delay,
     };
     let client_listener = tokio::net::TcpListener::bind(client_addr)
         .await

@@ -46,7 +46,6 @@ use consensus::state_machine::StateMachine;
 use consensus::{ClientRequest, CommandResult, Consensus, Entry, Message, NodeId, RequestId};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::netdelay::{DelayedSender, NetDelay};
 use crate::storage::{Storage, StorageError};
 
 /// The most client requests a node holds waiting for an answer; beyond it,
@@ -81,27 +80,22 @@ pub enum ClientAnswer {
     Outcome(ReplyOutcome),
 }
 
-/// Where a client request's answer goes: back to its gRPC handler, after
-/// the injected one-way delay of the way out (handed over by the delay
-/// thread, so the handler wakes once, when the answer arrives).
+/// Where a client request's answer goes: back to its gRPC handler. (An
+/// injected network delay is the service's to apply, at the edge.)
 #[derive(Debug)]
 pub struct ReplyTo {
     handler: oneshot::Sender<ClientAnswer>,
-    delay: NetDelay,
 }
 
 impl ReplyTo {
-    /// Answers to `handler` after `delay`.
-    pub fn new(handler: oneshot::Sender<ClientAnswer>, delay: NetDelay) -> Self {
-        ReplyTo { handler, delay }
+    /// Answers to `handler`.
+    pub fn new(handler: oneshot::Sender<ClientAnswer>) -> Self {
+        ReplyTo { handler }
     }
 
-    /// Sends the answer on its way.
+    /// Sends the answer.
     pub fn send(self, answer: ClientAnswer) {
-        let handler = self.handler;
-        self.delay.deliver_later(move || {
-            let _ = handler.send(answer);
-        });
+        let _ = self.handler.send(answer);
     }
 
     /// The handler gave up (its deadline passed).
@@ -191,7 +185,7 @@ type SharedWaiters = Arc<Mutex<Waiters>>;
 #[derive(Clone, Debug)]
 struct Peers {
     node_id: NodeId,
-    queues: HashMap<NodeId, DelayedSender<Message>>,
+    queues: HashMap<NodeId, mpsc::Sender<Message>>,
 }
 
 impl Peers {
@@ -302,7 +296,7 @@ impl Runtime {
         protocol: BoxedProtocol,
         storage: Arc<Storage>,
         state_machine: StateMachine,
-        peer_queues: HashMap<NodeId, DelayedSender<Message>>,
+        peer_queues: HashMap<NodeId, mpsc::Sender<Message>>,
         tick: Duration,
     ) -> Self {
         let tick_us = u64::try_from(tick.as_micros()).unwrap_or(u64::MAX).max(1);

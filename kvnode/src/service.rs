@@ -83,31 +83,18 @@ enum Done {
 /// injected delay its error has still to travel.
 #[derive(Debug)]
 enum ServiceError {
-    /// Answered so by the runtime: the answer has travelled already.
-    Answered(Status),
     /// Refused before it reached the runtime: the request's way in and the
     /// error's way out.
     Refused(Status),
-    /// Failed here after it reached the runtime (deadline, shutdown): the
-    /// error's way out.
+    /// Answered so by the runtime, or failed here after reaching it
+    /// (deadline, shutdown): the way out, as every answer.
     Failed(Status),
 }
 
 impl ServiceError {
-    /// One-way delays still to wait.
-    fn hops_left(&self) -> usize {
-        match self {
-            ServiceError::Answered(_) => 0,
-            ServiceError::Failed(_) => 1,
-            ServiceError::Refused(_) => 2,
-        }
-    }
-
     fn into_status(self) -> Status {
         match self {
-            ServiceError::Answered(status)
-            | ServiceError::Refused(status)
-            | ServiceError::Failed(status) => status,
+            ServiceError::Refused(status) | ServiceError::Failed(status) => status,
         }
     }
 }
@@ -147,12 +134,15 @@ impl KvService {
         command: Command,
     ) -> Result<Done, Status> {
         let result = self.execute_delayed(header, command).await;
-        if let Err(error) = &result {
-            // An error made here travels what an answer from the runtime
-            // would have.
-            for _ in 0..error.hops_left() {
-                self.net_delay.wait().await;
-            }
+        // The injected delay is applied here, at the edge, never in the
+        // runtime: every answer travels the way out; a request refused
+        // before reaching the runtime travels the way in too.
+        let hops = match &result {
+            Err(ServiceError::Refused(_)) => 2,
+            _ => 1,
+        };
+        for _ in 0..hops {
+            self.net_delay.wait().await;
         }
         result.map_err(ServiceError::into_status)
     }
@@ -183,7 +173,7 @@ impl KvService {
         let event = Event::Client {
             request: ClientRequest { id, command },
             fast,
-            reply: ReplyTo::new(reply, self.net_delay),
+            reply: ReplyTo::new(reply),
         };
         let deadline = tokio::time::Instant::now() + self.request_timeout;
         let unavailable = || {
@@ -216,7 +206,7 @@ impl KvService {
             Err(_) => Err(ServiceError::Failed(self.deadline_exceeded())),
             Ok(Err(_)) => Err(ServiceError::Failed(unavailable())),
             Ok(Ok(ClientAnswer::Result(CommandResult::Failed(error)))) => {
-                Err(ServiceError::Answered(error_status(
+                Err(ServiceError::Failed(error_status(
                     Code::FailedPrecondition,
                     Kind::Execution,
                     error.to_string(),
@@ -228,7 +218,7 @@ impl KvService {
                 Ok(Done::Durable { term, from_leader })
             }
             Ok(Ok(ClientAnswer::Outcome(outcome))) => {
-                Err(ServiceError::Answered(self.outcome_status(outcome)))
+                Err(ServiceError::Failed(self.outcome_status(outcome)))
             }
         }
     }

@@ -21,6 +21,7 @@ use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::convert;
+use crate::netdelay::{DelayedSender, NetDelay};
 use crate::runtime::Event;
 
 /// Capacity of each peer's outgoing queue, in messages.
@@ -173,6 +174,9 @@ pub struct PeerService {
     pub events: mpsc::Sender<Event>,
     /// Injected faults.
     pub faults: crate::faults::PeerFaults,
+    /// The injected one-way delay of every peer message, applied here, as
+    /// messages arrive (the runtime never sees it).
+    pub net_delay: NetDelay,
 }
 
 #[tonic::async_trait]
@@ -182,6 +186,8 @@ impl RaftPeer for PeerService {
         request: Request<Streaming<PeerBatch>>,
     ) -> Result<Response<PeerStreamClosed>, Status> {
         let mut stream = request.into_inner();
+        // One link per stream: its messages keep their order under jitter.
+        let delayed = DelayedSender::new(self.events.clone(), self.net_delay);
         while let Some(batch) = stream.message().await? {
             if batch.cluster_id != self.cluster_id {
                 tracing::warn!(node = self.node_id, from = batch.from, their_cluster = %batch.cluster_id, "refused a peer of another cluster");
@@ -215,15 +221,14 @@ impl RaftPeer for PeerService {
                         continue;
                     }
                 };
-                if self
-                    .events
-                    .send(Event::Peer {
-                        from: batch.from,
-                        message,
-                    })
-                    .await
-                    .is_err()
-                {
+                let event = Event::Peer {
+                    from: batch.from,
+                    message,
+                };
+                if !self.net_delay.is_zero() {
+                    // Due later; a full queue then drops it, as a lossy link.
+                    let _ = delayed.try_send(event);
+                } else if self.events.send(event).await.is_err() {
                     return Err(Status::unavailable("node is shutting down"));
                 }
             }
