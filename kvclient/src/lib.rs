@@ -769,19 +769,13 @@ async fn attempt(
             Asked::CompareAndSwap(CompareAndSwapRequest {
                 header,
                 key,
-                expected: Some(match expected {
-                    Some(value) => OptionalValue {
-                        present: true,
-                        value,
-                    },
-                    None => OptionalValue::default(),
-                }),
+                expected: Some(expected.into()),
                 new_value: new,
             })
         }
         Command::Increment { key, by } => Asked::Increment(IncrementRequest { header, key, by }),
     };
-    let value = |v: Option<OptionalValue>| v.filter(|v| v.present).map(|v| v.value);
+    let value = proto::convert::value_of;
     let result = match (command, connection.call(request, timeout).await?) {
         (
             Command::Put { .. } | Command::Delete { .. } | Command::MultiPut { .. },

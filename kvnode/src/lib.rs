@@ -15,13 +15,11 @@
 //! - [`local_cluster`]: a local cluster of node processes, which the
 //!   process-level tests, the nemesis (crate `nemesis`) and the benchmark
 //!   use too;
-//! - [`convert`]: protocol types to and from their protobuf forms;
 //! - [`netdelay`]: user-space network delay for benchmarks;
 //! - [`faults`]: fault injection for the process-level fault tests.
 
 pub mod cli;
 pub mod config;
-pub mod convert;
 pub mod faults;
 pub mod launcher;
 pub mod local_cluster;

@@ -30,8 +30,8 @@ use proto::kv::*;
 use tokio::sync::{mpsc, oneshot};
 use tonic::{Code, Request, Response, Status, Streaming};
 
-use crate::convert::{from_optional_value, optional_value};
 use crate::runtime::{ClientAnswer, Event, ReplyTo};
+use proto::convert::value_of;
 
 /// The client service of one node.
 #[derive(Debug, Clone)]
@@ -482,7 +482,7 @@ impl Kv for KvService {
         let r = request.into_inner();
         match result(self.execute(r.header, Command::Get { key: r.key }).await?)? {
             CommandResult::Value(value) => Ok(Response::new(GetResponse {
-                value: Some(optional_value(value)),
+                value: Some(value.into()),
             })),
             other => Err(unexpected(other)),
         }
@@ -498,7 +498,7 @@ impl Kv for KvService {
                 .await?,
         )? {
             CommandResult::Values(values) => Ok(Response::new(MultiGetResponse {
-                values: values.into_iter().map(optional_value).collect(),
+                values: values.into_iter().map(Into::into).collect(),
             })),
             other => Err(unexpected(other)),
         }
@@ -511,14 +511,14 @@ impl Kv for KvService {
         let r = request.into_inner();
         let command = Command::CompareAndSwap {
             key: r.key,
-            expected: from_optional_value(r.expected),
+            expected: value_of(r.expected),
             new: r.new_value,
         };
         match result(self.execute(r.header, command).await?)? {
             CommandResult::Swapped { succeeded, current } => {
                 Ok(Response::new(CompareAndSwapResponse {
                     succeeded,
-                    current: Some(optional_value(current)),
+                    current: Some(current.into()),
                 }))
             }
             other => Err(unexpected(other)),

@@ -45,11 +45,10 @@ use consensus::lock;
 use consensus::state_machine::{ApplyBatch, KvRead, Session};
 use consensus::{ClientId, DurableRecord, Entry, LogIndex, RequestId, Term, Value};
 use prost::Message as _;
+use proto::raft;
 use rocksdb::{
     ColumnFamily, ColumnFamilyDescriptor, DB, IteratorMode, Options, WriteBatch, WriteOptions,
 };
-
-use crate::convert;
 
 const CF_LOG: &str = "log";
 const CF_HARD_STATE: &str = "hard_state";
@@ -357,7 +356,7 @@ impl Storage {
             |what: &str, e: &dyn std::fmt::Display| StorageError::Corrupt(format!("{what}: {e}"));
         let hard_state = match self.db.get_cf(self.cf(CF_HARD_STATE), KEY_HARD_STATE)? {
             None => HardState::default(),
-            Some(bytes) => convert::hard_state_from_proto(
+            Some(bytes) => HardState::from(
                 proto::raft::StoredHardState::decode(bytes.as_slice())
                     .map_err(|e| corrupt("hard state", &e))?,
             ),
@@ -372,7 +371,7 @@ impl Storage {
             );
             let entry =
                 proto::raft::Entry::decode(value.as_ref()).map_err(|e| corrupt("log entry", &e))?;
-            let entry = convert::entry_from_proto(entry).map_err(|e| corrupt("log entry", &e))?;
+            let entry = Entry::try_from(entry).map_err(|e| corrupt("log entry", &e))?;
             if entry.index != index || index != log.len() as u64 + 1 {
                 return Err(StorageError::Corrupt(format!(
                     "log entry {index} out of place after {}",
@@ -412,7 +411,7 @@ impl Storage {
                 .map_err(|e| corrupt("session", &e))?;
             sessions.insert(
                 client,
-                convert::session_from_proto(session).map_err(|e| corrupt("session", &e))?,
+                Session::try_from(session).map_err(|e| corrupt("session", &e))?,
             );
         }
         let mut records = Vec::new();
@@ -426,7 +425,7 @@ impl Storage {
             let record = stored
                 .record
                 .ok_or_else(|| StorageError::Corrupt("empty durability-log record".into()))?;
-            let record = convert::record_from_proto(record)
+            let record = DurableRecord::try_from(record)
                 .map_err(|e| corrupt("durability-log record", &e))?;
             records.push((stored.position, record));
         }
@@ -469,7 +468,7 @@ impl Storage {
         for write in writes {
             match write {
                 Write::HardState(hard_state) => {
-                    let bytes = convert::hard_state_to_proto(hard_state).encode_to_vec();
+                    let bytes = raft::StoredHardState::from(hard_state).encode_to_vec();
                     batch.put_cf(self.cf(CF_HARD_STATE), KEY_HARD_STATE, bytes);
                 }
                 Write::TruncateLog { from } => {
@@ -486,7 +485,7 @@ impl Storage {
                 Write::AppendLog(entries) => {
                     for entry in entries {
                         debug_assert_eq!(entry.index, last_index + 1, "appends are contiguous");
-                        let bytes = convert::entry_to_proto(entry).encode_to_vec();
+                        let bytes = raft::Entry::from(entry).encode_to_vec();
                         batch.put_cf(self.cf(CF_LOG), index_key(entry.index), bytes);
                         appended.insert(entry.index, entry.term);
                         (last_index, last_term) = (entry.index, entry.term);
@@ -527,7 +526,7 @@ impl Storage {
             let position = self.next_record_position.fetch_add(1, Ordering::Relaxed);
             let stored = proto::raft::StoredDurableRecord {
                 position,
-                record: Some(convert::record_to_proto(record)),
+                record: Some(record.into()),
             };
             batch.put_cf(
                 self.cf(CF_DURABILITY_LOG),
@@ -573,7 +572,7 @@ impl Storage {
             batch.put_cf(
                 meta,
                 session_key(*client),
-                convert::session_to_proto(session).encode_to_vec(),
+                raft::StoredSession::from(session).encode_to_vec(),
             );
         }
         batch.put_cf(meta, KEY_APPLIED_INDEX, applied.applied_index.to_be_bytes());

@@ -20,9 +20,9 @@ use tokio::sync::mpsc;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::convert;
 use crate::netdelay::{DelayedSender, NetDelay};
 use crate::runtime::Event;
+use proto::convert;
 
 /// Capacity of each peer's outgoing queue, in messages.
 pub const PEER_QUEUE_MESSAGES_MAX: usize = 4096;
@@ -150,11 +150,7 @@ impl Stream for OutgoingBatches {
             return Poll::Ready(Some(PeerBatch {
                 cluster_id: self.cluster_id.clone(),
                 from: self.node_id,
-                messages: vec![convert::message_to_proto(
-                    self.node_id,
-                    self.peer_id,
-                    &message,
-                )],
+                messages: vec![convert::peer_message(self.node_id, self.peer_id, &message)],
             }));
         }
     }
@@ -214,7 +210,7 @@ impl RaftPeer for PeerService {
                 if message.to != self.node_id {
                     continue;
                 }
-                let message = match convert::message_from_proto(message) {
+                let message = match Message::try_from(message) {
                     Ok(message) => message,
                     Err(error) => {
                         tracing::warn!(node = self.node_id, from = batch.from, %error, "dropped a malformed peer message");

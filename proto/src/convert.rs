@@ -1,0 +1,662 @@
+//! Conversions between the protocol-level types of `consensus` and their
+//! protobuf forms, for the wire and for storage, as `From` (to protobuf)
+//! and `TryFrom` (from protobuf: a message may be malformed). They live
+//! once, here: kvnode's transport, service and storage and kvclient all use
+//! them.
+
+use consensus::io::HardState;
+use consensus::message::{
+    AppendEntries, AppendEntriesResponse, DurabilityForward, DurabilityLogRequest,
+    DurabilityLogResponse, Message, RequestVote, RequestVoteResponse,
+};
+use consensus::state_machine::Session;
+use consensus::{
+    ClientRequest, Command, CommandResult, DurableRecord, Entry, EntryPayload, ExecutionError,
+    RequestId,
+};
+
+use crate::{kv, raft};
+
+/// A protobuf message that does not describe a valid value.
+#[derive(Debug, thiserror::Error)]
+#[error("malformed {what}: {detail}")]
+pub struct ConvertError {
+    what: &'static str,
+    detail: String,
+}
+
+fn malformed(what: &'static str, detail: impl Into<String>) -> ConvertError {
+    ConvertError {
+        what,
+        detail: detail.into(),
+    }
+}
+
+/// `None` as absent, `Some` as present.
+impl From<Option<Vec<u8>>> for kv::OptionalValue {
+    fn from(value: Option<Vec<u8>>) -> Self {
+        match value {
+            Some(value) => kv::OptionalValue {
+                present: true,
+                value,
+            },
+            None => kv::OptionalValue::default(),
+        }
+    }
+}
+
+/// Absent as `None`.
+impl From<kv::OptionalValue> for Option<Vec<u8>> {
+    fn from(value: kv::OptionalValue) -> Self {
+        value.present.then_some(value.value)
+    }
+}
+
+/// A value of a reply or request field, where a missing message (as proto3
+/// decodes an unset field) is absent.
+pub fn value_of(value: Option<kv::OptionalValue>) -> Option<Vec<u8>> {
+    value.and_then(Into::into)
+}
+
+/// A command in its wire form.
+impl From<&Command> for kv::Command {
+    fn from(command: &Command) -> Self {
+        use kv::command::Op;
+        let op = match command.clone() {
+            Command::Put { key, value } => Op::Put(kv::KeyValue { key, value }),
+            Command::Delete { key } => Op::Delete(key),
+            Command::MultiPut { pairs } => Op::MultiPut(kv::MultiPut {
+                pairs: pairs
+                    .into_iter()
+                    .map(|(key, value)| kv::KeyValue { key, value })
+                    .collect(),
+            }),
+            Command::CompareAndSwap { key, expected, new } => {
+                Op::CompareAndSwap(kv::CompareAndSwap {
+                    key,
+                    expected: Some(expected.into()),
+                    new_value: new,
+                })
+            }
+            Command::Increment { key, by } => Op::Increment(kv::Increment { key, by }),
+            Command::Get { key } => Op::Get(key),
+            Command::MultiGet { keys } => Op::MultiGet(kv::MultiGet { keys }),
+        };
+        kv::Command { op: Some(op) }
+    }
+}
+
+/// A command from its wire form.
+impl TryFrom<kv::Command> for Command {
+    type Error = ConvertError;
+
+    fn try_from(command: kv::Command) -> Result<Self, ConvertError> {
+        use kv::command::Op;
+        Ok(
+            match command
+                .op
+                .ok_or_else(|| malformed("command", "no operation"))?
+            {
+                Op::Put(kv::KeyValue { key, value }) => Command::Put { key, value },
+                Op::Delete(key) => Command::Delete { key },
+                Op::MultiPut(m) => Command::MultiPut {
+                    pairs: m.pairs.into_iter().map(|kv| (kv.key, kv.value)).collect(),
+                },
+                Op::CompareAndSwap(c) => Command::CompareAndSwap {
+                    key: c.key,
+                    expected: value_of(c.expected),
+                    new: c.new_value,
+                },
+                Op::Increment(i) => Command::Increment {
+                    key: i.key,
+                    by: i.by,
+                },
+                Op::Get(key) => Command::Get { key },
+                Op::MultiGet(m) => Command::MultiGet { keys: m.keys },
+            },
+        )
+    }
+}
+
+/// A client request in its wire and storage form.
+impl From<&ClientRequest> for raft::ClientCommand {
+    fn from(request: &ClientRequest) -> Self {
+        raft::ClientCommand {
+            client_id: request.id.client,
+            seq: request.id.seq,
+            command: Some((&request.command).into()),
+        }
+    }
+}
+
+/// A client request from its wire and storage form.
+impl TryFrom<raft::ClientCommand> for ClientRequest {
+    type Error = ConvertError;
+
+    fn try_from(c: raft::ClientCommand) -> Result<Self, ConvertError> {
+        Ok(ClientRequest {
+            id: RequestId {
+                client: c.client_id,
+                seq: c.seq,
+            },
+            command: c
+                .command
+                .ok_or_else(|| malformed("request", "no command"))?
+                .try_into()?,
+        })
+    }
+}
+
+/// A durability-log record in its wire and storage form.
+impl From<&DurableRecord> for raft::DurableRecord {
+    fn from(record: &DurableRecord) -> Self {
+        raft::DurableRecord {
+            request: Some((&record.request).into()),
+            term: record.term,
+        }
+    }
+}
+
+/// A durability-log record from its wire and storage form.
+impl TryFrom<raft::DurableRecord> for DurableRecord {
+    type Error = ConvertError;
+
+    fn try_from(record: raft::DurableRecord) -> Result<Self, ConvertError> {
+        Ok(DurableRecord {
+            request: record
+                .request
+                .ok_or_else(|| malformed("record", "no request"))?
+                .try_into()?,
+            term: record.term,
+        })
+    }
+}
+
+/// A log entry in its wire and storage form.
+impl From<&Entry> for raft::Entry {
+    fn from(entry: &Entry) -> Self {
+        let payload = match &entry.payload {
+            EntryPayload::Noop => raft::entry::Payload::Noop(true),
+            EntryPayload::Command(request) => raft::entry::Payload::Command(request.into()),
+        };
+        raft::Entry {
+            term: entry.term,
+            index: entry.index,
+            payload: Some(payload),
+        }
+    }
+}
+
+/// A log entry from its wire and storage form.
+impl TryFrom<raft::Entry> for Entry {
+    type Error = ConvertError;
+
+    fn try_from(entry: raft::Entry) -> Result<Self, ConvertError> {
+        let payload = match entry
+            .payload
+            .ok_or_else(|| malformed("entry", "no payload"))?
+        {
+            raft::entry::Payload::Noop(_) => EntryPayload::Noop,
+            raft::entry::Payload::Command(c) => EntryPayload::Command(c.try_into()?),
+        };
+        if entry.index == 0 {
+            return Err(malformed("entry", "index 0"));
+        }
+        Ok(Entry {
+            term: entry.term,
+            index: entry.index,
+            payload,
+        })
+    }
+}
+
+/// A peer message in its wire form, from `from` to `to`.
+pub fn peer_message(from: u64, to: u64, message: &Message) -> raft::PeerMessage {
+    use raft::peer_message::Msg;
+    let msg = match message {
+        Message::AppendEntries(m) => Msg::AppendEntries(raft::AppendEntries {
+            term: m.term,
+            leader_id: m.leader_id,
+            prev_log_index: m.prev_log_index,
+            prev_log_term: m.prev_log_term,
+            entries: m.entries.iter().map(Into::into).collect(),
+            leader_commit: m.leader_commit,
+            context: m.context,
+        }),
+        Message::AppendEntriesResponse(m) => {
+            Msg::AppendEntriesResponse(raft::AppendEntriesResponse {
+                term: m.term,
+                success: m.success,
+                match_index: m.match_index,
+                conflict_index: m.conflict_index,
+                conflict_term: m.conflict_term,
+                context: m.context,
+            })
+        }
+        Message::RequestVote(m) => Msg::RequestVote(raft::RequestVote {
+            term: m.term,
+            candidate_id: m.candidate_id,
+            last_log_index: m.last_log_index,
+            last_log_term: m.last_log_term,
+            pre_vote: m.pre_vote,
+        }),
+        Message::RequestVoteResponse(m) => Msg::RequestVoteResponse(raft::RequestVoteResponse {
+            term: m.term,
+            vote_granted: m.vote_granted,
+            pre_vote: m.pre_vote,
+        }),
+        Message::DurabilityLogRequest(m) => Msg::DurabilityLogRequest(raft::DurabilityLogRequest {
+            term: m.term,
+            from: m.from,
+        }),
+        Message::DurabilityLogResponse(m) => {
+            Msg::DurabilityLogResponse(raft::DurabilityLogResponse {
+                term: m.term,
+                records: m.records.iter().map(Into::into).collect(),
+                from: m.from,
+                next: m.next,
+                done: m.done,
+            })
+        }
+        Message::DurabilityForward(m) => Msg::DurabilityForward(raft::DurabilityForward {
+            term: m.term,
+            records: m.records.iter().map(Into::into).collect(),
+        }),
+    };
+    raft::PeerMessage {
+        from,
+        to,
+        msg: Some(msg),
+    }
+}
+
+/// A peer message from its wire form.
+impl TryFrom<raft::PeerMessage> for Message {
+    type Error = ConvertError;
+
+    fn try_from(message: raft::PeerMessage) -> Result<Self, ConvertError> {
+        use raft::peer_message::Msg;
+        Ok(
+            match message
+                .msg
+                .ok_or_else(|| malformed("peer message", "empty"))?
+            {
+                Msg::AppendEntries(m) => Message::AppendEntries(AppendEntries {
+                    term: m.term,
+                    leader_id: m.leader_id,
+                    prev_log_index: m.prev_log_index,
+                    prev_log_term: m.prev_log_term,
+                    entries: m
+                        .entries
+                        .into_iter()
+                        .map(TryInto::try_into)
+                        .collect::<Result<_, _>>()?,
+                    leader_commit: m.leader_commit,
+                    context: m.context,
+                }),
+                Msg::AppendEntriesResponse(m) => {
+                    Message::AppendEntriesResponse(AppendEntriesResponse {
+                        term: m.term,
+                        success: m.success,
+                        match_index: m.match_index,
+                        conflict_index: m.conflict_index,
+                        conflict_term: m.conflict_term,
+                        context: m.context,
+                    })
+                }
+                Msg::RequestVote(m) => Message::RequestVote(RequestVote {
+                    term: m.term,
+                    candidate_id: m.candidate_id,
+                    last_log_index: m.last_log_index,
+                    last_log_term: m.last_log_term,
+                    pre_vote: m.pre_vote,
+                }),
+                Msg::RequestVoteResponse(m) => Message::RequestVoteResponse(RequestVoteResponse {
+                    term: m.term,
+                    vote_granted: m.vote_granted,
+                    pre_vote: m.pre_vote,
+                }),
+                Msg::DurabilityLogRequest(m) => {
+                    Message::DurabilityLogRequest(DurabilityLogRequest {
+                        term: m.term,
+                        from: m.from,
+                    })
+                }
+                Msg::DurabilityLogResponse(m) => {
+                    Message::DurabilityLogResponse(DurabilityLogResponse {
+                        term: m.term,
+                        from: m.from,
+                        records: m
+                            .records
+                            .into_iter()
+                            .map(TryInto::try_into)
+                            .collect::<Result<_, _>>()?,
+                        next: m.next,
+                        done: m.done,
+                    })
+                }
+                Msg::DurabilityForward(m) => Message::DurabilityForward(DurabilityForward {
+                    term: m.term,
+                    records: m
+                        .records
+                        .into_iter()
+                        .map(TryInto::try_into)
+                        .collect::<Result<_, _>>()?,
+                }),
+            },
+        )
+    }
+}
+
+impl From<&CommandResult> for raft::StoredResult {
+    fn from(result: &CommandResult) -> Self {
+        use raft::stored_result::Result as R;
+        let result = match result.clone() {
+            CommandResult::Written => R::Written(true),
+            CommandResult::Value(v) => R::Value(v.into()),
+            CommandResult::Values(values) => R::Values(kv::MultiGetResponse {
+                values: values.into_iter().map(Into::into).collect(),
+            }),
+            CommandResult::Swapped { succeeded, current } => {
+                R::Swapped(kv::CompareAndSwapResponse {
+                    succeeded,
+                    current: Some(current.into()),
+                })
+            }
+            CommandResult::Counter(n) => R::Counter(n),
+            CommandResult::Failed(e) => R::Failed(match e {
+                ExecutionError::NotAnInteger => "not_an_integer".into(),
+                ExecutionError::Overflow => "overflow".into(),
+                ExecutionError::StaleRequest { seq, latest } => format!("stale:{seq}:{latest}"),
+                ExecutionError::ResultTooLarge { limit } => format!("too_large:{limit}"),
+            }),
+        };
+        raft::StoredResult {
+            result: Some(result),
+        }
+    }
+}
+
+impl TryFrom<raft::StoredResult> for CommandResult {
+    type Error = ConvertError;
+
+    fn try_from(result: raft::StoredResult) -> Result<Self, ConvertError> {
+        use raft::stored_result::Result as R;
+        Ok(
+            match result.result.ok_or_else(|| malformed("result", "empty"))? {
+                R::Written(_) => CommandResult::Written,
+                R::Value(v) => CommandResult::Value(v.into()),
+                R::Values(v) => {
+                    CommandResult::Values(v.values.into_iter().map(Into::into).collect())
+                }
+                R::Swapped(s) => CommandResult::Swapped {
+                    succeeded: s.succeeded,
+                    current: value_of(s.current),
+                },
+                R::Counter(n) => CommandResult::Counter(n),
+                R::Failed(code) => CommandResult::Failed(match code.as_str() {
+                    "not_an_integer" => ExecutionError::NotAnInteger,
+                    "overflow" => ExecutionError::Overflow,
+                    other if other.starts_with("too_large:") => ExecutionError::ResultTooLarge {
+                        limit: other["too_large:".len()..]
+                            .parse()
+                            .map_err(|_| malformed("result", format!("bad failure {other:?}")))?,
+                    },
+                    other => {
+                        let mut parts = other.strip_prefix("stale:").unwrap_or_default().split(':');
+                        let mut number = || parts.next().and_then(|p| p.parse().ok());
+                        match (number(), number()) {
+                            (Some(seq), Some(latest)) => {
+                                ExecutionError::StaleRequest { seq, latest }
+                            }
+                            _ => {
+                                return Err(malformed(
+                                    "result",
+                                    format!("unknown failure {other:?}"),
+                                ));
+                            }
+                        }
+                    }
+                }),
+            },
+        )
+    }
+}
+
+/// A client session in its storage form.
+impl From<&Session> for raft::StoredSession {
+    fn from(session: &Session) -> Self {
+        raft::StoredSession {
+            last_seq: session.last_seq,
+            last_result: Some((&session.last_result).into()),
+        }
+    }
+}
+
+/// A client session from its storage form.
+impl TryFrom<raft::StoredSession> for Session {
+    type Error = ConvertError;
+
+    fn try_from(session: raft::StoredSession) -> Result<Self, ConvertError> {
+        Ok(Session {
+            last_seq: session.last_seq,
+            last_result: session
+                .last_result
+                .ok_or_else(|| malformed("session", "no result"))?
+                .try_into()?,
+        })
+    }
+}
+
+/// Term and vote in their storage form.
+impl From<&HardState> for raft::StoredHardState {
+    fn from(hard_state: &HardState) -> Self {
+        raft::StoredHardState {
+            term: hard_state.term,
+            voted_for: hard_state.voted_for.unwrap_or(0),
+        }
+    }
+}
+
+/// Term and vote from their storage form.
+impl From<raft::StoredHardState> for HardState {
+    fn from(hard_state: raft::StoredHardState) -> Self {
+        HardState {
+            term: hard_state.term,
+            voted_for: (hard_state.voted_for != 0).then_some(hard_state.voted_for),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commands_entries_messages_and_sessions_round_trip() {
+        let commands = vec![
+            Command::Put {
+                key: b"k".to_vec(),
+                value: vec![],
+            },
+            Command::Delete { key: b"k".to_vec() },
+            Command::MultiPut {
+                pairs: vec![
+                    (b"a".to_vec(), b"1".to_vec()),
+                    (b"b".to_vec(), b"2".to_vec()),
+                ],
+            },
+            Command::CompareAndSwap {
+                key: b"k".to_vec(),
+                expected: None,
+                new: b"n".to_vec(),
+            },
+            Command::CompareAndSwap {
+                key: b"k".to_vec(),
+                expected: Some(vec![]),
+                new: b"n".to_vec(),
+            },
+            Command::Increment {
+                key: b"c".to_vec(),
+                by: -3,
+            },
+            Command::Get { key: b"k".to_vec() },
+            Command::MultiGet {
+                keys: vec![b"a".to_vec(), b"b".to_vec()],
+            },
+        ];
+        for (i, command) in commands.into_iter().enumerate() {
+            let entry = Entry {
+                term: 3,
+                index: i as u64 + 1,
+                payload: EntryPayload::Command(ClientRequest {
+                    id: RequestId {
+                        client: 9,
+                        seq: i as u64,
+                    },
+                    command,
+                }),
+            };
+            let message = Message::AppendEntries(AppendEntries {
+                term: 3,
+                leader_id: 1,
+                prev_log_index: 0,
+                prev_log_term: 0,
+                entries: vec![entry.clone()],
+                leader_commit: 0,
+                context: 7,
+            });
+            let back = Message::try_from(peer_message(1, 2, &message)).expect("decodes");
+            assert_eq!(back, message);
+        }
+        let results = [
+            CommandResult::Written,
+            CommandResult::Value(None),
+            CommandResult::Value(Some(vec![])),
+            CommandResult::Values(vec![None, Some(b"x".to_vec())]),
+            CommandResult::Swapped {
+                succeeded: false,
+                current: Some(b"y".to_vec()),
+            },
+            CommandResult::Counter(-5),
+            CommandResult::Failed(ExecutionError::NotAnInteger),
+            CommandResult::Failed(ExecutionError::StaleRequest { seq: 1, latest: 4 }),
+            CommandResult::Failed(ExecutionError::ResultTooLarge { limit: 16 }),
+        ];
+        for result in results {
+            let session = Session {
+                last_seq: 4,
+                last_result: result,
+            };
+            assert_eq!(
+                Session::try_from(raft::StoredSession::from(&session)).expect("decodes"),
+                session
+            );
+        }
+        let hs = HardState {
+            term: 5,
+            voted_for: Some(2),
+        };
+        assert_eq!(HardState::from(raft::StoredHardState::from(&hs)), hs);
+    }
+
+    /// `Message::size_bytes` bounds the encoded size from above, so the
+    /// transport and the simulator can compare it with the peer message
+    /// limit: checked for the largest commands of every kind, one and many
+    /// to a message, with the largest terms and indexes.
+    #[test]
+    fn a_messages_size_bound_is_above_its_encoded_size() {
+        use consensus::limits::{COMMAND_BYTES_MAX, KEY_BYTES_MAX, MULTI_KEYS_MAX};
+        use prost::Message as _;
+        let key = |i: usize| {
+            let mut key = vec![b'k'; KEY_BYTES_MAX];
+            key[..8].copy_from_slice(&(i as u64).to_le_bytes());
+            key
+        };
+        // ... and in the most pairs, each as large as the limit allows.
+        let per_pair = COMMAND_BYTES_MAX / MULTI_KEYS_MAX - 64;
+        let commands = vec![
+            Command::Put {
+                key: key(0),
+                value: vec![7; consensus::limits::VALUE_BYTES_MAX],
+            },
+            // Near the command limit in few large values...
+            Command::MultiPut {
+                pairs: (0..3)
+                    .map(|i| (key(i), vec![7; consensus::limits::VALUE_BYTES_MAX]))
+                    .collect(),
+            },
+            Command::MultiPut {
+                pairs: (0..MULTI_KEYS_MAX)
+                    .map(|i| (key(i)[..64].to_vec(), vec![7; per_pair]))
+                    .collect(),
+            },
+            Command::MultiGet {
+                keys: (0..MULTI_KEYS_MAX).map(|i| key(i)[..64].to_vec()).collect(),
+            },
+            Command::CompareAndSwap {
+                key: key(0),
+                expected: Some(vec![1; 1 << 20]),
+                new: vec![2; 1 << 20],
+            },
+            Command::Increment {
+                key: key(0),
+                by: i64::MIN,
+            },
+            Command::Delete { key: key(0) },
+        ];
+        for command in commands {
+            assert!(consensus::limits::validate(&command).is_ok());
+            let request = ClientRequest {
+                id: RequestId {
+                    client: u64::MAX,
+                    seq: u64::MAX,
+                },
+                command,
+            };
+            let entry = Entry {
+                term: u64::MAX,
+                index: u64::MAX,
+                payload: EntryPayload::Command(request.clone()),
+            };
+            let record = DurableRecord {
+                request,
+                term: u64::MAX,
+            };
+            let messages = [
+                Message::AppendEntries(AppendEntries {
+                    term: u64::MAX,
+                    leader_id: u64::MAX,
+                    prev_log_index: u64::MAX,
+                    prev_log_term: u64::MAX,
+                    entries: vec![entry.clone(), entry],
+                    leader_commit: u64::MAX,
+                    context: u64::MAX,
+                }),
+                Message::DurabilityLogResponse(DurabilityLogResponse {
+                    term: u64::MAX,
+                    from: u64::MAX,
+                    records: vec![record.clone(), record.clone()],
+                    next: u64::MAX,
+                    done: true,
+                }),
+                Message::DurabilityForward(DurabilityForward {
+                    term: u64::MAX,
+                    records: vec![record],
+                }),
+            ];
+            for message in messages {
+                let encoded = peer_message(u64::MAX, u64::MAX, &message).encoded_len();
+                assert!(
+                    encoded <= message.size_bytes(),
+                    "{encoded} bytes encoded, bound {}",
+                    message.size_bytes()
+                );
+            }
+        }
+        assert!(
+            consensus::limits::fits_in_a_message(0),
+            "one largest entry fits"
+        );
+    }
+}
