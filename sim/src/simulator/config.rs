@@ -1,0 +1,307 @@
+//! A run's settings (faults, sizes, limits), its outcome and its statistics.
+
+use super::*;
+
+/// The kinds of fault the nemesis and the network may inject.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Faults {
+    /// Messages are lost at random.
+    pub drops: bool,
+    /// Messages are delivered twice at random.
+    pub duplicates: bool,
+    /// Some messages take far longer than the rest, so they arrive out of
+    /// order (every message already has a random delay).
+    pub long_delays: bool,
+    /// Symmetric partitions: a random split, the leader isolated, a
+    /// minority cut from the majority.
+    pub partitions: bool,
+    /// One-way partitions: a node that can hear but not speak, or the
+    /// reverse.
+    pub one_way: bool,
+    /// Nodes crash (losing unsynced writes) and restart later.
+    pub crashes: bool,
+    /// Nodes pause (as a process under SIGSTOP, a VM migration, a long
+    /// stall): a paused node takes no input (no tick, message, request or
+    /// disk completion) while the others go on; on resume its backlog
+    /// arrives in a random order.
+    pub pauses: bool,
+    /// Client processes restart: with a fresh id, or taking their id back
+    /// (going on from their sequence numbers, or carelessly from 1).
+    pub client_restarts: bool,
+}
+
+impl Faults {
+    /// Every kind of fault.
+    pub fn all() -> Self {
+        Faults {
+            drops: true,
+            duplicates: true,
+            long_delays: true,
+            partitions: true,
+            one_way: true,
+            crashes: true,
+            pauses: true,
+            client_restarts: true,
+        }
+    }
+
+    /// Each fault kind on its own, with its name.
+    pub fn each_alone() -> Vec<(&'static str, Faults)> {
+        let none = Faults::none();
+        vec![
+            (
+                "drops",
+                Faults {
+                    drops: true,
+                    ..none
+                },
+            ),
+            (
+                "duplicates",
+                Faults {
+                    duplicates: true,
+                    ..none
+                },
+            ),
+            (
+                "long delays",
+                Faults {
+                    long_delays: true,
+                    ..none
+                },
+            ),
+            (
+                "partitions",
+                Faults {
+                    partitions: true,
+                    ..none
+                },
+            ),
+            (
+                "one-way partitions",
+                Faults {
+                    one_way: true,
+                    ..none
+                },
+            ),
+            (
+                "crashes",
+                Faults {
+                    crashes: true,
+                    ..none
+                },
+            ),
+            (
+                "pauses",
+                Faults {
+                    pauses: true,
+                    ..none
+                },
+            ),
+            (
+                "client restarts",
+                Faults {
+                    client_restarts: true,
+                    ..none
+                },
+            ),
+        ]
+    }
+
+    /// No faults: a perfect network and no crashes.
+    pub fn none() -> Self {
+        Faults {
+            drops: false,
+            duplicates: false,
+            long_delays: false,
+            partitions: false,
+            one_way: false,
+            crashes: false,
+            pauses: false,
+            client_restarts: false,
+        }
+    }
+}
+
+/// The shape of one simulated run.
+#[derive(Clone, Debug)]
+pub struct SimConfig {
+    /// The seed: the same seed gives the same run.
+    pub seed: u64,
+    /// Cluster size (nodes are numbered 1..=nodes).
+    pub nodes: usize,
+    /// Concurrent clients.
+    pub clients: usize,
+    /// Keys are `k0..k{keys}`, in pairs that multi-key operations stay
+    /// within (so the checker's independent parts stay small), plus two
+    /// counters.
+    pub keys: usize,
+    /// Faults injected during the fault phase.
+    pub faults: Faults,
+    /// Length of the fault phase; then everything heals.
+    pub fault_phase_ms: Time,
+    /// Operations each client completes after healing (liveness).
+    pub ops_after_heal: usize,
+    /// Time allowed after healing for every client to finish.
+    pub liveness_deadline_ms: Time,
+    /// Interval between ticks of each node.
+    pub tick_ms: Time,
+    /// One-way network delay range between clients and nodes.
+    pub net_delay_ms: (Time, Time),
+    /// One-way network delay range between nodes. Longer than the clients'
+    /// makes replication lag behind client round trips: a slow-path write
+    /// stays uncommitted while fast writes complete and reads arrive.
+    pub peer_delay_ms: (Time, Time),
+    /// Disk sync delay range.
+    pub persist_delay_ms: (Time, Time),
+    /// A client retries an attempt unanswered for this long.
+    pub client_timeout_ms: Time,
+    /// A client abandons an operation (unknown outcome) after this long,
+    /// during the fault phase only.
+    pub give_up_ms: Time,
+    /// Print every event (for replaying one seed).
+    pub verbose: bool,
+    /// Clients send nilext writes (put, delete, multi-put) on Nil-ext's
+    /// fast path: to every node, done on a fast quorum of durability
+    /// acknowledgements of one term including the leader's.
+    pub nilext_fast_path: bool,
+    /// A fast-path write that has not completed by then goes the slow path
+    /// (to the leader, ordered), keeping its request id.
+    pub fast_path_timeout_ms: Time,
+    /// Chance that a fast-path copy to one node arrives only after the
+    /// fast-path timeout, so that the write takes the slow path while its
+    /// late copies still arrive: slow-path writes then overlap fast writes
+    /// and reads, as when one replica's link is slow.
+    pub fast_copy_delay_chance: f64,
+    /// Clients send multi-puts on the fast path too. Unsafe (see
+    /// `consensus::Command::takes_fast_path`); for a test that shows the
+    /// simulator catches it.
+    pub multi_puts_on_fast_path: bool,
+    /// Values are padded to a length in this range (bytes), up to the
+    /// client value limit: AppendEntries, durability-log chunks and
+    /// forwards then meet the peer message limit. The history keeps each
+    /// value's unique prefix; the padding is checked on every read.
+    pub value_padding_bytes: (usize, usize),
+    /// Most client requests a node holds waiting for an answer (kvnode's
+    /// `WAITERS_MAX`); beyond it, new ones are refused as unavailable.
+    pub waiters_max: usize,
+    /// On a crash, the state database may lose its latest applies (kvnode's
+    /// is not synced: it returns to its last flush), up to this many; the
+    /// node applies them again from its log.
+    pub state_rollback_max: usize,
+    /// After every client has finished, the run goes on this long with no
+    /// faults and no client; then nothing may be left pending anywhere:
+    /// every log the same and applied, every durability log drained.
+    pub quiet_ms: Time,
+    /// Models a runtime that loses the ticks a pause missed (a periodic
+    /// timer, as kvnode had before it took time from a clock): a resumed
+    /// node gets one tick at some point of its backlog, and counts time
+    /// from there. For tests that show the pause fault catches it.
+    pub runtime_loses_ticks_in_pauses: bool,
+}
+
+impl SimConfig {
+    /// A run with every fault kind on a cluster of `nodes`.
+    pub fn new(seed: u64, nodes: usize) -> Self {
+        SimConfig {
+            seed,
+            nodes,
+            clients: 4,
+            keys: 6,
+            faults: Faults::all(),
+            fault_phase_ms: 3_000,
+            ops_after_heal: 3,
+            liveness_deadline_ms: 10_000,
+            tick_ms: 10,
+            net_delay_ms: (1, 5),
+            peer_delay_ms: (1, 5),
+            persist_delay_ms: (0, 3),
+            client_timeout_ms: 150,
+            give_up_ms: 600,
+            verbose: false,
+            nilext_fast_path: false,
+            fast_path_timeout_ms: 40,
+            fast_copy_delay_chance: 0.0,
+            multi_puts_on_fast_path: false,
+            value_padding_bytes: (0, 0),
+            waiters_max: usize::MAX,
+            state_rollback_max: 8,
+            quiet_ms: 3_000,
+            runtime_loses_ticks_in_pauses: false,
+        }
+    }
+}
+
+/// Why a run failed.
+#[derive(Clone, Debug)]
+pub struct Failure {
+    /// The run's seed.
+    pub seed: u64,
+    /// When the failure was found.
+    pub time: Time,
+    /// What went wrong.
+    pub message: String,
+    /// The last events before the failure.
+    pub trace: Vec<String>,
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "seed {} failed at t={}ms: {}",
+            self.seed, self.time, self.message
+        )?;
+        if !self.trace.is_empty() {
+            writeln!(f, "last events:")?;
+            for line in &self.trace {
+                writeln!(f, "  {line}")?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What a successful run did, for reports and for tests that look at the
+/// protocol's shape.
+#[derive(Clone, Debug, Default)]
+pub struct RunStats {
+    /// Operations completed with a known result.
+    pub completed: usize,
+    /// Operations abandoned with an unknown outcome.
+    pub unknown: usize,
+    /// Peer messages sent, by kind.
+    pub messages: BTreeMap<&'static str, u64>,
+    /// Synced write batches, over all nodes.
+    pub syncs: u64,
+    /// Crashes injected.
+    pub crashes: u64,
+    /// Pauses injected.
+    pub pauses: u64,
+    /// Client processes restarted.
+    pub client_restarts: u64,
+    /// Requests refused because their sequence number was below the
+    /// session's (careless client restarts).
+    pub stale_refusals: u64,
+    /// Peer messages dropped for exceeding the peer message limit.
+    pub oversized_messages: u64,
+    /// Crashes that rolled a state database back.
+    pub state_rollbacks: u64,
+    /// Requests refused because a node held too many waiting ones.
+    pub waiter_refusals: u64,
+    /// Partitions injected.
+    pub partitions: u64,
+    /// Highest term reached.
+    pub max_term: Term,
+    /// Writes completed on Nil-ext's fast path (a fast quorum of acks).
+    pub fast_path_completions: u64,
+    /// Fast-path writes a replica answered with their result: it had
+    /// already applied them (a retry, or a copy that arrived late).
+    pub fast_path_applied_answers: u64,
+    /// Reads served outside the log (ReadIndex, lease, Nil-ext reads).
+    pub reads_outside_log: u64,
+    /// Log entries applied, over all nodes.
+    pub entries_applied: u64,
+    /// The recorded history.
+    pub history: Vec<Operation>,
+}

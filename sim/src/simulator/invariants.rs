@@ -1,0 +1,129 @@
+//! The safety invariants checked after every event (at most one leader per
+//! term, log matching, leader completeness, one entry applied per index) and
+//! the drain check after healing.
+
+use super::*;
+
+/// The invariant checker's memory.
+#[derive(Default)]
+pub(super) struct Invariants {
+    pub(super) leader_of_term: HashMap<Term, NodeId>,
+    /// (index, term) -> digest of the log prefix ending there.
+    pub(super) prefix_at: HashMap<(LogIndex, Term), u64>,
+    /// index -> (term, entry digest, highest term in the cluster when first applied).
+    pub(super) applied_at: BTreeMap<LogIndex, (Term, u64, Term)>,
+    /// (node, term) pairs already checked for leader completeness.
+    pub(super) leaders_checked: HashSet<(NodeId, Term)>,
+}
+
+impl<P, F> Simulation<P, F>
+where
+    P: Consensus,
+    F: FnMut(NodeId, &[NodeId], Recovered, u64) -> P,
+{
+    pub(super) fn max_term(&self) -> Term {
+        self.nodes
+            .values()
+            .map(|n| {
+                let live = n.protocol.as_ref().map_or(0, |p| p.status().term);
+                live.max(n.storage.hard_state.term)
+            })
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// After healing, the clients' last operations and a quiet period:
+    /// nothing may be left pending anywhere. Every node runs with the same
+    /// log, all of it committed and applied, and every durability log has
+    /// drained (ordered and applied, or forwarded and dropped).
+    pub(super) fn check_drained(&mut self) {
+        let mut problems = Vec::new();
+        let mut ends = BTreeSet::new();
+        for (&id, node) in &self.nodes {
+            let Some(protocol) = &node.protocol else {
+                problems.push(format!("node {id} is down"));
+                continue;
+            };
+            let status = protocol.status();
+            let (last, last_term) = node.storage.last();
+            ends.insert((last, last_term));
+            if status.last_log_index != last
+                || status.commit_index != last
+                || status.applied_index != last
+            {
+                problems.push(format!(
+                    "node {id}: log ends at {last} (durable), {} in memory, commit {}, applied {}",
+                    status.last_log_index, status.commit_index, status.applied_index
+                ));
+            }
+            if !node.storage.durability_log.is_empty() {
+                let ids: Vec<String> = node
+                    .storage
+                    .durability_log
+                    .iter()
+                    .take(5)
+                    .map(|r| r.request.id.to_string())
+                    .collect();
+                problems.push(format!(
+                    "node {id} still holds {} durability-log records ({}...)",
+                    node.storage.durability_log.len(),
+                    ids.join(", ")
+                ));
+            }
+        }
+        if ends.len() > 1 {
+            problems.push(format!("the nodes' logs end differently: {ends:?}"));
+        }
+        if !problems.is_empty() {
+            self.fail(format!(
+                "{} ms after every client finished, something is left pending: {}",
+                self.config.quiet_ms,
+                problems.join("; ")
+            ));
+        }
+    }
+
+    pub(super) fn check_invariants(&mut self) {
+        let mut problems = Vec::new();
+        for (&id, node) in &self.nodes {
+            let Some(protocol) = &node.protocol else {
+                continue;
+            };
+            let status = protocol.status();
+            self.stats.max_term = self.stats.max_term.max(status.term);
+            if status.role != Role::Leader {
+                continue;
+            }
+            // Election safety: at most one leader per term.
+            match self.invariants.leader_of_term.get(&status.term) {
+                Some(&other) if other != id => problems.push(format!(
+                    "election safety: nodes {other} and {id} are both leaders of term {}",
+                    status.term
+                )),
+                Some(_) => {}
+                None => {
+                    self.invariants.leader_of_term.insert(status.term, id);
+                }
+            }
+            // Leader completeness: an entry committed while the highest term
+            // was below this leader's term is in this leader's log.
+            if self.invariants.leaders_checked.insert((id, status.term)) {
+                for (&index, &(term, entry_digest, max_term_then)) in &self.invariants.applied_at {
+                    if max_term_then >= status.term {
+                        continue;
+                    }
+                    let held = node.storage.log.get(index as usize - 1);
+                    if held.is_none_or(|e| digest(e) != entry_digest) {
+                        problems.push(format!(
+                            "leader completeness: leader {id} of term {} lacks committed entry {index} (term {term})",
+                            status.term
+                        ));
+                    }
+                }
+            }
+        }
+        for problem in problems {
+            self.fail(problem);
+        }
+    }
+}

@@ -1,0 +1,169 @@
+//! The nemesis: during the fault phase it crashes, restarts, pauses and
+//! resumes nodes, partitions the network and restarts clients; then it heals
+//! everything.
+
+use super::*;
+
+impl<P, F> Simulation<P, F>
+where
+    P: Consensus,
+    F: FnMut(NodeId, &[NodeId], Recovered, u64) -> P,
+{
+    pub(super) fn pause(&mut self, id: NodeId) {
+        let node = self.nodes.get_mut(&id).expect("node exists");
+        if node.protocol.is_none() || node.paused {
+            return;
+        }
+        node.paused = true;
+        self.stats.pauses += 1;
+        self.log(|| format!("pause node {id}"));
+    }
+
+    /// Resumes a paused node: its backlog (messages, requests, disk
+    /// completions) arrives in a random order over the next few
+    /// milliseconds, as the runtime would take it from its sockets and
+    /// queues; its clock owes it every tick it missed.
+    pub(super) fn resume(&mut self, id: NodeId) {
+        let node = self.nodes.get_mut(&id).expect("node exists");
+        if !node.paused {
+            return;
+        }
+        node.paused = false;
+        let mut backlog = std::mem::take(&mut node.backlog);
+        node.tick_chain += 1;
+        let chain = node.tick_chain;
+        let waiting = backlog.len();
+        self.log(|| format!("resume node {id}: {waiting} events waited"));
+        // A random interleaving: shuffle, then spread over a few ms.
+        for i in (1..backlog.len()).rev() {
+            let j = self.rng.range(0, i as u64 + 1) as usize;
+            backlog.swap(i, j);
+        }
+        for event in backlog {
+            let delay = self.rng.range(0, 3);
+            self.schedule(delay, event);
+        }
+        if self.config.runtime_loses_ticks_in_pauses {
+            // A periodic timer that missed its ticks: one fires soon, at
+            // some point of the backlog, and time counts from there.
+            let (now, tick) = (self.now, self.config.tick_ms);
+            let node = self.nodes.get_mut(&id).expect("node exists");
+            node.clock = TickClock::new(now.saturating_sub(tick), tick);
+        }
+        let delay = self.rng.range(0, 3);
+        self.schedule(delay, Event::Tick { node: id, chain });
+    }
+
+    // ----- the nemesis -----
+
+    pub(super) fn current_leader(&self) -> Option<NodeId> {
+        self.nodes
+            .iter()
+            .filter_map(|(&id, n)| n.protocol.as_ref().map(|p| (id, p.status())))
+            .filter(|(_, s)| s.role == Role::Leader)
+            .max_by_key(|(_, s)| s.term)
+            .map(|(id, _)| id)
+    }
+
+    pub(super) fn nemesis(&mut self) {
+        let faults = self.config.faults;
+        let n = self.config.nodes;
+        let mut actions: Vec<&'static str> = vec!["heal"];
+        if faults.partitions && n > 1 {
+            actions.extend(["random-split", "isolate-leader", "minority-majority"]);
+        }
+        if faults.one_way && n > 1 {
+            actions.push("one-way");
+        }
+        if faults.crashes {
+            actions.extend(["crash", "crash-leader"]);
+        }
+        if faults.pauses {
+            actions.extend(["pause", "pause-leader"]);
+        }
+        if faults.client_restarts {
+            actions.push("restart-client");
+        }
+        if actions.len() == 1 {
+            return;
+        }
+        let action = actions[self.rng.range(0, actions.len() as u64) as usize];
+        let members = self.members();
+        match action {
+            "heal" => {
+                self.cut.clear();
+                self.client_cut.clear();
+            }
+            "random-split" => {
+                self.cut.clear();
+                self.client_cut.clear();
+                let size = self.rng.range(1, n as u64) as usize;
+                let mut group = BTreeSet::new();
+                while group.len() < size {
+                    group.insert(members[self.rng.range(0, n as u64) as usize]);
+                }
+                self.isolate(&group);
+                self.stats.partitions += 1;
+            }
+            "isolate-leader" => {
+                self.cut.clear();
+                self.client_cut.clear();
+                if let Some(leader) = self.current_leader() {
+                    self.isolate(&BTreeSet::from([leader]));
+                    self.stats.partitions += 1;
+                }
+            }
+            "minority-majority" => {
+                self.cut.clear();
+                self.client_cut.clear();
+                let minority = consensus::quorum::max_failures(n);
+                let mut group = BTreeSet::new();
+                while group.len() < minority.max(1) {
+                    group.insert(members[self.rng.range(0, n as u64) as usize]);
+                }
+                self.isolate(&group);
+                self.stats.partitions += 1;
+            }
+            "one-way" => {
+                let a = members[self.rng.range(0, n as u64) as usize];
+                let deaf = self.rng.chance(0.5);
+                for &b in &members {
+                    if b != a {
+                        self.cut.insert(if deaf { (b, a) } else { (a, b) });
+                    }
+                }
+                self.stats.partitions += 1;
+            }
+            "crash" | "crash-leader" => {
+                let target = if action == "crash-leader" {
+                    self.current_leader()
+                } else {
+                    Some(members[self.rng.range(0, n as u64) as usize])
+                };
+                if let Some(id) = target {
+                    self.crash(id);
+                    let down_for = self.rng.range(50, 800);
+                    self.schedule(down_for, Event::Restart { node: id });
+                }
+            }
+            "restart-client" => self.restart_client(),
+            "pause" | "pause-leader" => {
+                let target = if action == "pause-leader" {
+                    self.current_leader()
+                } else {
+                    Some(members[self.rng.range(0, n as u64) as usize])
+                };
+                if let Some(id) = target {
+                    self.pause(id);
+                    let paused_for = self.rng.range(50, 800);
+                    self.schedule(paused_for, Event::Resume { node: id });
+                }
+            }
+            _ => unreachable!(),
+        }
+        let cut = self.cut.len();
+        self.log(|| format!("nemesis: {action} ({cut} links cut)"));
+    }
+
+    // ----- clients -----
+}

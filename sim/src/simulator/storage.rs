@@ -1,0 +1,266 @@
+//! Storage that knows what was synced: writes become durable after a
+//! simulated disk delay, first in, first out; a crash loses every write still
+//! waiting for its sync (and may roll the state database back to an earlier
+//! apply boundary); a restart rebuilds the protocol from what is durable.
+
+use super::*;
+
+/// Writes waiting for their sync, with what must wait for them.
+pub(super) struct PendingPersist {
+    pub(super) writes: Vec<Write>,
+    pub(super) after: Vec<Envelope>,
+    pub(super) replies: Vec<Reply>,
+}
+
+/// A node's durable storage: what survives a crash.
+#[derive(Default)]
+pub(super) struct Storage {
+    pub(super) hard_state: HardState,
+    pub(super) log: Vec<Entry>,
+    pub(super) durability_log: Vec<DurableRecord>,
+    /// `chain[i]` digests `log[..=i]`: equal digests mean equal prefixes.
+    pub(super) chain: Vec<u64>,
+}
+
+impl Storage {
+    pub(super) fn last(&self) -> (LogIndex, Term) {
+        self.log.last().map_or((0, 0), |e| (e.index, e.term))
+    }
+}
+
+pub(super) fn digest<T: Hash>(value: &T) -> u64 {
+    let mut hasher = DefaultHasher::new();
+    value.hash(&mut hasher);
+    hasher.finish()
+}
+
+/// What undoes one apply: the state machine before it, and the values its
+/// keys held before it (`None`: absent).
+pub(super) type Undo = (StateMachine, BTreeMap<Vec<u8>, Option<Vec<u8>>>);
+
+impl<P, F> Simulation<P, F>
+where
+    P: Consensus,
+    F: FnMut(NodeId, &[NodeId], Recovered, u64) -> P,
+{
+    /// Hands a write job to node `id`'s simulated disk: durable after a
+    /// random delay, after every job before it.
+    pub(super) fn persist_job(&mut self, id: NodeId, job: PersistJob) {
+        let delay = self.rng.range(
+            self.config.persist_delay_ms.0,
+            self.config.persist_delay_ms.1 + 1,
+        );
+        let node = self.nodes.get_mut(&id).expect("node exists");
+        node.pending.push_back(PendingPersist {
+            writes: job.writes,
+            after: job.after,
+            replies: job.replies,
+        });
+        let incarnation = node.incarnation;
+        self.schedule(
+            delay,
+            Event::PersistDone {
+                node: id,
+                incarnation,
+            },
+        );
+    }
+
+    pub(super) fn serve_reads(&mut self, id: NodeId, reads: Vec<ClientRequest>) {
+        for request in reads {
+            self.stats.reads_outside_log += 1;
+            let node = &self.nodes[&id];
+            let result = node.state_machine.read(&node.kv, &request.command);
+            self.answer(id, request.id, false, Answer::Result(result));
+        }
+    }
+
+    pub(super) fn persist_done(&mut self, id: NodeId, incarnation: u64) {
+        let node = self.nodes.get_mut(&id).expect("node exists");
+        if node.protocol.is_none() || node.incarnation != incarnation {
+            return;
+        }
+        let Some(batch) = node.pending.pop_front() else {
+            return;
+        };
+        self.stats.syncs += 1;
+        for write in batch.writes {
+            self.durable_write(id, write);
+        }
+        for envelope in batch.after {
+            self.send_message(id, envelope);
+        }
+        for r in batch.replies {
+            self.protocol_reply(id, r);
+        }
+        let (last_index, last_term) = self.nodes[&id].storage.last();
+        self.step(
+            id,
+            Input::Persisted {
+                last_index,
+                last_term,
+            },
+        );
+    }
+
+    pub(super) fn durable_write(&mut self, id: NodeId, write: Write) {
+        let storage = &mut self.nodes.get_mut(&id).expect("node exists").storage;
+        match write {
+            Write::HardState(hard_state) => {
+                let before = storage.hard_state.term;
+                storage.hard_state = hard_state;
+                if hard_state.term < before {
+                    self.fail(format!(
+                        "node {id} persisted term {} after term {before}",
+                        hard_state.term
+                    ));
+                }
+            }
+            Write::TruncateLog { from } => {
+                let keep = (from.max(1) - 1) as usize;
+                storage.log.truncate(keep);
+                storage.chain.truncate(keep);
+            }
+            Write::AppendLog(entries) => {
+                let mut problems = Vec::new();
+                for entry in entries {
+                    if entry.index != storage.log.len() as LogIndex + 1 {
+                        problems.push(format!(
+                            "node {id} appended index {} after {}",
+                            entry.index,
+                            storage.log.len()
+                        ));
+                        break;
+                    }
+                    let previous = storage.chain.last().copied().unwrap_or(0);
+                    let chain = digest(&(previous, &entry));
+                    let key = (entry.index, entry.term);
+                    match self.invariants.prefix_at.get(&key) {
+                        Some(&seen) if seen != chain => problems.push(format!(
+                            "log matching: node {id} holds an entry at index {} term {} whose log prefix differs from another node's",
+                            entry.index, entry.term
+                        )),
+                        Some(_) => {}
+                        None => {
+                            self.invariants.prefix_at.insert(key, chain);
+                        }
+                    }
+                    storage.chain.push(chain);
+                    storage.log.push(entry);
+                }
+                for problem in problems {
+                    self.fail(problem);
+                }
+            }
+            Write::DurabilityAppend(records) => storage.durability_log.extend(records),
+            Write::DurabilityRemove(ids) => {
+                let ids: HashSet<RequestId> = ids.into_iter().collect();
+                storage
+                    .durability_log
+                    .retain(|r| !ids.contains(&r.request.id));
+            }
+            Write::DurabilityReplace(records) => storage.durability_log = records,
+        }
+    }
+
+    pub(super) fn apply(&mut self, id: NodeId, entries: &[Entry]) {
+        let max_term = self.max_term();
+        let node = self.nodes.get_mut(&id).expect("node exists");
+        let mut problems = Vec::new();
+        for entry in entries {
+            // Applied entries must be durable in this node's own log.
+            let stored = node.storage.log.get(entry.index as usize - 1);
+            if stored != Some(entry) {
+                problems.push(format!(
+                    "node {id} applied index {} term {} that is not durable in its log",
+                    entry.index, entry.term
+                ));
+            }
+            let entry_digest = digest(entry);
+            match self.invariants.applied_at.get(&entry.index) {
+                Some(&(term, d, _)) if d != entry_digest => problems.push(format!(
+                    "state machine safety: node {id} applied index {} term {}, another node applied term {term} there",
+                    entry.index, entry.term
+                )),
+                Some(_) => {}
+                None => {
+                    self.invariants.applied_at.insert(entry.index, (entry.term, entry_digest, max_term));
+                }
+            }
+        }
+        let before = node.state_machine.clone();
+        let batch = node.state_machine.apply(&node.kv, entries);
+        self.stats.entries_applied += entries.len() as u64;
+        if self.config.state_rollback_max > 0 {
+            let old_values = batch
+                .data
+                .keys()
+                .map(|key| (key.clone(), node.kv.get(key)))
+                .collect();
+            if node.undo.len() == self.config.state_rollback_max {
+                node.undo.pop_front();
+            }
+            node.undo.push_back((before, old_values));
+        }
+        node.kv.commit(&batch);
+        self.log(|| format!("node {id} applied up to {}", batch.applied_index));
+        for problem in problems {
+            self.fail(problem);
+        }
+        for (_, request, result) in batch.results {
+            self.answer(id, request, false, Answer::Result(result));
+        }
+    }
+
+    pub(super) fn crash(&mut self, id: NodeId) {
+        let node = self.nodes.get_mut(&id).expect("node exists");
+        if node.protocol.is_none() {
+            return;
+        }
+        node.protocol = None;
+        node.incarnation += 1;
+        let lost = node.pending.len();
+        node.pending.clear();
+        node.waiters.clear();
+        node.paused = false;
+        node.backlog.clear();
+        // The state database returns to some earlier apply boundary.
+        let undo = std::mem::take(&mut node.undo);
+        let lose = self.rng.range(0, undo.len() as u64 + 1) as usize;
+        if lose > 0 {
+            let node = self.nodes.get_mut(&id).expect("node exists");
+            for (state_machine, old_values) in undo.into_iter().rev().take(lose) {
+                node.kv.commit(&ApplyBatch {
+                    data: old_values,
+                    ..ApplyBatch::default()
+                });
+                node.state_machine = state_machine;
+            }
+            self.stats.state_rollbacks += 1;
+            let applied = node.state_machine.applied_index();
+            self.log(|| format!("node {id}'s state database rolls back to index {applied}"));
+        }
+        self.stats.crashes += 1;
+        self.log(|| format!("crash node {id}: {lost} unsynced write batches lost"));
+    }
+
+    pub(super) fn restart(&mut self, id: NodeId) {
+        let members = self.members();
+        let seed = self.rng.next_u64();
+        let node = self.nodes.get_mut(&id).expect("node exists");
+        if node.protocol.is_some() {
+            return;
+        }
+        let recovered = Recovered {
+            hard_state: node.storage.hard_state,
+            log: node.storage.log.clone(),
+            applied_index: node.state_machine.applied_index(),
+            durability_log: node.storage.durability_log.clone(),
+        };
+        node.protocol = Some((self.factory)(id, &members, recovered, seed));
+        self.log(|| format!("restart node {id}"));
+        self.start_clock(id);
+    }
+
+    // ----- pauses -----
+}
