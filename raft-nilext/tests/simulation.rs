@@ -293,16 +293,7 @@ fn values_up_to_the_client_limit() {
 #[test]
 fn a_thousand_seeds_of_the_soak() {
     let started = std::time::Instant::now();
-    for seed in 7000000..7001000 {
-        let scenario = soak_scenario(seed);
-        run_seeds(
-            [seed],
-            |_| scenario.config.clone(),
-            scenario.factory,
-            SOAK_REPLAY,
-        )
-        .unwrap_or_else(|failures| panic!("{failures}"));
-    }
+    sim::run_scenarios(7000000..7001000, soak_scenario, SOAK_REPLAY);
     eprintln!("1000 seeds in {:.1} s", started.elapsed().as_secs_f64());
 }
 
@@ -317,16 +308,7 @@ const SOAK_REGRESSIONS: &[u64] = &[100_001_737, 600_098_640];
 
 #[test]
 fn soak_regressions() {
-    for &seed in SOAK_REGRESSIONS {
-        let scenario = soak_scenario(seed);
-        run_seeds(
-            [seed],
-            |_| scenario.config.clone(),
-            scenario.factory,
-            SOAK_REPLAY,
-        )
-        .unwrap_or_else(|failures| panic!("{failures}"));
-    }
+    sim::run_scenarios(SOAK_REGRESSIONS.iter().copied(), soak_scenario, SOAK_REPLAY);
 }
 
 /// A long soak, not run by default, with progress: each seed draws every

@@ -211,16 +211,7 @@ fn values_up_to_the_client_limit() {
 #[test]
 fn a_thousand_seeds_of_the_soak() {
     let started = std::time::Instant::now();
-    for seed in 6000000..6001000 {
-        let scenario = soak_scenario(seed);
-        run_seeds(
-            [seed],
-            |_| scenario.config.clone(),
-            scenario.factory,
-            SOAK_REPLAY,
-        )
-        .unwrap_or_else(|failures| panic!("{failures}"));
-    }
+    sim::run_scenarios(6000000..6001000, soak_scenario, SOAK_REPLAY);
     eprintln!("1000 seeds in {:.1} s", started.elapsed().as_secs_f64());
 }
 

@@ -149,16 +149,7 @@ fn small_limits_and_values_up_to_the_client_limit() {
 #[test]
 fn a_thousand_seeds_of_the_soak() {
     let started = std::time::Instant::now();
-    for seed in 5000000..5001000 {
-        let scenario = soak_scenario(seed);
-        run_seeds(
-            [seed],
-            |_| scenario.config.clone(),
-            scenario.factory,
-            SOAK_REPLAY,
-        )
-        .unwrap_or_else(|failures| panic!("{failures}"));
-    }
+    sim::run_scenarios(5000000..5001000, soak_scenario, SOAK_REPLAY);
     eprintln!("1000 seeds in {:.1} s", started.elapsed().as_secs_f64());
 }
 

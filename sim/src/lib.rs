@@ -153,6 +153,27 @@ pub fn soak_config(
     )
 }
 
+/// Runs `seeds`, each in the settings `scenario(seed)` draws for it (as the
+/// soak runs it, so a failure's replay command reproduces it), and panics
+/// with the failures: a soak's range in an ordinary test run, or the seeds
+/// a soak once found failing.
+pub fn run_scenarios<P, F>(
+    seeds: impl IntoIterator<Item = u64>,
+    scenario: impl Fn(u64) -> Scenario<F>,
+    replay: &str,
+) where
+    P: Consensus,
+    F: Fn(NodeId, &[NodeId], Recovered, u64) -> P + Clone,
+{
+    for seed in seeds {
+        let Scenario {
+            config, factory, ..
+        } = scenario(seed);
+        run_seeds([seed], |_| config.clone(), factory, replay)
+            .unwrap_or_else(|failures| panic!("{failures}"));
+    }
+}
+
 /// Runs many seeds for a long soak, with progress: `SIM_SEEDS` seeds
 /// (default 10,000) from `SIM_FIRST` (default 1,000,000), each in the
 /// settings `scenario(seed)` draws for it, so that one seed alone replays
