@@ -167,6 +167,9 @@ pub enum InjectedBug {
     /// Multi-puts are taken on the fast path (see "Why only writes of one
     /// key take the fast path").
     MultiPutOnFastPath,
+    /// Followers never forward leftover records (see "Leftover records"):
+    /// a record no recovery gathered waits in a durability log for ever.
+    LeftoverRecordsNeverForwarded,
 }
 
 impl Config {
@@ -831,6 +834,9 @@ impl NilextRaft {
         let (Role::Follower, Some(leader)) = (status.role, status.leader) else {
             return;
         };
+        if self.config.injected_bug == Some(InjectedBug::LeftoverRecordsNeverForwarded) {
+            return;
+        }
         let records = self.durability_log.take_due_for_forwarding(
             self.ticks,
             self.config.forward_after_ticks,

@@ -190,6 +190,29 @@ fn catches_reads_that_ignore_the_leaders_unapplied_proposals() {
     assert!(failures.contains("not linearizable"), "{failures}");
 }
 
+/// The drain check catches records left in a durability log: with
+/// followers that never forward leftover records, some seed ends its quiet
+/// period (and its extensions, which only a moving log earns) with records
+/// still held.
+#[test]
+fn catches_leftover_records_that_are_never_forwarded() {
+    let result = run_seeds(
+        72_000..72_300,
+        |seed| nilext(seed, 5),
+        factory_with_bug(
+            ReadMode::ReadIndex,
+            2,
+            Some(InjectedBug::LeftoverRecordsNeverForwarded),
+        ),
+        REPLAY,
+    );
+    let failures = result.expect_err("the bug must be caught within 300 seeds");
+    assert!(
+        failures.contains("left pending") && failures.contains("durability-log records"),
+        "{failures}"
+    );
+}
+
 /// Pauses alone, both read modes: a leader resumed from a pause catches up
 /// on time before it answers anything.
 #[test]

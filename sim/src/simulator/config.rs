@@ -191,7 +191,9 @@ pub struct SimConfig {
     pub state_rollback_max: usize,
     /// After every client has finished, the run goes on this long with no
     /// faults and no client; then nothing may be left pending anywhere:
-    /// every log the same and applied, every durability log drained.
+    /// every log the same and applied, every durability log drained. While
+    /// a lagging node's log still moves, the period is extended, up to ten
+    /// times.
     pub quiet_ms: Time,
     /// Models a runtime that loses the ticks a pause missed (a periodic
     /// timer, as kvnode had before it took time from a clock): a resumed

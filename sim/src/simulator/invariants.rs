@@ -32,11 +32,11 @@ where
             .unwrap_or(0)
     }
 
-    /// After healing, the clients' last operations and a quiet period:
-    /// nothing may be left pending anywhere. Every node runs with the same
-    /// log, all of it committed and applied, and every durability log has
-    /// drained (ordered and applied, or forwarded and dropped).
-    pub(super) fn check_drained(&mut self) {
+    /// What is left pending anywhere, if anything: every node should run
+    /// with the same log, all of it committed and applied, and every
+    /// durability log should have drained (ordered and applied, or forwarded
+    /// and dropped).
+    pub(super) fn pending(&self) -> Vec<String> {
         let mut problems = Vec::new();
         let mut ends = BTreeSet::new();
         for (&id, node) in &self.nodes {
@@ -74,10 +74,38 @@ where
         if ends.len() > 1 {
             problems.push(format!("the nodes' logs end differently: {ends:?}"));
         }
+        problems
+    }
+
+    /// Where catching up stands: per node, its durable log end, commit and
+    /// applied index. A quiet period that ends with something pending is
+    /// extended while these move (a follower far behind, under the smallest
+    /// limits, catches up one entry per round trip). Durability logs that
+    /// shrink with no entry ordered do not count: leftover records must
+    /// drain within one quiet period (simulator seed 600098640 left them
+    /// there, forwarded one at a time).
+    pub(super) fn drain_progress(&self) -> Vec<(LogIndex, LogIndex, LogIndex)> {
+        self.nodes
+            .values()
+            .map(|node| {
+                let status = node.protocol.as_ref().map(|p| p.status());
+                (
+                    node.storage.last().0,
+                    status.as_ref().map_or(0, |s| s.commit_index),
+                    status.as_ref().map_or(0, |s| s.applied_index),
+                )
+            })
+            .collect()
+    }
+
+    /// After healing, the clients' last operations and a quiet period (with
+    /// its extensions while draining progressed): nothing may be left
+    /// pending anywhere.
+    pub(super) fn check_drained(&mut self, waited: Time) {
+        let problems = self.pending();
         if !problems.is_empty() {
             self.fail(format!(
-                "{} ms after every client finished, something is left pending: {}",
-                self.config.quiet_ms,
+                "{waited} ms after every client finished, something is left pending: {}",
                 problems.join("; ")
             ));
         }

@@ -257,6 +257,11 @@ pub struct Simulation<P, F> {
 
 const TRACE_LEN: usize = 60;
 
+/// How many times a quiet period that ends with something still pending is
+/// extended by another quiet period, as long as draining progressed in the
+/// last one.
+const QUIET_EXTENSIONS_MAX: u32 = 10;
+
 impl<P, F> std::fmt::Debug for Simulation<P, F> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Simulation")
@@ -377,10 +382,24 @@ where
         self.schedule(heal_at, Event::Heal);
         let deadline = heal_at + self.config.liveness_deadline_ms;
         let mut quiet_until = None;
+        let mut quiet_started = 0;
+        let mut drain_progress = Vec::new();
+        let mut extensions = 0;
         while let Some((time, event)) = self.queue.pop() {
             self.now = time;
-            if quiet_until.is_some_and(|until| self.now >= until) {
-                break;
+            if let Some(until) = quiet_until
+                && self.now >= until
+            {
+                let progress = self.drain_progress();
+                if extensions == QUIET_EXTENSIONS_MAX
+                    || progress == drain_progress
+                    || self.pending().is_empty()
+                {
+                    break;
+                }
+                extensions += 1;
+                drain_progress = progress;
+                quiet_until = Some(until + self.config.quiet_ms);
             }
             if quiet_until.is_none() && self.now > deadline {
                 let waiting: Vec<String> = self
@@ -405,13 +424,15 @@ where
             }
             if quiet_until.is_none() && self.finished() {
                 quiet_until = Some(self.now + self.config.quiet_ms);
+                quiet_started = self.now;
+                drain_progress = self.drain_progress();
             }
         }
         if self.failure.is_none() && !self.finished() {
             self.fail("the run stopped with clients unfinished".into());
         }
         if self.failure.is_none() && self.config.quiet_ms > 0 {
-            self.check_drained();
+            self.check_drained(self.now - quiet_started);
         }
         if self.failure.is_none() {
             let checked: Vec<Operation> = self
