@@ -178,9 +178,12 @@ pub fn run_scenarios<P, F>(
 /// (default 10,000) from `SIM_FIRST` (default 1,000,000), each in the
 /// settings `scenario(seed)` draws for it, so that one seed alone replays
 /// exactly: with `SIM_SEED` set, only that seed runs, printing every event.
-/// Prints progress every 1,000 seeds and each failure as it is found, with
-/// `replay` (a command with `{seed}` in it); at the end, how many seeds ran
-/// and failed for each setting; panics if any seed failed.
+/// `SIM_ONLY` (for instance `faults=all,read mode=Lease`) skips the seeds
+/// whose drawn settings differ, to spend a soak on some settings without
+/// changing what any seed runs. Prints progress every 1,000 seeds and each
+/// failure as it is found, with `replay` (a command with `{seed}` in it);
+/// at the end, for each setting, how many seeds ran, failed, and had at
+/// least one node paused; panics if any seed failed.
 pub fn run_many<P, F>(scenario: impl Fn(u64) -> Scenario<F>, replay: &str)
 where
     P: Consensus,
@@ -194,20 +197,33 @@ where
         env("SIM_SEEDS").unwrap_or(10_000)
     };
     let first = only.or(env("SIM_FIRST")).unwrap_or(1_000_000);
+    let wanted = settings_filter(&std::env::var("SIM_ONLY").unwrap_or_default());
     let started = std::time::Instant::now();
     let mut failed = Vec::new();
-    // (setting, value) -> (seeds, failures)
-    let mut tally: BTreeMap<(&'static str, String), (u64, u64)> = BTreeMap::new();
+    let (mut ran, mut skipped) = (0u64, 0u64);
+    // (setting, value) -> (seeds, failures, seeds with a pause)
+    let mut tally: BTreeMap<(&'static str, String), (u64, u64, u64)> = BTreeMap::new();
     for (done, seed) in (first..first + count).enumerate() {
         let Scenario {
             config,
             factory,
             chosen,
         } = scenario(seed);
+        let matches = wanted
+            .iter()
+            .all(|(name, value)| chosen.iter().any(|(n, v)| n == name && v == value));
+        if only.is_none() && !matches {
+            skipped += 1;
+            continue;
+        }
         if only.is_some() {
             eprintln!("seed {seed}: {}", describe_chosen(&chosen));
         }
+        ran += 1;
         let outcome = run_seeds([seed], |_| config.clone(), factory, replay);
+        let paused = outcome
+            .as_ref()
+            .is_ok_and(|runs| runs.iter().any(|r| r.pauses > 0));
         let failure = outcome.is_err();
         if let Err(failure) = outcome {
             eprintln!("{failure}settings: {}\n", describe_chosen(&chosen));
@@ -217,25 +233,37 @@ where
             let entry = tally.entry(setting).or_default();
             entry.0 += 1;
             entry.1 += u64::from(failure);
+            entry.2 += u64::from(paused);
         }
         let done = done as u64 + 1;
         if done.is_multiple_of(1000) || done == count {
             let elapsed = started.elapsed().as_secs_f64();
             eprintln!(
-                "{done}/{count} seeds in {elapsed:.0} s ({:.0} seeds/s), {} failed",
-                done as f64 / elapsed.max(1e-9),
+                "{done}/{count} seeds in {elapsed:.0} s ({:.0} seeds/s), {ran} run, {skipped} skipped by SIM_ONLY, {} failed",
+                ran as f64 / elapsed.max(1e-9),
                 failed.len()
             );
         }
     }
     eprintln!(
-        "seeds {first}..{}, by setting (seeds, failed):",
+        "seeds {first}..{}: {ran} run, {skipped} skipped; by setting (seeds, failed, with a pause):",
         first + count
     );
-    for ((name, value), (seeds, failures)) in &tally {
-        eprintln!("  {name} = {value}: {seeds}, {failures}");
+    for ((name, value), (seeds, failures, paused)) in &tally {
+        eprintln!("  {name} = {value}: {seeds}, {failures}, {paused}");
     }
     assert!(failed.is_empty(), "failing seeds: {failed:?}");
+}
+
+/// `name=value` pairs, comma-separated (`SIM_ONLY`).
+fn settings_filter(text: &str) -> Vec<(String, String)> {
+    text.split(',')
+        .filter(|pair| !pair.trim().is_empty())
+        .map(|pair| match pair.split_once('=') {
+            Some((name, value)) => (name.trim().to_string(), value.trim().to_string()),
+            None => panic!("SIM_ONLY takes name=value pairs, comma-separated, not {pair:?}"),
+        })
+        .collect()
 }
 
 fn describe_chosen(chosen: &[(&'static str, String)]) -> String {
