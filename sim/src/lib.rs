@@ -273,3 +273,26 @@ fn describe_chosen(chosen: &[(&'static str, String)]) -> String {
         .collect::<Vec<_>>()
         .join(", ")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::settings_filter;
+
+    #[test]
+    fn sim_only_reads_name_value_pairs() {
+        assert!(settings_filter("").is_empty());
+        assert_eq!(
+            settings_filter("faults=all, read mode = Lease"),
+            vec![
+                ("faults".to_string(), "all".to_string()),
+                ("read mode".to_string(), "Lease".to_string())
+            ]
+        );
+    }
+
+    #[test]
+    #[should_panic(expected = "name=value pairs")]
+    fn sim_only_refuses_a_pair_without_a_value() {
+        settings_filter("faults");
+    }
+}
