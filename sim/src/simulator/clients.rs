@@ -25,6 +25,9 @@ pub(super) struct Client {
     pub(super) restarted_carelessly: Option<Vec<u8>>,
     /// ... and the operation after reads it back.
     pub(super) read_back: Option<Vec<u8>>,
+    /// Numbering its requests again from 1 under an id whose numbers the
+    /// sessions have passed, until it takes a fresh id.
+    pub(super) reusing_numbers: bool,
 }
 
 /// Pads a value to `bytes` in all: a `#`, then a byte that says how the
@@ -456,6 +459,7 @@ where
             "with its id, going on from its sequence numbers"
         } else {
             c.seq = 0;
+            c.reusing_numbers = true;
             c.restarted_carelessly = Some(format!("restart.{}.{}", c.id, self.now).into_bytes());
             "with its id, numbering its requests from 1 again"
         };
@@ -468,6 +472,7 @@ where
         let c = &mut self.clients[client];
         c.id = self.next_client_id;
         c.seq = 0;
+        c.reusing_numbers = false;
     }
 
     pub(super) fn random_command(&mut self, client: usize) -> Command {

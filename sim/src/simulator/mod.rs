@@ -314,6 +314,7 @@ where
                 last_seen: None,
                 restarted_carelessly: None,
                 read_back: None,
+                reusing_numbers: false,
             })
             .collect();
         Simulation {
@@ -623,6 +624,17 @@ where
                 if give_up {
                     self.log(|| format!("client {client} gives up op {op}: outcome unknown"));
                     self.clients[client].current = None;
+                    if self.clients[client].reusing_numbers {
+                        // It cannot tell whether its first write was refused
+                        // as stale; numbers it goes on reusing may equal the
+                        // session's latest and be answered with that
+                        // request's result (simulator seeds 2710090199 and
+                        // 2710157343: a compare-and-swap answered "written").
+                        // As kvclient's documentation says: when in doubt,
+                        // take a fresh id.
+                        self.give_fresh_id(client);
+                        self.log(|| format!("client {client} takes a fresh id"));
+                    }
                     self.schedule(1, Event::ClientNext { client });
                 } else {
                     let guess = self.random_node();
