@@ -15,8 +15,8 @@
 use std::collections::{BTreeMap, HashMap};
 
 use crate::types::{
-    ClientId, Command, CommandResult, Entry, EntryPayload, ExecutionError, Key, LogIndex,
-    RequestId, Seq, Value,
+    ClientId, ClientRequest, Command, CommandResult, Entry, EntryPayload, ExecutionError, Key,
+    LogIndex, RequestId, Seq, Value,
 };
 
 /// Read access to the stored key-value data.
@@ -32,6 +32,23 @@ pub struct Session {
     pub last_seq: Seq,
     /// Its result, returned again to a retry.
     pub last_result: CommandResult,
+    /// Its command's [`Command::digest`] (0: not known, as in sessions
+    /// stored before digests were kept): a request under the same sequence
+    /// number with another command is refused, not answered with this
+    /// result.
+    pub command_digest: u64,
+}
+
+impl Session {
+    /// What to answer a request under this session's latest sequence
+    /// number: the kept result to a retry of the same request, a refusal to
+    /// another request.
+    pub fn answer_again(&self, id: RequestId, command: &Command) -> CommandResult {
+        if self.command_digest != 0 && self.command_digest != command.digest() {
+            return CommandResult::Failed(ExecutionError::RequestIdReused { seq: id.seq });
+        }
+        self.last_result.clone()
+    }
 }
 
 /// The outcome of applying entries: what the backend must commit atomically,
@@ -129,7 +146,7 @@ impl StateMachine {
         }
         if let Some(session) = self.sessions.get(&id.client) {
             if id.seq == session.last_seq {
-                return session.last_result.clone();
+                return session.answer_again(id, command);
             }
             if id.seq < session.last_seq {
                 return CommandResult::Failed(ExecutionError::StaleRequest {
@@ -142,18 +159,20 @@ impl StateMachine {
         let session = Session {
             last_seq: id.seq,
             last_result: result.clone(),
+            command_digest: command.digest(),
         };
         self.sessions.insert(id.client, session.clone());
         batch.sessions.insert(id.client, session);
         result
     }
 
-    /// What to answer at once to a Nil-ext fast-path write `id`, instead of
-    /// making it durable:
+    /// What to answer at once to a Nil-ext fast-path write `request`,
+    /// instead of making it durable:
     ///
-    /// - the session's latest update is `id` itself: the write took effect
+    /// - the session's latest update is this request: the write took effect
     ///   here (a retry, or a copy that arrived late); its result, as the
-    ///   ordered path answers a retry. Stored again, the record would only
+    ///   ordered path answers a retry (or, for another command under the
+    ///   same number, the refusal apply would give). Stored again, the record would only
     ///   wait in the durability log for a leader that has nothing left to
     ///   order (simulator seed 600098640: a late copy of an applied write
     ///   was forwarded, 1 MiB at a time, for longer than the quiet period);
@@ -163,10 +182,11 @@ impl StateMachine {
     ///
     /// A client that takes its id back after a restart must go on from the
     /// sequence numbers it used.
-    pub fn answer_fast_write(&self, id: RequestId) -> Option<CommandResult> {
+    pub fn answer_fast_write(&self, request: &ClientRequest) -> Option<CommandResult> {
+        let id = request.id;
         let session = self.sessions.get(&id.client)?;
         match id.seq.cmp(&session.last_seq) {
-            std::cmp::Ordering::Equal => Some(session.last_result.clone()),
+            std::cmp::Ordering::Equal => Some(session.answer_again(id, &request.command)),
             std::cmp::Ordering::Less => Some(CommandResult::Failed(ExecutionError::StaleRequest {
                 seq: id.seq,
                 latest: session.last_seq,
@@ -317,6 +337,41 @@ mod tests {
         let batch = sm.apply(kv, entries);
         kv.commit(&batch);
         batch.results.into_iter().map(|(_, _, r)| r).collect()
+    }
+
+    /// Another request under the number of the session's latest update (a
+    /// client that took its id back and numbered its requests again) is
+    /// refused and changes nothing, on the ordered path and on Nil-ext's
+    /// fast path; a retry of the same request still gets its result.
+    #[test]
+    fn another_request_under_the_latest_number_is_refused_not_answered() {
+        let (mut sm, mut kv) = (StateMachine::default(), MemKv::default());
+        let first = put("k", "v");
+        apply(&mut sm, &mut kv, &[entry(1, 7, 3, first.clone())]);
+        let other = Command::CompareAndSwap {
+            key: "k".into(),
+            expected: None,
+            new: "w".into(),
+        };
+        let reused = CommandResult::Failed(ExecutionError::RequestIdReused { seq: 3 });
+        let results = apply(
+            &mut sm,
+            &mut kv,
+            &[entry(2, 7, 3, other.clone()), entry(3, 7, 3, first.clone())],
+        );
+        assert_eq!(results, vec![reused.clone(), CommandResult::Written]);
+        assert_eq!(kv.get(b"k"), Some(b"v".to_vec()));
+        let request = |command| ClientRequest {
+            id: RequestId { client: 7, seq: 3 },
+            command,
+        };
+        assert_eq!(sm.answer_fast_write(&request(put("k", "x"))), Some(reused));
+        assert_eq!(
+            sm.answer_fast_write(&request(first)),
+            Some(CommandResult::Written)
+        );
+        assert_ne!(put("k", "v").digest(), put("k", "x").digest());
+        assert_ne!(put("ab", "c").digest(), put("a", "bc").digest());
     }
 
     #[test]

@@ -96,6 +96,67 @@ pub enum CommandClass {
 }
 
 impl Command {
+    /// A digest of the command, the same on every replica and in every
+    /// build (FNV-1a over a tagged, length-prefixed encoding; never 0): a
+    /// session keeps its latest update's, so that another request sent
+    /// under the same (client, sequence number) is refused instead of
+    /// answered with that update's result.
+    pub fn digest(&self) -> u64 {
+        let mut hash = Fnv::default();
+        let bytes = |hash: &mut Fnv, b: &[u8]| {
+            hash.write(&(b.len() as u64).to_le_bytes());
+            hash.write(b);
+        };
+        match self {
+            Command::Put { key, value } => {
+                hash.write(&[1]);
+                bytes(&mut hash, key);
+                bytes(&mut hash, value);
+            }
+            Command::Delete { key } => {
+                hash.write(&[2]);
+                bytes(&mut hash, key);
+            }
+            Command::MultiPut { pairs } => {
+                hash.write(&[3]);
+                hash.write(&(pairs.len() as u64).to_le_bytes());
+                for (key, value) in pairs {
+                    bytes(&mut hash, key);
+                    bytes(&mut hash, value);
+                }
+            }
+            Command::CompareAndSwap { key, expected, new } => {
+                hash.write(&[4]);
+                bytes(&mut hash, key);
+                match expected {
+                    Some(value) => {
+                        hash.write(&[1]);
+                        bytes(&mut hash, value);
+                    }
+                    None => hash.write(&[0]),
+                }
+                bytes(&mut hash, new);
+            }
+            Command::Increment { key, by } => {
+                hash.write(&[5]);
+                bytes(&mut hash, key);
+                hash.write(&by.to_le_bytes());
+            }
+            Command::Get { key } => {
+                hash.write(&[6]);
+                bytes(&mut hash, key);
+            }
+            Command::MultiGet { keys } => {
+                hash.write(&[7]);
+                hash.write(&(keys.len() as u64).to_le_bytes());
+                for key in keys {
+                    bytes(&mut hash, key);
+                }
+            }
+        }
+        hash.0.max(1)
+    }
+
     /// The command's class (nilext write, non-nilext update, read).
     pub fn class(&self) -> CommandClass {
         match self {
@@ -274,6 +335,16 @@ pub enum ExecutionError {
         /// The limit.
         limit: usize,
     },
+    /// Another request under the sequence number of the client's latest
+    /// update: a client that took its id back and numbered its requests
+    /// again. It changed nothing; the client must take a fresh id.
+    #[error(
+        "request {seq} reuses the sequence number of this client's latest update for another request; take a fresh client id"
+    )]
+    RequestIdReused {
+        /// The request's sequence number.
+        seq: Seq,
+    },
     /// A request older than the client's latest: its result is no longer kept,
     /// and the client has already moved past it.
     #[error("request {seq} is older than the session's latest ({latest})")]
@@ -283,4 +354,23 @@ pub enum ExecutionError {
         /// The newest sequence number the session has applied.
         latest: Seq,
     },
+}
+
+/// 64-bit FNV-1a: small, and the same everywhere (std's hashers may change
+/// between releases; a digest kept in the state machine must not).
+struct Fnv(u64);
+
+impl Default for Fnv {
+    fn default() -> Self {
+        Fnv(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl Fnv {
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 ^= u64::from(b);
+            self.0 = self.0.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
 }

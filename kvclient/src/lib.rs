@@ -42,11 +42,13 @@ pub struct ClientOptions {
     /// from above every sequence number it used with that id before (see
     /// `first_seq` and [`Client::last_seq`]): the nodes keep, per id, the
     /// latest request they applied and answer a retry of it from memory.
-    /// A request numbered below it is refused as stale (an
-    /// [`ClientError::Execution`] error: nothing was written); one that
-    /// reuses a number not applied yet cannot be told from a retry, and may
-    /// be answered with another request's result. When in doubt, take a
-    /// fresh id.
+    /// A request numbered below it is refused as stale, and another request
+    /// under its very number is refused too (each an
+    /// [`ClientError::Execution`] error: nothing was written); but a number
+    /// the nodes have not applied yet cannot be told from a new request:
+    /// whichever of the two requests under it is applied first takes
+    /// effect, and the other is refused, even after Nil-ext's fast path
+    /// acknowledged it. When in doubt, take a fresh id.
     pub client_id: Option<u64>,
     /// The sequence number of this client's first request (default 1):
     /// above every one used before, for a client that takes its id back.

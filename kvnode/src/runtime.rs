@@ -403,7 +403,7 @@ impl Runtime {
                 request,
                 fast: true,
                 reply,
-            } if let Some(answer) = self.state_machine.answer_fast_write(request.id) => {
+            } if let Some(answer) = self.state_machine.answer_fast_write(&request) => {
                 // Already applied, or below the session's latest update
                 // (see `StateMachine::answer_fast_write`).
                 reply.send(ClientAnswer::Result(answer));

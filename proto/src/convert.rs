@@ -368,6 +368,7 @@ impl From<&CommandResult> for raft::StoredResult {
                 ExecutionError::NotAnInteger => "not_an_integer".into(),
                 ExecutionError::Overflow => "overflow".into(),
                 ExecutionError::StaleRequest { seq, latest } => format!("stale:{seq}:{latest}"),
+                ExecutionError::RequestIdReused { seq } => format!("reused:{seq}"),
                 ExecutionError::ResultTooLarge { limit } => format!("too_large:{limit}"),
             }),
         };
@@ -397,6 +398,11 @@ impl TryFrom<raft::StoredResult> for CommandResult {
                 R::Failed(code) => CommandResult::Failed(match code.as_str() {
                     "not_an_integer" => ExecutionError::NotAnInteger,
                     "overflow" => ExecutionError::Overflow,
+                    other if other.starts_with("reused:") => ExecutionError::RequestIdReused {
+                        seq: other["reused:".len()..]
+                            .parse()
+                            .map_err(|_| malformed("result", format!("bad failure {other:?}")))?,
+                    },
                     other if other.starts_with("too_large:") => ExecutionError::ResultTooLarge {
                         limit: other["too_large:".len()..]
                             .parse()
@@ -429,6 +435,7 @@ impl From<&Session> for raft::StoredSession {
         raft::StoredSession {
             last_seq: session.last_seq,
             last_result: Some((&session.last_result).into()),
+            command_digest: session.command_digest,
         }
     }
 }
@@ -444,6 +451,7 @@ impl TryFrom<raft::StoredSession> for Session {
                 .last_result
                 .ok_or_else(|| malformed("session", "no result"))?
                 .try_into()?,
+            command_digest: session.command_digest,
         })
     }
 }
@@ -542,11 +550,13 @@ mod tests {
             CommandResult::Failed(ExecutionError::NotAnInteger),
             CommandResult::Failed(ExecutionError::StaleRequest { seq: 1, latest: 4 }),
             CommandResult::Failed(ExecutionError::ResultTooLarge { limit: 16 }),
+            CommandResult::Failed(ExecutionError::RequestIdReused { seq: 7 }),
         ];
         for result in results {
             let session = Session {
                 last_seq: 4,
                 last_result: result,
+                command_digest: 99,
             };
             assert_eq!(
                 Session::try_from(raft::StoredSession::from(&session)).expect("decodes"),

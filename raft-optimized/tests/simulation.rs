@@ -210,8 +210,10 @@ fn values_up_to_the_client_limit() {
 /// id, numbering its requests from 1 again, gave up its first write
 /// (outcome unknown) and went on reusing numbers until one equalled its
 /// session's latest and was answered with that request's result (a
-/// compare-and-swap answered "written"). The simulated client now takes a
-/// fresh id then, as kvclient's documentation tells a client in doubt.
+/// compare-and-swap answered "written"). The state machine now refuses
+/// another request under the latest number (`Session::answer_again`), and
+/// clients of odd id take a fresh id then, as kvclient's documentation
+/// tells a client in doubt.
 const SOAK_REGRESSIONS: &[u64] = &[2_710_090_199, 2_710_157_343];
 
 #[test]

@@ -290,7 +290,9 @@ where
             }
             Answer::Result(
                 result @ (CommandResult::Written
-                | CommandResult::Failed(ExecutionError::StaleRequest { .. })),
+                | CommandResult::Failed(
+                    ExecutionError::StaleRequest { .. } | ExecutionError::RequestIdReused { .. },
+                )),
             ) => {
                 if result == CommandResult::Written {
                     self.stats.fast_path_applied_answers += 1;
@@ -322,7 +324,10 @@ where
         if let CommandResult::Value(v) = &result {
             self.clients[client].last_seen = v.clone();
         }
-        if let CommandResult::Failed(ExecutionError::StaleRequest { .. }) = &result {
+        if let CommandResult::Failed(
+            ExecutionError::StaleRequest { .. } | ExecutionError::RequestIdReused { .. },
+        ) = &result
+        {
             // It changed nothing. As kvclient's documentation tells a client
             // whose id was taken back carelessly: take a fresh id.
             self.stats.stale_refusals += 1;

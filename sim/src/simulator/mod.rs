@@ -566,7 +566,7 @@ where
                 n.waiters.insert((request.id, fast), (client, op, attempt));
                 // A fast-path write already applied, or below the session's
                 // latest update, is answered at once.
-                if fast && let Some(answer) = n.state_machine.answer_fast_write(request.id) {
+                if fast && let Some(answer) = n.state_machine.answer_fast_write(&request) {
                     self.answer(node, request.id, true, Answer::Result(answer));
                     return;
                 }
@@ -624,14 +624,17 @@ where
                 if give_up {
                     self.log(|| format!("client {client} gives up op {op}: outcome unknown"));
                     self.clients[client].current = None;
-                    if self.clients[client].reusing_numbers {
-                        // It cannot tell whether its first write was refused
-                        // as stale; numbers it goes on reusing may equal the
-                        // session's latest and be answered with that
-                        // request's result (simulator seeds 2710090199 and
-                        // 2710157343: a compare-and-swap answered "written").
-                        // As kvclient's documentation says: when in doubt,
-                        // take a fresh id.
+                    // A client reusing numbers cannot tell whether its first
+                    // write was refused as stale. Numbers it goes on reusing
+                    // may equal the session's latest: another request under
+                    // it is refused (`Session::answer_again`; before, it was
+                    // answered with that request's result: soak seeds
+                    // 2710090199 and 2710157343, a compare-and-swap answered
+                    // "written"). Clients of even id go on, to keep that
+                    // refusal tested; the others do as kvclient's
+                    // documentation says: when in doubt, take a fresh id.
+                    let c = &self.clients[client];
+                    if c.reusing_numbers && c.id % 2 == 1 {
                         self.give_fresh_id(client);
                         self.log(|| format!("client {client} takes a fresh id"));
                     }
