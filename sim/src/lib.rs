@@ -201,6 +201,16 @@ where
     let started = std::time::Instant::now();
     let mut failed = Vec::new();
     let (mut ran, mut skipped) = (0u64, 0u64);
+    // Every 1,000 seeds scanned, and at the last, run or skipped.
+    let report_progress = |done: u64, ran: u64, skipped: u64, failed: usize| {
+        if done.is_multiple_of(1000) || done == count {
+            let elapsed = started.elapsed().as_secs_f64();
+            eprintln!(
+                "{done}/{count} seeds in {elapsed:.0} s ({:.0} seeds/s), {ran} run, {skipped} skipped by SIM_ONLY, {failed} failed",
+                ran as f64 / elapsed.max(1e-9),
+            );
+        }
+    };
     // (setting, value) -> (seeds, failures, seeds with a pause)
     let mut tally: BTreeMap<(&'static str, String), (u64, u64, u64)> = BTreeMap::new();
     for (done, seed) in (first..first + count).enumerate() {
@@ -214,6 +224,7 @@ where
             .all(|(name, value)| chosen.iter().any(|(n, v)| n == name && v == value));
         if only.is_none() && !matches {
             skipped += 1;
+            report_progress(done as u64 + 1, ran, skipped, failed.len());
             continue;
         }
         if only.is_some() {
@@ -235,15 +246,7 @@ where
             entry.1 += u64::from(failure);
             entry.2 += u64::from(paused);
         }
-        let done = done as u64 + 1;
-        if done.is_multiple_of(1000) || done == count {
-            let elapsed = started.elapsed().as_secs_f64();
-            eprintln!(
-                "{done}/{count} seeds in {elapsed:.0} s ({:.0} seeds/s), {ran} run, {skipped} skipped by SIM_ONLY, {} failed",
-                ran as f64 / elapsed.max(1e-9),
-                failed.len()
-            );
-        }
+        report_progress(done as u64 + 1, ran, skipped, failed.len());
     }
     eprintln!(
         "seeds {first}..{}: {ran} run, {skipped} skipped; by setting (seeds, failed, with a pause):",
