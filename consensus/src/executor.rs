@@ -7,6 +7,7 @@
 use crate::Consensus;
 use crate::clock::TickClock;
 use crate::io::{Envelope, Input, Outbox, OutboxParts, Reply, SoftState, Write};
+use crate::snapshot::{ChunkRequest, SnapshotMeta};
 use crate::types::{ClientRequest, Entry};
 
 /// Writes to make durable with one sync, in order after every write
@@ -50,6 +51,19 @@ pub trait Effects {
     fn apply(&mut self, entries: Vec<Entry>) -> Result<(), Self::Error>;
     /// Serves reads from the state machine and answers them.
     fn serve_reads(&mut self, reads: Vec<ClientRequest>) -> Result<(), Self::Error>;
+    /// Reads a chunk of a snapshot this node captured and sends it to the
+    /// follower, now (a runtime that no longer holds that snapshot sends
+    /// nothing; the leader starts over with its latest when no answer
+    /// comes).
+    fn send_snapshot_chunk(&mut self, request: ChunkRequest);
+    /// Entries were just applied, up to `at`. When the runtime's
+    /// `crate::snapshot::SnapshotPolicy` says a snapshot is due, captures
+    /// the state machine (it stands at `at`), durably, and returns how many
+    /// entries the protocol should keep behind it. None by default.
+    fn snapshot_if_due(&mut self, at: SnapshotMeta) -> Result<Option<u64>, Self::Error> {
+        let _ = at;
+        Ok(None)
+    }
     /// The node's role, term or leader changed (for logs; nothing to do
     /// by default).
     fn role_changed(&mut self, soft: SoftState) {
@@ -61,8 +75,9 @@ pub trait Effects {
 /// what may leave now leaves; the writes go to the disk with what waits for
 /// them (or, with no write of their own, what waits joins the writes in
 /// flight, or leaves now when none is); entries are applied, then reads
-/// served. Returns the input to feed back ([`Input::Applied`]), if any.
-pub fn carry_out<E: Effects>(out: Outbox, effects: &mut E) -> Result<Option<Input>, E::Error> {
+/// served. Returns the inputs to feed back ([`Input::Applied`], then
+/// [`Input::SnapshotTaken`] when a snapshot was taken), if any.
+pub fn carry_out<E: Effects>(out: Outbox, effects: &mut E) -> Result<Vec<Input>, E::Error> {
     let parts = out.split();
     let waits = parts.waits_for_persist();
     let OutboxParts {
@@ -73,6 +88,7 @@ pub fn carry_out<E: Effects>(out: Outbox, effects: &mut E) -> Result<Option<Inpu
         reply_after_persist,
         apply,
         reads,
+        snapshot_chunks,
         soft_state,
     } = parts;
     if let Some(soft) = soft_state {
@@ -83,6 +99,9 @@ pub fn carry_out<E: Effects>(out: Outbox, effects: &mut E) -> Result<Option<Inpu
     }
     for reply in reply_now {
         effects.reply(reply);
+    }
+    for request in snapshot_chunks {
+        effects.send_snapshot_chunk(request);
     }
     if !persist.is_empty() {
         effects.persist(PersistJob {
@@ -104,28 +123,39 @@ pub fn carry_out<E: Effects>(out: Outbox, effects: &mut E) -> Result<Option<Inpu
             }
         }
     }
-    let applied = apply.last().map(|e| Input::Applied { index: e.index });
-    if !apply.is_empty() {
+    let mut follow_up = Vec::new();
+    if let Some(last) = apply.last() {
+        let at = SnapshotMeta {
+            index: last.index,
+            term: last.term,
+        };
+        follow_up.push(Input::Applied { index: at.index });
         effects.apply(apply)?;
+        if let Some(keep_entries) = effects.snapshot_if_due(at)? {
+            follow_up.push(Input::SnapshotTaken {
+                snapshot: at,
+                keep_entries,
+            });
+        }
     }
     if !reads.is_empty() {
         effects.serve_reads(reads)?;
     }
-    Ok(applied)
+    Ok(follow_up)
 }
 
 /// Feeds `input` to `protocol` and carries out what follows, feeding back
-/// [`Input::Applied`] until nothing does.
+/// [`Input::Applied`] (and [`Input::SnapshotTaken`]) until nothing follows.
 pub fn step<P: Consensus + ?Sized, E: Effects>(
     protocol: &mut P,
     input: Input,
     effects: &mut E,
 ) -> Result<(), E::Error> {
-    let mut next = Some(input);
-    while let Some(input) = next.take() {
+    let mut next = std::collections::VecDeque::from([input]);
+    while let Some(input) = next.pop_front() {
         let mut out = Outbox::default();
         protocol.step(input, &mut out);
-        next = carry_out(out, effects)?;
+        next.extend(carry_out(out, effects)?);
     }
     Ok(())
 }

@@ -57,6 +57,7 @@
 //! durability acknowledgement (to the fast-path caller).
 
 use crate::message::Message;
+use crate::snapshot::{ChunkRequest, SnapshotItem, SnapshotMeta};
 use crate::types::{ClientRequest, Entry, LogIndex, NodeId, RequestId, Term};
 
 /// An event a protocol reacts to.
@@ -90,6 +91,27 @@ pub enum Input {
     Applied {
         /// The new applied index.
         index: LogIndex,
+    },
+    /// The runtime captured the state machine at `snapshot` (durably, with
+    /// what it needs to send it to a follower): the log up to it may be
+    /// dropped, all but the last `keep_entries` entries
+    /// (`crate::snapshot`).
+    SnapshotTaken {
+        /// Where the state machine stood.
+        snapshot: SnapshotMeta,
+        /// Entries to keep behind it.
+        keep_entries: u64,
+    },
+    /// A snapshot received from the leader is installed: the state machine
+    /// now stands at `snapshot` ([`Write::InstallSnapshot`] is durable).
+    SnapshotInstalled {
+        /// The snapshot.
+        snapshot: SnapshotMeta,
+        /// Each client's latest applied sequence number in it (its
+        /// sessions): a request at or below it took effect or never will
+        /// (Nil-ext drops such records from its durability log, as it
+        /// drops those it applies).
+        sessions: Vec<(crate::ClientId, crate::Seq)>,
     },
 }
 
@@ -143,6 +165,37 @@ pub enum Write {
     /// Replace the whole Nil-ext durability log (a new leader's recovered
     /// log).
     DurabilityReplace(Vec<DurableRecord>),
+    /// Record `snapshot` as the latest snapshot (the runtime captured it
+    /// before this write was issued) and remove every log entry with index
+    /// <= `through`, whose entry had `through_term`.
+    CompactLog {
+        /// The snapshot.
+        snapshot: SnapshotMeta,
+        /// The last entry removed.
+        through: LogIndex,
+        /// Its term.
+        through_term: Term,
+    },
+    /// Stage a chunk of a snapshot received from the leader (`first`: drop
+    /// whatever was staged before). Staged chunks change nothing until
+    /// [`Write::InstallSnapshot`]; they need no sync of their own.
+    SnapshotChunk {
+        /// The snapshot.
+        snapshot: SnapshotMeta,
+        /// The first chunk.
+        first: bool,
+        /// Its items.
+        items: Vec<SnapshotItem>,
+    },
+    /// Switch the state machine to the staged snapshot, atomically, and
+    /// remove every log entry with index <= `snapshot.index` (entries after
+    /// it stay; a protocol truncates them first when they conflict). A crash
+    /// before this write is durable leaves the previous state machine and
+    /// log; after, the snapshot's.
+    InstallSnapshot {
+        /// The snapshot staged.
+        snapshot: SnapshotMeta,
+    },
 }
 
 /// A nilext write made durable but not yet ordered (Nil-ext's durability
@@ -213,6 +266,9 @@ pub struct Outbox {
     pub reads: Vec<ClientRequest>,
     /// Answers to clients other than results.
     pub reply: Vec<Reply>,
+    /// Chunks of snapshots to read and send to followers (they depend on
+    /// no write and leave at once).
+    pub snapshot_chunks: Vec<ChunkRequest>,
     /// The node's role, term or leader changed (the latest), for the
     /// runtime's logs and metrics (etcd's `SoftState`).
     pub soft_state: Option<SoftState>,
@@ -246,6 +302,8 @@ pub struct OutboxParts {
     pub apply: Vec<Entry>,
     /// Reads to serve after applying.
     pub reads: Vec<ClientRequest>,
+    /// Snapshot chunks to read and send now.
+    pub snapshot_chunks: Vec<ChunkRequest>,
     /// A change of role, term or leader to report.
     pub soft_state: Option<SoftState>,
 }
@@ -274,6 +332,7 @@ impl Outbox {
             reply_after_persist,
             apply: self.apply,
             reads: self.reads,
+            snapshot_chunks: self.snapshot_chunks,
             soft_state: self.soft_state,
         }
     }
@@ -285,6 +344,7 @@ impl Outbox {
             && self.apply.is_empty()
             && self.reads.is_empty()
             && self.reply.is_empty()
+            && self.snapshot_chunks.is_empty()
             && self.soft_state.is_none()
     }
 
@@ -377,6 +437,11 @@ pub struct Status {
     pub applied_index: LogIndex,
     /// Index of the last entry of its (in-memory) log.
     pub last_log_index: LogIndex,
+    /// Index of its latest snapshot (0: none).
+    pub snapshot_index: LogIndex,
+    /// Index of the first entry its log still holds (earlier ones were
+    /// compacted).
+    pub first_log_index: LogIndex,
 }
 
 /// What a node finds in its storage when it starts.
@@ -384,8 +449,13 @@ pub struct Status {
 pub struct Recovered {
     /// The durable term and vote.
     pub hard_state: HardState,
-    /// The durable log, from index 1, without gaps.
+    /// The durable log: the entries after `log_base`, without gaps.
     pub log: Vec<Entry>,
+    /// The last entry compacted away (index, term); (0, 0) when none was.
+    pub log_base: (LogIndex, Term),
+    /// The latest snapshot ((0, 0): none). The state machine stands at or
+    /// after it.
+    pub snapshot: SnapshotMeta,
     /// The state machine's durable applied index.
     pub applied_index: LogIndex,
     /// The Nil-ext durability log, in insertion order.

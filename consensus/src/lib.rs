@@ -99,6 +99,7 @@ pub mod message;
 pub mod quorum;
 pub mod raft;
 pub mod rng;
+pub mod snapshot;
 pub mod state_machine;
 pub mod types;
 

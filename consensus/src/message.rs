@@ -2,6 +2,7 @@
 //! with the extensions the optimized variants need (pre-vote, read contexts,
 //! conflict hints). `proto/raft.proto` mirrors these one to one.
 
+use crate::snapshot::{SnapshotItem, SnapshotMeta};
 use crate::types::{Entry, LogIndex, NodeId, Term};
 
 /// Figure 2, "AppendEntries RPC": replicate entries, and heartbeat.
@@ -110,6 +111,46 @@ pub struct DurabilityForward {
     pub records: Vec<crate::io::DurableRecord>,
 }
 
+/// Figure 13, "InstallSnapshot RPC": one chunk of the leader's snapshot,
+/// for a follower whose next entry the leader no longer holds. Chunks are
+/// sent one at a time, in order; the follower stages them and switches to
+/// the snapshot at the last (`crate::snapshot`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InstallSnapshot {
+    /// The leader's term.
+    pub term: Term,
+    /// So the follower can redirect clients.
+    pub leader_id: NodeId,
+    /// The snapshot (lastIncludedIndex and lastIncludedTerm).
+    pub snapshot: SnapshotMeta,
+    /// Where this chunk starts (empty: the first chunk). Positions compare
+    /// as byte strings, later chunks greater.
+    pub position: Vec<u8>,
+    /// The chunk's items, in the snapshot's order.
+    pub items: Vec<SnapshotItem>,
+    /// Where the next chunk starts.
+    pub next: Vec<u8>,
+    /// True for the last chunk.
+    pub done: bool,
+}
+
+/// The answer to an [`InstallSnapshot`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InstallSnapshotResponse {
+    /// The follower's `currentTerm`.
+    pub term: Term,
+    /// The snapshot the chunk belonged to.
+    pub snapshot: SnapshotMeta,
+    /// Where the follower expects the next chunk to start.
+    pub next: Vec<u8>,
+    /// The chunk was not the one expected (`next` says which is); nothing
+    /// was written.
+    pub rejected: bool,
+    /// The follower holds the snapshot (installed, or already applied past
+    /// it): its log matches the leader's up to `snapshot.index`.
+    pub installed: bool,
+}
+
 /// Any message between replicas.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Message {
@@ -127,6 +168,10 @@ pub enum Message {
     DurabilityLogResponse(DurabilityLogResponse),
     /// See [`DurabilityForward`].
     DurabilityForward(DurabilityForward),
+    /// See [`InstallSnapshot`].
+    InstallSnapshot(InstallSnapshot),
+    /// See [`InstallSnapshotResponse`].
+    InstallSnapshotResponse(InstallSnapshotResponse),
 }
 
 /// A message's fixed part encoded (terms, indexes, ids, flags and their
@@ -145,6 +190,12 @@ impl Message {
                     .iter()
                     .map(crate::io::DurableRecord::size_bytes)
                     .sum(),
+                Message::InstallSnapshot(m) => {
+                    m.position.len()
+                        + m.next.len()
+                        + m.items.iter().map(SnapshotItem::size_bytes).sum::<usize>()
+                }
+                Message::InstallSnapshotResponse(m) => m.next.len(),
                 Message::AppendEntriesResponse(_)
                 | Message::RequestVote(_)
                 | Message::RequestVoteResponse(_)
@@ -153,10 +204,11 @@ impl Message {
     }
 
     /// The sender's claim to lead its term, when the message carries one
-    /// (only a leader sends AppendEntries).
+    /// (only a leader sends AppendEntries and InstallSnapshot).
     pub fn leader_hint(&self) -> Option<NodeId> {
         match self {
             Message::AppendEntries(m) => Some(m.leader_id),
+            Message::InstallSnapshot(m) => Some(m.leader_id),
             _ => None,
         }
     }
@@ -171,6 +223,8 @@ impl Message {
             Message::DurabilityLogRequest(m) => m.term,
             Message::DurabilityLogResponse(m) => m.term,
             Message::DurabilityForward(m) => m.term,
+            Message::InstallSnapshot(m) => m.term,
+            Message::InstallSnapshotResponse(m) => m.term,
         }
     }
 }

@@ -12,10 +12,12 @@ use crate::io::{
 };
 use crate::log::RaftLog;
 use crate::message::{
-    AppendEntries, AppendEntriesResponse, Message, RequestVote, RequestVoteResponse,
+    AppendEntries, AppendEntriesResponse, InstallSnapshot, InstallSnapshotResponse, Message,
+    RequestVote, RequestVoteResponse,
 };
 use crate::quorum::{majority, quorum_index};
 use crate::rng::DetRng;
+use crate::snapshot::{Reception, SnapshotMeta, Transfer, TransferStep};
 use crate::types::{Entry, EntryPayload, LogIndex, NodeId, RequestId, Term};
 
 /// Default base election timeout of every Raft variant, in ticks: each
@@ -98,6 +100,13 @@ pub struct RaftCore {
     apply_emitted: LogIndex,
     /// Highest index of this node's log known durable (and equal to memory).
     pub durable_index: LogIndex,
+    /// The latest snapshot: taken here, or installed from a leader.
+    pub snapshot: SnapshotMeta,
+    /// As follower: the snapshot being received from the leader.
+    reception: Option<Reception>,
+    /// As follower: a snapshot whose install was issued and not yet
+    /// reported done; nothing is applied meanwhile.
+    installing: Option<SnapshotMeta>,
 }
 
 impl RaftCore {
@@ -112,11 +121,15 @@ impl RaftCore {
         seed: u64,
     ) -> Self {
         assert!(members.contains(&id), "a node is a member of its cluster");
-        let log = RaftLog::new(recovered.log);
+        let log = RaftLog::after(recovered.log_base, recovered.log);
         let applied = recovered.applied_index;
         assert!(
             applied <= log.last_index(),
             "the state machine is never ahead of the durable log"
+        );
+        assert!(
+            applied >= log.base().0 && applied >= recovered.snapshot.index,
+            "the state machine holds every compacted entry"
         );
         RaftCore {
             id,
@@ -135,6 +148,9 @@ impl RaftCore {
             commit_index: applied,
             applied_index: applied,
             apply_emitted: applied,
+            snapshot: recovered.snapshot,
+            reception: None,
+            installing: None,
         }
     }
 
@@ -440,6 +456,29 @@ impl RaftCore {
         out: &mut Outbox,
     ) -> Result<LogIndex, Conflict> {
         debug_assert_eq!(m.term, self.term);
+        let base = self.log.base().0;
+        if m.prev_log_index < base {
+            // This node compacted past `prev_log_index`: entries up to its
+            // base are committed, so they match the leader's; only those
+            // after it are new.
+            let skip = (base - m.prev_log_index) as usize;
+            let trimmed = AppendEntries {
+                prev_log_index: base,
+                prev_log_term: self.log.base().1,
+                entries: m.entries.get(skip..).unwrap_or(&[]).to_vec(),
+                ..m.clone()
+            };
+            if let Some(at_base) = m.entries.get(skip.wrapping_sub(1)) {
+                debug_assert_eq!(
+                    at_base.term, trimmed.prev_log_term,
+                    "committed entries differ"
+                );
+            }
+            let end = m.prev_log_index + m.entries.len() as LogIndex;
+            return self
+                .append_entries(&trimmed, out)
+                .map(|matched| matched.max(end));
+        }
         if self.log.term(m.prev_log_index) != Some(m.prev_log_term) {
             let conflict = match self.log.term(m.prev_log_index) {
                 None => Conflict {
@@ -530,8 +569,11 @@ impl RaftCore {
     }
 
     /// Hands committed entries that are durable here to the runtime, in
-    /// order; returns how many.
+    /// order; returns how many. None while a snapshot is being installed.
     pub fn emit_applies(&mut self, out: &mut Outbox) -> usize {
+        if self.installing.is_some() {
+            return 0;
+        }
         let upto = self.commit_index.min(self.durable_index);
         let mut emitted = 0;
         while self.apply_emitted < upto {
@@ -551,6 +593,184 @@ impl RaftCore {
         self.applied_index = self.applied_index.max(index);
     }
 
+    /// The runtime captured the state machine at `snapshot` (it stands
+    /// there: every entry up to it was applied): records it and drops the
+    /// log through `keep_entries` before it, durably.
+    pub fn snapshot_taken(&mut self, snapshot: SnapshotMeta, keep_entries: u64, out: &mut Outbox) {
+        assert!(
+            snapshot.index <= self.applied_index,
+            "a snapshot holds only applied entries"
+        );
+        debug_assert_eq!(self.log.term(snapshot.index), Some(snapshot.term));
+        if snapshot.index <= self.snapshot.index {
+            return;
+        }
+        self.snapshot = snapshot;
+        let through = snapshot
+            .index
+            .saturating_sub(keep_entries)
+            .max(self.log.base().0);
+        self.log.compact_through(through);
+        let (through, through_term) = self.log.base();
+        out.persist.push(Write::CompactLog {
+            snapshot,
+            through,
+            through_term,
+        });
+    }
+
+    /// Whether a follower whose next entry is `next_index` must be sent a
+    /// snapshot: the entry before it was compacted away.
+    pub fn needs_snapshot(&self, next_index: LogIndex) -> bool {
+        next_index <= self.log.base().0
+    }
+
+    /// Asks the runtime to send the chunk `transfer` has in flight to `to`.
+    pub fn send_chunk(&self, to: NodeId, transfer: &Transfer, out: &mut Outbox) {
+        out.snapshot_chunks
+            .push(transfer.request(to, self.term, self.id));
+    }
+
+    /// Starts sending the latest snapshot to `to`.
+    pub fn start_transfer(&self, to: NodeId, out: &mut Outbox) -> Transfer {
+        let transfer = Transfer::new(self.snapshot);
+        self.send_chunk(to, &transfer, out);
+        transfer
+    }
+
+    /// As leader: counts a tick of a transfer to `to`, sending its chunk
+    /// again when the answer is late (`timeout_ticks`).
+    pub fn tick_transfer(
+        &self,
+        to: NodeId,
+        transfer: &mut Transfer,
+        timeout_ticks: u64,
+        out: &mut Outbox,
+    ) {
+        if transfer.tick(timeout_ticks, self.snapshot) {
+            self.send_chunk(to, transfer, out);
+        }
+    }
+
+    /// As leader of `m.term`: takes `from`'s answer to a chunk of
+    /// `transfer`, sending the next chunk when it asks for one. Returns the
+    /// index its log now matches up to when it installed the snapshot.
+    pub fn snapshot_answered(
+        &self,
+        from: NodeId,
+        transfer: &mut Transfer,
+        m: &InstallSnapshotResponse,
+        out: &mut Outbox,
+    ) -> Option<LogIndex> {
+        if self.role != Role::Leader || m.term != self.term {
+            return None;
+        }
+        match transfer.answered(m) {
+            TransferStep::Ignore => None,
+            TransferStep::Send => {
+                self.send_chunk(from, transfer, out);
+                None
+            }
+            TransferStep::Installed(index) => Some(index),
+        }
+    }
+
+    /// Figure 13, InstallSnapshot receiver, for a chunk from the current
+    /// term's leader `from` (whom the caller already follows): chunks are
+    /// staged in order, the last switches the state machine (atomically,
+    /// see [`Write::InstallSnapshot`]), and the log keeps what follows the
+    /// snapshot only if it held the snapshot's last entry. Answers once
+    /// what the chunk wrote is durable.
+    pub fn accept_snapshot(&mut self, from: NodeId, m: InstallSnapshot, out: &mut Outbox) {
+        debug_assert!(m.term == self.term && self.role == Role::Follower);
+        self.election.reset();
+        let answer = |next: Vec<u8>, rejected: bool, installed: bool| InstallSnapshotResponse {
+            term: m.term,
+            snapshot: m.snapshot,
+            next,
+            rejected,
+            installed,
+        };
+        if self.installing.is_some() {
+            // The answer to the install in progress goes when it is
+            // durable; the leader sends again if it is lost.
+            return;
+        }
+        if m.snapshot.index <= self.commit_index {
+            // Committed here already: the log matches up to it, durably
+            // once every write issued so far is.
+            let response = answer(m.position.clone(), false, true);
+            out.send(
+                from,
+                Message::InstallSnapshotResponse(response),
+                Timing::AfterPersist,
+            );
+            return;
+        }
+        let expected = match &self.reception {
+            Some(r) if r.term == m.term && r.snapshot == m.snapshot => r.next.clone(),
+            _ => Vec::new(),
+        };
+        if m.position != expected {
+            let response = answer(expected, true, false);
+            out.send(
+                from,
+                Message::InstallSnapshotResponse(response),
+                Timing::Now,
+            );
+            return;
+        }
+        out.persist.push(Write::SnapshotChunk {
+            snapshot: m.snapshot,
+            first: m.position.is_empty(),
+            items: m.items,
+        });
+        if !m.done {
+            self.reception = Some(Reception {
+                term: m.term,
+                snapshot: m.snapshot,
+                next: m.next.clone(),
+            });
+            let response = answer(m.next, false, false);
+            out.send(
+                from,
+                Message::InstallSnapshotResponse(response),
+                Timing::AfterPersist,
+            );
+            return;
+        }
+        self.reception = None;
+        let snapshot = m.snapshot;
+        out.persist.push(Write::InstallSnapshot { snapshot });
+        if !self.log.reset_to((snapshot.index, snapshot.term)) {
+            // The log after the snapshot does not follow from it.
+            out.persist.push(Write::TruncateLog {
+                from: snapshot.index + 1,
+            });
+            self.durable_index = self.durable_index.min(snapshot.index);
+        }
+        self.commit_index = self.commit_index.max(snapshot.index);
+        self.installing = Some(snapshot);
+        let response = answer(m.next, false, true);
+        out.send(
+            from,
+            Message::InstallSnapshotResponse(response),
+            Timing::AfterPersist,
+        );
+    }
+
+    /// The runtime switched the state machine to `snapshot`: entries after
+    /// it may be applied.
+    pub fn snapshot_installed(&mut self, snapshot: SnapshotMeta) {
+        if self.installing == Some(snapshot) {
+            self.installing = None;
+        }
+        self.snapshot = self.snapshot.max(snapshot);
+        self.applied_index = self.applied_index.max(snapshot.index);
+        self.apply_emitted = self.apply_emitted.max(snapshot.index);
+        self.durable_index = self.durable_index.max(snapshot.index);
+    }
+
     /// The node's status.
     pub fn status(&self) -> Status {
         Status {
@@ -561,6 +781,8 @@ impl RaftCore {
             commit_index: self.commit_index,
             applied_index: self.applied_index,
             last_log_index: self.log.last_index(),
+            snapshot_index: self.snapshot.index,
+            first_log_index: self.log.first_index(),
         }
     }
 }
@@ -639,6 +861,16 @@ pub trait RaftVariant {
     fn on_vote_request(&mut self, from: NodeId, m: RequestVote, out: &mut Outbox);
     /// An answer to a RequestVote (or pre-vote).
     fn on_vote_response(&mut self, from: NodeId, m: RequestVoteResponse, out: &mut Outbox);
+    /// A chunk of a snapshot from `from`, the leader of this node's term,
+    /// whom it now follows (as [`RaftVariant::on_append`]).
+    fn on_install_snapshot(&mut self, from: NodeId, m: InstallSnapshot, out: &mut Outbox);
+    /// An answer to a chunk of a snapshot.
+    fn on_snapshot_response(&mut self, from: NodeId, m: InstallSnapshotResponse, out: &mut Outbox);
+    /// The runtime took a snapshot (see [`RaftCore::snapshot_taken`]).
+    fn on_snapshot_taken(&mut self, snapshot: SnapshotMeta, keep_entries: u64, out: &mut Outbox);
+    /// The runtime installed a snapshot (see
+    /// [`RaftCore::snapshot_installed`]); entries after it may be applied.
+    fn on_snapshot_installed(&mut self, snapshot: SnapshotMeta, out: &mut Outbox);
 }
 
 /// Every Raft variant is a protocol: [`step`] routes its inputs, its core
@@ -676,6 +908,11 @@ pub fn step<V: RaftVariant>(variant: &mut V, input: crate::io::Input, out: &mut 
             last_term,
         } => variant.on_persisted(last_index, last_term, out),
         Input::Applied { index } => variant.on_applied(index, out),
+        Input::SnapshotTaken {
+            snapshot,
+            keep_entries,
+        } => variant.on_snapshot_taken(snapshot, keep_entries, out),
+        Input::SnapshotInstalled { snapshot, .. } => variant.on_snapshot_installed(snapshot, out),
         Input::Message { from, message } => {
             if message.term() > variant.core().term && variant.adopts_term_first(&message) {
                 variant.become_follower(message.term(), message.leader_hint(), out);
@@ -698,6 +935,36 @@ pub fn step<V: RaftVariant>(variant: &mut V, input: crate::io::Input, out: &mut 
                     }
                     variant.on_append(from, m, out);
                 }
+                Message::InstallSnapshot(m) => {
+                    let core = variant.core();
+                    if m.term < core.term {
+                        // Refused as a stale AppendEntries is: the answer
+                        // carries this node's term.
+                        let response = InstallSnapshotResponse {
+                            term: core.term,
+                            snapshot: m.snapshot,
+                            next: Vec::new(),
+                            rejected: true,
+                            installed: false,
+                        };
+                        out.send(
+                            from,
+                            Message::InstallSnapshotResponse(response),
+                            Timing::Now,
+                        );
+                        return;
+                    }
+                    debug_assert!(
+                        core.role != Role::Leader,
+                        "two leaders in term {}",
+                        core.term
+                    );
+                    if core.role != Role::Follower || core.leader != Some(m.leader_id) {
+                        variant.become_follower(m.term, Some(m.leader_id), out);
+                    }
+                    variant.on_install_snapshot(from, m, out);
+                }
+                Message::InstallSnapshotResponse(m) => variant.on_snapshot_response(from, m, out),
                 Message::AppendEntriesResponse(m) => variant.on_append_response(from, m, out),
                 Message::RequestVote(m) => variant.on_vote_request(from, m, out),
                 Message::RequestVoteResponse(m) => variant.on_vote_response(from, m, out),

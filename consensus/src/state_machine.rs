@@ -40,6 +40,22 @@ pub struct Session {
 }
 
 impl Session {
+    /// An upper bound of the session's size encoded (its result's keys and
+    /// values, plus framing).
+    pub fn size_bytes(&self) -> usize {
+        const SESSION_FRAMING_BYTES: usize = 64;
+        SESSION_FRAMING_BYTES
+            + match &self.last_result {
+                CommandResult::Value(value) => value.as_ref().map_or(0, Vec::len),
+                CommandResult::Values(values) => values
+                    .iter()
+                    .map(|v| 8 + v.as_ref().map_or(0, Vec::len))
+                    .sum(),
+                CommandResult::Swapped { current, .. } => current.as_ref().map_or(0, Vec::len),
+                _ => 0,
+            }
+    }
+
     /// What to answer a request under this session's latest sequence
     /// number: the kept result to a retry of the same request, a refusal to
     /// another request.

@@ -14,6 +14,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use consensus::NodeId;
 use consensus::config::{Protocol, ReadMode, format_duration, parse_duration};
+use consensus::snapshot::SnapshotPolicy;
 use serde::{Deserialize, Deserializer};
 
 /// kvnode's own defaults (the protocols' are theirs).
@@ -138,6 +139,18 @@ pub struct NodeArgs {
     #[arg(long, value_parser = parse_duration)]
     #[serde(default, deserialize_with = "duration")]
     pub net_jitter: Option<Duration>,
+    /// Take a snapshot (and compact the log behind it) once this many
+    /// entries were applied since the last; 0: never by count.
+    #[arg(long)]
+    pub snapshot_entries: Option<u64>,
+    /// Or once entries of this many bytes were applied since the last; 0:
+    /// never by size.
+    #[arg(long)]
+    pub snapshot_bytes: Option<u64>,
+    /// Entries kept in the log behind a snapshot, so a follower a little
+    /// behind gets entries rather than the whole snapshot.
+    #[arg(long)]
+    pub snapshot_keep_entries: Option<u64>,
     /// Serve the Admin service, which drops peer traffic on command (for
     /// fault tests; loopback callers only).
     #[arg(long, num_args = 0..=1, default_missing_value = "true")]
@@ -175,6 +188,9 @@ impl NodeArgs {
             check_quorum: self.check_quorum.or(other.check_quorum),
             net_delay: self.net_delay.or(other.net_delay),
             net_jitter: self.net_jitter.or(other.net_jitter),
+            snapshot_entries: self.snapshot_entries.or(other.snapshot_entries),
+            snapshot_bytes: self.snapshot_bytes.or(other.snapshot_bytes),
+            snapshot_keep_entries: self.snapshot_keep_entries.or(other.snapshot_keep_entries),
             fault_injection: self.fault_injection.or(other.fault_injection),
             unsafe_local_reads: self.unsafe_local_reads.or(other.unsafe_local_reads),
         }
@@ -191,7 +207,8 @@ pub fn help_with_defaults(command: clap::Command) -> clap::Command {
         optimized.read_mode, nilext.raft.read_mode,
         "one default per setting"
     );
-    let defaults: [(&str, String); 16] = [
+    let snapshots = SnapshotPolicy::default();
+    let defaults: [(&str, String); 19] = [
         ("initial_cluster_state", "existing".into()),
         ("tick", format_duration(Defaults::TICK)),
         (
@@ -222,6 +239,9 @@ pub fn help_with_defaults(command: clap::Command) -> clap::Command {
         ("check_quorum", optimized.check_quorum.to_string()),
         ("net_delay", "0".into()),
         ("net_jitter", "0".into()),
+        ("snapshot_entries", snapshots.entries.to_string()),
+        ("snapshot_bytes", snapshots.bytes.to_string()),
+        ("snapshot_keep_entries", snapshots.keep_entries.to_string()),
         ("fault_injection", "false".into()),
     ];
     defaults.into_iter().fold(command, |command, (id, value)| {
@@ -296,6 +316,8 @@ pub struct NodeConfig {
     pub optimized: OptimizedSettings,
     /// Injected network delay.
     pub net_delay: crate::netdelay::NetDelay,
+    /// When to take snapshots and compact the log.
+    pub snapshots: SnapshotPolicy,
     /// Serve the fault-injection Admin service.
     pub fault_injection: bool,
     /// Deliberately unsafe reads (fault-test harness check only).
@@ -420,6 +442,16 @@ impl NodeConfig {
         {
             bail!("--read-mode {mode}: {protocol} reads through the log and has no read mode");
         }
+        let defaults = SnapshotPolicy::default();
+        let snapshots = SnapshotPolicy {
+            entries: args.snapshot_entries.unwrap_or(defaults.entries),
+            bytes: args.snapshot_bytes.unwrap_or(defaults.bytes),
+            keep_entries: args.snapshot_keep_entries.unwrap_or(defaults.keep_entries),
+            ..defaults
+        };
+        snapshots
+            .validate()
+            .map_err(|problem| anyhow::anyhow!("snapshot settings: {problem}"))?;
         Ok(NodeConfig {
             client_addr: args.client_addr.unwrap_or_else(|| me.client_addr.clone()),
             peer_addr: args.peer_addr.unwrap_or_else(|| me.peer_addr.clone()),
@@ -451,6 +483,7 @@ impl NodeConfig {
                 delay: args.net_delay.unwrap_or_default(),
                 jitter: args.net_jitter.unwrap_or_default(),
             },
+            snapshots,
             fault_injection: args.fault_injection.unwrap_or(false),
             unsafe_local_reads: args.unsafe_local_reads.unwrap_or(false),
         })

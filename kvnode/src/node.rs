@@ -164,7 +164,8 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
         state_machine,
         peer_queues,
         config.tick,
-    );
+    )
+    .with_snapshots(config.snapshots);
     if config.unsafe_local_reads {
         tracing::warn!(
             node = config.id,

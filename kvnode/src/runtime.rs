@@ -40,8 +40,9 @@ use std::time::{Duration, Instant};
 
 use consensus::clock::TickClock;
 use consensus::executor::{self, Effects, PersistJob};
-use consensus::io::{Envelope, Input, Reply, ReplyOutcome, Role, SoftState, Status};
+use consensus::io::{Envelope, Input, Reply, ReplyOutcome, Role, SoftState, Status, Timing};
 use consensus::lock;
+use consensus::snapshot::{ChunkRequest, SinceSnapshot, SnapshotMeta, SnapshotPolicy};
 use consensus::state_machine::StateMachine;
 use consensus::{ClientRequest, CommandResult, Consensus, Entry, Message, NodeId, RequestId};
 use tokio::sync::{mpsc, oneshot};
@@ -55,6 +56,9 @@ pub const WAITERS_MAX: usize = 16 * 1024;
 /// The most persist jobs queued or syncing; beyond it the loop stops taking
 /// new inputs until the disk catches up.
 pub const PERSIST_JOBS_MAX: usize = 1024;
+/// The most snapshot chunks waiting to be read and sent; beyond it a chunk
+/// request is dropped (the leader sends it again when no answer comes).
+pub const CHUNK_REQUESTS_MAX: usize = 16;
 
 /// Why the runtime stopped.
 #[derive(Debug, thiserror::Error)]
@@ -215,11 +219,12 @@ impl Peers {
 /// What the persist thread reports back.
 enum PersistDone {
     /// A job is durable; `wrote` tells whether it had writes, and the durable
-    /// log's end after it.
+    /// log's end after it; `installed`, the snapshot it installed.
     Done {
         wrote: bool,
         last_index: u64,
         last_term: u64,
+        installed: Option<SnapshotMeta>,
     },
     /// Storage failed: the node must stop.
     Failed(StorageError),
@@ -238,6 +243,10 @@ pub struct Runtime {
     clock: TickClock,
     started: Instant,
     unsafe_local_reads: bool,
+    snapshots: SnapshotPolicy,
+    since_snapshot: SinceSnapshot,
+    /// Chunk requests for the snapshot sender (set when the loop runs).
+    chunks: Option<std::sync::mpsc::SyncSender<ChunkRequest>>,
 }
 
 impl std::fmt::Debug for Runtime {
@@ -259,10 +268,17 @@ fn persist_thread(
 ) {
     for job in jobs {
         let wrote = !job.writes.is_empty();
-        if wrote && let Err(error) = storage.persist(&job.writes) {
-            let _ = done.send(PersistDone::Failed(error));
-            return;
-        }
+        let installed = if wrote {
+            match storage.persist(&job.writes) {
+                Ok(installed) => installed,
+                Err(error) => {
+                    let _ = done.send(PersistDone::Failed(error));
+                    return;
+                }
+            }
+        } else {
+            None
+        };
         for envelope in job.after {
             peers.send(envelope);
         }
@@ -281,10 +297,41 @@ fn persist_thread(
                 wrote,
                 last_index,
                 last_term,
+                installed,
             })
             .is_err()
         {
             return;
+        }
+    }
+}
+
+/// Reads snapshot chunks from the node's captures and sends them: off the
+/// runtime thread, since a chunk is up to a megabyte read from RocksDB.
+fn snapshot_sender(
+    storage: Arc<Storage>,
+    peers: Peers,
+    chunk_bytes: usize,
+    requests: std::sync::mpsc::Receiver<ChunkRequest>,
+) {
+    let mut reader = crate::storage::CaptureReader::default();
+    for request in requests {
+        match reader.chunk(&storage, &request, chunk_bytes) {
+            Ok(Some(message)) => peers.send(Envelope {
+                to: request.to,
+                message: Message::InstallSnapshot(message),
+                timing: Timing::Now,
+            }),
+            Ok(None) => tracing::debug!(
+                node = peers.node_id,
+                snapshot = request.snapshot.index,
+                "snapshot no longer captured here; the leader starts over with its latest"
+            ),
+            Err(error) => tracing::warn!(
+                node = peers.node_id,
+                snapshot = request.snapshot.index,
+                "cannot read a snapshot chunk: {error}"
+            ),
         }
     }
 }
@@ -314,7 +361,16 @@ impl Runtime {
             clock: TickClock::new(0, tick_us),
             started: Instant::now(),
             unsafe_local_reads: false,
+            snapshots: SnapshotPolicy::default(),
+            since_snapshot: SinceSnapshot::default(),
+            chunks: None,
         }
+    }
+
+    /// When to take snapshots (default: `SnapshotPolicy::default()`).
+    pub fn with_snapshots(mut self, policy: SnapshotPolicy) -> Self {
+        self.snapshots = policy;
+        self
     }
 
     /// UNSAFE, for proving the fault tests can fail: from now on this node
@@ -334,6 +390,16 @@ impl Runtime {
             .map_err(|e| RuntimeError::Start(format!("the loop's executor: {e}")))?;
         let (jobs_tx, jobs_rx) = std::sync::mpsc::channel::<PersistJob>();
         let (done_tx, mut done_rx) = mpsc::unbounded_channel();
+        let (chunks_tx, chunks_rx) = std::sync::mpsc::sync_channel(CHUNK_REQUESTS_MAX);
+        {
+            let (storage, peers) = (self.storage.clone(), self.peers.clone());
+            let chunk_bytes = self.snapshots.chunk_bytes;
+            std::thread::Builder::new()
+                .name(format!("snapshots-{}", self.node_id))
+                .spawn(move || snapshot_sender(storage, peers, chunk_bytes, chunks_rx))
+                .map_err(|e| RuntimeError::Start(format!("the snapshot sender: {e}")))?;
+        }
+        self.chunks = Some(chunks_tx);
         let persister = {
             let (storage, peers, waiters) = (
                 self.storage.clone(),
@@ -359,8 +425,11 @@ impl Runtime {
                     // then time, then new inputs.
                     biased;
                     done = done_rx.recv() => match done {
-                        Some(PersistDone::Done { wrote, last_index, last_term }) => {
+                        Some(PersistDone::Done { wrote, last_index, last_term, installed }) => {
                             self.jobs_in_flight -= 1;
+                            if let Some(snapshot) = installed {
+                                self.switch_to_installed(snapshot, &jobs_tx)?;
+                            }
                             if wrote {
                                 self.step(Input::Persisted { last_index, last_term }, &jobs_tx)?;
                             }
@@ -379,6 +448,7 @@ impl Runtime {
             }
         });
         drop(jobs_tx);
+        self.chunks = None;
         let _ = persister.join();
         tracing::info!(node = self.node_id, "runtime stopped");
         result
@@ -444,6 +514,35 @@ impl Runtime {
         self.step(input, jobs)
     }
 
+    /// A snapshot received from the leader is durable: the state machine
+    /// becomes its, and the protocol is told.
+    fn switch_to_installed(
+        &mut self,
+        snapshot: SnapshotMeta,
+        jobs: &std::sync::mpsc::Sender<PersistJob>,
+    ) -> Result<(), RuntimeError> {
+        let started = Instant::now();
+        self.state_machine = self.storage.switch_to_installed(snapshot)?;
+        self.since_snapshot = SinceSnapshot::default();
+        tracing::info!(
+            node = self.node_id,
+            index = snapshot.index,
+            term = snapshot.term,
+            sessions = self.state_machine.sessions().len(),
+            switch_ms = started.elapsed().as_millis() as u64,
+            "node {} now serves from the snapshot at {} received from the leader",
+            self.node_id,
+            snapshot.index
+        );
+        let sessions = self
+            .state_machine
+            .sessions()
+            .iter()
+            .map(|(&client, session)| (client, session.last_seq))
+            .collect();
+        self.step(Input::SnapshotInstalled { snapshot, sessions }, jobs)
+    }
+
     /// Feeds `input` to the protocol, after every tick real time owes it
     /// (`consensus::io`, rule 0), and carries out what follows by the rules
     /// of `consensus::executor`.
@@ -476,6 +575,9 @@ impl Runtime {
             waiters,
             jobs_in_flight,
             clock,
+            snapshots,
+            since_snapshot,
+            chunks,
             ..
         } = self;
         let effects = NodeEffects {
@@ -486,6 +588,9 @@ impl Runtime {
             waiters,
             jobs,
             jobs_in_flight,
+            snapshots,
+            since_snapshot,
+            chunks,
         };
         (protocol.as_mut(), clock, effects)
     }
@@ -527,6 +632,9 @@ struct NodeEffects<'a> {
     waiters: &'a SharedWaiters,
     jobs: &'a std::sync::mpsc::Sender<PersistJob>,
     jobs_in_flight: &'a mut usize,
+    snapshots: &'a SnapshotPolicy,
+    since_snapshot: &'a mut SinceSnapshot,
+    chunks: &'a Option<std::sync::mpsc::SyncSender<ChunkRequest>>,
 }
 
 impl NodeEffects<'_> {
@@ -575,7 +683,38 @@ impl Effects for NodeEffects<'_> {
         })
     }
 
+    fn send_snapshot_chunk(&mut self, request: ChunkRequest) {
+        let Some(chunks) = self.chunks else {
+            return;
+        };
+        if chunks.try_send(request).is_err() {
+            tracing::debug!(
+                node = self.node_id,
+                "snapshot sender busy; chunk request dropped (the leader sends it again)"
+            );
+        }
+    }
+
+    fn snapshot_if_due(&mut self, at: SnapshotMeta) -> Result<Option<u64>, RuntimeError> {
+        if !self.since_snapshot.take_if_due(self.snapshots) {
+            return Ok(None);
+        }
+        let started = Instant::now();
+        self.storage.capture(at)?;
+        tracing::info!(
+            node = self.node_id,
+            index = at.index,
+            term = at.term,
+            capture_ms = started.elapsed().as_millis() as u64,
+            "node {} took a snapshot at {}; the log before it is compacted",
+            self.node_id,
+            at.index
+        );
+        Ok(Some(self.snapshots.keep_entries))
+    }
+
     fn apply(&mut self, entries: Vec<Entry>) -> Result<(), RuntimeError> {
+        self.since_snapshot.applied(&entries);
         let batch = self.state_machine.apply(&**self.storage, &entries);
         self.storage.apply(&batch)?;
         let mut waiters = lock(self.waiters);

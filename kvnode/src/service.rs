@@ -581,6 +581,8 @@ impl Kv for KvService {
             last_log_term: node.last_log_term,
             cluster_size: self.client_addrs.len() as u64,
             synced_writes: node.synced_writes,
+            snapshot_index: s.snapshot_index,
+            first_log_index: s.first_log_index,
         }))
     }
 }

@@ -7,8 +7,10 @@
 use consensus::io::HardState;
 use consensus::message::{
     AppendEntries, AppendEntriesResponse, DurabilityForward, DurabilityLogRequest,
-    DurabilityLogResponse, Message, RequestVote, RequestVoteResponse,
+    DurabilityLogResponse, InstallSnapshot, InstallSnapshotResponse, Message, RequestVote,
+    RequestVoteResponse,
 };
+use consensus::snapshot::{SnapshotItem, SnapshotMeta};
 use consensus::state_machine::Session;
 use consensus::{
     ClientRequest, Command, CommandResult, DurableRecord, Entry, EntryPayload, ExecutionError,
@@ -262,6 +264,24 @@ pub fn peer_message(from: u64, to: u64, message: &Message) -> raft::PeerMessage 
             term: m.term,
             records: m.records.iter().map(Into::into).collect(),
         }),
+        Message::InstallSnapshot(m) => Msg::InstallSnapshot(raft::InstallSnapshot {
+            term: m.term,
+            leader_id: m.leader_id,
+            snapshot: Some(m.snapshot.into()),
+            position: m.position.clone(),
+            items: m.items.iter().map(Into::into).collect(),
+            next: m.next.clone(),
+            done: m.done,
+        }),
+        Message::InstallSnapshotResponse(m) => {
+            Msg::InstallSnapshotResponse(raft::InstallSnapshotResponse {
+                term: m.term,
+                snapshot: Some(m.snapshot.into()),
+                next: m.next.clone(),
+                rejected: m.rejected,
+                installed: m.installed,
+            })
+        }
     };
     raft::PeerMessage {
         from,
@@ -343,6 +363,28 @@ impl TryFrom<raft::PeerMessage> for Message {
                         .map(TryInto::try_into)
                         .collect::<Result<_, _>>()?,
                 }),
+                Msg::InstallSnapshot(m) => Message::InstallSnapshot(InstallSnapshot {
+                    term: m.term,
+                    leader_id: m.leader_id,
+                    snapshot: m.snapshot.unwrap_or_default().into(),
+                    position: m.position,
+                    items: m
+                        .items
+                        .into_iter()
+                        .map(TryInto::try_into)
+                        .collect::<Result<_, _>>()?,
+                    next: m.next,
+                    done: m.done,
+                }),
+                Msg::InstallSnapshotResponse(m) => {
+                    Message::InstallSnapshotResponse(InstallSnapshotResponse {
+                        term: m.term,
+                        snapshot: m.snapshot.unwrap_or_default().into(),
+                        next: m.next,
+                        rejected: m.rejected,
+                        installed: m.installed,
+                    })
+                }
             },
         )
     }
@@ -424,6 +466,67 @@ impl TryFrom<raft::StoredResult> for CommandResult {
                         }
                     }
                 }),
+            },
+        )
+    }
+}
+
+/// A snapshot's place in its wire form.
+impl From<SnapshotMeta> for raft::SnapshotMeta {
+    fn from(meta: SnapshotMeta) -> Self {
+        raft::SnapshotMeta {
+            index: meta.index,
+            term: meta.term,
+        }
+    }
+}
+
+/// A snapshot's place from its wire form.
+impl From<raft::SnapshotMeta> for SnapshotMeta {
+    fn from(meta: raft::SnapshotMeta) -> Self {
+        SnapshotMeta {
+            index: meta.index,
+            term: meta.term,
+        }
+    }
+}
+
+/// A snapshot item in its wire form.
+impl From<&SnapshotItem> for raft::SnapshotItem {
+    fn from(item: &SnapshotItem) -> Self {
+        use raft::snapshot_item::Item;
+        let item = match item {
+            SnapshotItem::Data(key, value) => Item::Data(raft::KeyValue {
+                key: key.clone(),
+                value: value.clone(),
+            }),
+            SnapshotItem::Session(client, session) => Item::Session(raft::SessionItem {
+                client_id: *client,
+                session: Some(session.into()),
+            }),
+        };
+        raft::SnapshotItem { item: Some(item) }
+    }
+}
+
+/// A snapshot item from its wire form.
+impl TryFrom<raft::SnapshotItem> for SnapshotItem {
+    type Error = ConvertError;
+
+    fn try_from(item: raft::SnapshotItem) -> Result<Self, ConvertError> {
+        use raft::snapshot_item::Item;
+        Ok(
+            match item
+                .item
+                .ok_or_else(|| malformed("snapshot item", "empty"))?
+            {
+                Item::Data(kv) => SnapshotItem::Data(kv.key, kv.value),
+                Item::Session(s) => SnapshotItem::Session(
+                    s.client_id,
+                    s.session
+                        .ok_or_else(|| malformed("snapshot item", "session missing"))?
+                        .try_into()?,
+                ),
             },
         )
     }
@@ -570,6 +673,43 @@ mod tests {
         assert_eq!(HardState::from(raft::StoredHardState::from(&hs)), hs);
     }
 
+    #[test]
+    fn snapshot_chunks_and_answers_round_trip() {
+        let snapshot = SnapshotMeta { index: 40, term: 3 };
+        let messages = [
+            Message::InstallSnapshot(InstallSnapshot {
+                term: 3,
+                leader_id: 2,
+                snapshot,
+                position: vec![],
+                items: vec![
+                    SnapshotItem::Data(b"k".to_vec(), vec![]),
+                    SnapshotItem::Session(
+                        7,
+                        Session {
+                            last_seq: 4,
+                            last_result: CommandResult::Counter(9),
+                            command_digest: 11,
+                        },
+                    ),
+                ],
+                next: vec![1, 2],
+                done: false,
+            }),
+            Message::InstallSnapshotResponse(InstallSnapshotResponse {
+                term: 3,
+                snapshot,
+                next: vec![1, 2],
+                rejected: false,
+                installed: true,
+            }),
+        ];
+        for message in messages {
+            let back = Message::try_from(peer_message(2, 1, &message)).expect("decodes");
+            assert_eq!(back, message);
+        }
+    }
+
     /// `Message::size_bytes` bounds the encoded size from above, so the
     /// transport and the simulator can compare it with the peer message
     /// limit: checked for the largest commands of every kind, one and many
@@ -653,6 +793,49 @@ mod tests {
                 Message::DurabilityForward(DurabilityForward {
                     term: u64::MAX,
                     records: vec![record],
+                }),
+                Message::InstallSnapshot(InstallSnapshot {
+                    term: u64::MAX,
+                    leader_id: u64::MAX,
+                    snapshot: SnapshotMeta {
+                        index: u64::MAX,
+                        term: u64::MAX,
+                    },
+                    position: key(1),
+                    items: vec![
+                        SnapshotItem::Data(key(2), vec![7; consensus::limits::VALUE_BYTES_MAX]),
+                        SnapshotItem::Session(
+                            u64::MAX,
+                            Session {
+                                last_seq: u64::MAX,
+                                last_result: CommandResult::Swapped {
+                                    succeeded: true,
+                                    current: Some(vec![3; 1 << 20]),
+                                },
+                                command_digest: u64::MAX,
+                            },
+                        ),
+                        SnapshotItem::Session(
+                            u64::MAX,
+                            Session {
+                                last_seq: u64::MAX,
+                                last_result: CommandResult::Values(vec![Some(vec![1; 100]); 1000]),
+                                command_digest: u64::MAX,
+                            },
+                        ),
+                    ],
+                    next: key(3),
+                    done: true,
+                }),
+                Message::InstallSnapshotResponse(InstallSnapshotResponse {
+                    term: u64::MAX,
+                    snapshot: SnapshotMeta {
+                        index: u64::MAX,
+                        term: u64::MAX,
+                    },
+                    next: key(4),
+                    rejected: true,
+                    installed: true,
                 }),
             ];
             for message in messages {

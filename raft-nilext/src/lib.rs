@@ -909,6 +909,28 @@ impl NilextRaft {
         }
     }
 
+    /// After a snapshot was installed: drops the records of requests at
+    /// or below their client's latest applied sequence number in it. Each
+    /// took effect, or never will (the session refuses it as stale), as
+    /// for a record dropped when its entry is applied. Kept, they would be
+    /// forwarded and ordered again for nothing, and, under load, keep a
+    /// follower that catches up by snapshots sending them for good
+    /// (simulator seed 5000194).
+    fn drop_settled_records(&mut self, sessions: &[(consensus::ClientId, consensus::Seq)]) {
+        let latest: HashMap<_, _> = sessions.iter().copied().collect();
+        let settled: Vec<RequestId> = self
+            .durability_log
+            .iter()
+            .map(|r| r.request.id)
+            .filter(|id| latest.get(&id.client).is_some_and(|&seq| id.seq <= seq))
+            .collect();
+        for id in settled {
+            if self.durability_log.remove(&id) {
+                self.pending_removals.push(id);
+            }
+        }
+    }
+
     fn tick(&mut self, out: &mut Outbox) {
         self.ticks += 1;
         let heartbeat = self.config.raft.heartbeat_ticks;
@@ -959,6 +981,10 @@ impl Consensus for NilextRaft {
             } => self.on_forward(m, out),
             Input::Persisted { .. } => {
                 durability_log_synced = self.jobs.pop_front() == Some(true);
+                self.inner.step(input, out);
+            }
+            Input::SnapshotInstalled { ref sessions, .. } => {
+                self.drop_settled_records(sessions);
                 self.inner.step(input, out);
             }
             Input::Tick => {

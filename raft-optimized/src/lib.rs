@@ -47,9 +47,11 @@ use std::collections::{BTreeMap, VecDeque};
 
 use consensus::io::{Outbox, Recovered, ReplyOutcome, Role, Timing};
 use consensus::message::{
-    AppendEntries, AppendEntriesResponse, Message, RequestVote, RequestVoteResponse,
+    AppendEntries, AppendEntriesResponse, InstallSnapshot, InstallSnapshotResponse, Message,
+    RequestVote, RequestVoteResponse,
 };
 use consensus::raft::{ConflictHints, PendingRequests, RaftCore, RaftVariant};
+use consensus::snapshot::SnapshotMeta;
 use consensus::{ClientRequest, LogIndex, NodeId, Term};
 
 pub use config::{Config, ReadMode};
@@ -214,6 +216,12 @@ impl RaftVariant for OptimizedRaft {
             }
             return;
         }
+        let timeout = 2 * self.config.heartbeat_ticks;
+        for (&peer, p) in &mut self.progress {
+            if let Some(transfer) = p.transfer.as_mut() {
+                self.core.tick_transfer(peer, transfer, timeout, out);
+            }
+        }
         self.heartbeat_elapsed += 1;
         if self.heartbeat_elapsed >= self.config.heartbeat_ticks {
             self.heartbeat_elapsed = 0;
@@ -221,6 +229,7 @@ impl RaftVariant for OptimizedRaft {
             let stall_ticks = 2 * self.config.heartbeat_ticks;
             for p in self.progress.values_mut() {
                 match p.state {
+                    ReplicationState::Snapshot => {}
                     // A lost probe (or its answer) is sent again.
                     ReplicationState::Probe => p.probe_sent = false,
                     // A pipeline that stopped advancing lost a message:
@@ -300,5 +309,41 @@ impl RaftVariant for OptimizedRaft {
 
     fn on_vote_response(&mut self, from: NodeId, m: RequestVoteResponse, out: &mut Outbox) {
         self.handle_vote_response(from, m, out);
+    }
+
+    fn on_install_snapshot(&mut self, from: NodeId, m: InstallSnapshot, out: &mut Outbox) {
+        self.ticks_since_leader = 0;
+        self.core.accept_snapshot(from, m, out);
+    }
+
+    fn on_snapshot_response(&mut self, from: NodeId, m: InstallSnapshotResponse, out: &mut Outbox) {
+        let now = self.now_ticks;
+        let Some(p) = self.progress.get_mut(&from) else {
+            return;
+        };
+        let Some(transfer) = p.transfer.as_mut() else {
+            return;
+        };
+        if m.term == self.core.term {
+            p.active = true;
+        }
+        if let Some(index) = self.core.snapshot_answered(from, transfer, &m, out) {
+            if index > p.match_index {
+                p.match_index = index;
+                p.progress_tick = now;
+            }
+            p.become_probe(index + 1);
+            self.advance_commit(out);
+            self.send_appends(from, out);
+        }
+    }
+
+    fn on_snapshot_taken(&mut self, snapshot: SnapshotMeta, keep_entries: u64, out: &mut Outbox) {
+        self.core.snapshot_taken(snapshot, keep_entries, out);
+    }
+
+    fn on_snapshot_installed(&mut self, snapshot: SnapshotMeta, out: &mut Outbox) {
+        self.core.snapshot_installed(snapshot);
+        self.advance_commit(out);
     }
 }

@@ -1,10 +1,13 @@
 //! Flow control (the leader's view of each follower, as raft-rs's
 //! `tracker`): Probe sends one AppendEntries at a time until the logs
-//! match; Replicate pipelines several, bounded in messages and bytes.
+//! match; Replicate pipelines several, bounded in messages and bytes;
+//! Snapshot sends the leader's snapshot, a chunk at a time, to a follower
+//! whose next entry was compacted away.
 
 use std::collections::VecDeque;
 
 use consensus::LogIndex;
+use consensus::snapshot::Transfer;
 
 /// How the leader replicates to one follower.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -14,6 +17,9 @@ pub(crate) enum ReplicationState {
     /// The logs match up to `match_index`: pipeline with optimistic
     /// `next_index`.
     Replicate,
+    /// The follower's next entry was compacted away: the snapshot is being
+    /// sent (`Progress::transfer`); no AppendEntries carries entries.
+    Snapshot,
 }
 
 /// The leader's view of one follower.
@@ -35,6 +41,8 @@ pub(crate) struct Progress {
     pub(crate) acked_round: u64,
     /// When `match_index` last advanced (ticks).
     pub(crate) progress_tick: u64,
+    /// In Snapshot: the transfer.
+    pub(crate) transfer: Option<Transfer>,
 }
 
 impl Progress {
@@ -49,14 +57,24 @@ impl Progress {
             active: false,
             acked_round: 0,
             progress_tick: now,
+            transfer: None,
         }
     }
 
     pub(crate) fn become_probe(&mut self, next_index: LogIndex) {
         self.state = ReplicationState::Probe;
+        self.transfer = None;
         self.probe_sent = false;
         self.inflight.clear();
         self.inflight_bytes = 0;
         self.next_index = next_index.max(self.match_index + 1);
+    }
+
+    pub(crate) fn become_snapshot(&mut self, transfer: Transfer) {
+        self.state = ReplicationState::Snapshot;
+        self.transfer = Some(transfer);
+        self.probe_sent = false;
+        self.inflight.clear();
+        self.inflight_bytes = 0;
     }
 }

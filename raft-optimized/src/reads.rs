@@ -71,8 +71,12 @@ impl OptimizedRaft {
             let Some(p) = self.progress.get(&peer) else {
                 continue;
             };
-            // prev = match_index, which the follower is known to hold.
-            let message = self.append_message(p.match_index, Vec::new(), context);
+            // prev = match_index, which the follower is known to hold (or,
+            // when this leader compacted past it, its log's base: a
+            // follower without it refuses, which confirms the round all
+            // the same).
+            let prev = p.match_index.max(self.core.log.base().0);
+            let message = self.append_message(prev, Vec::new(), context);
             out.send(peer, message, Timing::Now);
         }
         self.confirm_rounds(out);

@@ -27,7 +27,17 @@ impl OptimizedRaft {
         let Some(p) = self.progress.get(&peer) else {
             return;
         };
+        if p.state != ReplicationState::Snapshot && self.core.needs_snapshot(p.next_index) {
+            let transfer = self.core.start_transfer(peer, out);
+            if let Some(p) = self.progress.get_mut(&peer) {
+                p.become_snapshot(transfer);
+            }
+            return;
+        }
         match p.state {
+            // Chunks go on answers and timeouts (`on_snapshot_response`,
+            // `on_tick`).
+            ReplicationState::Snapshot => {}
             ReplicationState::Probe => {
                 if p.probe_sent {
                     return;
@@ -48,6 +58,7 @@ impl OptimizedRaft {
                     return;
                 };
                 if p.next_index > last_index
+                    || self.core.needs_snapshot(p.next_index)
                     || p.inflight.len() >= self.config.inflight_appends_max
                     || p.inflight_bytes >= self.config.inflight_bytes_max
                 {
@@ -193,6 +204,17 @@ impl OptimizedRaft {
         };
         p.active = true;
         p.acked_round = p.acked_round.max(m.context);
+        if p.state == ReplicationState::Snapshot {
+            // A heartbeat's answer during a transfer: it confirms the
+            // leadership (above); the transfer decides what is sent.
+            if m.success && m.match_index > p.match_index {
+                p.match_index = m.match_index;
+                p.progress_tick = now;
+            }
+            self.confirm_rounds(out);
+            self.advance_commit(out);
+            return;
+        }
         if m.success {
             if m.match_index > p.match_index {
                 p.match_index = m.match_index;

@@ -165,6 +165,75 @@ fn catches_a_runtime_that_loses_the_ticks_of_a_pause() {
     assert!(failures.contains("not linearizable"), "{failures}");
 }
 
+/// Section 7: nodes take snapshots every few entries and compact their
+/// logs; a follower behind is sent the snapshot, in chunks, through flow
+/// control's Snapshot state, under every fault (crashes during an install
+/// among them), with both read modes.
+#[test]
+fn snapshots_under_every_fault_kind() {
+    let mut installed = 0;
+    for (mode, base) in [(ReadMode::Lease, 70_000), (ReadMode::ReadIndex, 71_000)] {
+        for nodes in [3, 5] {
+            let runs = check(base..base + 60, mode, |seed| {
+                let mut config = SimConfig::new(seed, nodes);
+                config.snapshots = sim::small_snapshots(seed);
+                config
+            });
+            installed += runs.iter().map(|r| r.snapshots_installed).sum::<u64>();
+        }
+    }
+    assert!(
+        installed > 50,
+        "followers installed snapshots ({installed})"
+    );
+}
+
+fn with_snapshot_bug(seed: u64, bug: sim::SnapshotBug) -> SimConfig {
+    let mut config = SimConfig::new(seed, 3);
+    config.snapshots = sim::small_snapshots(seed);
+    config.injected_snapshot_bug = Some(bug);
+    config
+}
+
+/// The state comparison catches a snapshot that leaves out the sessions:
+/// the node that installs it holds another state than its peers at the
+/// same applied index (and could apply a retried request twice).
+#[test]
+fn catches_a_snapshot_without_sessions() {
+    let result = run_seeds(
+        72_000..72_100,
+        |seed| with_snapshot_bug(seed, sim::SnapshotBug::CaptureWithoutSessions),
+        factory(ReadMode::ReadIndex),
+        REPLAY,
+    );
+    let failures = result.expect_err("a snapshot without sessions must be caught");
+    assert!(failures.contains("state-machine safety"), "{failures}");
+}
+
+/// A capture that is not durable lets a crash roll the state back below
+/// the compacted log: the restarted node cannot rebuild, and says so.
+#[test]
+fn catches_a_capture_that_is_not_durable() {
+    let result = run_seeds(
+        73_000..73_200,
+        |seed| {
+            let mut config = with_snapshot_bug(seed, sim::SnapshotBug::CaptureNotDurable);
+            config.faults = Faults {
+                crashes: true,
+                ..Faults::none()
+            };
+            config
+        },
+        factory(ReadMode::ReadIndex),
+        REPLAY,
+    );
+    let failures = result.expect_err("a capture that is not durable must be caught");
+    assert!(
+        failures.contains("holds every compacted entry"),
+        "{failures}"
+    );
+}
+
 /// Issue 14: small limits, reached all the time (the runtime's waiter
 /// limit too), with every fault kind.
 #[test]

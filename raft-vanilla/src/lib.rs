@@ -39,10 +39,12 @@ use std::collections::BTreeMap;
 
 use consensus::io::{Outbox, Recovered, ReplyOutcome, Role, Timing};
 use consensus::message::{
-    AppendEntries, AppendEntriesResponse, Message, RequestVote, RequestVoteResponse,
+    AppendEntries, AppendEntriesResponse, InstallSnapshot, InstallSnapshotResponse, Message,
+    RequestVote, RequestVoteResponse,
 };
 use consensus::quorum::quorum_index;
 use consensus::raft::{ConflictHints, PendingRequests, RaftCore, RaftVariant};
+use consensus::snapshot::{SnapshotMeta, Transfer};
 use consensus::{ClientRequest, EntryPayload, LogIndex, NodeId, Term};
 
 /// A deliberate protocol bug, for the tests that prove the simulator catches
@@ -101,7 +103,7 @@ impl Config {
 }
 
 /// Figure 2, "Volatile state on leaders", for one follower.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 struct Progress {
     /// Index of the next log entry to send to that server.
     next_index: LogIndex,
@@ -109,6 +111,9 @@ struct Progress {
     match_index: LogIndex,
     /// An AppendEntries carrying an entry is awaiting its response.
     in_flight: bool,
+    /// Section 7: the snapshot being sent, when `next_index` was compacted
+    /// away here; no AppendEntries goes meanwhile.
+    transfer: Option<Transfer>,
 }
 
 /// One vanilla Raft node.
@@ -173,6 +178,7 @@ impl VanillaRaft {
                     next_index,
                     match_index: 0,
                     in_flight: false,
+                    transfer: None,
                 };
                 (peer, progress)
             })
@@ -184,10 +190,20 @@ impl VanillaRaft {
 
     /// Sends AppendEntries to `peer`: the entry at `next_index` when one is
     /// durable here and none is in flight, else a heartbeat (when `heartbeat`).
+    /// A follower whose `next_index` was compacted away is sent the
+    /// snapshot instead (section 7), one chunk at a time.
     fn send_append(&mut self, peer: NodeId, heartbeat: bool, out: &mut Outbox) {
-        let Some(progress) = self.progress.get(&peer).copied() else {
+        let Some(progress) = self.progress.get_mut(&peer) else {
             return;
         };
+        if progress.transfer.is_some() {
+            return;
+        }
+        if self.core.needs_snapshot(progress.next_index) {
+            progress.transfer = Some(self.core.start_transfer(peer, out));
+            return;
+        }
+        let progress = progress.clone();
         let has_entry = progress.next_index <= self.core.durable_index;
         if !(heartbeat || (has_entry && !progress.in_flight)) {
             return;
@@ -258,6 +274,12 @@ impl RaftVariant for VanillaRaft {
 
     fn on_tick(&mut self, out: &mut Outbox) {
         if self.core.role == Role::Leader {
+            let timeout = 2 * self.config.heartbeat_ticks;
+            for (&peer, progress) in &mut self.progress {
+                if let Some(transfer) = progress.transfer.as_mut() {
+                    self.core.tick_transfer(peer, transfer, timeout, out);
+                }
+            }
             self.heartbeat_elapsed += 1;
             if self.heartbeat_elapsed >= self.config.heartbeat_ticks {
                 self.heartbeat_elapsed = 0;
@@ -338,5 +360,35 @@ impl RaftVariant for VanillaRaft {
         if self.core.wins_with(from, &m) {
             self.become_leader(out);
         }
+    }
+
+    fn on_install_snapshot(&mut self, from: NodeId, m: InstallSnapshot, out: &mut Outbox) {
+        self.core.accept_snapshot(from, m, out);
+    }
+
+    fn on_snapshot_response(&mut self, from: NodeId, m: InstallSnapshotResponse, out: &mut Outbox) {
+        let Some(progress) = self.progress.get_mut(&from) else {
+            return;
+        };
+        let Some(transfer) = progress.transfer.as_mut() else {
+            return;
+        };
+        if let Some(index) = self.core.snapshot_answered(from, transfer, &m, out) {
+            progress.transfer = None;
+            progress.in_flight = false;
+            progress.match_index = progress.match_index.max(index);
+            progress.next_index = progress.match_index + 1;
+            self.advance_commit(out);
+            self.send_append(from, false, out);
+        }
+    }
+
+    fn on_snapshot_taken(&mut self, snapshot: SnapshotMeta, keep_entries: u64, out: &mut Outbox) {
+        self.core.snapshot_taken(snapshot, keep_entries, out);
+    }
+
+    fn on_snapshot_installed(&mut self, snapshot: SnapshotMeta, out: &mut Outbox) {
+        self.core.snapshot_installed(snapshot);
+        self.emit_applies(out);
     }
 }

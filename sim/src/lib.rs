@@ -16,7 +16,7 @@ pub mod linearizability;
 pub mod manual;
 pub mod simulator;
 
-pub use simulator::{Failure, Faults, RunStats, SimConfig, Simulation};
+pub use simulator::{Failure, Faults, RunStats, SimConfig, Simulation, SnapshotBug};
 
 /// The base election timeout the protocol suites give every node in the
 /// simulator: shorter than kvnode's default
@@ -30,6 +30,7 @@ pub const HEARTBEAT_TICKS: u64 = 2;
 use std::collections::BTreeMap;
 
 use consensus::io::Recovered;
+use consensus::rng::DetRng;
 use consensus::{Consensus, NodeId};
 
 /// Runs one simulation per seed, building each run's config with
@@ -104,6 +105,19 @@ pub struct Scenario<F> {
 
 /// The generator a soak seed draws its settings from (apart from the run's
 /// own, so the settings do not shift the run's random choices).
+/// Snapshot settings small enough that a run takes many snapshots and
+/// sends them in several chunks, drawn from `seed`: a snapshot every 3 to
+/// 40 entries, 0 to 7 entries kept behind it, chunks of 100 to 600 bytes.
+pub fn small_snapshots(seed: u64) -> consensus::snapshot::SnapshotPolicy {
+    let mut rng = DetRng::new(seed ^ 0x0C4C_5A4F_0016_0001);
+    consensus::snapshot::SnapshotPolicy {
+        entries: rng.range(3, 41),
+        bytes: 0,
+        keep_entries: rng.range(0, 8),
+        chunk_bytes: rng.range(100, 601) as usize,
+    }
+}
+
 pub fn variant_rng(seed: u64) -> consensus::rng::DetRng {
     consensus::rng::DetRng::new(seed ^ 0x5EED_50A4_C0FF_EE00)
 }
@@ -137,6 +151,12 @@ pub fn soak_config(
     if small_waiters {
         config.waiters_max = 2;
     }
+    // Snapshots from a generator of their own, so that adding them left
+    // every other setting of a seed as it was.
+    let snapshots = DetRng::new(seed ^ 0x5A4F_5B07_0016_0000).chance(0.5);
+    if snapshots {
+        config.snapshots = small_snapshots(seed);
+    }
     let large_values = variant.chance(0.002);
     if large_values {
         config.value_padding_bytes = (0, consensus::limits::VALUE_BYTES_MAX);
@@ -149,6 +169,7 @@ pub fn soak_config(
             ("faults", faults),
             ("waiter limit 2", small_waiters.to_string()),
             ("values up to the client limit", large_values.to_string()),
+            ("snapshots", snapshots.to_string()),
         ],
     )
 }

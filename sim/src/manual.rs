@@ -207,6 +207,13 @@ impl Effects for ManualEffects<'_> {
         }
         Ok(())
     }
+
+    fn send_snapshot_chunk(&mut self, request: consensus::snapshot::ChunkRequest) {
+        unreachable!(
+            "the hand-driven cluster takes no snapshots, so no leader sends one (to {})",
+            request.to
+        )
+    }
 }
 
 impl<P> std::fmt::Debug for ManualCluster<P> {
@@ -264,6 +271,7 @@ impl<P: Consensus> ManualCluster<P> {
             log: node.durable.log.clone(),
             applied_index: node.state_machine.applied_index(),
             durability_log: node.durable.durability_log.clone(),
+            ..Recovered::default()
         };
         node.protocol = factory(recovered);
     }
@@ -272,8 +280,8 @@ impl<P: Consensus> ManualCluster<P> {
     /// writes wait for [`ManualCluster::sync`] and messages for
     /// [`ManualCluster::deliver`].
     pub fn step(&mut self, id: NodeId, input: Input) {
-        let mut next = Some(input);
-        while let Some(input) = next.take() {
+        let mut next = VecDeque::from([input]);
+        while let Some(input) = next.pop_front() {
             let mut out = Outbox::default();
             let node = self.nodes.get_mut(&id).expect("node exists");
             node.protocol.step(input, &mut out);
@@ -293,7 +301,7 @@ impl<P: Consensus> ManualCluster<P> {
                 answers: &mut self.answers,
             };
             let Ok(follow_up) = executor::carry_out(out, &mut effects);
-            next = follow_up;
+            next.extend(follow_up);
         }
     }
 
@@ -323,6 +331,11 @@ impl<P: Consensus> ManualCluster<P> {
                     .durability_log
                     .retain(|r| !ids.contains(&r.request.id)),
                 Write::DurabilityReplace(records) => node.durable.durability_log = records,
+                Write::CompactLog { .. }
+                | Write::SnapshotChunk { .. }
+                | Write::InstallSnapshot { .. } => {
+                    unreachable!("the hand-driven cluster takes no snapshots (the simulator does)")
+                }
             }
         }
         if wrote {

@@ -200,6 +200,25 @@ pub struct SimConfig {
     /// node gets one tick at some point of its backlog, and counts time
     /// from there. For tests that show the pause fault catches it.
     pub runtime_loses_ticks_in_pauses: bool,
+    /// When nodes take snapshots and compact their logs, and the chunk
+    /// size of a transfer (`consensus::snapshot`). Never by default; the
+    /// soaks and the snapshot suites draw small thresholds, so that
+    /// followers behind are sent snapshots under every fault.
+    pub snapshots: SnapshotPolicy,
+    /// A deliberate runtime bug, for tests that show the snapshot checks
+    /// catch it.
+    pub injected_snapshot_bug: Option<SnapshotBug>,
+}
+
+/// Deliberate snapshot bugs of a runtime.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SnapshotBug {
+    /// A capture leaves out the sessions: a node that installs it may apply
+    /// a retried request twice.
+    CaptureWithoutSessions,
+    /// The state database may roll back below a snapshot whose log was
+    /// compacted (a capture that is not durable).
+    CaptureNotDurable,
 }
 
 impl SimConfig {
@@ -230,6 +249,8 @@ impl SimConfig {
             state_rollback_max: 8,
             quiet_ms: 3_000,
             runtime_loses_ticks_in_pauses: false,
+            snapshots: SnapshotPolicy::never(),
+            injected_snapshot_bug: None,
         }
     }
 }
@@ -304,6 +325,10 @@ pub struct RunStats {
     pub reads_outside_log: u64,
     /// Log entries applied, over all nodes.
     pub entries_applied: u64,
+    /// Snapshots taken, over all nodes.
+    pub snapshots_taken: u64,
+    /// Snapshots installed from a leader, over all nodes.
+    pub snapshots_installed: u64,
     /// The recorded history.
     pub history: Vec<Operation>,
 }

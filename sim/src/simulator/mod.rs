@@ -40,6 +40,9 @@ use consensus::io::{
 use consensus::message::Message;
 use consensus::quorum::FastAcks;
 use consensus::rng::DetRng;
+use consensus::snapshot::{
+    ChunkRequest, SinceSnapshot, SnapshotItem, SnapshotMeta, SnapshotPolicy,
+};
 use consensus::state_machine::{ApplyBatch, KvRead, MemKv, StateMachine};
 use consensus::{
     ClientId, ClientRequest, Command, CommandResult, Consensus, Entry, ExecutionError, LogIndex,
@@ -57,12 +60,13 @@ mod config;
 mod invariants;
 mod nemesis;
 mod network;
+mod snapshots;
 mod storage;
 
 use clients::Client;
-pub use config::{Failure, Faults, RunStats, SimConfig};
+pub use config::{Failure, Faults, RunStats, SimConfig, SnapshotBug};
 use invariants::Invariants;
-use network::short;
+use network::{position_of, short};
 use storage::{PendingPersist, Storage, Undo, digest};
 
 #[derive(Debug)]
@@ -157,6 +161,11 @@ struct Node<P> {
     /// Which client waits for which request at this node, and whether on
     /// the fast path: (client, operation, attempt).
     waiters: HashMap<(RequestId, bool), (usize, usize, u64)>,
+    /// Entries applied since the last snapshot.
+    since_snapshot: SinceSnapshot,
+    /// The latest snapshots captured (or installed) here, by index: what a
+    /// leader sends from. On disk: they survive a crash.
+    captures: BTreeMap<LogIndex, (SnapshotMeta, Vec<SnapshotItem>)>,
 }
 
 /// The simulated runtime's effects for node `id` (the rules are
@@ -211,6 +220,14 @@ where
     fn serve_reads(&mut self, reads: Vec<ClientRequest>) -> Result<(), Self::Error> {
         self.sim.serve_reads(self.id, reads);
         Ok(())
+    }
+
+    fn send_snapshot_chunk(&mut self, request: ChunkRequest) {
+        self.sim.send_snapshot_chunk(self.id, request);
+    }
+
+    fn snapshot_if_due(&mut self, at: SnapshotMeta) -> Result<Option<u64>, Self::Error> {
+        Ok(self.sim.snapshot_if_due(self.id, at))
     }
 
     fn role_changed(&mut self, soft: SoftState) {
@@ -300,6 +317,8 @@ where
                     pending: VecDeque::new(),
                     undo: VecDeque::new(),
                     waiters: HashMap::new(),
+                    since_snapshot: SinceSnapshot::default(),
+                    captures: BTreeMap::new(),
                 };
                 (id, node)
             })
@@ -731,9 +750,9 @@ where
     }
 
     fn step_now(&mut self, id: NodeId, input: Input) {
-        let mut next = Some(input);
+        let mut next = VecDeque::from([input]);
         let mut rounds = 0;
-        while let Some(input) = next.take() {
+        while let Some(input) = next.pop_front() {
             rounds += 1;
             assert!(rounds < 10_000, "node {id} keeps producing work");
             let mut out = Outbox::default();
@@ -743,7 +762,7 @@ where
             };
             protocol.step(input, &mut out);
             let Ok(follow_up) = executor::carry_out(out, &mut SimEffects { sim: self, id });
-            next = follow_up;
+            next.extend(follow_up);
         }
     }
 

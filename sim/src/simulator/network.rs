@@ -14,7 +14,18 @@ pub(super) fn kind(message: &Message) -> &'static str {
         Message::DurabilityLogRequest(_) => "durability_log_request",
         Message::DurabilityLogResponse(_) => "durability_log_response",
         Message::DurabilityForward(_) => "durability_forward",
+        Message::InstallSnapshot(_) => "install_snapshot",
+        Message::InstallSnapshotResponse(_) => "install_snapshot_response",
     }
+}
+
+/// A snapshot position as the simulator writes it: the number of the item
+/// it starts at (8 bytes, big-endian; empty: 0).
+pub(super) fn position_of(position: &[u8]) -> u64 {
+    position
+        .try_into()
+        .map(u64::from_be_bytes)
+        .unwrap_or_default()
 }
 
 pub(super) fn short(message: &Message) -> String {
@@ -51,6 +62,24 @@ pub(super) fn short(message: &Message) -> String {
             m.done
         ),
         Message::DurabilityForward(m) => format!("DF t{} records={}", m.term, m.records.len()),
+        Message::InstallSnapshot(m) => format!(
+            "IS t{} snapshot {}/{} at {} items={} done={}",
+            m.term,
+            m.snapshot.index,
+            m.snapshot.term,
+            position_of(&m.position),
+            m.items.len(),
+            m.done
+        ),
+        Message::InstallSnapshotResponse(m) => format!(
+            "ISR t{} snapshot {}/{} next {} rejected={} installed={}",
+            m.term,
+            m.snapshot.index,
+            m.snapshot.term,
+            position_of(&m.next),
+            m.rejected,
+            m.installed
+        ),
     }
 }
 

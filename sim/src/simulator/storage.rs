@@ -16,15 +16,44 @@ pub(super) struct PendingPersist {
 #[derive(Default)]
 pub(super) struct Storage {
     pub(super) hard_state: HardState,
+    /// The log after `base`.
     pub(super) log: Vec<Entry>,
+    /// The last entry compacted away: (index, term).
+    pub(super) base: (LogIndex, Term),
+    /// The latest snapshot recorded.
+    pub(super) snapshot: SnapshotMeta,
     pub(super) durability_log: Vec<DurableRecord>,
-    /// `chain[i]` digests `log[..=i]`: equal digests mean equal prefixes.
+    /// `chain[i]` digests the log prefix through `log[i]`: equal digests
+    /// mean equal prefixes.
     pub(super) chain: Vec<u64>,
+    /// The digest of the prefix through `base`.
+    pub(super) base_chain: u64,
+    /// A snapshot being received: chunks staged so far.
+    pub(super) staging: Option<(SnapshotMeta, Vec<SnapshotItem>)>,
 }
 
 impl Storage {
+    /// The last entry: (index, term), the base's when none follows it.
     pub(super) fn last(&self) -> (LogIndex, Term) {
-        self.log.last().map_or((0, 0), |e| (e.index, e.term))
+        self.log.last().map_or(self.base, |e| (e.index, e.term))
+    }
+
+    /// The entry at `index`, if held (not compacted, not past the end).
+    pub(super) fn entry(&self, index: LogIndex) -> Option<&Entry> {
+        let position = index.checked_sub(self.base.0 + 1)?;
+        self.log.get(position as usize)
+    }
+
+    /// Drops the entries through `through` (held, or the base).
+    pub(super) fn compact_through(&mut self, through: LogIndex, through_term: Term) {
+        if through <= self.base.0 {
+            return;
+        }
+        let drop = ((through - self.base.0) as usize).min(self.log.len());
+        self.base_chain = self.chain[drop - 1];
+        self.log.drain(..drop);
+        self.chain.drain(..drop);
+        self.base = (through, through_term);
     }
 }
 
@@ -84,7 +113,11 @@ where
             return;
         };
         self.stats.syncs += 1;
+        let mut installed = None;
         for write in batch.writes {
+            if let Write::InstallSnapshot { snapshot } = &write {
+                installed = Some(*snapshot);
+            }
             self.durable_write(id, write);
         }
         for envelope in batch.after {
@@ -92,6 +125,15 @@ where
         }
         for r in batch.replies {
             self.protocol_reply(id, r);
+        }
+        if let Some(snapshot) = installed {
+            let sessions = self.nodes[&id]
+                .state_machine
+                .sessions()
+                .iter()
+                .map(|(&client, session)| (client, session.last_seq))
+                .collect();
+            self.step(id, Input::SnapshotInstalled { snapshot, sessions });
         }
         let (last_index, last_term) = self.nodes[&id].storage.last();
         self.step(
@@ -117,22 +159,29 @@ where
                 }
             }
             Write::TruncateLog { from } => {
-                let keep = (from.max(1) - 1) as usize;
+                if from <= storage.base.0 {
+                    let base = storage.base.0;
+                    self.fail(format!(
+                        "node {id} truncated its log from {from}, at or before its compacted base {base}"
+                    ));
+                    return;
+                }
+                let keep = (from - storage.base.0 - 1) as usize;
                 storage.log.truncate(keep);
                 storage.chain.truncate(keep);
             }
             Write::AppendLog(entries) => {
                 let mut problems = Vec::new();
                 for entry in entries {
-                    if entry.index != storage.log.len() as LogIndex + 1 {
+                    if entry.index != storage.last().0 + 1 {
                         problems.push(format!(
                             "node {id} appended index {} after {}",
                             entry.index,
-                            storage.log.len()
+                            storage.last().0
                         ));
                         break;
                     }
-                    let previous = storage.chain.last().copied().unwrap_or(0);
+                    let previous = storage.chain.last().copied().unwrap_or(storage.base_chain);
                     let chain = digest(&(previous, &entry));
                     let key = (entry.index, entry.term);
                     match self.invariants.prefix_at.get(&key) {
@@ -160,6 +209,17 @@ where
                     .retain(|r| !ids.contains(&r.request.id));
             }
             Write::DurabilityReplace(records) => storage.durability_log = records,
+            Write::CompactLog {
+                snapshot,
+                through,
+                through_term,
+            } => self.compact_log(id, snapshot, through, through_term),
+            Write::SnapshotChunk {
+                snapshot,
+                first,
+                items,
+            } => self.stage_chunk(id, snapshot, first, items),
+            Write::InstallSnapshot { snapshot } => self.install_snapshot(id, snapshot),
         }
     }
 
@@ -169,7 +229,7 @@ where
         let mut problems = Vec::new();
         for entry in entries {
             // Applied entries must be durable in this node's own log.
-            let stored = node.storage.log.get(entry.index as usize - 1);
+            let stored = node.storage.entry(entry.index);
             if stored != Some(entry) {
                 problems.push(format!(
                     "node {id} applied index {} term {} that is not durable in its log",
@@ -190,6 +250,7 @@ where
         }
         let before = node.state_machine.clone();
         let batch = node.state_machine.apply(&node.kv, entries);
+        node.since_snapshot.applied(entries);
         self.stats.entries_applied += entries.len() as u64;
         if self.config.state_rollback_max > 0 {
             let old_values = batch
@@ -207,6 +268,7 @@ where
         for problem in problems {
             self.fail(problem);
         }
+        self.check_state_at(id);
         for (_, request, result) in batch.results {
             self.answer(id, request, false, Answer::Result(result));
         }
@@ -254,9 +316,12 @@ where
         let recovered = Recovered {
             hard_state: node.storage.hard_state,
             log: node.storage.log.clone(),
+            log_base: node.storage.base,
+            snapshot: node.storage.snapshot,
             applied_index: node.state_machine.applied_index(),
             durability_log: node.storage.durability_log.clone(),
         };
+        node.since_snapshot = SinceSnapshot::default();
         node.protocol = Some((self.factory)(id, &members, recovered, seed));
         self.log(|| format!("restart node {id}"));
         self.start_clock(id);

@@ -1,0 +1,270 @@
+//! Snapshots and log compaction (Raft paper, section 7), shared by every
+//! protocol and every runtime.
+//!
+//! # Who does what
+//!
+//! - **The runtime decides when** ([`SnapshotPolicy`]): after applying, once
+//!   enough entries or bytes were applied since the last snapshot, it
+//!   captures the state machine as it stands (data, sessions, applied
+//!   index: kvnode makes a RocksDB checkpoint, the simulator a copy) and
+//!   tells the protocol ([`crate::Input::SnapshotTaken`]). Compaction is
+//!   storage management, not a protocol optimization, so every protocol
+//!   compacts alike.
+//! - **The protocol compacts**: it records the snapshot, drops the log up
+//!   to a point a little behind it (so a follower slightly behind still gets
+//!   entries, not a snapshot), and asks for that to be made durable
+//!   ([`crate::Write::CompactLog`]). The capture is durable before that write
+//!   is issued, so the log never loses an entry the state does not hold.
+//! - **A leader whose follower needs a compacted entry sends the snapshot**
+//!   in chunks, one at a time ([`Transfer`]): it names the snapshot and the
+//!   position to read from ([`crate::Outbox::snapshot_chunks`]); the runtime
+//!   reads that chunk from its capture and sends it as an
+//!   [`crate::message::InstallSnapshot`]. Memory stays bounded on both sides:
+//!   a chunk is read, sent and written, never the whole snapshot.
+//! - **The follower stages chunks** ([`crate::Write::SnapshotChunk`]) and, at
+//!   the last one, **switches atomically** ([`crate::Write::InstallSnapshot`]):
+//!   a crash before the switch leaves its previous state, after it the new
+//!   one. The runtime reports the switch ([`crate::Input::SnapshotInstalled`])
+//!   once its state machine holds the snapshot; only then does the protocol
+//!   apply entries after it.
+
+use crate::state_machine::Session;
+use crate::types::{ClientId, Key, LogIndex, Term, Value};
+
+/// A snapshot's place in the log: the state machine after applying every
+/// entry up to `index`, whose entry has `term` (the paper's
+/// lastIncludedIndex and lastIncludedTerm). `(0, 0)`: no snapshot.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SnapshotMeta {
+    /// The last entry the snapshot includes.
+    pub index: LogIndex,
+    /// Its term.
+    pub term: Term,
+}
+
+/// One item of a snapshot's contents. A snapshot is a sequence of items in
+/// a fixed order (the data by key, then the sessions by client), sent in
+/// chunks.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum SnapshotItem {
+    /// A key and its value.
+    Data(Key, Value),
+    /// A client's session.
+    Session(ClientId, Session),
+}
+
+impl SnapshotItem {
+    /// An upper bound of the item's size encoded.
+    pub fn size_bytes(&self) -> usize {
+        const ITEM_FRAMING_BYTES: usize = 32;
+        ITEM_FRAMING_BYTES
+            + match self {
+                SnapshotItem::Data(key, value) => key.len() + value.len(),
+                SnapshotItem::Session(_, session) => session.size_bytes(),
+            }
+    }
+}
+
+/// Bytes of items in one chunk of a snapshot by default (always at least
+/// one item): well within `limits::PEER_MESSAGE_BYTES_MAX`, and one chunk at
+/// a time is all either side holds.
+pub const CHUNK_BYTES: usize = 1 << 20;
+
+/// When a runtime takes a snapshot and how much log a protocol keeps behind
+/// it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SnapshotPolicy {
+    /// Take a snapshot once this many entries were applied since the last
+    /// (0: never by count).
+    pub entries: u64,
+    /// Or once entries of this many bytes (by `Entry::size_bytes`) were
+    /// applied since the last (0: never by size).
+    pub bytes: u64,
+    /// Entries kept in the log behind a snapshot, so that a follower a
+    /// little behind is sent entries rather than a whole snapshot (etcd
+    /// keeps 5,000).
+    pub keep_entries: u64,
+    /// Bytes of items per chunk sent to a follower.
+    pub chunk_bytes: usize,
+}
+
+impl Default for SnapshotPolicy {
+    fn default() -> Self {
+        SnapshotPolicy {
+            entries: 100_000,
+            bytes: 64 << 20,
+            keep_entries: 5_000,
+            chunk_bytes: CHUNK_BYTES,
+        }
+    }
+}
+
+impl SnapshotPolicy {
+    /// Never take a snapshot.
+    pub fn never() -> Self {
+        SnapshotPolicy {
+            entries: 0,
+            bytes: 0,
+            ..SnapshotPolicy::default()
+        }
+    }
+
+    /// Whether a snapshot is due after `entries` entries of `bytes` bytes
+    /// were applied since the last.
+    pub fn due(&self, entries: u64, bytes: u64) -> bool {
+        (self.entries > 0 && entries >= self.entries) || (self.bytes > 0 && bytes >= self.bytes)
+    }
+
+    /// Checks the settings fit together.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.chunk_bytes == 0 || !crate::limits::fits_in_a_message(self.chunk_bytes) {
+            return Err(format!(
+                "snapshot chunks of {} bytes do not fit in a peer message (at most {} bytes)",
+                self.chunk_bytes,
+                crate::limits::PEER_MESSAGE_BYTES_MAX
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// What a runtime counts to apply a [`SnapshotPolicy`]: entries and bytes
+/// applied since the last snapshot.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SinceSnapshot {
+    /// Entries applied since the last snapshot.
+    pub entries: u64,
+    /// Their bytes.
+    pub bytes: u64,
+}
+
+impl SinceSnapshot {
+    /// Counts applied entries.
+    pub fn applied(&mut self, entries: &[crate::Entry]) {
+        self.entries += entries.len() as u64;
+        self.bytes += entries.iter().map(|e| e.size_bytes() as u64).sum::<u64>();
+    }
+
+    /// Whether `policy` says a snapshot is due; if so, starts counting
+    /// again.
+    pub fn take_if_due(&mut self, policy: &SnapshotPolicy) -> bool {
+        if policy.due(self.entries, self.bytes) {
+            *self = SinceSnapshot::default();
+            return true;
+        }
+        false
+    }
+}
+
+/// A chunk a runtime must read from its snapshot `snapshot` at `position`
+/// and send to `to` as an [`crate::message::InstallSnapshot`] carrying the
+/// leader's `term` and id.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChunkRequest {
+    /// The follower.
+    pub to: crate::NodeId,
+    /// The leader's term.
+    pub term: Term,
+    /// The leader.
+    pub leader_id: crate::NodeId,
+    /// The snapshot.
+    pub snapshot: SnapshotMeta,
+    /// Where the chunk starts (empty: at the beginning; else the `next` of
+    /// the chunk before).
+    pub position: Vec<u8>,
+}
+
+/// A leader's transfer of a snapshot to one follower: one chunk in flight,
+/// sent again when its answer is late, started over with the leader's
+/// latest snapshot when the follower or the runtime lost track.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Transfer {
+    /// The snapshot sent.
+    pub snapshot: SnapshotMeta,
+    /// Where the chunk in flight starts.
+    pub position: Vec<u8>,
+    /// Ticks since that chunk was sent.
+    pub ticks_waiting: u64,
+}
+
+impl Transfer {
+    /// A transfer of `snapshot` from its beginning.
+    pub fn new(snapshot: SnapshotMeta) -> Self {
+        Transfer {
+            snapshot,
+            position: Vec::new(),
+            ticks_waiting: 0,
+        }
+    }
+
+    /// The chunk request for the chunk in flight.
+    pub fn request(&self, to: crate::NodeId, term: Term, leader_id: crate::NodeId) -> ChunkRequest {
+        ChunkRequest {
+            to,
+            term,
+            leader_id,
+            snapshot: self.snapshot,
+            position: self.position.clone(),
+        }
+    }
+
+    /// Counts a tick; true when the chunk in flight should be sent again
+    /// (no answer within `timeout_ticks`). A transfer of a snapshot older
+    /// than `latest` starts over with `latest` then: the runtime keeps only
+    /// its latest captures.
+    pub fn tick(&mut self, timeout_ticks: u64, latest: SnapshotMeta) -> bool {
+        self.ticks_waiting += 1;
+        if self.ticks_waiting < timeout_ticks {
+            return false;
+        }
+        self.ticks_waiting = 0;
+        if self.snapshot != latest {
+            *self = Transfer::new(latest);
+        }
+        true
+    }
+
+    /// Takes the follower's answer to this transfer; what to do next.
+    /// Positions compare as byte strings, later chunks greater, so a late
+    /// answer to an earlier chunk is told apart.
+    pub fn answered(&mut self, m: &crate::message::InstallSnapshotResponse) -> TransferStep {
+        if m.snapshot != self.snapshot {
+            return TransferStep::Ignore;
+        }
+        if m.installed {
+            return TransferStep::Installed(self.snapshot.index);
+        }
+        if m.rejected || m.next > self.position {
+            // The follower wants the chunk at `next`: the one after the
+            // chunk it took, or the one it expects after a chunk out of
+            // place (a lost chunk, or a transfer it does not know).
+            self.position = m.next.clone();
+            self.ticks_waiting = 0;
+            return TransferStep::Send;
+        }
+        TransferStep::Ignore
+    }
+}
+
+/// What a leader does after an answer to a snapshot chunk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TransferStep {
+    /// Nothing (a late or duplicate answer).
+    Ignore,
+    /// Send the chunk at the transfer's position.
+    Send,
+    /// The follower installed the snapshot: its log matches up to this
+    /// index.
+    Installed(LogIndex),
+}
+
+/// A follower's reception of a snapshot: where the next chunk must start.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reception {
+    /// The leader's term.
+    pub term: Term,
+    /// The snapshot.
+    pub snapshot: SnapshotMeta,
+    /// Where the next chunk must start.
+    pub next: Vec<u8>,
+}
