@@ -19,6 +19,9 @@ pub enum ClientError {
     /// value that is not an integer); it changed nothing.
     #[error("the command failed: {0}")]
     Execution(String),
+    /// A local file could not be written (a backup).
+    #[error("{0}")]
+    File(String),
     /// No answer before the deadline: the operation may or may not have
     /// taken effect.
     #[error("no answer within {timeout_ms} ms (last error: {last_error}); the outcome is unknown")]

@@ -43,6 +43,67 @@ fn exit_with_parent() {
 enum Commands {
     /// Start a local cluster of kvnode processes on loopback.
     Cluster(ClusterArgs),
+    /// Write a new node's data directory from a backup (`kvctl snapshot
+    /// save FILE`), for a new cluster: run it once per node, each with its
+    /// own --id and --data-dir and the same new --cluster-id, then start
+    /// the nodes with that --cluster-id.
+    Restore(RestoreArgs),
+}
+
+/// What `kvnode restore` needs.
+#[derive(clap::Args, Debug)]
+struct RestoreArgs {
+    /// The backup file.
+    file: std::path::PathBuf,
+    /// The new node's data directory (new or empty).
+    #[arg(long)]
+    data_dir: std::path::PathBuf,
+    /// The new node's id.
+    #[arg(long)]
+    id: consensus::NodeId,
+    /// The protocol the new cluster runs.
+    #[arg(long)]
+    protocol: consensus::config::Protocol,
+    /// The new cluster's id (a restored cluster never joins the old one).
+    #[arg(long)]
+    cluster_id: String,
+}
+
+/// `kvnode restore`.
+fn restore(args: RestoreArgs) -> anyhow::Result<()> {
+    let mut reader = proto::backup::BackupReader::open(&args.file)?;
+    let snapshot = reader.snapshot;
+    let identity = crate::storage::Identity {
+        cluster_id: args.cluster_id.clone(),
+        protocol: args.protocol.name().to_string(),
+        node_id: args.id,
+    };
+    let existed = args.data_dir.exists();
+    let mut keys = 0u64;
+    let result = crate::storage::Storage::restore(&args.data_dir, &identity, snapshot, || {
+        let items = reader.next_items().map_err(|e| e.to_string())?;
+        keys += items.as_ref().map_or(0, |i| i.len() as u64);
+        Ok(items)
+    });
+    if let Err(error) = result {
+        if !existed || !matches!(error, crate::storage::StorageError::NotADataDir { .. }) {
+            let _ = std::fs::remove_dir_all(&args.data_dir);
+            if existed {
+                let _ = std::fs::create_dir_all(&args.data_dir);
+            }
+        }
+        return Err(error.into());
+    }
+    println!(
+        "restored the state at index {} (term {}, {keys} keys and sessions) into {} as node {} of cluster {}; start it with --cluster-id {}",
+        snapshot.index,
+        snapshot.term,
+        args.data_dir.display(),
+        args.id,
+        args.cluster_id,
+        args.cluster_id
+    );
+    Ok(())
 }
 
 /// Makes any panic, on any thread or task, end the process after it is
@@ -109,6 +170,7 @@ where
     let result = runtime.block_on(async {
         match cli.command {
             Some(Commands::Cluster(args)) => crate::launcher::run(args).await,
+            Some(Commands::Restore(args)) => restore(args),
             None => crate::node::run(NodeConfig::from_args(cli.node)?).await,
         }
     });

@@ -138,6 +138,12 @@ pub enum Event {
         /// The caller waiting for it.
         reply: ReplyTo,
     },
+    /// Capture the state machine for a backup: answered with the snapshot
+    /// captured and its directory (the caller removes it).
+    Backup {
+        /// Where to send it.
+        reply: oneshot::Sender<Result<(SnapshotMeta, std::path::PathBuf), String>>,
+    },
     /// A status query.
     Status {
         /// Where to send the status.
@@ -500,6 +506,12 @@ impl Runtime {
                 } else {
                     Input::Request(request)
                 }
+            }
+            Event::Backup { reply } => {
+                // On this thread, the only one that applies: the capture is
+                // the state after a whole apply.
+                let _ = reply.send(self.storage.capture_for_backup().map_err(|e| e.to_string()));
+                return Ok(());
             }
             Event::Status { reply } => {
                 let (_, last_log_term) = self.storage.last_log();

@@ -70,6 +70,33 @@ pub fn error_status(
     Status::with_details(code, message, detail.encode_to_vec().into())
 }
 
+/// A chunk of a capture as the Backup call sends it.
+fn backup_chunk(
+    snapshot: consensus::snapshot::SnapshotMeta,
+    chunk: crate::storage::CaptureChunk,
+) -> BackupChunk {
+    let mut out = BackupChunk {
+        index: snapshot.index,
+        term: snapshot.term,
+        done: chunk.done,
+        ..BackupChunk::default()
+    };
+    for item in chunk.items {
+        match item {
+            consensus::snapshot::SnapshotItem::Data(key, value) => {
+                out.data.push(KeyValue { key, value });
+            }
+            consensus::snapshot::SnapshotItem::Session(client_id, session) => {
+                out.sessions.push(BackupSession {
+                    client_id,
+                    session: proto::raft::StoredSession::from(&session).encode_to_vec(),
+                });
+            }
+        }
+    }
+    out
+}
+
 /// How a request was answered.
 #[derive(Debug)]
 enum Done {
@@ -538,6 +565,91 @@ impl Kv for KvService {
             CommandResult::Counter(value) => Ok(Response::new(IncrementResponse { value })),
             other => Err(unexpected(other)),
         }
+    }
+
+    type BackupStream = Pin<Box<dyn Stream<Item = Result<BackupChunk, Status>> + Send>>;
+
+    /// A read through the protocol first (ReadIndex, lease or the log, as
+    /// the node serves reads): once answered, this leader has applied every
+    /// write acknowledged before the call; then a capture of its state, read
+    /// and sent in chunks off the runtime thread, and removed.
+    async fn backup(
+        &self,
+        _request: Request<BackupRequest>,
+    ) -> Result<Response<Self::BackupStream>, Status> {
+        let client_id = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_nanos() as u64)
+            | 1;
+        let barrier = RequestHeader {
+            client_id,
+            seq: 1,
+            fast_path: false,
+        };
+        self.execute(
+            Some(barrier),
+            Command::Get {
+                key: b"\0backup barrier".to_vec(),
+            },
+        )
+        .await?;
+        let (reply, answer) = oneshot::channel();
+        let unavailable = || {
+            error_status(
+                Code::Unavailable,
+                Kind::Unavailable,
+                "node is shutting down",
+                None,
+            )
+        };
+        self.events
+            .send(Event::Backup { reply })
+            .await
+            .map_err(|_| unavailable())?;
+        let (snapshot, dir) = tokio::time::timeout(self.request_timeout, answer)
+            .await
+            .map_err(|_| self.deadline_exceeded())?
+            .map_err(|_| unavailable())?
+            .map_err(|e| Status::internal(format!("cannot capture the state: {e}")))?;
+        tracing::info!(
+            node = self.node_id,
+            index = snapshot.index,
+            "sending a backup of the state at {}",
+            snapshot.index
+        );
+        let (chunks, received) = mpsc::channel(2);
+        tokio::task::spawn_blocking(move || {
+            let mut reader = crate::storage::CaptureReader::default();
+            let mut at = Vec::new();
+            loop {
+                let chunk = match reader.read(&dir, &at, consensus::snapshot::CHUNK_BYTES) {
+                    Ok(Some(chunk)) => chunk,
+                    Ok(None) => {
+                        let _ = chunks.blocking_send(Err(Status::internal("the capture vanished")));
+                        break;
+                    }
+                    Err(error) => {
+                        let _ = chunks.blocking_send(Err(Status::internal(error.to_string())));
+                        break;
+                    }
+                };
+                let done = chunk.done;
+                at = chunk.next.clone();
+                if chunks
+                    .blocking_send(Ok(backup_chunk(snapshot, chunk)))
+                    .is_err()
+                    || done
+                {
+                    break;
+                }
+            }
+            drop(reader);
+            let _ = std::fs::remove_dir_all(&dir);
+        });
+        let stream = futures_util::stream::unfold(received, |mut received| async move {
+            received.recv().await.map(|item| (item, received))
+        });
+        Ok(Response::new(Box::pin(stream)))
     }
 
     async fn status(

@@ -171,6 +171,9 @@ pub enum StorageError {
     /// A stored record could not be decoded or the log has a gap.
     #[error("data directory is corrupt: {0}")]
     Corrupt(String),
+    /// A backup could not be restored.
+    #[error("cannot restore: {0}")]
+    Restore(String),
     /// A RocksDB read or write failed.
     #[error("storage I/O failed: {0}")]
     Io(#[from] rocksdb::Error),
@@ -424,9 +427,11 @@ impl Storage {
                 StorageError::Corrupt(format!("cannot remove {}: {e}", path.display()))
             })
         };
-        let staging = self.dir.join(STAGING_DIR);
-        if staging.exists() {
-            remove(&staging)?;
+        for leftover in [STAGING_DIR, "backups"] {
+            let path = self.dir.join(leftover);
+            if path.exists() {
+                remove(&path)?;
+            }
         }
         for entry in std::fs::read_dir(&self.dir).into_iter().flatten().flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
@@ -858,6 +863,80 @@ impl Storage {
         self.capture_db(&self.state_db().db, snapshot)
     }
 
+    /// Captures the state database into a new directory under `backups/`
+    /// for a backup: returns it, with the snapshot it holds (the applied
+    /// index and its entry's term). The caller removes the directory.
+    pub fn capture_for_backup(&self) -> Result<(SnapshotMeta, PathBuf), StorageError> {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let state = self.state_db();
+        let (index, _) = read_state_machine(&state.db)?;
+        let term = self.term_at(index)?;
+        let dir = self.dir.join("backups").join(format!(
+            "{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        let io = |e: std::io::Error| StorageError::Corrupt(format!("cannot capture: {e}"));
+        std::fs::create_dir_all(self.dir.join("backups")).map_err(io)?;
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir).map_err(io)?;
+        }
+        rocksdb::checkpoint::Checkpoint::new(&state.db)?.create_checkpoint(&dir)?;
+        Ok((SnapshotMeta { index, term }, dir))
+    }
+
+    /// The term of the entry at `index`, which the durable log holds or
+    /// compacted last.
+    fn term_at(&self, index: LogIndex) -> Result<Term, StorageError> {
+        let LogEnds { base, .. } = *lock(&self.ends);
+        if index == 0 {
+            return Ok(0);
+        }
+        if index == base.0 {
+            return Ok(base.1);
+        }
+        self.stored_term(index)
+    }
+
+    /// Writes a new node's data directory from a backup: the raft
+    /// database with `identity`, its log compacted through the backup's
+    /// snapshot (its term as the node's), the state database holding the
+    /// backup's items, and the capture a leader sends followers from.
+    /// `dir` must be new or empty.
+    pub fn restore(
+        dir: &Path,
+        identity: &Identity,
+        snapshot: SnapshotMeta,
+        mut next_chunk: impl FnMut() -> Result<Option<Vec<SnapshotItem>>, String>,
+    ) -> Result<(), StorageError> {
+        if Storage::holds_database(dir)
+            || std::fs::read_dir(dir).is_ok_and(|mut d| d.next().is_some())
+        {
+            return Err(StorageError::NotADataDir {
+                dir: dir.to_path_buf(),
+            });
+        }
+        let (storage, _) = Storage::open(dir, identity)?;
+        let mut first = true;
+        while let Some(items) = next_chunk().map_err(StorageError::Restore)? {
+            storage.stage_chunk(snapshot, first, &items)?;
+            first = false;
+        }
+        if lock(&storage.staging).is_none() {
+            storage.stage_chunk(snapshot, true, &[])?;
+        }
+        let installed = storage.persist(&[
+            Write::HardState(HardState {
+                term: snapshot.term,
+                voted_for: None,
+            }),
+            Write::InstallSnapshot { snapshot },
+        ])?;
+        debug_assert_eq!(installed, Some(snapshot));
+        storage.switch_to_installed(snapshot)?;
+        Ok(())
+    }
+
     /// After [`Storage::persist`] installed `snapshot`: opens its state
     /// database, makes it the node's, removes the old one, and returns the
     /// state machine it holds.
@@ -960,17 +1039,17 @@ impl Storage {
     }
 }
 
-/// Reads chunks of captures for the snapshot sender, keeping the capture
-/// it read last open (read-only).
+/// Reads chunks of captures (for the snapshot sender, and for backups),
+/// keeping the capture it read last open (read-only).
 #[derive(Default)]
 pub struct CaptureReader {
-    open: Option<(SnapshotMeta, DB)>,
+    open: Option<(PathBuf, DB)>,
 }
 
 impl std::fmt::Debug for CaptureReader {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CaptureReader")
-            .field("open", &self.open.as_ref().map(|(meta, _)| meta))
+            .field("open", &self.open.as_ref().map(|(dir, _)| dir))
             .finish()
     }
 }
@@ -984,6 +1063,17 @@ fn position(phase: u8, key: &[u8]) -> Vec<u8> {
     position
 }
 
+/// A chunk read from a capture.
+#[derive(Debug)]
+pub struct CaptureChunk {
+    /// Its items, in the capture's order.
+    pub items: Vec<SnapshotItem>,
+    /// Where the next chunk starts.
+    pub next: Vec<u8>,
+    /// True when nothing is left after it.
+    pub done: bool,
+}
+
 impl CaptureReader {
     /// The chunk `request` names, of at most `chunk_bytes` of items (at
     /// least one item, if any is left): the data by key, then the sessions
@@ -994,25 +1084,46 @@ impl CaptureReader {
         request: &ChunkRequest,
         chunk_bytes: usize,
     ) -> Result<Option<consensus::message::InstallSnapshot>, StorageError> {
-        if self.open.as_ref().map(|(meta, _)| *meta) != Some(request.snapshot) {
+        let dir = storage.capture_dir(request.snapshot);
+        let Some(chunk) = self.read(&dir, &request.position, chunk_bytes)? else {
+            return Ok(None);
+        };
+        Ok(Some(consensus::message::InstallSnapshot {
+            term: request.term,
+            leader_id: request.leader_id,
+            snapshot: request.snapshot,
+            position: request.position.clone(),
+            items: chunk.items,
+            next: chunk.next,
+            done: chunk.done,
+        }))
+    }
+
+    /// The chunk at `at` of the capture in `dir` (None: no such capture).
+    pub fn read(
+        &mut self,
+        dir: &Path,
+        at: &[u8],
+        chunk_bytes: usize,
+    ) -> Result<Option<CaptureChunk>, StorageError> {
+        if self.open.as_ref().map(|(open, _)| open.as_path()) != Some(dir) {
             self.open = None;
-            let dir = storage.capture_dir(request.snapshot);
             if !dir.is_dir() {
                 return Ok(None);
             }
-            let db = DB::open_cf_for_read_only(&Options::default(), &dir, STATE_FAMILIES, false)?;
-            self.open = Some((request.snapshot, db));
+            let db = DB::open_cf_for_read_only(&Options::default(), dir, STATE_FAMILIES, false)?;
+            self.open = Some((dir.to_path_buf(), db));
         }
         let Some((_, db)) = &self.open else {
             return Ok(None);
         };
-        let (phase, after) = match request.position.split_first() {
+        let (phase, after) = match at.split_first() {
             None => (0, None),
             Some((&phase, key)) => (phase, Some(key)),
         };
         let mut items = Vec::new();
         let mut bytes = 0;
-        let mut next = request.position.clone();
+        let mut next = at.to_vec();
         let mut take = |item: SnapshotItem, at: Vec<u8>| -> bool {
             let size = item.size_bytes();
             if !items.is_empty() && bytes + size > chunk_bytes {
@@ -1076,15 +1187,7 @@ impl CaptureReader {
                 }
             }
         }
-        Ok(Some(consensus::message::InstallSnapshot {
-            term: request.term,
-            leader_id: request.leader_id,
-            snapshot: request.snapshot,
-            position: request.position.clone(),
-            items,
-            next,
-            done,
-        }))
+        Ok(Some(CaptureChunk { items, next, done }))
     }
 }
 

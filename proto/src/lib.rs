@@ -37,4 +37,5 @@ pub mod etcd {
     tonic::include_proto!("etcdserverpb");
 }
 
+pub mod backup;
 pub mod convert;

@@ -73,6 +73,20 @@ enum Cmd {
     },
     /// Show every node's role, term, leader and indexes.
     Status,
+    /// Backups: `snapshot save FILE` writes a consistent snapshot from the
+    /// leader (every write acknowledged before it is in it); `kvnode
+    /// restore FILE` starts a new cluster from it.
+    Snapshot {
+        #[command(subcommand)]
+        command: SnapshotCmd,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum SnapshotCmd {
+    /// Save a consistent snapshot of the store from the leader into FILE
+    /// (written beside it as FILE.partial, renamed once whole).
+    Save { file: std::path::PathBuf },
 }
 
 fn text(bytes: &[u8]) -> String {
@@ -162,6 +176,25 @@ async fn run(cli: Cli) -> Result<(String, serde_json::Value), ClientError> {
                 json!({"ok": true, "succeeded": succeeded, "current": json_value(&current)}),
             )
         }
+        Cmd::Snapshot {
+            command: SnapshotCmd::Save { file },
+        } => {
+            let saved = client.backup(&file).await?;
+            (
+                format!(
+                    "saved the state at index {} (term {}): {} keys, {} sessions, {} bytes of keys and values, in {}",
+                    saved.index,
+                    saved.term,
+                    saved.keys,
+                    saved.sessions,
+                    saved.bytes,
+                    file.display()
+                ),
+                json!({"ok": true, "file": file.display().to_string(), "index": saved.index,
+                       "term": saved.term, "keys": saved.keys, "sessions": saved.sessions,
+                       "bytes": saved.bytes}),
+            )
+        }
         Cmd::Incr { key, by } => {
             let n = client.increment(key, by).await?;
             (n.to_string(), json!({"ok": true, "value": n}))
@@ -229,7 +262,7 @@ fn main() -> ExitCode {
             let code = match error {
                 ClientError::Invalid(_) | ClientError::NoEndpoints => 2,
                 ClientError::Execution(_) => 3,
-                ClientError::Timeout { .. } => 1,
+                ClientError::Timeout { .. } | ClientError::File(_) => 1,
             };
             if json_output {
                 println!(
