@@ -3,6 +3,8 @@
 
 use consensus::config::{Protocol, ReadMode, format_duration};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -97,6 +99,12 @@ pub struct RunResult {
     pub writes_per_sync: Vec<f64>,
     /// CPU seconds of all node processes per 1,000 operations.
     pub cpu_seconds_per_1000_ops: f64,
+    /// Highest resident memory of each node during the run, MiB.
+    pub rss_mib_max: Vec<f64>,
+    /// Each node's data directory at the end of the run, MiB.
+    pub data_mib_end: Vec<f64>,
+    /// Resident memory and data directories, sampled every second.
+    pub memory: Vec<crate::metrics::MemorySample>,
 }
 
 /// The leader-kill run of one protocol.
@@ -265,6 +273,22 @@ enum Probe<'a> {
 }
 
 impl Probe<'_> {
+    /// The processes and data directories to sample memory from, in node
+    /// order.
+    fn memory_targets(&self) -> (Vec<Option<u32>>, Vec<Option<PathBuf>>) {
+        match self {
+            Probe::Store(cluster) => cluster
+                .members()
+                .keys()
+                .map(|&id| (cluster.pid(id), cluster.data_dir(id).map(Path::to_path_buf)))
+                .unzip(),
+            Probe::Pids(pids) => (
+                pids.iter().map(|&p| Some(p)).collect(),
+                vec![None; pids.len()],
+            ),
+        }
+    }
+
     async fn snapshot(&self) -> metrics::Snapshot {
         match self {
             Probe::Store(cluster) => metrics::snapshot(cluster).await,
@@ -316,12 +340,31 @@ async fn measure_all(
             }
             let progress = bar(multi, spec.duration.as_secs().max(1), label);
             let before = probe.snapshot().await;
+            let (pids, dirs) = probe.memory_targets();
+            let stop_sampling = Arc::new(AtomicBool::new(false));
+            let sampler = tokio::spawn(metrics::sample_memory(
+                pids,
+                dirs,
+                Duration::from_secs(1),
+                stop_sampling.clone(),
+            ));
             let result = load::run(target, &load_spec, |elapsed, done| {
                 progress.set_position(elapsed.as_secs());
                 progress.set_prefix(format!("{done} ops"));
             })
-            .await?;
+            .await;
+            stop_sampling.store(true, Ordering::Relaxed);
+            let memory = sampler.await.unwrap_or_default();
+            let result = result?;
             let after = probe.snapshot().await;
+            let nodes = memory.first().map_or(0, |m| m.rss_mib.len());
+            let rss_mib_max = (0..nodes)
+                .map(|i| memory.iter().map(|m| m.rss_mib[i]).fold(0.0, f64::max))
+                .collect();
+            let data_mib_end = memory
+                .last()
+                .map(|m| m.data_mib.clone())
+                .unwrap_or_default();
             progress.finish_with_message(format!(
                 "{name} {} x{clients}: {:.0} ops/s",
                 workload.name(),
@@ -364,6 +407,9 @@ async fn measure_all(
                 } else {
                     cpu / result.ops as f64 * 1000.0
                 },
+                rss_mib_max,
+                data_mib_end,
+                memory,
             });
         }
     }

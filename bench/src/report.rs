@@ -77,18 +77,18 @@ pub fn markdown(report: &Report) -> String {
     );
     let _ = writeln!(
         out,
-        "| workload | protocol | clients | ops/s | p50 ms | p90 ms | p99 ms | p99.9 ms | errors | syncs/s per node | writes per sync per node | CPU s per 1000 ops |"
+        "| workload | protocol | clients | ops/s | p50 ms | p90 ms | p99 ms | p99.9 ms | errors | syncs/s per node | writes per sync per node | CPU s per 1000 ops | max RSS MiB per node | data MiB per node at end |"
     );
     let _ = writeln!(
         out,
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---|---|---:|"
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---|---|---:|---|---|"
     );
     let workloads = workload_names(report);
     for workload in &workloads {
         for run in report.runs.iter().filter(|r| r.workload == *workload) {
             let _ = writeln!(
                 out,
-                "| {} | {} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {} | {} | {} | {:.3} |",
+                "| {} | {} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {} | {} | {} | {:.3} | {} | {} |",
                 run.workload,
                 run.protocol,
                 run.clients,
@@ -100,7 +100,9 @@ pub fn markdown(report: &Report) -> String {
                 run.errors,
                 fmt_list(&run.syncs_per_second, 0),
                 fmt_list(&run.writes_per_sync, 1),
-                run.cpu_seconds_per_1000_ops
+                run.cpu_seconds_per_1000_ops,
+                fmt_list(&run.rss_mib_max, 0),
+                fmt_list(&run.data_mib_end, 0)
             );
         }
     }
@@ -336,6 +338,43 @@ pub fn html(report: &Report) -> String {
                 false
             )
         );
+    }
+    // Resident memory over time: each node of each system, in the run
+    // with the most clients of the first workload.
+    if let Some(workload) = workloads.first() {
+        let mut series = Vec::new();
+        for system in systems(report) {
+            let Some(run) = report
+                .runs
+                .iter()
+                .filter(|r| &r.workload == workload && r.protocol == system)
+                .max_by_key(|r| r.clients)
+            else {
+                continue;
+            };
+            let nodes = run.memory.first().map_or(0, |m| m.rss_mib.len());
+            for node in 0..nodes {
+                let points = run
+                    .memory
+                    .iter()
+                    .map(|m| (m.at_s.round(), m.rss_mib[node]))
+                    .collect();
+                series.push((format!("{system} node {}", node + 1), points));
+            }
+        }
+        if !series.is_empty() {
+            let _ = write!(
+                body,
+                "<h2>Resident memory per node</h2>{}",
+                line_chart(
+                    &format!("{workload}, most clients: resident memory of each node"),
+                    "seconds",
+                    "MiB",
+                    &series,
+                    false
+                )
+            );
+        }
     }
     if !report.availability.is_empty() {
         let bucket_s = crate::load::TIMELINE_BUCKET.as_secs_f64();
