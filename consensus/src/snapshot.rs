@@ -174,6 +174,15 @@ pub struct ChunkRequest {
     pub position: Vec<u8>,
 }
 
+/// Timeouts in a row, with no answer at all, after which a transfer starts
+/// over with the leader's latest snapshot (the runtime may no longer hold
+/// the one in flight). A transfer that gets answers goes on with its
+/// snapshot, however many newer ones the leader takes meanwhile: a large
+/// snapshot takes longer to send than a busy leader takes to reach the
+/// next (simulator seed 9000011417 restarted a transfer at every late
+/// answer and never finished one).
+pub const RESTART_AFTER_TIMEOUTS: u32 = 4;
+
 /// A leader's transfer of a snapshot to one follower: one chunk in flight,
 /// sent again when its answer is late, started over with the leader's
 /// latest snapshot when the follower or the runtime lost track.
@@ -185,6 +194,8 @@ pub struct Transfer {
     pub position: Vec<u8>,
     /// Ticks since that chunk was sent.
     pub ticks_waiting: u64,
+    /// Timeouts in a row with no answer.
+    pub timeouts: u32,
 }
 
 impl Transfer {
@@ -194,6 +205,7 @@ impl Transfer {
             snapshot,
             position: Vec::new(),
             ticks_waiting: 0,
+            timeouts: 0,
         }
     }
 
@@ -209,16 +221,17 @@ impl Transfer {
     }
 
     /// Counts a tick; true when the chunk in flight should be sent again
-    /// (no answer within `timeout_ticks`). A transfer of a snapshot older
-    /// than `latest` starts over with `latest` then: the runtime keeps only
-    /// its latest captures.
+    /// (no answer within `timeout_ticks`). After
+    /// [`RESTART_AFTER_TIMEOUTS`] timeouts in a row, a transfer of a
+    /// snapshot older than `latest` starts over with `latest`.
     pub fn tick(&mut self, timeout_ticks: u64, latest: SnapshotMeta) -> bool {
         self.ticks_waiting += 1;
         if self.ticks_waiting < timeout_ticks {
             return false;
         }
         self.ticks_waiting = 0;
-        if self.snapshot != latest {
+        self.timeouts += 1;
+        if self.timeouts >= RESTART_AFTER_TIMEOUTS && self.snapshot != latest {
             *self = Transfer::new(latest);
         }
         true
@@ -231,6 +244,7 @@ impl Transfer {
         if m.snapshot != self.snapshot {
             return TransferStep::Ignore;
         }
+        self.timeouts = 0;
         if m.installed {
             return TransferStep::Installed(self.snapshot.index);
         }
@@ -267,4 +281,58 @@ pub struct Reception {
     pub snapshot: SnapshotMeta,
     /// Where the next chunk must start.
     pub next: Vec<u8>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::message::InstallSnapshotResponse;
+
+    fn answer(snapshot: SnapshotMeta, next: &[u8], rejected: bool, installed: bool) -> InstallSnapshotResponse {
+        InstallSnapshotResponse {
+            term: 1,
+            snapshot,
+            next: next.to_vec(),
+            rejected,
+            installed,
+        }
+    }
+
+    #[test]
+    fn a_transfer_moves_forward_only_and_finishes_on_install() {
+        let s = SnapshotMeta { index: 10, term: 1 };
+        let mut t = Transfer::new(s);
+        assert_eq!(t.answered(&answer(s, &[0, 5], false, false)), TransferStep::Send);
+        assert_eq!(t.position, vec![0, 5]);
+        // A late answer to the chunk before: ignored.
+        assert_eq!(t.answered(&answer(s, &[0, 2], false, false)), TransferStep::Ignore);
+        // The follower asks for an earlier chunk (it restarted): sent.
+        assert_eq!(t.answered(&answer(s, &[], true, false)), TransferStep::Send);
+        assert!(t.position.is_empty());
+        // An answer about another snapshot: ignored.
+        let other = SnapshotMeta { index: 20, term: 1 };
+        assert_eq!(t.answered(&answer(other, &[1], false, true)), TransferStep::Ignore);
+        assert_eq!(t.answered(&answer(s, &[1], false, true)), TransferStep::Installed(10));
+    }
+
+    #[test]
+    fn a_transfer_keeps_its_snapshot_while_answered_and_restarts_when_not() {
+        let s = SnapshotMeta { index: 10, term: 1 };
+        let latest = SnapshotMeta { index: 30, term: 1 };
+        let mut t = Transfer::new(s);
+        for round in 0..10 {
+            // Late, but answered: the same snapshot goes on.
+            assert!(!t.tick(3, latest));
+            assert!(!t.tick(3, latest));
+            assert!(t.tick(3, latest), "resent at round {round}");
+            t.answered(&answer(s, &[round as u8 + 1], false, false));
+            assert_eq!(t.snapshot, s);
+        }
+        // No answer at all: after a few timeouts, the latest.
+        for _ in 0..RESTART_AFTER_TIMEOUTS * 3 {
+            t.tick(3, latest);
+        }
+        assert_eq!(t.snapshot, latest);
+        assert!(t.position.is_empty());
+    }
 }

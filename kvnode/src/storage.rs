@@ -91,10 +91,6 @@ const STAGING_DIR: &str = "staging";
 /// Where captures of the state database (RocksDB checkpoints) live, one
 /// directory `<index>-<term>` each.
 const SNAPSHOTS_DIR: &str = "snapshots";
-/// Captures kept: the latest, the one the raft database records (until
-/// the latest's record is durable), and one more, so a transfer of the one
-/// before can finish.
-const CAPTURES_KEPT: usize = 3;
 
 const KEY_HARD_STATE: &[u8] = b"hs";
 const KEY_CLUSTER_ID: &[u8] = b"cluster_id";
@@ -207,7 +203,15 @@ pub struct Storage {
     next_record_position: AtomicU64,
     /// A snapshot being received, staged (persist thread only).
     staging: Mutex<Option<(SnapshotMeta, DB)>>,
+    /// When a transfer last read each capture: one read lately is kept
+    /// when a newer snapshot is recorded.
+    captures_in_use: Mutex<HashMap<SnapshotMeta, std::time::Instant>>,
 }
+
+/// A capture read for a transfer within this long is kept when a newer
+/// snapshot is recorded, so a transfer that goes on (a large snapshot to a
+/// slow follower, while the leader takes newer ones) is not cut short.
+const CAPTURE_IN_USE: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// The state database and the name of its directory.
 #[derive(Debug)]
@@ -410,6 +414,7 @@ impl Storage {
             synced_writes: AtomicU64::new(0),
             next_record_position: AtomicU64::new(0),
             staging: Mutex::new(None),
+            captures_in_use: Mutex::new(HashMap::new()),
         };
         storage.check_identity(dir, identity, exists)?;
         let loaded = storage.load()?;
@@ -646,6 +651,7 @@ impl Storage {
             mut base,
         } = *ends;
         let mut installed = None;
+        let mut recorded = None;
         // Terms of entries appended earlier in this same batch (not yet in
         // the database), for a truncation that ends the log among them.
         let mut appended: HashMap<LogIndex, Term> = HashMap::new();
@@ -707,6 +713,7 @@ impl Storage {
                         KEY_SNAPSHOT,
                         point_bytes(snapshot.index, snapshot.term),
                     );
+                    recorded = Some(*snapshot);
                 }
                 Write::SnapshotChunk {
                     snapshot,
@@ -729,6 +736,7 @@ impl Storage {
                         (last_index, last_term) = base;
                     }
                     installed = Some(*snapshot);
+                    recorded = Some(*snapshot);
                 }
             }
         }
@@ -738,6 +746,9 @@ impl Storage {
             base,
         };
         drop(ends);
+        if let Some(recorded) = recorded {
+            self.prune_captures(recorded);
+        }
         if let Some(snapshot) = installed {
             tracing::info!(
                 index = snapshot.index,
@@ -846,14 +857,27 @@ impl Storage {
         }
         rocksdb::checkpoint::Checkpoint::new(db)?.create_checkpoint(&target)?;
         sync_dir(&self.dir.join(SNAPSHOTS_DIR))?;
-        let captures = self.captures();
-        for old in captures
-            .iter()
-            .take(captures.len().saturating_sub(CAPTURES_KEPT))
-        {
-            let _ = std::fs::remove_dir_all(self.capture_dir(*old));
-        }
         Ok(())
+    }
+
+    /// Removes the captures older than `recorded`, the snapshot the raft
+    /// database now records durably: the protocol's snapshot (the recorded
+    /// one or a newer capture) always keeps its capture. A transfer of an
+    /// older one starts over with the latest.
+    fn prune_captures(&self, recorded: SnapshotMeta) {
+        let mut in_use = lock(&self.captures_in_use);
+        in_use.retain(|_, at| at.elapsed() < CAPTURE_IN_USE);
+        let prunable: Vec<SnapshotMeta> = self
+            .captures()
+            .into_iter()
+            .filter(|c| *c < recorded && !in_use.contains_key(c))
+            .collect();
+        drop(in_use);
+        for old in prunable {
+            if let Err(e) = std::fs::remove_dir_all(self.capture_dir(old)) {
+                tracing::warn!(snapshot = old.index, "cannot remove an old capture: {e}");
+            }
+        }
     }
 
     /// Captures the state database, which stands at `snapshot` (the
@@ -1084,6 +1108,7 @@ impl CaptureReader {
         request: &ChunkRequest,
         chunk_bytes: usize,
     ) -> Result<Option<consensus::message::InstallSnapshot>, StorageError> {
+        lock(&storage.captures_in_use).insert(request.snapshot, std::time::Instant::now());
         let dir = storage.capture_dir(request.snapshot);
         let Some(chunk) = self.read(&dir, &request.position, chunk_bytes)? else {
             return Ok(None);

@@ -114,7 +114,12 @@
 //! harmless: the session table answers it with its first result. A copy
 //! that arrives after its write was applied here is not stored at all: the
 //! runtime answers it with that result
-//! (`consensus::StateMachine::answer_fast_write`).
+//! (`consensus::StateMachine::answer_fast_write`). A follower forwards only
+//! once it has applied what the leader had committed a heartbeat before: a
+//! follower further behind may hold records that entries it has not yet
+//! received apply. After installing a snapshot a follower drops the records
+//! the snapshot settled (at or below their client's latest sequence
+//! number in it), as it drops those it applies.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 
@@ -427,6 +432,11 @@ pub struct NilextRaft {
     /// for are not part of it.
     answering: Option<(Term, u64)>,
     ticks: u64,
+    /// The highest commit index heard from a leader (in AppendEntries).
+    leader_commit_seen: consensus::LogIndex,
+    /// `leader_commit_seen` at the last forwarding tick: a follower
+    /// forwards leftover records only once it has applied up to it.
+    commit_mark: consensus::LogIndex,
 }
 
 impl NilextRaft {
@@ -461,6 +471,8 @@ impl NilextRaft {
             recovered: false,
             answering: None,
             ticks: 0,
+            leader_commit_seen: 0,
+            commit_mark: 0,
         }
     }
 
@@ -834,6 +846,19 @@ impl NilextRaft {
         let (Role::Follower, Some(leader)) = (status.role, status.leader) else {
             return;
         };
+        // Only a follower that has applied what the leader had committed a
+        // heartbeat ago forwards: one further behind may hold records that
+        // entries it has not received yet apply, and forwarding them would
+        // make the leader order them again, for as long as it stays behind
+        // (simulator seeds 9000008885 and 9000011417: a follower far
+        // behind, catching up by snapshots, kept the leader ordering its
+        // records again and taking snapshots faster than it could send
+        // one).
+        let caught_up = status.applied_index >= self.commit_mark;
+        self.commit_mark = self.leader_commit_seen;
+        if !caught_up {
+            return;
+        }
         if self.config.injected_bug == Some(InjectedBug::LeftoverRecordsNeverForwarded) {
             return;
         }
@@ -981,6 +1006,13 @@ impl Consensus for NilextRaft {
             } => self.on_forward(m, out),
             Input::Persisted { .. } => {
                 durability_log_synced = self.jobs.pop_front() == Some(true);
+                self.inner.step(input, out);
+            }
+            Input::Message {
+                message: Message::AppendEntries(ref m),
+                ..
+            } => {
+                self.leader_commit_seen = self.leader_commit_seen.max(m.leader_commit);
                 self.inner.step(input, out);
             }
             Input::SnapshotInstalled { ref sessions, .. } => {

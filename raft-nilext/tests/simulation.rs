@@ -354,8 +354,20 @@ fn a_thousand_seeds_of_the_soak() {
 /// period; 5000194 (snapshots), a follower that caught up by installing
 /// snapshots kept records the snapshots had settled and forwarded them for
 /// good, each ordered again and compacted before the follower could apply
-/// it.
-const SOAK_REGRESSIONS: &[u64] = &[100_001_737, 600_098_640, 5_000_194];
+/// it; 9000005883, 9000008885, 9000011417 and 9000015503 (snapshots), a
+/// follower far behind forwarded records that entries it had not yet
+/// received applied, so the leader ordered them again and again and took
+/// snapshots faster than a transfer could finish (each restarted with the
+/// newest at every late answer), or pruned the capture it was sending.
+const SOAK_REGRESSIONS: &[u64] = &[
+    100_001_737,
+    600_098_640,
+    5_000_194,
+    9_000_005_883,
+    9_000_008_885,
+    9_000_011_417,
+    9_000_015_503,
+];
 
 #[test]
 fn soak_regressions() {

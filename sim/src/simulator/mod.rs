@@ -166,6 +166,8 @@ struct Node<P> {
     /// The latest snapshots captured (or installed) here, by index: what a
     /// leader sends from. On disk: they survive a crash.
     captures: BTreeMap<LogIndex, (SnapshotMeta, Vec<SnapshotItem>)>,
+    /// When a transfer last read each capture.
+    capture_used: HashMap<LogIndex, Time>,
 }
 
 /// The simulated runtime's effects for node `id` (the rules are
@@ -319,6 +321,7 @@ where
                     waiters: HashMap::new(),
                     since_snapshot: SinceSnapshot::default(),
                     captures: BTreeMap::new(),
+                    capture_used: HashMap::new(),
                 };
                 (id, node)
             })

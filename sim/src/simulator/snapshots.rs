@@ -4,9 +4,11 @@
 
 use super::*;
 
-/// Captures a node keeps to send from (kvnode keeps its latest checkpoints
-/// likewise); a transfer of an older one starts over with the latest.
-const CAPTURES_KEPT: usize = 2;
+/// A capture read for a transfer within this long is kept when a newer
+/// snapshot is recorded (kvnode keeps one in use likewise), so a transfer
+/// that goes on is not cut short.
+const CAPTURE_IN_USE_MS: Time = 1_000;
+
 
 /// A state machine's contents as a snapshot's items: the data by key, then
 /// the sessions by client.
@@ -55,10 +57,10 @@ where
             &node.state_machine,
             bug != Some(SnapshotBug::CaptureWithoutSessions),
         );
+        // Captures older than the recorded snapshot go once a newer one is
+        // recorded (`compact_log`), as kvnode's do: the protocol's snapshot
+        // always has its capture.
         node.captures.insert(at.index, (at, items));
-        while node.captures.len() > CAPTURES_KEPT {
-            node.captures.pop_first();
-        }
         if bug != Some(SnapshotBug::CaptureNotDurable) {
             node.undo.clear();
         }
@@ -71,6 +73,9 @@ where
     /// it; nothing when the capture is gone.
     pub(super) fn send_snapshot_chunk(&mut self, id: NodeId, request: ChunkRequest) {
         let chunk_bytes = self.config.snapshots.chunk_bytes;
+        let now = self.now;
+        let node = self.nodes.get_mut(&id).expect("node exists");
+        node.capture_used.insert(request.snapshot.index, now);
         let node = &self.nodes[&id];
         let Some((_, items)) = node
             .captures
@@ -188,9 +193,7 @@ where
         }
         storage.snapshot = storage.snapshot.max(snapshot);
         node.captures.insert(snapshot.index, (snapshot, items));
-        while node.captures.len() > CAPTURES_KEPT {
-            node.captures.pop_first();
-        }
+        self.prune_captures(id);
         self.stats.snapshots_installed += 1;
         self.log(|| {
             format!(
@@ -227,6 +230,24 @@ where
         }
         node.storage.compact_through(through, through_term);
         node.storage.snapshot = node.storage.snapshot.max(snapshot);
+        self.prune_captures(id);
+    }
+
+    /// Drops the captures older than the recorded snapshot, but those a
+    /// transfer read lately.
+    fn prune_captures(&mut self, id: NodeId) {
+        let now = self.now;
+        let node = self.nodes.get_mut(&id).expect("node exists");
+        let recorded = node.storage.snapshot.index;
+        let used = &node.capture_used;
+        node.captures.retain(|index, _| {
+            *index >= recorded
+                || used
+                    .get(index)
+                    .is_some_and(|&at| at + CAPTURE_IN_USE_MS >= now)
+        });
+        let kept: Vec<LogIndex> = node.captures.keys().copied().collect();
+        node.capture_used.retain(|index, _| kept.contains(index));
     }
 
     /// State-machine safety over whole states: nodes at equal applied

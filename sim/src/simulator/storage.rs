@@ -322,6 +322,9 @@ where
             durability_log: node.storage.durability_log.clone(),
         };
         node.since_snapshot = SinceSnapshot::default();
+        // As kvnode's open: only the recorded snapshot's capture stays.
+        let recorded = node.storage.snapshot;
+        node.captures.retain(|_, (meta, _)| *meta == recorded);
         node.protocol = Some((self.factory)(id, &members, recovered, seed));
         self.log(|| format!("restart node {id}"));
         self.start_clock(id);
