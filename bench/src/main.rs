@@ -182,6 +182,10 @@ struct NemesisArgs {
     /// Where to keep node logs and, on an anomaly, the history.
     #[arg(long, default_value = "nemesis-runs")]
     out: PathBuf,
+    /// Extra flags for every node (e.g. --node-flag=--snapshot-entries=500,
+    /// so that snapshots are taken and sent under the faults).
+    #[arg(long = "node-flag", allow_hyphen_values = true)]
+    node_flags: Vec<String>,
 }
 
 async fn nemesis(args: NemesisArgs) -> anyhow::Result<bool> {
@@ -201,6 +205,7 @@ async fn nemesis(args: NemesisArgs) -> anyhow::Result<bool> {
         {
             config.node_flags.push(format!("--read-mode={mode}"));
         }
+        config.node_flags.extend(args.node_flags.iter().cloned());
         println!(
             "{protocol}: {} of faults on {} nodes, {} schedule(s) at once, reads by {}...",
             format_duration(args.duration),

@@ -288,7 +288,12 @@ mod tests {
     use super::*;
     use crate::message::InstallSnapshotResponse;
 
-    fn answer(snapshot: SnapshotMeta, next: &[u8], rejected: bool, installed: bool) -> InstallSnapshotResponse {
+    fn answer(
+        snapshot: SnapshotMeta,
+        next: &[u8],
+        rejected: bool,
+        installed: bool,
+    ) -> InstallSnapshotResponse {
         InstallSnapshotResponse {
             term: 1,
             snapshot,
@@ -302,17 +307,29 @@ mod tests {
     fn a_transfer_moves_forward_only_and_finishes_on_install() {
         let s = SnapshotMeta { index: 10, term: 1 };
         let mut t = Transfer::new(s);
-        assert_eq!(t.answered(&answer(s, &[0, 5], false, false)), TransferStep::Send);
+        assert_eq!(
+            t.answered(&answer(s, &[0, 5], false, false)),
+            TransferStep::Send
+        );
         assert_eq!(t.position, vec![0, 5]);
         // A late answer to the chunk before: ignored.
-        assert_eq!(t.answered(&answer(s, &[0, 2], false, false)), TransferStep::Ignore);
+        assert_eq!(
+            t.answered(&answer(s, &[0, 2], false, false)),
+            TransferStep::Ignore
+        );
         // The follower asks for an earlier chunk (it restarted): sent.
         assert_eq!(t.answered(&answer(s, &[], true, false)), TransferStep::Send);
         assert!(t.position.is_empty());
         // An answer about another snapshot: ignored.
         let other = SnapshotMeta { index: 20, term: 1 };
-        assert_eq!(t.answered(&answer(other, &[1], false, true)), TransferStep::Ignore);
-        assert_eq!(t.answered(&answer(s, &[1], false, true)), TransferStep::Installed(10));
+        assert_eq!(
+            t.answered(&answer(other, &[1], false, true)),
+            TransferStep::Ignore
+        );
+        assert_eq!(
+            t.answered(&answer(s, &[1], false, true)),
+            TransferStep::Installed(10)
+        );
     }
 
     #[test]

@@ -9,7 +9,6 @@ use super::*;
 /// that goes on is not cut short.
 const CAPTURE_IN_USE_MS: Time = 1_000;
 
-
 /// A state machine's contents as a snapshot's items: the data by key, then
 /// the sessions by client.
 fn items_of(kv: &MemKv, state_machine: &StateMachine, sessions: bool) -> Vec<SnapshotItem> {
