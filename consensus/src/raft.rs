@@ -333,6 +333,16 @@ impl RaftCore {
 
     /// Figure 2, AppendEntries receiver, step 1: refuses an AppendEntries of
     /// an older term, at once, with this node's term.
+    ///
+    /// The refusal echoes no context: it carries this node's term, and the
+    /// leader of that term would take the context for an answer to a
+    /// heartbeat round of its own. Soak seed 8100003341 (raft-optimized,
+    /// ReadIndex without check-quorum): a node led term 1, crashed, and led
+    /// term 2 with its round numbers started again from 1; a late
+    /// AppendEntries of its term-1 rounds was refused by a follower already
+    /// in term 2 with context 38, which confirmed the new leader's rounds
+    /// up to 38 without a majority, and a read in a minority partition
+    /// missed a write committed by the majority's leader of term 3.
     pub fn refuse_stale_append(&self, from: NodeId, m: &AppendEntries, out: &mut Outbox) {
         debug_assert!(m.term < self.term);
         let response = AppendEntriesResponse {
@@ -341,7 +351,7 @@ impl RaftCore {
             match_index: 0,
             conflict_index: m.prev_log_index,
             conflict_term: 0,
-            context: m.context,
+            context: 0,
         };
         out.send(from, Message::AppendEntriesResponse(response), Timing::Now);
     }
@@ -1001,5 +1011,47 @@ impl PendingRequests {
     /// The requests still waiting, in log order, forgotten.
     pub fn take(&mut self) -> impl Iterator<Item = RequestId> + use<> {
         std::mem::take(&mut self.0).into_values()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A refusal of an older term's AppendEntries carries this node's term,
+    /// so it must carry no round number of the older term's leader: the
+    /// leader of this term would count it as an answer to its own round
+    /// (soak seed 8100003341).
+    #[test]
+    fn a_refusal_of_an_older_term_echoes_no_round() {
+        let recovered = Recovered {
+            hard_state: HardState {
+                term: 2,
+                voted_for: None,
+            },
+            ..Recovered::default()
+        };
+        let core = RaftCore::new(2, vec![1, 2, 3], recovered, 10, 7);
+        let stale = AppendEntries {
+            term: 1,
+            leader_id: 1,
+            prev_log_index: 0,
+            prev_log_term: 0,
+            entries: Vec::new(),
+            leader_commit: 0,
+            context: 38,
+        };
+        let mut out = Outbox::default();
+        core.refuse_stale_append(1, &stale, &mut out);
+        let [envelope] = &out.send[..] else {
+            panic!("one answer: {:?}", out.send);
+        };
+        let Message::AppendEntriesResponse(response) = &envelope.message else {
+            panic!("an AppendEntries response");
+        };
+        assert_eq!(
+            (response.term, response.success, response.context),
+            (2, false, 0)
+        );
     }
 }
