@@ -79,14 +79,24 @@ fn restore(args: RestoreArgs) -> anyhow::Result<()> {
         node_id: args.id,
     };
     let existed = args.data_dir.exists();
-    let mut keys = 0u64;
+    let (mut keys, mut sessions) = (0u64, 0u64);
     let result = crate::storage::Storage::restore(&args.data_dir, &identity, snapshot, || {
         let items = reader.next_items().map_err(|e| e.to_string())?;
-        keys += items.as_ref().map_or(0, |i| i.len() as u64);
+        for item in items.iter().flatten() {
+            match item {
+                consensus::snapshot::SnapshotItem::Data(..) => keys += 1,
+                consensus::snapshot::SnapshotItem::Session(..) => sessions += 1,
+            }
+        }
         Ok(items)
     });
     if let Err(error) = result {
-        if !existed || !matches!(error, crate::storage::StorageError::NotADataDir { .. }) {
+        if !existed
+            || !matches!(
+                error,
+                crate::storage::StorageError::RestoreTargetInUse { .. }
+            )
+        {
             let _ = std::fs::remove_dir_all(&args.data_dir);
             if existed {
                 let _ = std::fs::create_dir_all(&args.data_dir);
@@ -95,7 +105,7 @@ fn restore(args: RestoreArgs) -> anyhow::Result<()> {
         return Err(error.into());
     }
     println!(
-        "restored the state at index {} (term {}, {keys} keys and sessions) into {} as node {} of cluster {}; start it with --cluster-id {}",
+        "restored the state at index {} (term {}, {keys} keys, {sessions} sessions) into {} as node {} of cluster {}; start it with --cluster-id {}",
         snapshot.index,
         snapshot.term,
         args.data_dir.display(),

@@ -170,6 +170,14 @@ pub enum StorageError {
     /// A stored record could not be decoded or the log has a gap.
     #[error("data directory is corrupt: {0}")]
     Corrupt(String),
+    /// A backup is restored only into a new or empty directory.
+    #[error(
+        "cannot restore into {dir}: it is not empty (a node's data directory, or other files); restore into a new or empty directory"
+    )]
+    RestoreTargetInUse {
+        /// The directory.
+        dir: PathBuf,
+    },
     /// A backup could not be restored.
     #[error("cannot restore: {0}")]
     Restore(String),
@@ -957,7 +965,7 @@ impl Storage {
         if Storage::holds_database(dir)
             || std::fs::read_dir(dir).is_ok_and(|mut d| d.next().is_some())
         {
-            return Err(StorageError::NotADataDir {
+            return Err(StorageError::RestoreTargetInUse {
                 dir: dir.to_path_buf(),
             });
         }

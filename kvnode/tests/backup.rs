@@ -76,7 +76,7 @@ async fn a_backup_restores_into_a_new_cluster_with_exactly_what_it_held() {
                 .expect("run kvnode restore");
             assert!(!again.status.success());
             assert!(
-                String::from_utf8_lossy(&again.stderr).contains("not a kvnode data directory"),
+                String::from_utf8_lossy(&again.stderr).contains("cannot restore into"),
                 "{}",
                 String::from_utf8_lossy(&again.stderr)
             );
