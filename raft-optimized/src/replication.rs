@@ -197,13 +197,19 @@ impl OptimizedRaft {
             return;
         }
         let now = self.now_ticks;
+        let next_round = self.next_round;
         let last_index = self.core.log.last_index();
         let conflict_next = (!m.success).then(|| self.next_after_conflict(&m));
         let Some(p) = self.progress.get_mut(&from) else {
             return;
         };
         p.active = true;
-        p.acked_round = p.acked_round.max(m.context);
+        // Only a round this leader has sent can be answered: a round number
+        // from elsewhere (an older term's, echoed) would otherwise confirm
+        // rounds not yet started.
+        if m.context < next_round {
+            p.acked_round = p.acked_round.max(m.context);
+        }
         if p.state == ReplicationState::Snapshot {
             // A heartbeat's answer during a transfer: it confirms the
             // leadership (above); the transfer decides what is sent.

@@ -261,3 +261,75 @@ fn without_check_quorum_votes_are_not_refused() {
         "and deposed the leader"
     );
 }
+
+/// Soak seed 8100003341, by hand: a node that led term 1 restarts and
+/// leads term 2, its round numbers started again. A late AppendEntries of
+/// its term-1 rounds reaches a follower already in term 2, which refuses it.
+/// Then the node is cut off, and the others elect a leader of term 3 and
+/// commit a write. A read at the deposed, isolated leader must not be
+/// served: the refusal confirmed none of its term-2 rounds (it echoes no
+/// round number), and no answer confirms a round not yet sent.
+#[test]
+fn a_refusal_of_a_late_older_term_message_confirms_no_read_round() {
+    let factory = |id, members: &[u64], recovered| {
+        let mut config = Config::new(id, members.to_vec(), 7);
+        config.election_timeout_ticks = sim::ELECTION_TIMEOUT_TICKS;
+        config.heartbeat_ticks = sim::HEARTBEAT_TICKS;
+        config.read_mode = ReadMode::ReadIndex;
+        config.check_quorum = false;
+        OptimizedRaft::new(config, recovered)
+    };
+    let mut c = ManualCluster::new(3, |id, members| factory(id, members, Default::default()));
+    c.elect(1, 100);
+    assert_eq!(c.node(1).status().term, 1);
+    // Node 1 restarts (its term and vote are durable) and leads term 2.
+    let hard_state = consensus::HardState {
+        term: 1,
+        voted_for: Some(1),
+    };
+    c.restart(1, hard_state, |recovered| factory(1, &[1, 2, 3], recovered));
+    c.elect(1, 100);
+    assert_eq!(c.node(1).status().term, 2);
+    c.settle(10_000);
+    // A heartbeat of node 1's term-1 rounds, round 50, arrives late at
+    // node 2 (term 2), which refuses it with its own term.
+    let late = consensus::message::AppendEntries {
+        term: 1,
+        leader_id: 1,
+        prev_log_index: 0,
+        prev_log_term: 0,
+        entries: Vec::new(),
+        leader_commit: 0,
+        context: 50,
+    };
+    c.step(
+        2,
+        consensus::Input::Message {
+            from: 1,
+            message: Message::AppendEntries(late),
+        },
+    );
+    c.settle(10_000);
+    // Node 1 is cut off; nodes 2 and 3 elect node 2 in term 3 and write.
+    for other in [2, 3] {
+        c.cut.insert((1, other));
+        c.cut.insert((other, 1));
+    }
+    c.elect(2, 100);
+    assert_eq!(c.node(2).status().term, 3);
+    c.request(2, put(1, "k"));
+    c.settle(10_000);
+    assert_eq!(c.result_of(put(1, "k").id), Some(&CommandResult::Written));
+    // Node 1 still leads term 2 (no check-quorum): it must not answer.
+    assert_eq!(c.node(1).status().role, Role::Leader);
+    c.request(1, get(9, "k"));
+    for _ in 0..5 {
+        c.tick(1, sim::HEARTBEAT_TICKS);
+        c.settle(10_000);
+    }
+    assert_eq!(
+        c.result_of(get(9, "k").id),
+        None,
+        "a deposed leader served a read with no majority's answer"
+    );
+}
