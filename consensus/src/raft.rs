@@ -934,15 +934,7 @@ pub fn step<V: RaftVariant>(variant: &mut V, input: crate::io::Input, out: &mut 
                         core.refuse_stale_append(from, &m, out);
                         return;
                     }
-                    // m.term == term: `from` is this term's leader.
-                    debug_assert!(
-                        core.role != Role::Leader,
-                        "two leaders in term {}",
-                        core.term
-                    );
-                    if core.role != Role::Follower || core.leader != Some(m.leader_id) {
-                        variant.become_follower(m.term, Some(m.leader_id), out);
-                    }
+                    follow_leader_of_term(variant, m.term, m.leader_id, out);
                     variant.on_append(from, m, out);
                 }
                 Message::InstallSnapshot(m) => {
@@ -964,14 +956,7 @@ pub fn step<V: RaftVariant>(variant: &mut V, input: crate::io::Input, out: &mut 
                         );
                         return;
                     }
-                    debug_assert!(
-                        core.role != Role::Leader,
-                        "two leaders in term {}",
-                        core.term
-                    );
-                    if core.role != Role::Follower || core.leader != Some(m.leader_id) {
-                        variant.become_follower(m.term, Some(m.leader_id), out);
-                    }
+                    follow_leader_of_term(variant, m.term, m.leader_id, out);
                     variant.on_install_snapshot(from, m, out);
                 }
                 Message::InstallSnapshotResponse(m) => variant.on_snapshot_response(from, m, out),
@@ -983,6 +968,25 @@ pub fn step<V: RaftVariant>(variant: &mut V, input: crate::io::Input, out: &mut 
                 | Message::DurabilityForward(_) => {}
             }
         }
+    }
+}
+
+/// A message of this node's term from `leader`, who leads it (only a
+/// leader sends AppendEntries and InstallSnapshot): the node follows it.
+fn follow_leader_of_term<V: RaftVariant>(
+    variant: &mut V,
+    term: Term,
+    leader: NodeId,
+    out: &mut Outbox,
+) {
+    let core = variant.core();
+    debug_assert!(
+        core.role != Role::Leader,
+        "two leaders in term {}",
+        core.term
+    );
+    if core.role != Role::Follower || core.leader != Some(leader) {
+        variant.become_follower(term, Some(leader), out);
     }
 }
 

@@ -122,6 +122,15 @@ impl StateMachine {
         &self.sessions
     }
 
+    /// Each client's latest applied sequence number (what
+    /// `Input::SnapshotInstalled` carries).
+    pub fn latest_seqs(&self) -> Vec<(ClientId, crate::types::Seq)> {
+        self.sessions
+            .iter()
+            .map(|(&client, session)| (client, session.last_seq))
+            .collect()
+    }
+
     /// Applies `entries`, which must directly follow the applied index, and
     /// returns what the backend must commit atomically.
     pub fn apply<S: KvRead + ?Sized>(&mut self, store: &S, entries: &[Entry]) -> ApplyBatch {

@@ -546,12 +546,7 @@ impl Runtime {
             self.node_id,
             snapshot.index
         );
-        let sessions = self
-            .state_machine
-            .sessions()
-            .iter()
-            .map(|(&client, session)| (client, session.last_seq))
-            .collect();
+        let sessions = self.state_machine.latest_seqs();
         self.step(Input::SnapshotInstalled { snapshot, sessions }, jobs)
     }
 

@@ -155,6 +155,31 @@ impl KvService {
     /// the answer this handler, only once the one-way delay has passed; the
     /// delay thread hands each over, so this task wakes once, for the
     /// answer.
+    /// Asks the runtime something (the event built around the reply
+    /// channel) and waits for its answer until the request deadline.
+    async fn ask_runtime<T>(
+        &self,
+        event: impl FnOnce(oneshot::Sender<T>) -> Event,
+    ) -> Result<T, Status> {
+        let (reply, answer) = oneshot::channel();
+        let unavailable = || {
+            error_status(
+                Code::Unavailable,
+                Kind::Unavailable,
+                "node is shutting down",
+                None,
+            )
+        };
+        self.events
+            .send(event(reply))
+            .await
+            .map_err(|_| unavailable())?;
+        tokio::time::timeout(self.request_timeout, answer)
+            .await
+            .map_err(|_| self.deadline_exceeded())?
+            .map_err(|_| unavailable())
+    }
+
     async fn execute(
         &self,
         header: Option<RequestHeader>,
@@ -593,23 +618,9 @@ impl Kv for KvService {
             },
         )
         .await?;
-        let (reply, answer) = oneshot::channel();
-        let unavailable = || {
-            error_status(
-                Code::Unavailable,
-                Kind::Unavailable,
-                "node is shutting down",
-                None,
-            )
-        };
-        self.events
-            .send(Event::Backup { reply })
-            .await
-            .map_err(|_| unavailable())?;
-        let (snapshot, dir) = tokio::time::timeout(self.request_timeout, answer)
-            .await
-            .map_err(|_| self.deadline_exceeded())?
-            .map_err(|_| unavailable())?
+        let (snapshot, dir) = self
+            .ask_runtime(|reply| Event::Backup { reply })
+            .await?
             .map_err(|e| Status::internal(format!("cannot capture the state: {e}")))?;
         tracing::info!(
             node = self.node_id,
@@ -656,23 +667,7 @@ impl Kv for KvService {
         &self,
         _request: Request<StatusRequest>,
     ) -> Result<Response<StatusResponse>, Status> {
-        let (reply, answer) = oneshot::channel();
-        let unavailable = || {
-            error_status(
-                Code::Unavailable,
-                Kind::Unavailable,
-                "node is shutting down",
-                None,
-            )
-        };
-        self.events
-            .send(Event::Status { reply })
-            .await
-            .map_err(|_| unavailable())?;
-        let node = tokio::time::timeout(self.request_timeout, answer)
-            .await
-            .map_err(|_| self.deadline_exceeded())?
-            .map_err(|_| unavailable())?;
+        let node = self.ask_runtime(|reply| Event::Status { reply }).await?;
         let s = node.status;
         let leader_id = s.leader.unwrap_or(0);
         Ok(Response::new(StatusResponse {

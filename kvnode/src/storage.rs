@@ -352,38 +352,55 @@ fn sync_dir(dir: &Path) -> Result<(), StorageError> {
         .map_err(|e| StorageError::Corrupt(format!("cannot sync directory {}: {e}", dir.display())))
 }
 
+/// A RocksDB checkpoint of `db` in `target` (its parent created, an older
+/// one there replaced): its memtables flushed, its files hard-linked.
+fn checkpoint_into(db: &DB, target: &Path) -> Result<(), StorageError> {
+    let io = |e: std::io::Error| StorageError::Corrupt(format!("cannot capture: {e}"));
+    if let Some(parent) = target.parent() {
+        std::fs::create_dir_all(parent).map_err(io)?;
+    }
+    if target.exists() {
+        std::fs::remove_dir_all(target).map_err(io)?;
+    }
+    rocksdb::checkpoint::Checkpoint::new(db)?.create_checkpoint(target)?;
+    Ok(())
+}
+
+/// The applied index a state database holds (0: none yet).
+fn read_applied_index(db: &DB) -> Result<LogIndex, StorageError> {
+    match db.get_cf(family(db, CF_META), KEY_APPLIED_INDEX)? {
+        None => Ok(0),
+        Some(bytes) => Ok(u64::from_be_bytes(bytes.as_slice().try_into().map_err(
+            |_| StorageError::Corrupt("applied index: not 8 bytes".into()),
+        )?)),
+    }
+}
+
+/// A client session as a state database stores it: its key (after
+/// `SESSION_PREFIX`) and value.
+fn decode_session(key: &[u8], value: &[u8]) -> Result<(ClientId, Session), StorageError> {
+    let corrupt = |e: &dyn std::fmt::Display| StorageError::Corrupt(format!("session: {e}"));
+    let client = u64::from_be_bytes(
+        key[SESSION_PREFIX.len()..]
+            .try_into()
+            .map_err(|_| corrupt(&"key not 8 bytes"))?,
+    );
+    let stored = proto::raft::StoredSession::decode(value).map_err(|e| corrupt(&e))?;
+    Ok((client, Session::try_from(stored).map_err(|e| corrupt(&e))?))
+}
+
 /// The state machine's own state (applied index and sessions) as a state
 /// database holds it.
 fn read_state_machine(db: &DB) -> Result<(LogIndex, HashMap<ClientId, Session>), StorageError> {
-    let corrupt =
-        |what: &str, e: &dyn std::fmt::Display| StorageError::Corrupt(format!("{what}: {e}"));
-    let meta = family(db, CF_META);
-    let applied_index = match db.get_cf(meta, KEY_APPLIED_INDEX)? {
-        None => 0,
-        Some(bytes) => u64::from_be_bytes(
-            bytes
-                .as_slice()
-                .try_into()
-                .map_err(|_| corrupt("applied index", &"not 8 bytes"))?,
-        ),
-    };
+    let applied_index = read_applied_index(db)?;
     let mut sessions = HashMap::new();
-    for item in db.prefix_iterator_cf(meta, SESSION_PREFIX) {
+    for item in db.prefix_iterator_cf(family(db, CF_META), SESSION_PREFIX) {
         let (key, value) = item?;
         if !key.starts_with(SESSION_PREFIX) {
             break;
         }
-        let client = u64::from_be_bytes(
-            key[SESSION_PREFIX.len()..]
-                .try_into()
-                .map_err(|_| corrupt("session key", &"not 8 bytes"))?,
-        );
-        let session = proto::raft::StoredSession::decode(value.as_ref())
-            .map_err(|e| corrupt("session", &e))?;
-        sessions.insert(
-            client,
-            Session::try_from(session).map_err(|e| corrupt("session", &e))?,
-        );
+        let (client, session) = decode_session(&key, &value)?;
+        sessions.insert(client, session);
     }
     Ok((applied_index, sessions))
 }
@@ -878,15 +895,8 @@ impl Storage {
     /// flushed, its files hard-linked, durable), and removes all but the
     /// latest captures.
     fn capture_db(&self, db: &DB, snapshot: SnapshotMeta) -> Result<(), StorageError> {
-        let target = self.capture_dir(snapshot);
-        let io = |e: std::io::Error| StorageError::Corrupt(format!("cannot capture: {e}"));
-        std::fs::create_dir_all(self.dir.join(SNAPSHOTS_DIR)).map_err(io)?;
-        if target.exists() {
-            std::fs::remove_dir_all(&target).map_err(io)?;
-        }
-        rocksdb::checkpoint::Checkpoint::new(db)?.create_checkpoint(&target)?;
-        sync_dir(&self.dir.join(SNAPSHOTS_DIR))?;
-        Ok(())
+        checkpoint_into(db, &self.capture_dir(snapshot))?;
+        sync_dir(&self.dir.join(SNAPSHOTS_DIR))
     }
 
     /// Removes the captures older than `recorded`, the snapshot the raft
@@ -922,19 +932,14 @@ impl Storage {
     pub fn capture_for_backup(&self) -> Result<(SnapshotMeta, PathBuf), StorageError> {
         static NEXT: AtomicU64 = AtomicU64::new(0);
         let state = self.state_db();
-        let (index, _) = read_state_machine(&state.db)?;
+        let index = read_applied_index(&state.db)?;
         let term = self.term_at(index)?;
         let dir = self.dir.join("backups").join(format!(
             "{}-{}",
             std::process::id(),
             NEXT.fetch_add(1, Ordering::Relaxed)
         ));
-        let io = |e: std::io::Error| StorageError::Corrupt(format!("cannot capture: {e}"));
-        std::fs::create_dir_all(self.dir.join("backups")).map_err(io)?;
-        if dir.exists() {
-            std::fs::remove_dir_all(&dir).map_err(io)?;
-        }
-        rocksdb::checkpoint::Checkpoint::new(&state.db)?.create_checkpoint(&dir)?;
+        checkpoint_into(&state.db, &dir)?;
         Ok((SnapshotMeta { index, term }, dir))
     }
 
@@ -1226,15 +1231,7 @@ impl CaptureReader {
                 if phase == 1 && after == Some(&key[..]) {
                     continue;
                 }
-                let client = u64::from_be_bytes(
-                    key[SESSION_PREFIX.len()..]
-                        .try_into()
-                        .map_err(|_| StorageError::Corrupt("session key: not 8 bytes".into()))?,
-                );
-                let session = proto::raft::StoredSession::decode(value.as_ref())
-                    .map_err(|e| StorageError::Corrupt(format!("session: {e}")))?;
-                let session = Session::try_from(session)
-                    .map_err(|e| StorageError::Corrupt(format!("session: {e}")))?;
+                let (client, session) = decode_session(&key, &value)?;
                 if !take(SnapshotItem::Session(client, session), position(1, &key)) {
                     done = false;
                     break;

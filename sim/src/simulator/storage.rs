@@ -127,12 +127,7 @@ where
             self.protocol_reply(id, r);
         }
         if let Some(snapshot) = installed {
-            let sessions = self.nodes[&id]
-                .state_machine
-                .sessions()
-                .iter()
-                .map(|(&client, session)| (client, session.last_seq))
-                .collect();
+            let sessions = self.nodes[&id].state_machine.latest_seqs();
             self.step(id, Input::SnapshotInstalled { snapshot, sessions });
         }
         let (last_index, last_term) = self.nodes[&id].storage.last();
