@@ -58,6 +58,7 @@ fn rocksdb_apply_batch(c: &mut Criterion) {
                 .map(|_| {
                     index += 1;
                     Entry {
+                        stamp: Default::default(),
                         term: 1,
                         index,
                         payload: EntryPayload::Command(put(index % 64, index)),

@@ -128,6 +128,7 @@ pub fn carry_out<E: Effects>(out: Outbox, effects: &mut E) -> Result<Vec<Input>,
         let at = SnapshotMeta {
             index: last.index,
             term: last.term,
+            stamp: last.stamp,
         };
         follow_up.push(Input::Applied { index: at.index });
         effects.apply(apply)?;

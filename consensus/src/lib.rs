@@ -89,6 +89,7 @@
 //! described in `docs/architecture.md`.
 
 pub mod clock;
+pub mod cluster_time;
 pub mod config;
 pub mod deadline;
 pub mod executor;
@@ -139,4 +140,9 @@ pub trait Consensus {
 
     /// The node's role, term, leader, commit and applied indexes.
     fn status(&self) -> Status;
+
+    /// Sets the session timeout, in ticks, that the stamps of the entries
+    /// this node creates as leader enforce ([`cluster_time`]); 0, the
+    /// default: sessions never expire.
+    fn set_session_timeout(&mut self, ticks: u64);
 }

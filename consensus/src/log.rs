@@ -220,6 +220,7 @@ mod tests {
         Entry {
             term: index / 1000 + 1,
             index,
+            stamp: Default::default(),
             payload: EntryPayload::Noop,
         }
     }
@@ -349,6 +350,7 @@ mod tests {
         log.push(Entry {
             term: 99,
             index: 11,
+            stamp: Default::default(),
             payload: EntryPayload::Noop,
         });
         assert_eq!(log.get(11).map(|e| e.term), Some(99));

@@ -7,6 +7,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use crate::cluster_time::ClusterClock;
 use crate::io::{
     HardState, Outbox, Recovered, ReplyOutcome, Role, SoftState, Status, Timing, Write,
 };
@@ -107,6 +108,9 @@ pub struct RaftCore {
     /// As follower: a snapshot whose install was issued and not yet
     /// reported done; nothing is applied meanwhile.
     installing: Option<SnapshotMeta>,
+    /// Cluster time: what this node stamps the entries it creates as leader
+    /// with ([`crate::cluster_time`]).
+    pub clock: ClusterClock,
 }
 
 impl RaftCore {
@@ -122,6 +126,15 @@ impl RaftCore {
     ) -> Self {
         assert!(members.contains(&id), "a node is a member of its cluster");
         let log = RaftLog::after(recovered.log_base, recovered.log);
+        // Stamps never decrease along a log: the latest is the last
+        // entry's, or the snapshot's when the log holds none after it.
+        let latest_stamp = log
+            .get(log.last_index())
+            .map(|entry| entry.stamp)
+            .into_iter()
+            .chain([recovered.snapshot.stamp])
+            .max_by_key(|stamp| stamp.time)
+            .unwrap_or_default();
         let applied = recovered.applied_index;
         assert!(
             applied <= log.last_index(),
@@ -148,10 +161,17 @@ impl RaftCore {
             commit_index: applied,
             applied_index: applied,
             apply_emitted: applied,
+            clock: ClusterClock::new(0, latest_stamp),
             snapshot: recovered.snapshot,
             reception: None,
             installing: None,
         }
+    }
+
+    /// Sets the session timeout this node's stamps enforce when it leads
+    /// (0: sessions never expire).
+    pub fn set_session_timeout(&mut self, ticks: u64) {
+        self.clock.set_session_timeout(ticks);
     }
 
     /// The other members.
@@ -521,6 +541,7 @@ impl RaftCore {
                 }
                 None => {}
             }
+            self.clock.observe(entry.stamp);
             self.log.push(entry.clone());
             new_entries.push(entry.clone());
         }
@@ -544,6 +565,7 @@ impl RaftCore {
             let entry = Entry {
                 term: self.term,
                 index: self.log.last_index() + 1,
+                stamp: self.clock.stamp(),
                 payload,
             };
             self.log.push(entry.clone());
@@ -776,6 +798,7 @@ impl RaftCore {
             self.installing = None;
         }
         self.snapshot = self.snapshot.max(snapshot);
+        self.clock.observe(snapshot.stamp);
         self.applied_index = self.applied_index.max(snapshot.index);
         self.apply_emitted = self.apply_emitted.max(snapshot.index);
         self.durable_index = self.durable_index.max(snapshot.index);
@@ -843,6 +866,9 @@ pub trait RaftVariant {
     /// Its core.
     fn core(&self) -> &RaftCore;
 
+    /// Its core, to change.
+    fn core_mut(&mut self) -> &mut RaftCore;
+
     /// Whether a message of a higher term makes this node adopt the term
     /// (and follow) before the message is handled (Figure 2, all servers).
     /// Variants with pre-vote or check-quorum handle some first.
@@ -893,6 +919,10 @@ impl<V: RaftVariant> crate::Consensus for V {
     fn status(&self) -> Status {
         self.core().status()
     }
+
+    fn set_session_timeout(&mut self, ticks: u64) {
+        self.core_mut().set_session_timeout(ticks);
+    }
 }
 
 /// Routes `input` to `variant`'s handlers: a fast-path write is refused (no
@@ -904,7 +934,13 @@ impl<V: RaftVariant> crate::Consensus for V {
 pub fn step<V: RaftVariant>(variant: &mut V, input: crate::io::Input, out: &mut Outbox) {
     use crate::io::Input;
     match input {
-        Input::Tick => variant.on_tick(out),
+        Input::Tick => {
+            let core = variant.core_mut();
+            if core.role == Role::Leader {
+                core.clock.tick();
+            }
+            variant.on_tick(out);
+        }
         Input::Request(request) => variant.on_request(request, out),
         Input::FastWrite(request) => {
             let reason = format!(

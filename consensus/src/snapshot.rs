@@ -34,12 +34,60 @@ use crate::types::{ClientId, Key, LogIndex, Term, Value};
 /// A snapshot's place in the log: the state machine after applying every
 /// entry up to `index`, whose entry has `term` (the paper's
 /// lastIncludedIndex and lastIncludedTerm). `(0, 0)`: no snapshot.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+///
+/// A snapshot is identified by its index and term: equality, order and
+/// hash look at those only. Its `stamp` goes along with it (a capture's
+/// directory, for instance, names only the index and term).
+#[derive(Clone, Copy, Debug, Default)]
 pub struct SnapshotMeta {
     /// The last entry the snapshot includes.
     pub index: LogIndex,
     /// Its term.
     pub term: Term,
+    /// That entry's stamp: the cluster time and session-expiry cutoff the
+    /// state machine stands at ([`crate::cluster_time`]).
+    pub stamp: crate::cluster_time::Stamp,
+}
+
+impl SnapshotMeta {
+    /// The snapshot at (`index`, `term`), its stamp not known here.
+    pub fn at(index: LogIndex, term: Term) -> Self {
+        SnapshotMeta {
+            index,
+            term,
+            stamp: crate::cluster_time::Stamp::default(),
+        }
+    }
+
+    fn identity(&self) -> (LogIndex, Term) {
+        (self.index, self.term)
+    }
+}
+
+impl PartialEq for SnapshotMeta {
+    fn eq(&self, other: &Self) -> bool {
+        self.identity() == other.identity()
+    }
+}
+
+impl Eq for SnapshotMeta {}
+
+impl std::hash::Hash for SnapshotMeta {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.identity().hash(state);
+    }
+}
+
+impl PartialOrd for SnapshotMeta {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for SnapshotMeta {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.identity().cmp(&other.identity())
+    }
 }
 
 /// One item of a snapshot's contents. A snapshot is a sequence of items in
@@ -305,7 +353,7 @@ mod tests {
 
     #[test]
     fn a_transfer_moves_forward_only_and_finishes_on_install() {
-        let s = SnapshotMeta { index: 10, term: 1 };
+        let s = SnapshotMeta::at(10, 1);
         let mut t = Transfer::new(s);
         assert_eq!(
             t.answered(&answer(s, &[0, 5], false, false)),
@@ -321,7 +369,7 @@ mod tests {
         assert_eq!(t.answered(&answer(s, &[], true, false)), TransferStep::Send);
         assert!(t.position.is_empty());
         // An answer about another snapshot: ignored.
-        let other = SnapshotMeta { index: 20, term: 1 };
+        let other = SnapshotMeta::at(20, 1);
         assert_eq!(
             t.answered(&answer(other, &[1], false, true)),
             TransferStep::Ignore
@@ -334,8 +382,8 @@ mod tests {
 
     #[test]
     fn a_transfer_keeps_its_snapshot_while_answered_and_restarts_when_not() {
-        let s = SnapshotMeta { index: 10, term: 1 };
-        let latest = SnapshotMeta { index: 30, term: 1 };
+        let s = SnapshotMeta::at(10, 1);
+        let latest = SnapshotMeta::at(30, 1);
         let mut t = Transfer::new(s);
         for round in 0..10 {
             // Late, but answered: the same snapshot goes on.

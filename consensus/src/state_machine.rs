@@ -11,8 +11,22 @@
 //! update and its result; a retry of it is answered from the session, an
 //! older one is refused as stale. Reads do not touch sessions: executing a
 //! read twice is harmless.
+//!
+//! Sessions expire: each entry carries a stamp its leader wrote
+//! ([`crate::cluster_time`]), and applying it drops every session last
+//! active before the stamp's cutoff, the same way on every replica. A
+//! session starts with its client's update numbered 1; an update of an
+//! unknown client numbered past 1 is refused as
+//! [`ExecutionError::SessionExpired`] and never applied, so no copy of a
+//! request of an expired session takes effect twice. (The client's first
+//! update is the exception by necessity: a copy of it delivered more than a
+//! session timeout after the session expired would be applied again. A
+//! client stops sending a request long before: its deadline is shorter than
+//! the shortest timeout.)
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use crate::cluster_time::Stamp;
 
 use crate::types::{
     ClientId, ClientRequest, Command, CommandResult, Entry, EntryPayload, ExecutionError, Key,
@@ -37,6 +51,9 @@ pub struct Session {
     /// number with another command is refused, not answered with this
     /// result.
     pub command_digest: u64,
+    /// The cluster time of the client's latest update: the session expires
+    /// once an applied entry's cutoff passes it.
+    pub last_active: u64,
 }
 
 impl Session {
@@ -73,12 +90,29 @@ impl Session {
 pub struct ApplyBatch {
     /// The applied index after this batch.
     pub applied_index: LogIndex,
+    /// The state's stamp after this batch (its last entry's).
+    pub stamp: Stamp,
+    /// Sessions this batch expired (none of them is in `sessions`).
+    pub expired: BTreeSet<ClientId>,
     /// Changed keys: `Some` sets, `None` deletes.
     pub data: BTreeMap<Key, Option<Value>>,
     /// Sessions created or changed by this batch.
     pub sessions: BTreeMap<ClientId, Session>,
     /// The result for each applied client command, in log order.
     pub results: Vec<(LogIndex, RequestId, CommandResult)>,
+}
+
+/// What a replica does with a Nil-ext fast-path write
+/// ([`StateMachine::check_fast_write`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FastWriteCheck {
+    /// Answer at once with this result: the write already took effect
+    /// here, or is stale.
+    Answer(CommandResult),
+    /// Refuse it on the fast path: the client sends it to the leader.
+    SlowPath,
+    /// Make it durable (the protocol's fast path).
+    Accept,
 }
 
 /// Reads through a batch's uncommitted changes to the store beneath.
@@ -96,25 +130,46 @@ impl<S: KvRead + ?Sized> KvRead for Overlay<'_, S> {
     }
 }
 
-/// The state machine's own state: the applied index and the sessions.
+/// The state machine's own state: the applied index, its entry's stamp and
+/// the sessions.
 #[derive(Clone, Debug, Default)]
 pub struct StateMachine {
     applied_index: LogIndex,
+    stamp: Stamp,
     sessions: HashMap<ClientId, Session>,
+    /// The sessions by last activity, oldest first: expiry takes from the
+    /// front.
+    by_activity: BTreeSet<(u64, ClientId)>,
 }
 
 impl StateMachine {
-    /// A state machine restored from storage.
-    pub fn restore(applied_index: LogIndex, sessions: HashMap<ClientId, Session>) -> Self {
+    /// A state machine restored from storage: at `applied_index`, whose
+    /// entry has `stamp`.
+    pub fn restore(
+        applied_index: LogIndex,
+        stamp: Stamp,
+        sessions: HashMap<ClientId, Session>,
+    ) -> Self {
+        let by_activity = sessions
+            .iter()
+            .map(|(&client, session)| (session.last_active, client))
+            .collect();
         StateMachine {
             applied_index,
+            stamp,
             sessions,
+            by_activity,
         }
     }
 
     /// The index of the last applied entry.
     pub fn applied_index(&self) -> LogIndex {
         self.applied_index
+    }
+
+    /// The stamp of the last applied entry.
+    pub fn stamp(&self) -> Stamp {
+        self.stamp
     }
 
     /// The session table.
@@ -145,6 +200,8 @@ impl StateMachine {
                 "entries must be applied in order, without gaps"
             );
             self.applied_index = entry.index;
+            self.stamp = entry.stamp;
+            self.expire(entry.stamp.expire_before, &mut batch);
             let EntryPayload::Command(request) = &entry.payload else {
                 continue;
             };
@@ -152,7 +209,32 @@ impl StateMachine {
             batch.results.push((entry.index, request.id, result));
         }
         batch.applied_index = self.applied_index;
+        batch.stamp = self.stamp;
         batch
+    }
+
+    /// Drops the sessions last active before `cutoff`.
+    fn expire(&mut self, cutoff: u64, batch: &mut ApplyBatch) {
+        while let Some(&(last_active, client)) = self.by_activity.first() {
+            if last_active >= cutoff {
+                break;
+            }
+            self.by_activity.pop_first();
+            self.sessions.remove(&client);
+            batch.sessions.remove(&client);
+            batch.expired.insert(client);
+        }
+    }
+
+    /// Records `session` as `client`'s, in the table and in the batch.
+    fn keep(&mut self, client: ClientId, session: Session, batch: &mut ApplyBatch) {
+        if let Some(old) = self.sessions.get(&client) {
+            self.by_activity.remove(&(old.last_active, client));
+        }
+        self.by_activity.insert((session.last_active, client));
+        batch.expired.remove(&client);
+        batch.sessions.insert(client, session.clone());
+        self.sessions.insert(client, session);
     }
 
     fn apply_request<S: KvRead + ?Sized>(
@@ -169,54 +251,87 @@ impl StateMachine {
             };
             return execute_read(&view, command);
         }
-        if let Some(session) = self.sessions.get(&id.client) {
-            if id.seq == session.last_seq {
-                return session.answer_again(id, command);
+        let now = self.stamp.time;
+        match self.sessions.get(&id.client) {
+            Some(session) if id.seq <= session.last_seq => {
+                let answer = if id.seq == session.last_seq {
+                    session.answer_again(id, command)
+                } else {
+                    CommandResult::Failed(ExecutionError::StaleRequest {
+                        seq: id.seq,
+                        latest: session.last_seq,
+                    })
+                };
+                // A retry is activity too.
+                if session.last_active < now {
+                    let session = Session {
+                        last_active: now,
+                        ..session.clone()
+                    };
+                    self.keep(id.client, session, batch);
+                }
+                return answer;
             }
-            if id.seq < session.last_seq {
-                return CommandResult::Failed(ExecutionError::StaleRequest {
-                    seq: id.seq,
-                    latest: session.last_seq,
-                });
+            Some(_) => {}
+            None if id.seq > 1 => {
+                return CommandResult::Failed(ExecutionError::SessionExpired { seq: id.seq });
             }
+            None => {}
         }
         let result = execute_update(store, &mut batch.data, command);
         let session = Session {
             last_seq: id.seq,
             last_result: result.clone(),
             command_digest: command.digest(),
+            last_active: now,
         };
-        self.sessions.insert(id.client, session.clone());
-        batch.sessions.insert(id.client, session);
+        self.keep(id.client, session, batch);
         result
     }
 
-    /// What to answer at once to a Nil-ext fast-path write `request`,
-    /// instead of making it durable:
+    /// What a replica does with a Nil-ext fast-path write `request` before
+    /// the protocol sees it:
     ///
     /// - the session's latest update is this request: the write took effect
-    ///   here (a retry, or a copy that arrived late); its result, as the
-    ///   ordered path answers a retry (or, for another command under the
-    ///   same number, the refusal apply would give). Stored again, the record would only
-    ///   wait in the durability log for a leader that has nothing left to
-    ///   order (simulator seed 600098640: a late copy of an applied write
-    ///   was forwarded, 1 MiB at a time, for longer than the quiet period);
+    ///   here (a retry, or a copy that arrived late). Answered with its
+    ///   result, as the ordered path answers a retry (or, for another
+    ///   command under the same number, the refusal apply would give).
+    ///   Stored again, the record would only wait in the durability log for
+    ///   a leader that has nothing left to order (simulator seed 600098640:
+    ///   a late copy of an applied write was forwarded, 1 MiB at a time, for
+    ///   longer than the quiet period);
     /// - a sequence number below the session's latest update: refused as
     ///   stale, as apply would refuse it, after the client had been told it
-    ///   was written.
+    ///   was written;
+    /// - a client this replica has no session of (a new one, or one whose
+    ///   session expired), or one whose session is not fresh by half the
+    ///   timeout in effect ([`Stamp::keeps_fresh`]): sent to the slow path.
+    ///   A fast write is ordered later; were its session to expire
+    ///   meanwhile, the write the client was told is durable would be
+    ///   refused (`crate::cluster_time` says why the margin suffices);
+    /// - otherwise: taken, to be made durable.
     ///
     /// A client that takes its id back after a restart must go on from the
     /// sequence numbers it used.
-    pub fn answer_fast_write(&self, request: &ClientRequest) -> Option<CommandResult> {
+    pub fn check_fast_write(&self, request: &ClientRequest) -> FastWriteCheck {
         let id = request.id;
-        let session = self.sessions.get(&id.client)?;
+        let Some(session) = self.sessions.get(&id.client) else {
+            return FastWriteCheck::SlowPath;
+        };
         match id.seq.cmp(&session.last_seq) {
-            std::cmp::Ordering::Equal => Some(session.answer_again(id, &request.command)),
-            std::cmp::Ordering::Less => Some(CommandResult::Failed(ExecutionError::StaleRequest {
-                seq: id.seq,
-                latest: session.last_seq,
-            })),
-            std::cmp::Ordering::Greater => None,
+            std::cmp::Ordering::Equal => {
+                FastWriteCheck::Answer(session.answer_again(id, &request.command))
+            }
+            std::cmp::Ordering::Less => {
+                FastWriteCheck::Answer(CommandResult::Failed(ExecutionError::StaleRequest {
+                    seq: id.seq,
+                    latest: session.last_seq,
+                }))
+            }
+            std::cmp::Ordering::Greater if self.stamp.keeps_fresh(session.last_active) => {
+                FastWriteCheck::Accept
+            }
+            std::cmp::Ordering::Greater => FastWriteCheck::SlowPath,
         }
     }
 
@@ -344,11 +459,150 @@ mod tests {
         Entry {
             term: 1,
             index,
+            stamp: Stamp::default(),
             payload: EntryPayload::Command(ClientRequest {
                 id: RequestId { client, seq },
                 command,
             }),
         }
+    }
+
+    /// `entry` stamped at `time`, expiring sessions last active before
+    /// `expire_before`.
+    fn at(time: u64, expire_before: u64, entry: Entry) -> Entry {
+        Entry {
+            stamp: Stamp {
+                time,
+                expire_before,
+            },
+            ..entry
+        }
+    }
+
+    #[test]
+    fn a_session_expires_at_the_entry_whose_cutoff_passes_it_on_every_replica() {
+        let (mut sm, mut kv) = (StateMachine::default(), MemKv::default());
+        apply(
+            &mut sm,
+            &mut kv,
+            &[at(10, 0, entry(1, 7, 1, put("a", "1")))],
+        );
+        apply(
+            &mut sm,
+            &mut kv,
+            &[at(20, 0, entry(2, 8, 1, put("b", "1")))],
+        );
+        // A cutoff of 10 keeps both (last active at 10 and 20).
+        let batch = sm.apply(&kv, &[at(30, 10, entry(3, 8, 2, put("b", "2")))]);
+        kv.commit(&batch);
+        assert!(batch.expired.is_empty());
+        // 11 passes client 7's last activity only.
+        let batch = sm.apply(&kv, &[at(40, 11, entry(4, 8, 3, put("b", "3")))]);
+        kv.commit(&batch);
+        assert_eq!(batch.expired, BTreeSet::from([7]));
+        assert!(!sm.sessions().contains_key(&7));
+        assert_eq!(sm.sessions()[&8].last_active, 40);
+        // Its next update is refused and changes nothing, and so is every
+        // copy of it.
+        for index in [5, 6] {
+            let results = apply(&mut sm, &mut kv, &[entry(index, 7, 2, put("a", "x"))]);
+            assert_eq!(
+                results,
+                vec![CommandResult::Failed(ExecutionError::SessionExpired {
+                    seq: 2
+                })]
+            );
+        }
+        assert_eq!(kv.get(b"a"), Some(b"1".to_vec()));
+        assert!(!sm.sessions().contains_key(&7));
+        // A replica that replays the same entries from the start ends with
+        // the same sessions.
+        let (mut other, mut other_kv) = (StateMachine::default(), MemKv::default());
+        apply(
+            &mut other,
+            &mut other_kv,
+            &[
+                at(10, 0, entry(1, 7, 1, put("a", "1"))),
+                at(20, 0, entry(2, 8, 1, put("b", "1"))),
+                at(30, 10, entry(3, 8, 2, put("b", "2"))),
+                at(40, 11, entry(4, 8, 3, put("b", "3"))),
+                entry(5, 7, 2, put("a", "x")),
+                entry(6, 7, 2, put("a", "x")),
+            ],
+        );
+        assert_eq!(other.sessions(), sm.sessions());
+        assert_eq!(other.stamp(), sm.stamp());
+    }
+
+    #[test]
+    fn a_retry_keeps_its_session_alive_and_a_session_expired_and_opened_again_in_one_batch_is_kept()
+    {
+        let (mut sm, mut kv) = (StateMachine::default(), MemKv::default());
+        apply(
+            &mut sm,
+            &mut kv,
+            &[at(10, 0, entry(1, 7, 1, put("a", "1")))],
+        );
+        // A retry at 50 is activity: a cutoff of 40 keeps the session.
+        let results = apply(
+            &mut sm,
+            &mut kv,
+            &[at(50, 0, entry(2, 7, 1, put("a", "1")))],
+        );
+        assert_eq!(results, vec![CommandResult::Written]);
+        let batch = sm.apply(&kv, &[at(60, 40, entry(3, 9, 1, put("c", "1")))]);
+        kv.commit(&batch);
+        assert!(batch.expired.is_empty());
+        // Expired by the first entry of a batch, opened again by the second:
+        // the batch stores the new session and deletes nothing.
+        let batch = sm.apply(
+            &kv,
+            &[
+                at(100, 55, entry(4, 9, 2, put("c", "2"))),
+                at(101, 55, entry(5, 7, 1, put("a", "again"))),
+            ],
+        );
+        assert!(batch.expired.is_empty(), "{:?}", batch.expired);
+        assert_eq!(batch.sessions[&7].last_active, 101);
+    }
+
+    #[test]
+    fn the_fast_path_takes_only_writes_of_known_fresh_sessions() {
+        let (mut sm, mut kv) = (StateMachine::default(), MemKv::default());
+        let request = |client, seq| ClientRequest {
+            id: RequestId { client, seq },
+            command: put("k", "v"),
+        };
+        assert_eq!(
+            sm.check_fast_write(&request(7, 1)),
+            FastWriteCheck::SlowPath
+        );
+        apply(
+            &mut sm,
+            &mut kv,
+            &[at(100, 0, entry(1, 7, 1, put("k", "v")))],
+        );
+        assert_eq!(sm.check_fast_write(&request(7, 2)), FastWriteCheck::Accept);
+        assert_eq!(
+            sm.check_fast_write(&request(7, 1)),
+            FastWriteCheck::Answer(CommandResult::Written)
+        );
+        // At time 300 with a cutoff of 100 (a timeout of 200), fresh means
+        // active at 200 or later.
+        apply(
+            &mut sm,
+            &mut kv,
+            &[at(300, 100, entry(2, 8, 1, put("x", "y")))],
+        );
+        assert_eq!(
+            sm.check_fast_write(&request(7, 2)),
+            FastWriteCheck::SlowPath
+        );
+        assert_eq!(sm.check_fast_write(&request(8, 2)), FastWriteCheck::Accept);
+        assert_eq!(
+            sm.check_fast_write(&request(9, 2)),
+            FastWriteCheck::SlowPath
+        );
     }
 
     fn put(k: &str, v: &str) -> Command {
@@ -372,28 +626,31 @@ mod tests {
     fn another_request_under_the_latest_number_is_refused_not_answered() {
         let (mut sm, mut kv) = (StateMachine::default(), MemKv::default());
         let first = put("k", "v");
-        apply(&mut sm, &mut kv, &[entry(1, 7, 3, first.clone())]);
+        apply(&mut sm, &mut kv, &[entry(1, 7, 1, first.clone())]);
         let other = Command::CompareAndSwap {
             key: "k".into(),
             expected: None,
             new: "w".into(),
         };
-        let reused = CommandResult::Failed(ExecutionError::RequestIdReused { seq: 3 });
+        let reused = CommandResult::Failed(ExecutionError::RequestIdReused { seq: 1 });
         let results = apply(
             &mut sm,
             &mut kv,
-            &[entry(2, 7, 3, other.clone()), entry(3, 7, 3, first.clone())],
+            &[entry(2, 7, 1, other.clone()), entry(3, 7, 1, first.clone())],
         );
         assert_eq!(results, vec![reused.clone(), CommandResult::Written]);
         assert_eq!(kv.get(b"k"), Some(b"v".to_vec()));
         let request = |command| ClientRequest {
-            id: RequestId { client: 7, seq: 3 },
+            id: RequestId { client: 7, seq: 1 },
             command,
         };
-        assert_eq!(sm.answer_fast_write(&request(put("k", "x"))), Some(reused));
         assert_eq!(
-            sm.answer_fast_write(&request(first)),
-            Some(CommandResult::Written)
+            sm.check_fast_write(&request(put("k", "x"))),
+            FastWriteCheck::Answer(reused)
+        );
+        assert_eq!(
+            sm.check_fast_write(&request(first)),
+            FastWriteCheck::Answer(CommandResult::Written)
         );
         assert_ne!(put("k", "v").digest(), put("k", "x").digest());
         assert_ne!(put("ab", "c").digest(), put("a", "bc").digest());

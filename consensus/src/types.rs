@@ -259,6 +259,9 @@ pub struct Entry {
     pub term: Term,
     /// The entry's position in the log.
     pub index: LogIndex,
+    /// The cluster time its leader created it at, and the session-expiry
+    /// cutoff applying it enforces ([`crate::cluster_time`]).
+    pub stamp: crate::cluster_time::Stamp,
     /// The command, if any.
     pub payload: EntryPayload,
 }
@@ -270,9 +273,9 @@ pub const FIELD_FRAMING_BYTES: usize = 8;
 /// A command's fixed part encoded: its kind's tag and length, a counter.
 pub const COMMAND_FRAMING_BYTES: usize = 32;
 /// An entry's or a durability record's fixed part encoded: term, index,
-/// request id, their tags, and the entry's own tag and length in its
+/// stamp, request id, their tags, and the entry's own tag and length in its
 /// message.
-pub const ENTRY_FRAMING_BYTES: usize = 64;
+pub const ENTRY_FRAMING_BYTES: usize = 96;
 
 impl Entry {
     /// An upper bound of the entry's size encoded, for byte limits on
@@ -342,6 +345,21 @@ pub enum ExecutionError {
         "request {seq} reuses the sequence number of this client's latest update for another request; take a fresh client id"
     )]
     RequestIdReused {
+        /// The request's sequence number.
+        seq: Seq,
+    },
+    /// An update under a client id the store does not know, numbered past
+    /// the first: its session expired (no update for longer than the
+    /// cluster's session timeout), so the store can no longer tell a retry
+    /// from a new request. It changed nothing, now or later: no copy of a
+    /// request of an expired session is ever applied. The client must take
+    /// a fresh id; whether an earlier copy of this request took effect
+    /// before the session expired is unknown, unless it was first sent less
+    /// than the shortest session timeout ago.
+    #[error(
+        "session expired: request {seq} of a client the store no longer knows (idle for longer than the session timeout); take a fresh client id"
+    )]
+    SessionExpired {
         /// The request's sequence number.
         seq: Seq,
     },

@@ -19,6 +19,15 @@ pub enum ClientError {
     /// value that is not an integer); it changed nothing.
     #[error("the command failed: {0}")]
     Execution(String),
+    /// The cluster no longer knows this client's session (no update for
+    /// longer than its session timeout): the request was refused and will
+    /// never be applied, but an earlier copy of it may have been, before the
+    /// session expired. The client has taken a fresh id for its next
+    /// operations.
+    #[error(
+        "{0}; the outcome of this request is unknown (an earlier attempt may have been applied before the session expired)"
+    )]
+    SessionExpired(String),
     /// A local file could not be written (a backup).
     #[error("{0}")]
     File(String),
@@ -36,7 +45,10 @@ pub enum ClientError {
 impl ClientError {
     /// True when the operation may have taken effect.
     pub fn outcome_unknown(&self) -> bool {
-        matches!(self, ClientError::Timeout { .. })
+        matches!(
+            self,
+            ClientError::Timeout { .. } | ClientError::SessionExpired(_)
+        )
     }
 }
 
@@ -48,6 +60,8 @@ pub(crate) enum Retry {
     Elsewhere,
     /// Stop: the answer is final.
     Fail(ClientError),
+    /// Nil-ext's fast path: this replica does not take the write there.
+    SlowPath,
 }
 
 /// Reads the machine-readable detail of a server error.
@@ -68,6 +82,8 @@ pub(crate) fn classify(status: &tonic::Status) -> Retry {
             }
             Kind::InvalidArgument => Retry::Fail(ClientError::Invalid(detail.message)),
             Kind::Execution => Retry::Fail(ClientError::Execution(detail.message)),
+            Kind::SessionExpired => Retry::Fail(ClientError::SessionExpired(detail.message)),
+            Kind::SlowPath => Retry::SlowPath,
         },
         // No detail: a transport error, a timeout of this attempt, a node
         // going away. Try elsewhere.

@@ -106,6 +106,10 @@ pub struct Client {
     cluster: Option<(String, usize)>,
     /// Nilext writes skip the fast path until then.
     fast_path_paused_until: Option<Instant>,
+    /// Whether an update was sent under this id: the session's first
+    /// update must be numbered 1 (the nodes refuse an unknown client's
+    /// update numbered past 1 as session-expired).
+    session_started: bool,
 }
 
 impl Client {
@@ -130,6 +134,8 @@ impl Client {
             leader: None,
             client_id,
             seq: options.first_seq.saturating_sub(1),
+            // A client that takes its id back continues its session.
+            session_started: options.first_seq > 1,
             options,
             cluster: None,
             fast_path_paused_until: None,
@@ -207,8 +213,58 @@ impl Client {
         if let Err(invalid) = consensus::limits::validate(&command) {
             return Err(ClientError::Invalid(invalid.to_string()));
         }
+        let started = Instant::now();
+        match self.execute_once(command.clone(), started).await {
+            // Refused, not applied, and sent so recently that no copy of it
+            // can have been applied (one applied would have kept the session
+            // alive): the same command again, as the first update of a
+            // fresh session.
+            Err(ClientError::SessionExpired(reason))
+                if started.elapsed() < consensus::cluster_time::EXPIRED_RESEND_WINDOW =>
+            {
+                tracing::debug!(client = self.client_id, "{reason}; taking a fresh id");
+                self.take_fresh_id();
+                self.execute_once(command, Instant::now()).await
+            }
+            Err(ClientError::SessionExpired(reason)) => {
+                self.take_fresh_id();
+                Err(ClientError::SessionExpired(reason))
+            }
+            other => other,
+        }
+    }
+
+    /// Starts a new session under a fresh random id.
+    fn take_fresh_id(&mut self) {
+        self.client_id = rand::random::<u64>().max(1);
+        self.seq = 0;
+        self.session_started = false;
+    }
+
+    async fn execute_once(
+        &mut self,
+        command: Command,
+        started: Instant,
+    ) -> Result<CommandResult, ClientError> {
+        let mut deadline = started + self.options.timeout;
+        if !command.is_read() {
+            if !self.session_started {
+                // The first update opens the session: numbered 1, under a
+                // fresh id if reads used this one; retried only briefly (see
+                // `FIRST_UPDATE_RETRY_MAX`).
+                if self.seq > 0 {
+                    self.take_fresh_id();
+                }
+                deadline = deadline.min(started + consensus::cluster_time::FIRST_UPDATE_RETRY_MAX);
+            }
+            self.session_started = true;
+        }
         self.seq += 1;
-        let deadline = Instant::now() + self.options.timeout;
+        if self.seq == 1 && !command.is_read() {
+            // A replica takes no fast-path write of a session it does not
+            // know yet: straight to the leader.
+            return self.execute_ordered(command, deadline).await;
+        }
         if command.takes_fast_path()
             && self
                 .fast_path_paused_until
@@ -217,8 +273,11 @@ impl Client {
             && protocol.parse() == Ok(consensus::config::Protocol::Nilext)
         {
             match self.fast_path(&command, size).await {
-                Ok(true) => return Ok(CommandResult::Written),
-                Ok(false) => self.fast_path_paused_until = Some(Instant::now() + FAST_PATH_PAUSE),
+                Ok(Some(true)) => return Ok(CommandResult::Written),
+                Ok(Some(false)) => {
+                    self.fast_path_paused_until = Some(Instant::now() + FAST_PATH_PAUSE)
+                }
+                Ok(None) => {}
                 Err(error) => return Err(error),
             }
         }
@@ -227,10 +286,16 @@ impl Client {
 
     /// Nil-ext's fast path: sends the write to every replica and waits for
     /// durability acknowledgements from all `size` of them in one term, the
-    /// leader's among them (`consensus::quorum::nilext_fast_quorum`). True
-    /// when that quorum was reached within the fast-path timeout, or a
-    /// replica answered that it had already applied the write.
-    async fn fast_path(&mut self, command: &Command, size: usize) -> Result<bool, ClientError> {
+    /// leader's among them (`consensus::quorum::nilext_fast_quorum`).
+    /// `Some(true)` when that quorum was reached within the fast-path
+    /// timeout, or a replica answered that it had already applied the
+    /// write; `Some(false)` when it was not; `None` when a replica refused
+    /// the write on the fast path (see `ClientAnswer::SlowPath` in kvnode).
+    async fn fast_path(
+        &mut self,
+        command: &Command,
+        size: usize,
+    ) -> Result<Option<bool>, ClientError> {
         let timeout = self.options.fast_path_timeout;
         let header = self.header(true);
         // The calls are polled by this task (no task spawned per replica):
@@ -249,22 +314,25 @@ impl Client {
                 Ok((_, Some(ack)))
                     if ack.durable_only && acks.add(ack.node_id, ack.term, ack.from_leader) =>
                 {
-                    return Ok(true);
+                    return Ok(Some(true));
                 }
                 // A replica that had already applied this write (a retry)
                 // answers with its result: it took effect.
-                Ok((_, Some(ack))) if !ack.durable_only => return Ok(true),
-                Err(status) => {
+                Ok((_, Some(ack))) if !ack.durable_only => return Ok(Some(true)),
+                Err(status) => match classify(&status) {
+                    // This replica takes no fast write of this session (new
+                    // to it, or close to expiry): no fast quorum this time,
+                    // but no reason to skip the fast path for the next.
+                    Retry::SlowPath => return Ok(None),
                     // Refused for good (invalid, or a sequence number below
                     // the session's): no path will take it.
-                    if let Retry::Fail(error) = classify(&status) {
-                        return Err(error);
-                    }
-                }
+                    Retry::Fail(error) => return Err(error),
+                    _ => {}
+                },
                 _ => {}
             }
         }
-        Ok(false)
+        Ok(Some(false))
     }
 
     /// Sends the command to the leader (following redirects, backing off
@@ -333,7 +401,7 @@ impl Client {
                         backoff = (backoff * 2).min(BACKOFF_MAX);
                     }
                 }
-                Retry::Elsewhere => {
+                Retry::Elsewhere | Retry::SlowPath => {
                     self.leader = None;
                     self.next += 1;
                     let jitter = Duration::from_millis(rand::random::<u64>() % 10);
@@ -477,7 +545,7 @@ impl Client {
                     return Ok(summary);
                 }
                 Err(Retry::To(leader)) => endpoint = leader,
-                Err(Retry::Elsewhere) => {
+                Err(Retry::Elsewhere | Retry::SlowPath) => {
                     tried += 1;
                     endpoint = self.endpoints[tried % self.endpoints.len()].clone();
                     tokio::time::sleep(Duration::from_millis(100)).await;

@@ -26,6 +26,8 @@ impl Defaults {
     pub const TICK: Duration = Duration::from_millis(20);
     /// How long a client request may wait for its answer.
     pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+    /// How long a client session lasts without an update.
+    pub const SESSION_TIMEOUT: Duration = Duration::from_secs(600);
 }
 
 /// A setting given as text (a flag's value, or a string in the file) and
@@ -139,6 +141,14 @@ pub struct NodeArgs {
     #[arg(long, value_parser = parse_duration)]
     #[serde(default, deserialize_with = "duration")]
     pub net_jitter: Option<Duration>,
+    /// A client session expires after this long without an update (in
+    /// cluster time, which the leader writes into the log: every node
+    /// expires it at the same entry); the client's next update is refused
+    /// as SESSION_EXPIRED. At least 10s and 20 election timeouts. Takes
+    /// effect while this node leads.
+    #[arg(long, value_parser = parse_duration)]
+    #[serde(default, deserialize_with = "duration")]
+    pub session_timeout: Option<Duration>,
     /// Take a snapshot (and compact the log behind it) once this many
     /// entries were applied since the last; 0: never by count.
     #[arg(long)]
@@ -191,6 +201,7 @@ impl NodeArgs {
             snapshot_entries: self.snapshot_entries.or(other.snapshot_entries),
             snapshot_bytes: self.snapshot_bytes.or(other.snapshot_bytes),
             snapshot_keep_entries: self.snapshot_keep_entries.or(other.snapshot_keep_entries),
+            session_timeout: self.session_timeout.or(other.session_timeout),
             fault_injection: self.fault_injection.or(other.fault_injection),
             unsafe_local_reads: self.unsafe_local_reads.or(other.unsafe_local_reads),
         }
@@ -208,7 +219,7 @@ pub fn help_with_defaults(command: clap::Command) -> clap::Command {
         "one default per setting"
     );
     let snapshots = SnapshotPolicy::default();
-    let defaults: [(&str, String); 19] = [
+    let defaults: [(&str, String); 20] = [
         ("initial_cluster_state", "existing".into()),
         ("tick", format_duration(Defaults::TICK)),
         (
@@ -242,6 +253,10 @@ pub fn help_with_defaults(command: clap::Command) -> clap::Command {
         ("snapshot_entries", snapshots.entries.to_string()),
         ("snapshot_bytes", snapshots.bytes.to_string()),
         ("snapshot_keep_entries", snapshots.keep_entries.to_string()),
+        (
+            "session_timeout",
+            format_duration(Defaults::SESSION_TIMEOUT),
+        ),
         ("fault_injection", "false".into()),
     ];
     defaults.into_iter().fold(command, |command, (id, value)| {
@@ -318,10 +333,21 @@ pub struct NodeConfig {
     pub net_delay: crate::netdelay::NetDelay,
     /// When to take snapshots and compact the log.
     pub snapshots: SnapshotPolicy,
+    /// How long a client session lasts without an update.
+    pub session_timeout: Duration,
     /// Serve the fault-injection Admin service.
     pub fault_injection: bool,
     /// Deliberately unsafe reads (fault-test harness check only).
     pub unsafe_local_reads: bool,
+}
+
+impl NodeConfig {
+    /// The session timeout in ticks (rounded up).
+    pub fn session_timeout_ticks(&self) -> u64 {
+        self.session_timeout
+            .as_nanos()
+            .div_ceil(self.tick.as_nanos()) as u64
+    }
 }
 
 /// raft-optimized's settings as given (unset: the protocol's default).
@@ -452,6 +478,23 @@ impl NodeConfig {
         snapshots
             .validate()
             .map_err(|problem| anyhow::anyhow!("snapshot settings: {problem}"))?;
+        let session_timeout = args.session_timeout.unwrap_or(Defaults::SESSION_TIMEOUT);
+        let election_timeout_ticks = args
+            .election_timeout_ticks
+            .unwrap_or(consensus::raft::ELECTION_TIMEOUT_TICKS);
+        let shortest = consensus::cluster_time::SESSION_TIMEOUT_MIN.max(
+            tick * consensus::cluster_time::session_timeout_min_ticks(election_timeout_ticks)
+                as u32,
+        );
+        if session_timeout < shortest {
+            bail!(
+                "--session-timeout {} is too short: at least {} (10s, and 20 election timeouts of {} ticks of {}), so that no client retries a request across its session's expiry and Nil-ext orders a fast write well before",
+                format_duration(session_timeout),
+                format_duration(shortest),
+                election_timeout_ticks,
+                format_duration(tick)
+            );
+        }
         Ok(NodeConfig {
             client_addr: args.client_addr.unwrap_or_else(|| me.client_addr.clone()),
             peer_addr: args.peer_addr.unwrap_or_else(|| me.peer_addr.clone()),
@@ -469,6 +512,7 @@ impl NodeConfig {
             election_timeout_ticks: args.election_timeout_ticks,
             heartbeat_ticks: args.heartbeat_ticks,
             request_timeout,
+            session_timeout,
             optimized: OptimizedSettings {
                 read_mode: args.read_mode,
                 batch_entries_max: args.batch_entries_max,

@@ -8,7 +8,6 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use consensus::config::Protocol;
 use consensus::io::Recovered;
-use consensus::state_machine::StateMachine;
 use proto::kv::admin_server::AdminServer;
 use proto::kv::kv_server::KvServer;
 use proto::raft::raft_peer_server::RaftPeerServer;
@@ -139,8 +138,9 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
         applied = loaded.recovered.applied_index,
         "storage opened"
     );
-    let state_machine = StateMachine::restore(loaded.recovered.applied_index, loaded.sessions);
-    let protocol = build_protocol(&config, Some(loaded.recovered))?;
+    let state_machine = loaded.state_machine;
+    let mut protocol = build_protocol(&config, Some(loaded.recovered))?;
+    protocol.set_session_timeout(config.session_timeout_ticks());
 
     let (events_tx, events_rx) = mpsc::channel(EVENT_QUEUE_MAX);
     let faults = crate::faults::PeerFaults::default();

@@ -43,7 +43,7 @@ use consensus::executor::{self, Effects, PersistJob};
 use consensus::io::{Envelope, Input, Reply, ReplyOutcome, Role, SoftState, Status, Timing};
 use consensus::lock;
 use consensus::snapshot::{ChunkRequest, SinceSnapshot, SnapshotMeta, SnapshotPolicy};
-use consensus::state_machine::StateMachine;
+use consensus::state_machine::{FastWriteCheck, StateMachine};
 use consensus::{ClientRequest, CommandResult, Consensus, Entry, Message, NodeId, RequestId};
 use tokio::sync::{mpsc, oneshot};
 
@@ -82,6 +82,9 @@ pub enum ClientAnswer {
     Result(CommandResult),
     /// The protocol's answer: not leader, unavailable, rejected.
     Outcome(ReplyOutcome),
+    /// Nil-ext's fast path: this replica does not take the write on the
+    /// fast path (`consensus::state_machine::FastWriteCheck::SlowPath`).
+    SlowPath,
 }
 
 /// Where a client request's answer goes: back to its gRPC handler. (An
@@ -479,10 +482,13 @@ impl Runtime {
                 request,
                 fast: true,
                 reply,
-            } if let Some(answer) = self.state_machine.answer_fast_write(&request) => {
-                // Already applied, or below the session's latest update
-                // (see `StateMachine::answer_fast_write`).
-                reply.send(ClientAnswer::Result(answer));
+            } if self.state_machine.check_fast_write(&request) != FastWriteCheck::Accept => {
+                // Already applied, below the session's latest update, or not
+                // for the fast path here (see `StateMachine::check_fast_write`).
+                reply.send(match self.state_machine.check_fast_write(&request) {
+                    FastWriteCheck::Answer(answer) => ClientAnswer::Result(answer),
+                    _ => ClientAnswer::SlowPath,
+                });
                 return Ok(());
             }
             Event::Client {

@@ -21,7 +21,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use consensus::io::ReplyOutcome;
-use consensus::{ClientRequest, Command, CommandResult, NodeId, RequestId};
+use consensus::{ClientRequest, Command, CommandResult, ExecutionError, NodeId, RequestId};
 use futures_util::stream::{FuturesUnordered, Stream, StreamExt as _};
 use prost::Message as _;
 use proto::kv::error_detail::Kind;
@@ -79,6 +79,8 @@ fn backup_chunk(
         index: snapshot.index,
         term: snapshot.term,
         done: chunk.done,
+        time: snapshot.stamp.time,
+        expire_before: snapshot.stamp.expire_before,
         ..BackupChunk::default()
     };
     for item in chunk.items {
@@ -258,13 +260,26 @@ impl KvService {
             Err(_) => Err(ServiceError::Failed(self.deadline_exceeded())),
             Ok(Err(_)) => Err(ServiceError::Failed(unavailable())),
             Ok(Ok(ClientAnswer::Result(CommandResult::Failed(error)))) => {
+                let kind = match error {
+                    ExecutionError::SessionExpired { .. } => Kind::SessionExpired,
+                    _ => Kind::Execution,
+                };
                 Err(ServiceError::Failed(error_status(
                     Code::FailedPrecondition,
-                    Kind::Execution,
+                    kind,
                     error.to_string(),
                     None,
                 )))
             }
+            Ok(Ok(ClientAnswer::SlowPath)) => Err(ServiceError::Failed(error_status(
+                Code::FailedPrecondition,
+                Kind::SlowPath,
+                format!(
+                    "node {} does not take this write on the fast path (its session is new here or close to expiry); send it to the leader",
+                    self.node_id
+                ),
+                None,
+            ))),
             Ok(Ok(ClientAnswer::Result(result))) => Ok(Done::Result(result)),
             Ok(Ok(ClientAnswer::Outcome(ReplyOutcome::DurableAck { term, from_leader }))) => {
                 Ok(Done::Durable { term, from_leader })

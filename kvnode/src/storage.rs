@@ -40,6 +40,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, RwLock, RwLockReadGuard};
 
+use consensus::cluster_time::Stamp;
 use consensus::io::{HardState, Recovered, Write};
 use consensus::lock;
 use consensus::snapshot::{ChunkRequest, SnapshotItem, SnapshotMeta};
@@ -103,6 +104,8 @@ const KEY_APPLIED_INDEX: &[u8] = b"applied_index";
 const KEY_STATE_DIR: &[u8] = b"state_dir";
 const KEY_LOG_BASE: &[u8] = b"log_base";
 const KEY_SNAPSHOT: &[u8] = b"snapshot";
+/// The state's stamp: its last applied entry's (`consensus::cluster_time`).
+const KEY_STAMP: &[u8] = b"stamp";
 const SESSION_PREFIX: &[u8] = b"s/";
 
 /// What a data directory belongs to. Fixed at first start; a node refuses to
@@ -191,8 +194,8 @@ pub enum StorageError {
 pub struct Loaded {
     /// Hard state, log and applied index, for the protocol.
     pub recovered: Recovered,
-    /// The client-session table, for the state machine.
-    pub sessions: HashMap<ClientId, Session>,
+    /// The state machine's own state (applied index, stamp, sessions).
+    pub state_machine: StateMachine,
 }
 
 /// One node's RocksDB databases. Shared by the runtime thread (applies and
@@ -264,6 +267,35 @@ fn point_bytes(index: LogIndex, term: Term) -> [u8; 16] {
     bytes
 }
 
+fn stamp_bytes(stamp: Stamp) -> [u8; 16] {
+    point_bytes(stamp.time, stamp.expire_before)
+}
+
+fn stamp_of(bytes: &[u8]) -> Option<Stamp> {
+    let (time, expire_before) = point_of(bytes)?;
+    Some(Stamp {
+        time,
+        expire_before,
+    })
+}
+
+/// A snapshot as the raft database records it: index, term, then its stamp
+/// (absent in records written before stamps existed).
+fn snapshot_bytes(snapshot: SnapshotMeta) -> Vec<u8> {
+    let mut bytes = point_bytes(snapshot.index, snapshot.term).to_vec();
+    bytes.extend_from_slice(&stamp_bytes(snapshot.stamp));
+    bytes
+}
+
+fn snapshot_of(bytes: &[u8]) -> Option<SnapshotMeta> {
+    let (index, term) = point_of(bytes)?;
+    let stamp = match bytes.get(16..) {
+        None | Some([]) => Stamp::default(),
+        Some(rest) => stamp_of(rest)?,
+    };
+    Some(SnapshotMeta { index, term, stamp })
+}
+
 fn point_of(bytes: &[u8]) -> Option<(LogIndex, Term)> {
     let index = u64::from_be_bytes(bytes.get(..8)?.try_into().ok()?);
     let term = u64::from_be_bytes(bytes.get(8..16)?.try_into().ok()?);
@@ -276,11 +308,9 @@ fn capture_name(snapshot: SnapshotMeta) -> String {
 }
 
 fn capture_of(name: &str) -> Option<SnapshotMeta> {
+    // The name holds the index and term only: a snapshot's identity.
     let (index, term) = name.split_once('-')?;
-    Some(SnapshotMeta {
-        index: index.parse().ok()?,
-        term: term.parse().ok()?,
-    })
+    Some(SnapshotMeta::at(index.parse().ok()?, term.parse().ok()?))
 }
 
 /// A family of `db`.
@@ -376,6 +406,15 @@ fn read_applied_index(db: &DB) -> Result<LogIndex, StorageError> {
     }
 }
 
+/// The stamp a state database stands at (its last applied entry's).
+fn read_stamp(db: &DB) -> Result<Stamp, StorageError> {
+    match db.get_cf(family(db, CF_META), KEY_STAMP)? {
+        None => Ok(Stamp::default()),
+        Some(bytes) => stamp_of(&bytes)
+            .ok_or_else(|| StorageError::Corrupt("state stamp: not 16 bytes".into())),
+    }
+}
+
 /// A client session as a state database stores it: its key (after
 /// `SESSION_PREFIX`) and value.
 fn decode_session(key: &[u8], value: &[u8]) -> Result<(ClientId, Session), StorageError> {
@@ -389,10 +428,11 @@ fn decode_session(key: &[u8], value: &[u8]) -> Result<(ClientId, Session), Stora
     Ok((client, Session::try_from(stored).map_err(|e| corrupt(&e))?))
 }
 
-/// The state machine's own state (applied index and sessions) as a state
-/// database holds it.
-fn read_state_machine(db: &DB) -> Result<(LogIndex, HashMap<ClientId, Session>), StorageError> {
+/// The state machine's own state (applied index, stamp and sessions) as a
+/// state database holds it.
+fn read_state_machine(db: &DB) -> Result<StateMachine, StorageError> {
     let applied_index = read_applied_index(db)?;
+    let stamp = read_stamp(db)?;
     let mut sessions = HashMap::new();
     for item in db.prefix_iterator_cf(family(db, CF_META), SESSION_PREFIX) {
         let (key, value) = item?;
@@ -402,7 +442,7 @@ fn read_state_machine(db: &DB) -> Result<(LogIndex, HashMap<ClientId, Session>),
         let (client, session) = decode_session(&key, &value)?;
         sessions.insert(client, session);
     }
-    Ok((applied_index, sessions))
+    Ok(StateMachine::restore(applied_index, stamp, sessions))
 }
 
 impl Storage {
@@ -588,9 +628,11 @@ impl Storage {
             }
         };
         let log_base = point(KEY_LOG_BASE)?.unwrap_or((0, 0));
-        let snapshot = point(KEY_SNAPSHOT)?
-            .map(|(index, term)| SnapshotMeta { index, term })
-            .unwrap_or_default();
+        let snapshot = match self.db.get_cf(self.cf(CF_META), KEY_SNAPSHOT)? {
+            None => SnapshotMeta::default(),
+            Some(bytes) => snapshot_of(&bytes)
+                .ok_or_else(|| StorageError::Corrupt("snapshot record: malformed".into()))?,
+        };
         let mut log: Vec<Entry> = Vec::new();
         for item in self.db.iterator_cf(self.cf(CF_LOG), IteratorMode::Start) {
             let (key, value) = item?;
@@ -612,7 +654,8 @@ impl Storage {
             log.push(entry);
         }
         let last = log.last().map_or(log_base, |e| (e.index, e.term));
-        let (applied_index, sessions) = read_state_machine(&self.state_db().db)?;
+        let state_machine = read_state_machine(&self.state_db().db)?;
+        let applied_index = state_machine.applied_index();
         if applied_index > last.0 {
             return Err(StorageError::Corrupt(format!(
                 "applied index {applied_index} is past the end of the log ({})",
@@ -664,7 +707,7 @@ impl Storage {
                 applied_index,
                 durability_log: records.into_iter().map(|(_, r)| r).collect(),
             },
-            sessions,
+            state_machine,
         })
     }
 
@@ -745,11 +788,7 @@ impl Storage {
                         base = (*through, *through_term);
                         batch.put_cf(self.cf(CF_META), KEY_LOG_BASE, point_bytes(base.0, base.1));
                     }
-                    batch.put_cf(
-                        self.cf(CF_META),
-                        KEY_SNAPSHOT,
-                        point_bytes(snapshot.index, snapshot.term),
-                    );
+                    batch.put_cf(self.cf(CF_META), KEY_SNAPSHOT, snapshot_bytes(*snapshot));
                     recorded = Some(*snapshot);
                 }
                 Write::SnapshotChunk {
@@ -768,7 +807,7 @@ impl Storage {
                     );
                     base = (snapshot.index, snapshot.term);
                     batch.put_cf(meta, KEY_LOG_BASE, point_bytes(base.0, base.1));
-                    batch.put_cf(meta, KEY_SNAPSHOT, point_bytes(base.0, base.1));
+                    batch.put_cf(meta, KEY_SNAPSHOT, snapshot_bytes(*snapshot));
                     if last_index <= snapshot.index {
                         (last_index, last_term) = base;
                     }
@@ -876,6 +915,12 @@ impl Storage {
             snapshot.index.to_be_bytes(),
             &options,
         )?;
+        db.put_cf_opt(
+            family(&db, CF_META),
+            KEY_STAMP,
+            stamp_bytes(snapshot.stamp),
+            &options,
+        )?;
         self.capture_db(&db, snapshot)?;
         drop(db);
         let name = format!("state-{}", capture_name(snapshot));
@@ -939,8 +984,9 @@ impl Storage {
             std::process::id(),
             NEXT.fetch_add(1, Ordering::Relaxed)
         ));
+        let stamp = read_stamp(&state.db)?;
         checkpoint_into(&state.db, &dir)?;
-        Ok((SnapshotMeta { index, term }, dir))
+        Ok((SnapshotMeta { index, term, stamp }, dir))
     }
 
     /// The term of the entry at `index`, which the durable log holds or
@@ -1004,11 +1050,12 @@ impl Storage {
     ) -> Result<StateMachine, StorageError> {
         let name = format!("state-{}", capture_name(snapshot));
         let db = open_db(&self.dir.join(&name), &STATE_FAMILIES, true)?;
-        let (applied_index, sessions) = read_state_machine(&db)?;
-        if applied_index != snapshot.index {
+        let state_machine = read_state_machine(&db)?;
+        if state_machine.applied_index() != snapshot.index {
             return Err(StorageError::Corrupt(format!(
-                "the installed snapshot {} stands at {applied_index}",
-                snapshot.index
+                "the installed snapshot {} stands at {}",
+                snapshot.index,
+                state_machine.applied_index()
             )));
         }
         let old = {
@@ -1020,7 +1067,7 @@ impl Storage {
         if let Err(e) = std::fs::remove_dir_all(&old_dir) {
             tracing::warn!(dir = %old_dir.display(), "cannot remove the old state database: {e}");
         }
-        Ok(StateMachine::restore(applied_index, sessions))
+        Ok(state_machine)
     }
 
     /// The term of the stored entry at `index`.
@@ -1089,7 +1136,11 @@ impl Storage {
                 raft::StoredSession::from(session).encode_to_vec(),
             );
         }
+        for client in &applied.expired {
+            batch.delete_cf(meta, session_key(*client));
+        }
         batch.put_cf(meta, KEY_APPLIED_INDEX, applied.applied_index.to_be_bytes());
+        batch.put_cf(meta, KEY_STAMP, stamp_bytes(applied.stamp));
         let mut options = WriteOptions::default();
         options.disable_wal(true);
         state.db.write_opt(batch, &options)?;
@@ -1272,6 +1323,7 @@ mod tests {
         Entry {
             term,
             index,
+            stamp: Default::default(),
             payload: EntryPayload::Command(ClientRequest {
                 id: RequestId { client: 5, seq },
                 command: Command::Put {
@@ -1331,7 +1383,7 @@ mod tests {
         );
         assert_eq!(loaded.recovered.log, vec![entry(1, 1, 1), entry(2, 2, 5)]);
         assert_eq!(loaded.recovered.applied_index, 1);
-        assert_eq!(loaded.sessions[&5].last_seq, 1);
+        assert_eq!(loaded.state_machine.sessions()[&5].last_seq, 1);
         assert_eq!(storage.get(b"k1"), Some(b"v".to_vec()));
         assert_eq!(storage.last_log(), (2, 2));
         let _ = std::fs::remove_dir_all(&dir);
@@ -1357,7 +1409,7 @@ mod tests {
         let (storage, loaded) = Storage::open(&dir, &identity()).expect("reopen");
         assert_eq!(loaded.recovered.log, vec![entry(1, 1, 1), entry(2, 1, 2)]);
         assert_eq!(loaded.recovered.applied_index, 0);
-        assert!(loaded.sessions.is_empty());
+        assert!(loaded.state_machine.sessions().is_empty());
         assert_eq!(storage.get(b"k1"), None);
         let _ = std::fs::remove_dir_all(&dir);
     }
@@ -1386,6 +1438,7 @@ mod tests {
         let dir = temp_dir("wal");
         let crashed = temp_dir("wal-copy");
         let entry = |index: u64| Entry {
+            stamp: Default::default(),
             term: 1,
             index,
             payload: EntryPayload::Command(ClientRequest {
@@ -1460,6 +1513,7 @@ mod tests {
         let crashed = temp_dir("crash-copy");
         let entries = |n: u64| -> Vec<Entry> {
             let put = |index: u64, key: String, value: Vec<u8>| Entry {
+                stamp: Default::default(),
                 term: 1,
                 index,
                 payload: EntryPayload::Command(ClientRequest {
@@ -1518,7 +1572,7 @@ mod tests {
         assert_eq!(applied % 2, 0, "an apply is kept whole or not at all");
         let kept = applied / 2;
         assert_eq!(storage.get(b"latest"), Some(kept.to_string().into_bytes()));
-        assert_eq!(loaded.sessions[&9].last_seq, applied);
+        assert_eq!(loaded.state_machine.sessions()[&9].last_seq, applied);
         for n in 1..=applies {
             let fill = storage.get(format!("fill{n}").as_bytes());
             assert_eq!(
@@ -1528,7 +1582,8 @@ mod tests {
             );
         }
         // The node applies the rest again from the log, each entry once.
-        let mut sm = StateMachine::restore(applied, loaded.sessions);
+        let mut sm = loaded.state_machine;
+        assert_eq!(sm.applied_index(), applied);
         let rest: Vec<Entry> = loaded.recovered.log[applied as usize..].to_vec();
         let batch = sm.apply(&storage, &rest);
         storage.apply(&batch).expect("apply");
@@ -1565,6 +1620,7 @@ mod tests {
             Entry {
                 term: 1,
                 index: seq,
+                stamp: Default::default(),
                 payload: EntryPayload::Command(ClientRequest {
                     id: RequestId { client: 9, seq },
                     command,
@@ -1610,7 +1666,7 @@ mod tests {
         }
         let (storage, loaded) = Storage::open(&dir, &identity()).expect("reopen");
         assert_eq!(loaded.recovered.applied_index, 3000);
-        assert_eq!(loaded.sessions[&9].last_seq, 3000);
+        assert_eq!(loaded.state_machine.sessions()[&9].last_seq, 3000);
         for i in 0..1500u64 {
             let expected = (!i.is_multiple_of(3)).then(|| value(2, i));
             assert_eq!(
@@ -1786,7 +1842,7 @@ mod tests {
     #[test]
     fn a_snapshot_compacts_the_log_and_a_reopen_starts_after_it() {
         let dir = temp_dir("compact");
-        let snapshot = SnapshotMeta { index: 30, term: 1 };
+        let snapshot = SnapshotMeta::at(30, 1);
         {
             let (storage, _) = Storage::open(&dir, &identity()).expect("open");
             let mut sm = StateMachine::default();
@@ -1837,7 +1893,7 @@ mod tests {
     fn a_snapshot_sent_in_chunks_installs_whole_and_survives_a_reopen() {
         let leader_dir = temp_dir("install-leader");
         let follower_dir = temp_dir("install-follower");
-        let snapshot = SnapshotMeta { index: 50, term: 1 };
+        let snapshot = SnapshotMeta::at(50, 1);
         let (leader, _) = Storage::open(&leader_dir, &identity()).expect("open");
         let mut sm = StateMachine::default();
         fill(&leader, &mut sm, 1, 50);

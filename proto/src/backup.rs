@@ -194,6 +194,10 @@ impl BackupReader {
         reader.snapshot = SnapshotMeta {
             index: first.index,
             term: first.term,
+            stamp: consensus::cluster_time::Stamp {
+                time: first.time,
+                expire_before: first.expire_before,
+            },
         };
         Ok(reader)
     }
@@ -289,6 +293,8 @@ mod tests {
         BackupChunk {
             index,
             term: 2,
+            time: 5_000,
+            expire_before: 4_000,
             data: keys
                 .map(|k| KeyValue {
                     key: format!("k{k}").into_bytes(),
@@ -302,6 +308,7 @@ mod tests {
                         last_seq: 3,
                         last_result: consensus::CommandResult::Written,
                         command_digest: 9,
+                        last_active: 1_234,
                     })
                     .encode_to_vec(),
                 }]
@@ -325,7 +332,9 @@ mod tests {
         assert!(!path.with_extension("partial").exists());
 
         let mut reader = BackupReader::open(&path).expect("open");
-        assert_eq!(reader.snapshot, SnapshotMeta { index: 40, term: 2 });
+        assert_eq!(reader.snapshot, SnapshotMeta::at(40, 2));
+        assert_eq!(reader.snapshot.stamp.time, 5_000);
+        assert_eq!(reader.snapshot.stamp.expire_before, 4_000);
         let mut items = Vec::new();
         while let Some(chunk) = reader.next_items().expect("read") {
             items.extend(chunk);

@@ -4,6 +4,7 @@
 //! once, here: kvnode's transport, service and storage and kvclient all use
 //! them.
 
+use consensus::cluster_time::Stamp;
 use consensus::io::HardState;
 use consensus::message::{
     AppendEntries, AppendEntriesResponse, DurabilityForward, DurabilityLogRequest,
@@ -185,6 +186,8 @@ impl From<&Entry> for raft::Entry {
             term: entry.term,
             index: entry.index,
             payload: Some(payload),
+            time: entry.stamp.time,
+            expire_before: entry.stamp.expire_before,
         }
     }
 }
@@ -207,6 +210,10 @@ impl TryFrom<raft::Entry> for Entry {
         Ok(Entry {
             term: entry.term,
             index: entry.index,
+            stamp: Stamp {
+                time: entry.time,
+                expire_before: entry.expire_before,
+            },
             payload,
         })
     }
@@ -411,6 +418,7 @@ impl From<&CommandResult> for raft::StoredResult {
                 ExecutionError::Overflow => "overflow".into(),
                 ExecutionError::StaleRequest { seq, latest } => format!("stale:{seq}:{latest}"),
                 ExecutionError::RequestIdReused { seq } => format!("reused:{seq}"),
+                ExecutionError::SessionExpired { seq } => format!("expired:{seq}"),
                 ExecutionError::ResultTooLarge { limit } => format!("too_large:{limit}"),
             }),
         };
@@ -442,6 +450,11 @@ impl TryFrom<raft::StoredResult> for CommandResult {
                     "overflow" => ExecutionError::Overflow,
                     other if other.starts_with("reused:") => ExecutionError::RequestIdReused {
                         seq: other["reused:".len()..]
+                            .parse()
+                            .map_err(|_| malformed("result", format!("bad failure {other:?}")))?,
+                    },
+                    other if other.starts_with("expired:") => ExecutionError::SessionExpired {
+                        seq: other["expired:".len()..]
                             .parse()
                             .map_err(|_| malformed("result", format!("bad failure {other:?}")))?,
                     },
@@ -477,6 +490,8 @@ impl From<SnapshotMeta> for raft::SnapshotMeta {
         raft::SnapshotMeta {
             index: meta.index,
             term: meta.term,
+            time: meta.stamp.time,
+            expire_before: meta.stamp.expire_before,
         }
     }
 }
@@ -487,6 +502,10 @@ impl From<raft::SnapshotMeta> for SnapshotMeta {
         SnapshotMeta {
             index: meta.index,
             term: meta.term,
+            stamp: Stamp {
+                time: meta.time,
+                expire_before: meta.expire_before,
+            },
         }
     }
 }
@@ -539,6 +558,7 @@ impl From<&Session> for raft::StoredSession {
             last_seq: session.last_seq,
             last_result: Some((&session.last_result).into()),
             command_digest: session.command_digest,
+            last_active: session.last_active,
         }
     }
 }
@@ -555,6 +575,7 @@ impl TryFrom<raft::StoredSession> for Session {
                 .ok_or_else(|| malformed("session", "no result"))?
                 .try_into()?,
             command_digest: session.command_digest,
+            last_active: session.last_active,
         })
     }
 }
@@ -620,6 +641,10 @@ mod tests {
             let entry = Entry {
                 term: 3,
                 index: i as u64 + 1,
+                stamp: Stamp {
+                    time: 1_000 + i as u64,
+                    expire_before: 400,
+                },
                 payload: EntryPayload::Command(ClientRequest {
                     id: RequestId {
                         client: 9,
@@ -654,12 +679,14 @@ mod tests {
             CommandResult::Failed(ExecutionError::StaleRequest { seq: 1, latest: 4 }),
             CommandResult::Failed(ExecutionError::ResultTooLarge { limit: 16 }),
             CommandResult::Failed(ExecutionError::RequestIdReused { seq: 7 }),
+            CommandResult::Failed(ExecutionError::SessionExpired { seq: 8 }),
         ];
         for result in results {
             let session = Session {
                 last_seq: 4,
                 last_result: result,
                 command_digest: 99,
+                last_active: 77,
             };
             assert_eq!(
                 Session::try_from(raft::StoredSession::from(&session)).expect("decodes"),
@@ -675,7 +702,7 @@ mod tests {
 
     #[test]
     fn snapshot_chunks_and_answers_round_trip() {
-        let snapshot = SnapshotMeta { index: 40, term: 3 };
+        let snapshot = SnapshotMeta::at(40, 3);
         let messages = [
             Message::InstallSnapshot(InstallSnapshot {
                 term: 3,
@@ -690,6 +717,7 @@ mod tests {
                             last_seq: 4,
                             last_result: CommandResult::Counter(9),
                             command_digest: 11,
+                            last_active: 12,
                         },
                     ),
                 ],
@@ -767,6 +795,10 @@ mod tests {
             let entry = Entry {
                 term: u64::MAX,
                 index: u64::MAX,
+                stamp: Stamp {
+                    time: u64::MAX,
+                    expire_before: u64::MAX,
+                },
                 payload: EntryPayload::Command(request.clone()),
             };
             let record = DurableRecord {
@@ -800,6 +832,10 @@ mod tests {
                     snapshot: SnapshotMeta {
                         index: u64::MAX,
                         term: u64::MAX,
+                        stamp: Stamp {
+                            time: u64::MAX,
+                            expire_before: u64::MAX,
+                        },
                     },
                     position: key(1),
                     items: vec![
@@ -813,6 +849,7 @@ mod tests {
                                     current: Some(vec![3; 1 << 20]),
                                 },
                                 command_digest: u64::MAX,
+                                last_active: u64::MAX,
                             },
                         ),
                         SnapshotItem::Session(
@@ -821,6 +858,7 @@ mod tests {
                                 last_seq: u64::MAX,
                                 last_result: CommandResult::Values(vec![Some(vec![1; 100]); 1000]),
                                 command_digest: u64::MAX,
+                                last_active: u64::MAX,
                             },
                         ),
                     ],
@@ -832,6 +870,10 @@ mod tests {
                     snapshot: SnapshotMeta {
                         index: u64::MAX,
                         term: u64::MAX,
+                        stamp: Stamp {
+                            time: u64::MAX,
+                            expire_before: u64::MAX,
+                        },
                     },
                     next: key(4),
                     rejected: true,

@@ -1038,4 +1038,8 @@ impl Consensus for NilextRaft {
     fn status(&self) -> Status {
         self.inner.status()
     }
+
+    fn set_session_timeout(&mut self, ticks: u64) {
+        self.inner.set_session_timeout(ticks);
+    }
 }

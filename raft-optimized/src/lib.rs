@@ -192,6 +192,10 @@ impl RaftVariant for OptimizedRaft {
         &self.core
     }
 
+    fn core_mut(&mut self) -> &mut RaftCore {
+        &mut self.core
+    }
+
     /// Pre-votes carry a term nobody has entered yet, and a vote request
     /// of a higher term is weighed against check-quorum's leader
     /// stickiness first: both are handled before the term is adopted.

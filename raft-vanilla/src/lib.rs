@@ -268,6 +268,10 @@ impl RaftVariant for VanillaRaft {
         &self.core
     }
 
+    fn core_mut(&mut self) -> &mut RaftCore {
+        &mut self.core
+    }
+
     fn become_follower(&mut self, term: Term, leader: Option<NodeId>, out: &mut Outbox) {
         VanillaRaft::become_follower(self, term, leader, out);
     }

@@ -33,6 +33,7 @@ fn entry(term: u64, index: u64) -> Entry {
     Entry {
         term,
         index,
+        stamp: Default::default(),
         payload: EntryPayload::Noop,
     }
 }

@@ -16,7 +16,7 @@ pub mod linearizability;
 pub mod manual;
 pub mod simulator;
 
-pub use simulator::{Failure, Faults, RunStats, SimConfig, Simulation, SnapshotBug};
+pub use simulator::{Failure, Faults, RunStats, SessionBug, SimConfig, Simulation, SnapshotBug};
 
 /// The base election timeout the protocol suites give every node in the
 /// simulator: shorter than kvnode's default
@@ -103,8 +103,6 @@ pub struct Scenario<F> {
     pub chosen: Vec<(&'static str, String)>,
 }
 
-/// The generator a soak seed draws its settings from (apart from the run's
-/// own, so the settings do not shift the run's random choices).
 /// Snapshot settings small enough that a run takes many snapshots and
 /// sends them in several chunks, drawn from `seed`: a snapshot every 3 to
 /// 40 entries, 0 to 7 entries kept behind it, chunks of 100 to 600 bytes.
@@ -118,6 +116,18 @@ pub fn small_snapshots(seed: u64) -> consensus::snapshot::SnapshotPolicy {
     }
 }
 
+/// Expiring sessions in a simulated run, drawn from `seed`: a session
+/// timeout of 150 to 400 ticks (1.5 to 4 s of cluster time at 10 ms a
+/// tick, 15 to 40 election timeouts), and clients that go idle for half to
+/// twice that between two operations, one time in ten.
+pub fn expiring_sessions(config: &mut SimConfig) {
+    let mut rng = DetRng::new(config.seed ^ 0x5E55_1045_0016_0002);
+    config.session_timeout_ticks = rng.range(150, 401);
+    config.idle_chance = 0.1;
+}
+
+/// The generator a soak seed draws its settings from (apart from the run's
+/// own, so the settings do not shift the run's random choices).
 pub fn variant_rng(seed: u64) -> consensus::rng::DetRng {
     consensus::rng::DetRng::new(seed ^ 0x5EED_50A4_C0FF_EE00)
 }
@@ -157,6 +167,11 @@ pub fn soak_config(
     if snapshots {
         config.snapshots = small_snapshots(seed);
     }
+    // Expiring sessions likewise.
+    let sessions = DetRng::new(seed ^ 0x5E55_1045_0016_0000).chance(0.5);
+    if sessions {
+        expiring_sessions(&mut config);
+    }
     let large_values = variant.chance(0.002);
     if large_values {
         config.value_padding_bytes = (0, consensus::limits::VALUE_BYTES_MAX);
@@ -170,6 +185,7 @@ pub fn soak_config(
             ("waiter limit 2", small_waiters.to_string()),
             ("values up to the client limit", large_values.to_string()),
             ("snapshots", snapshots.to_string()),
+            ("sessions expire", sessions.to_string()),
         ],
     )
 }

@@ -262,7 +262,9 @@ fn main() -> ExitCode {
             let code = match error {
                 ClientError::Invalid(_) | ClientError::NoEndpoints => 2,
                 ClientError::Execution(_) => 3,
-                ClientError::Timeout { .. } | ClientError::File(_) => 1,
+                ClientError::Timeout { .. }
+                | ClientError::SessionExpired(_)
+                | ClientError::File(_) => 1,
             };
             if json_output {
                 println!(

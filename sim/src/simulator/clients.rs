@@ -11,6 +11,10 @@ pub(super) struct ClientOp {
     pub(super) started: Time,
     /// Fast-path acknowledgements so far, counted by kvclient's rule.
     pub(super) fast_acks: FastAcks,
+    /// The first update of its session (numbered 1): retried for half the
+    /// session timeout at most, as kvclient does
+    /// (`consensus::cluster_time::FIRST_UPDATE_RETRY_MAX`).
+    pub(super) first_update: bool,
 }
 
 pub(super) struct Client {
@@ -28,6 +32,10 @@ pub(super) struct Client {
     /// Numbering its requests again from 1 under an id whose numbers the
     /// sessions have passed, until it takes a fresh id.
     pub(super) reusing_numbers: bool,
+    /// An update was sent under this id: the session's first update is
+    /// numbered 1, so a client whose reads used numbers takes a fresh id
+    /// for it, as kvclient does.
+    pub(super) session_started: bool,
 }
 
 /// Pads a value to `bytes` in all: a `#`, then a byte that says how the
@@ -208,6 +216,14 @@ where
                 None => self.random_command(client),
             },
         };
+        let mut first_update = false;
+        if !command.is_read() && !self.clients[client].session_started {
+            if self.clients[client].seq > 0 {
+                self.give_fresh_id(client);
+            }
+            self.clients[client].session_started = true;
+            first_update = true;
+        }
         let c = &mut self.clients[client];
         c.seq += 1;
         let request = ClientRequest {
@@ -226,7 +242,9 @@ where
             output: None,
         });
         let op = self.history.len() - 1;
+        // A replica takes no fast write of a session it does not know yet.
         let fast = self.config.nilext_fast_path
+            && !first_update
             && (command.takes_fast_path()
                 || (self.config.multi_puts_on_fast_path
                     && matches!(command, Command::MultiPut { .. })));
@@ -236,6 +254,7 @@ where
             attempt: 0,
             started: self.now,
             fast_acks: FastAcks::new(self.config.nodes),
+            first_update,
         });
         if !fast {
             self.send_attempt(client);
@@ -302,11 +321,71 @@ where
             Answer::Other(ReplyOutcome::Rejected(reason)) => {
                 self.fail(format!("a valid fast-path write was rejected: {reason}"));
             }
+            // No fast quorum this time: the slow path at once, as kvclient.
+            Answer::SlowPath => {
+                if self.current_op(client, op).is_some_and(|o| o.attempt == 0) {
+                    self.stats.fast_path_refusals += 1;
+                    self.log(|| {
+                        format!(
+                            "client {client} op {op}: refused on the fast path by {from}, slow path"
+                        )
+                    });
+                    self.send_attempt(client);
+                }
+            }
             _ => {}
         }
     }
 
+    /// The session timeout in milliseconds of simulated time (`None`:
+    /// sessions never expire).
+    pub(super) fn session_timeout_ms(&self) -> Option<Time> {
+        (self.config.session_timeout_ticks > 0)
+            .then(|| self.config.session_timeout_ticks * self.config.tick_ms)
+    }
+
+    /// An update refused as session-expired: sent again as the first
+    /// update of a fresh session when it was first sent within half the
+    /// session timeout (no copy of it can have been applied: one applied
+    /// would have kept the session alive for a whole timeout), else
+    /// abandoned with an unknown outcome, as kvclient does. True when it
+    /// was sent again.
+    fn session_expired(&mut self, client: usize) -> bool {
+        self.stats.session_expired_refusals += 1;
+        self.give_fresh_id(client);
+        let window = self.session_timeout_ms().map_or(Time::MAX, |t| t / 2);
+        let now = self.now;
+        let c = &mut self.clients[client];
+        let Some(current) = c.current.as_mut() else {
+            return false;
+        };
+        if now.saturating_sub(current.started) >= window {
+            let op = current.history_index;
+            c.current = None;
+            self.log(|| {
+                format!("client {client} op {op}: session expired, outcome unknown; fresh id")
+            });
+            self.schedule(1, Event::ClientNext { client });
+            return false;
+        }
+        c.session_started = true;
+        c.seq = 1;
+        current.request.id = RequestId {
+            client: c.id,
+            seq: 1,
+        };
+        current.first_update = true;
+        let (op, id) = (current.history_index, current.request.id);
+        self.log(|| format!("client {client} op {op}: session expired; sent again as {id}"));
+        self.send_attempt(client);
+        true
+    }
+
     pub(super) fn complete(&mut self, client: usize, result: CommandResult) {
+        if let CommandResult::Failed(ExecutionError::SessionExpired { .. }) = result {
+            self.session_expired(client);
+            return;
+        }
         let Some(op) = self.clients[client].current.take() else {
             return;
         };
@@ -341,7 +420,16 @@ where
                 show_output(&to_output(&result))
             )
         });
-        let think = self.rng.range(0, 10);
+        let think = match self.session_timeout_ms() {
+            // Idle long enough for the session to expire, often.
+            Some(timeout)
+                if self.config.idle_chance > 0.0 && self.rng.chance(self.config.idle_chance) =>
+            {
+                self.stats.idle_clients += 1;
+                self.rng.range(timeout / 2, 2 * timeout)
+            }
+            _ => self.rng.range(0, 10),
+        };
         self.schedule(think, Event::ClientNext { client });
     }
 
@@ -384,6 +472,9 @@ where
         };
         match answer {
             Answer::Result(result) => self.complete(client, result),
+            Answer::SlowPath => {
+                self.fail("a refusal of the fast path answered an ordered request".into());
+            }
             Answer::Other(outcome) => {
                 if current.attempt != attempt {
                     return;
@@ -478,6 +569,7 @@ where
         c.id = self.next_client_id;
         c.seq = 0;
         c.reusing_numbers = false;
+        c.session_started = false;
     }
 
     pub(super) fn random_command(&mut self, client: usize) -> Command {

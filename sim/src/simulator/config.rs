@@ -208,6 +208,27 @@ pub struct SimConfig {
     /// A deliberate runtime bug, for tests that show the snapshot checks
     /// catch it.
     pub injected_snapshot_bug: Option<SnapshotBug>,
+    /// Client sessions expire after this many ticks of cluster time without
+    /// an update (`consensus::cluster_time`); 0: never (the default). The
+    /// soaks draw a timeout of a few seconds for half their seeds.
+    pub session_timeout_ticks: u64,
+    /// Chance that a client, between two operations, stays idle for half
+    /// to twice the session timeout, so that its session expires.
+    pub idle_chance: f64,
+    /// A deliberate session bug, for tests that show the checks catch it.
+    pub injected_session_bug: Option<SessionBug>,
+}
+
+/// Deliberate session bugs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SessionBug {
+    /// Nil-ext replicas take fast writes of any session they know, fresh
+    /// or not: a write completed on the fast path may find its session
+    /// expired when it is ordered, and be lost.
+    FastPathIgnoresFreshness,
+    /// A node expires sessions by its own clock (its tick count), not by
+    /// the stamps in the log: nodes disagree on the sessions at one index.
+    ExpireByLocalClock,
 }
 
 /// Deliberate snapshot bugs of a runtime.
@@ -251,6 +272,9 @@ impl SimConfig {
             runtime_loses_ticks_in_pauses: false,
             snapshots: SnapshotPolicy::never(),
             injected_snapshot_bug: None,
+            session_timeout_ticks: 0,
+            idle_chance: 0.0,
+            injected_session_bug: None,
         }
     }
 }
@@ -306,6 +330,13 @@ pub struct RunStats {
     /// Requests refused because their sequence number was below the
     /// session's (careless client restarts).
     pub stale_refusals: u64,
+    /// Updates refused as session-expired.
+    pub session_expired_refusals: u64,
+    /// Fast-path writes a replica sent to the slow path (session new to
+    /// it, or close to expiry).
+    pub fast_path_refusals: u64,
+    /// Times a client stayed idle for about a session timeout.
+    pub idle_clients: u64,
     /// Peer messages dropped for exceeding the peer message limit.
     pub oversized_messages: u64,
     /// Crashes that rolled a state database back.

@@ -31,6 +31,7 @@ use std::fmt::Write as _;
 use std::hash::{DefaultHasher, Hash, Hasher};
 
 use consensus::clock::TickClock;
+use consensus::cluster_time::Stamp;
 use consensus::deadline::DeadlineQueue;
 use consensus::executor::{self, Effects, PersistJob};
 use consensus::io::{
@@ -43,7 +44,7 @@ use consensus::rng::DetRng;
 use consensus::snapshot::{
     ChunkRequest, SinceSnapshot, SnapshotItem, SnapshotMeta, SnapshotPolicy,
 };
-use consensus::state_machine::{ApplyBatch, KvRead, MemKv, StateMachine};
+use consensus::state_machine::{ApplyBatch, FastWriteCheck, KvRead, MemKv, StateMachine};
 use consensus::{
     ClientId, ClientRequest, Command, CommandResult, Consensus, Entry, ExecutionError, LogIndex,
     NodeId, RequestId, Term,
@@ -64,7 +65,7 @@ mod snapshots;
 mod storage;
 
 use clients::Client;
-pub use config::{Failure, Faults, RunStats, SimConfig, SnapshotBug};
+pub use config::{Failure, Faults, RunStats, SessionBug, SimConfig, SnapshotBug};
 use invariants::Invariants;
 use network::{position_of, short};
 use storage::{PendingPersist, Storage, Undo, digest};
@@ -137,6 +138,9 @@ enum Event {
 enum Answer {
     Result(CommandResult),
     Other(ReplyOutcome),
+    /// Nil-ext: not taken on the fast path here (kvnode's
+    /// `ClientAnswer::SlowPath`).
+    SlowPath,
 }
 
 struct Node<P> {
@@ -305,7 +309,8 @@ where
         let nodes = members
             .iter()
             .map(|&id| {
-                let protocol = factory(id, &members, Recovered::default(), rng.next_u64());
+                let mut protocol = factory(id, &members, Recovered::default(), rng.next_u64());
+                protocol.set_session_timeout(config.session_timeout_ticks);
                 let node = Node {
                     protocol: Some(protocol),
                     incarnation: 0,
@@ -337,6 +342,7 @@ where
                 restarted_carelessly: None,
                 read_back: None,
                 reusing_numbers: false,
+                session_started: false,
             })
             .collect();
         Simulation {
@@ -586,11 +592,29 @@ where
                     return;
                 }
                 n.waiters.insert((request.id, fast), (client, op, attempt));
-                // A fast-path write already applied, or below the session's
-                // latest update, is answered at once.
-                if fast && let Some(answer) = n.state_machine.answer_fast_write(&request) {
-                    self.answer(node, request.id, true, Answer::Result(answer));
-                    return;
+                // A fast-path write already applied, below the session's
+                // latest update, or not for the fast path here, is answered
+                // at once (see `StateMachine::check_fast_write`).
+                if fast {
+                    let check = match n.state_machine.check_fast_write(&request) {
+                        FastWriteCheck::SlowPath
+                            if self.config.injected_session_bug
+                                == Some(SessionBug::FastPathIgnoresFreshness)
+                                && n.state_machine.sessions().contains_key(&request.id.client) =>
+                        {
+                            FastWriteCheck::Accept
+                        }
+                        check => check,
+                    };
+                    let answer = match check {
+                        FastWriteCheck::Accept => None,
+                        FastWriteCheck::Answer(result) => Some(Answer::Result(result)),
+                        FastWriteCheck::SlowPath => Some(Answer::SlowPath),
+                    };
+                    if let Some(answer) = answer {
+                        self.answer(node, request.id, true, answer);
+                        return;
+                    }
                 }
                 self.log(|| {
                     format!(
@@ -642,7 +666,15 @@ where
                 if current.attempt != attempt {
                     return;
                 }
-                let give_up = !self.healed && self.now >= current.started + self.config.give_up_ms;
+                // The first update of a session is retried for half the
+                // session timeout at most (kvclient's rule: a copy applied,
+                // then expired, would be applied again).
+                let first_update_expires = current.first_update
+                    && self
+                        .session_timeout_ms()
+                        .is_some_and(|t| self.now >= current.started + t / 2);
+                let give_up = first_update_expires
+                    || (!self.healed && self.now >= current.started + self.config.give_up_ms);
                 if give_up {
                     self.log(|| format!("client {client} gives up op {op}: outcome unknown"));
                     self.clients[client].current = None;

@@ -28,10 +28,11 @@ fn items_of(kv: &MemKv, state_machine: &StateMachine, sessions: bool) -> Vec<Sna
     items
 }
 
-/// A digest of a state machine's contents: data and sessions.
+/// A digest of a state machine's contents: data, sessions (their last
+/// activity included) and stamp.
 fn state_digest(kv: &MemKv, state_machine: &StateMachine) -> u64 {
     let sessions: BTreeMap<_, _> = state_machine.sessions().iter().collect();
-    digest(&(kv.data(), sessions))
+    digest(&(kv.data(), sessions, state_machine.stamp()))
 }
 
 impl<P, F> Simulation<P, F>
@@ -171,7 +172,7 @@ where
             ..ApplyBatch::default()
         });
         node.kv = kv;
-        node.state_machine = StateMachine::restore(snapshot.index, sessions);
+        node.state_machine = StateMachine::restore(snapshot.index, snapshot.stamp, sessions);
         node.undo.clear();
         node.since_snapshot = SinceSnapshot::default();
         let storage = &mut node.storage;

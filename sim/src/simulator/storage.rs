@@ -244,7 +244,21 @@ where
             }
         }
         let before = node.state_machine.clone();
-        let batch = node.state_machine.apply(&node.kv, entries);
+        let batch = if self.config.injected_session_bug == Some(SessionBug::ExpireByLocalClock) {
+            // The deliberate bug: stamps from this node's own clock.
+            let local = self.now / self.config.tick_ms;
+            let stamp = Stamp {
+                time: local,
+                expire_before: local.saturating_sub(self.config.session_timeout_ticks),
+            };
+            let restamped: Vec<Entry> = entries
+                .iter()
+                .map(|e| Entry { stamp, ..e.clone() })
+                .collect();
+            node.state_machine.apply(&node.kv, &restamped)
+        } else {
+            node.state_machine.apply(&node.kv, entries)
+        };
         node.since_snapshot.applied(entries);
         self.stats.entries_applied += entries.len() as u64;
         if self.config.state_rollback_max > 0 {
@@ -320,7 +334,9 @@ where
         // As kvnode's open: only the recorded snapshot's capture stays.
         let recorded = node.storage.snapshot;
         node.captures.retain(|_, (meta, _)| *meta == recorded);
-        node.protocol = Some((self.factory)(id, &members, recovered, seed));
+        let mut protocol = (self.factory)(id, &members, recovered, seed);
+        protocol.set_session_timeout(self.config.session_timeout_ticks);
+        node.protocol = Some(protocol);
         self.log(|| format!("restart node {id}"));
         self.start_clock(id);
     }
