@@ -25,13 +25,17 @@
 //! A Nil-ext write completed on the fast path is ordered later. If its
 //! session expired in between, applying it would be refused and a write the
 //! client was told is durable would be lost. So a replica accepts a fast
-//! write only from a session that is fresh by half the timeout in effect
-//! ([`Stamp::keeps_fresh`]). With the cutoff rising at most twice as fast as
-//! the clock, such a session survives until its write is ordered as long as
-//! the ordering happens within a quarter of the timeout, in cluster time. The
-//! leader orders its durability log at once; a new leader orders what it
-//! recovers before anything else. kvnode refuses timeouts shorter than
-//! [`session_timeout_min_ticks`] so that a quarter is many elections.
+//! write only from a session that will outlive its ordering by a margin
+//! ([`Stamp::keeps_fresh`]). The replica knows the stamp of its last applied
+//! entry and the cluster time it reads now (the leader's clock goes on while
+//! no entry is created: a quiet cluster's last stamp may be long past). From
+//! the stamp, the cutoff can have risen at most [`CUTOFF_RATE`] times the
+//! time since; the session must be active after that reach plus half the
+//! timeout in effect, so that it survives any ordering within a quarter of
+//! the timeout, in cluster time. The leader, whose acknowledgement every
+//! fast write needs, orders its durability log at once; a new leader orders
+//! what it recovers before anything else. kvnode refuses timeouts shorter
+//! than [`session_timeout_min_ticks`] so that a quarter is many elections.
 
 /// How much faster than the clock the expiry cutoff may rise (see the module
 /// documentation).
@@ -72,13 +76,17 @@ pub struct Stamp {
 
 impl Stamp {
     /// Whether a session last active at `last_active` may still take
-    /// Nil-ext's fast path under this stamp (the latest applied): it is
-    /// within half the timeout in effect (`time - expire_before`) of the
-    /// cutoff's reach, so it outlives any ordering within a quarter of it.
-    pub fn keeps_fresh(&self, last_active: u64) -> bool {
-        // last_active >= expire_before + (time - expire_before) / 2, without
-        // overflow or rounding in the session's favour.
-        2 * u128::from(last_active) >= u128::from(self.time) + u128::from(self.expire_before)
+    /// Nil-ext's fast path, under this stamp (the latest applied) at
+    /// cluster time `now`: it is active after the cutoff's farthest reach
+    /// by then (`expire_before + CUTOFF_RATE * (now - time)`) plus half the
+    /// timeout in effect (`time - expire_before`), so it outlives any
+    /// ordering within a quarter of that timeout.
+    pub fn keeps_fresh(&self, last_active: u64, now: u64) -> bool {
+        let (time, cutoff) = (u128::from(self.time), u128::from(self.expire_before));
+        let elapsed = u128::from(now).saturating_sub(time);
+        let reach = cutoff + u128::from(CUTOFF_RATE) * elapsed;
+        // Doubled, so that the half timeout rounds against the session.
+        2 * u128::from(last_active) >= 2 * reach + time.saturating_sub(cutoff)
     }
 }
 
@@ -217,8 +225,12 @@ mod tests {
             time: 1_000,
             expire_before: 800,
         };
-        assert!(stamp.keeps_fresh(900));
-        assert!(!stamp.keeps_fresh(899));
-        assert!(Stamp::default().keeps_fresh(0));
+        assert!(stamp.keeps_fresh(900, 1_000));
+        assert!(!stamp.keeps_fresh(899, 1_000));
+        assert!(Stamp::default().keeps_fresh(0, 0));
+        // 50 ticks later with no entry since, the cutoff may have risen by
+        // 100.
+        assert!(stamp.keeps_fresh(1_000, 1_050));
+        assert!(!stamp.keeps_fresh(999, 1_050));
     }
 }

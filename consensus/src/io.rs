@@ -442,6 +442,9 @@ pub struct Status {
     /// Index of the first entry its log still holds (earlier ones were
     /// compacted).
     pub first_log_index: LogIndex,
+    /// The cluster time it reads now ([`crate::cluster_time`]): a leader's
+    /// advances with its ticks, a follower's with the stamps it receives.
+    pub cluster_time: u64,
 }
 
 /// What a node finds in its storage when it starts.

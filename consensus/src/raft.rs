@@ -816,6 +816,7 @@ impl RaftCore {
             last_log_index: self.log.last_index(),
             snapshot_index: self.snapshot.index,
             first_log_index: self.log.first_index(),
+            cluster_time: self.clock.now(),
         }
     }
 }

@@ -313,7 +313,8 @@ impl StateMachine {
     ///
     /// A client that takes its id back after a restart must go on from the
     /// sequence numbers it used.
-    pub fn check_fast_write(&self, request: &ClientRequest) -> FastWriteCheck {
+    /// `now` is the cluster time the replica reads (`Status::cluster_time`).
+    pub fn check_fast_write(&self, request: &ClientRequest, now: u64) -> FastWriteCheck {
         let id = request.id;
         let Some(session) = self.sessions.get(&id.client) else {
             return FastWriteCheck::SlowPath;
@@ -328,7 +329,7 @@ impl StateMachine {
                     latest: session.last_seq,
                 }))
             }
-            std::cmp::Ordering::Greater if self.stamp.keeps_fresh(session.last_active) => {
+            std::cmp::Ordering::Greater if self.stamp.keeps_fresh(session.last_active, now) => {
                 FastWriteCheck::Accept
             }
             std::cmp::Ordering::Greater => FastWriteCheck::SlowPath,
@@ -574,7 +575,7 @@ mod tests {
             command: put("k", "v"),
         };
         assert_eq!(
-            sm.check_fast_write(&request(7, 1)),
+            sm.check_fast_write(&request(7, 1), 0),
             FastWriteCheck::SlowPath
         );
         apply(
@@ -582,9 +583,12 @@ mod tests {
             &mut kv,
             &[at(100, 0, entry(1, 7, 1, put("k", "v")))],
         );
-        assert_eq!(sm.check_fast_write(&request(7, 2)), FastWriteCheck::Accept);
         assert_eq!(
-            sm.check_fast_write(&request(7, 1)),
+            sm.check_fast_write(&request(7, 2), 0),
+            FastWriteCheck::Accept
+        );
+        assert_eq!(
+            sm.check_fast_write(&request(7, 1), 0),
             FastWriteCheck::Answer(CommandResult::Written)
         );
         // At time 300 with a cutoff of 100 (a timeout of 200), fresh means
@@ -595,12 +599,26 @@ mod tests {
             &[at(300, 100, entry(2, 8, 1, put("x", "y")))],
         );
         assert_eq!(
-            sm.check_fast_write(&request(7, 2)),
+            sm.check_fast_write(&request(7, 2), 0),
             FastWriteCheck::SlowPath
         );
-        assert_eq!(sm.check_fast_write(&request(8, 2)), FastWriteCheck::Accept);
         assert_eq!(
-            sm.check_fast_write(&request(9, 2)),
+            sm.check_fast_write(&request(8, 2), 0),
+            FastWriteCheck::Accept
+        );
+        assert_eq!(
+            sm.check_fast_write(&request(9, 2), 0),
+            FastWriteCheck::SlowPath
+        );
+        // The leader's clock went on for 50 ticks without an entry: the
+        // cutoff may have risen to 200, so fresh means active at 300; a
+        // tick later, at 302.
+        assert_eq!(
+            sm.check_fast_write(&request(8, 2), 350),
+            FastWriteCheck::Accept
+        );
+        assert_eq!(
+            sm.check_fast_write(&request(8, 2), 351),
             FastWriteCheck::SlowPath
         );
     }
@@ -645,11 +663,11 @@ mod tests {
             command,
         };
         assert_eq!(
-            sm.check_fast_write(&request(put("k", "x"))),
+            sm.check_fast_write(&request(put("k", "x")), 0),
             FastWriteCheck::Answer(reused)
         );
         assert_eq!(
-            sm.check_fast_write(&request(first)),
+            sm.check_fast_write(&request(first), 0),
             FastWriteCheck::Answer(CommandResult::Written)
         );
         assert_ne!(put("k", "v").digest(), put("k", "x").digest());

@@ -346,6 +346,13 @@ fn snapshot_sender(
 }
 
 impl Runtime {
+    /// What to do with a Nil-ext fast-path write, at the cluster time the
+    /// protocol reads now.
+    fn check_fast_write(&self, request: &ClientRequest) -> FastWriteCheck {
+        let now = self.protocol.status().cluster_time;
+        self.state_machine.check_fast_write(request, now)
+    }
+
     /// A runtime for a node rebuilt from storage, ticking every `tick`.
     pub fn new(
         node_id: NodeId,
@@ -482,10 +489,10 @@ impl Runtime {
                 request,
                 fast: true,
                 reply,
-            } if self.state_machine.check_fast_write(&request) != FastWriteCheck::Accept => {
+            } if self.check_fast_write(&request) != FastWriteCheck::Accept => {
                 // Already applied, below the session's latest update, or not
                 // for the fast path here (see `StateMachine::check_fast_write`).
-                reply.send(match self.state_machine.check_fast_write(&request) {
+                reply.send(match self.check_fast_write(&request) {
                     FastWriteCheck::Answer(answer) => ClientAnswer::Result(answer),
                     _ => ClientAnswer::SlowPath,
                 });

@@ -382,10 +382,6 @@ where
     }
 
     pub(super) fn complete(&mut self, client: usize, result: CommandResult) {
-        if let CommandResult::Failed(ExecutionError::SessionExpired { .. }) = result {
-            self.session_expired(client);
-            return;
-        }
         let Some(op) = self.clients[client].current.take() else {
             return;
         };
@@ -421,9 +417,12 @@ where
             )
         });
         let think = match self.session_timeout_ms() {
-            // Idle long enough for the session to expire, often.
+            // Idle long enough for the session to expire, often (while
+            // faults last: after them, every client must finish in time).
             Some(timeout)
-                if self.config.idle_chance > 0.0 && self.rng.chance(self.config.idle_chance) =>
+                if !self.healed
+                    && self.config.idle_chance > 0.0
+                    && self.rng.chance(self.config.idle_chance) =>
             {
                 self.stats.idle_clients += 1;
                 self.rng.range(timeout / 2, 2 * timeout)
@@ -471,6 +470,14 @@ where
             return;
         };
         match answer {
+            // Only the latest attempt's: a late answer to an attempt under
+            // the id given up must not send the operation again (under yet
+            // another id, a second copy that would be applied too).
+            Answer::Result(CommandResult::Failed(ExecutionError::SessionExpired { .. })) => {
+                if current.attempt == attempt {
+                    self.session_expired(client);
+                }
+            }
             Answer::Result(result) => self.complete(client, result),
             Answer::SlowPath => {
                 self.fail("a refusal of the fast path answered an ordered request".into());

@@ -330,6 +330,8 @@ pub struct RunStats {
     /// Requests refused because their sequence number was below the
     /// session's (careless client restarts).
     pub stale_refusals: u64,
+    /// Sessions expired, counted at every node that applied the expiry.
+    pub sessions_expired: u64,
     /// Updates refused as session-expired.
     pub session_expired_refusals: u64,
     /// Fast-path writes a replica sent to the slow path (session new to

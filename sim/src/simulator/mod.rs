@@ -596,7 +596,8 @@ where
                 // latest update, or not for the fast path here, is answered
                 // at once (see `StateMachine::check_fast_write`).
                 if fast {
-                    let check = match n.state_machine.check_fast_write(&request) {
+                    let now = n.protocol.as_ref().map_or(0, |p| p.status().cluster_time);
+                    let check = match n.state_machine.check_fast_write(&request, now) {
                         FastWriteCheck::SlowPath
                             if self.config.injected_session_bug
                                 == Some(SessionBug::FastPathIgnoresFreshness)

@@ -273,7 +273,19 @@ where
             node.undo.push_back((before, old_values));
         }
         node.kv.commit(&batch);
-        self.log(|| format!("node {id} applied up to {}", batch.applied_index));
+        self.stats.sessions_expired += batch.expired.len() as u64;
+        self.log(|| {
+            let mut line = format!("node {id} applied up to {}", batch.applied_index);
+            for (index, request, result) in &batch.results {
+                if let CommandResult::Failed(error) = result {
+                    let _ = write!(line, "; {index} ({request}) refused: {error}");
+                }
+            }
+            if !batch.expired.is_empty() {
+                let _ = write!(line, "; sessions expired: {:?}", batch.expired);
+            }
+            line
+        });
         for problem in problems {
             self.fail(problem);
         }
