@@ -115,6 +115,50 @@ fn snapshots_under_every_fault_kind() {
     );
 }
 
+/// Sessions expire under every fault kind, with the fast path: a replica
+/// takes a fast write only from a session that outlives its ordering by a
+/// margin, so no write completed on the fast path is refused when ordered.
+#[test]
+fn sessions_expire_under_every_fault_kind() {
+    let fast_path = |seed, nodes| SimConfig {
+        nilext_fast_path: true,
+        ..sim::sessions_suite(seed, nodes)
+    };
+    let mut runs = check(95_000..95_060, ReadMode::Lease, 1, |seed| {
+        fast_path(seed, 3)
+    });
+    runs.extend(check(95_500..95_530, ReadMode::ReadIndex, 8, |seed| {
+        fast_path(seed, 5)
+    }));
+    sim::assert_sessions_expired(&runs);
+    let refused: u64 = runs.iter().map(|r| r.fast_path_refusals).sum();
+    assert!(refused > 0, "replicas sent fast writes to the slow path");
+}
+
+/// Without the freshness margin, a replica takes a fast write of a session
+/// about to expire; ordered after the expiry, the write the client was
+/// told is durable is refused: lost. Clients idle for 95 to 101% of the
+/// timeout and slow ordering make it common.
+#[test]
+fn catches_fast_writes_of_sessions_about_to_expire() {
+    let result = run_seeds(
+        97_000..97_300,
+        |seed| {
+            let mut config = sim::sessions_suite(seed, 3);
+            config.nilext_fast_path = true;
+            config.faults = Faults::none();
+            config.idle_chance = 0.5;
+            config.idle_percent = (95, 101);
+            config.injected_session_bug = Some(sim::SessionBug::FastPathIgnoresFreshness);
+            config
+        },
+        factory(ReadMode::ReadIndex, 8),
+        REPLAY,
+    );
+    let failures = result.expect_err("fast writes of expiring sessions must be caught");
+    assert!(failures.contains("not linearizable"), "{failures}");
+}
+
 #[test]
 fn three_nodes_leader_crashes_before_ordering() {
     // Ordering only every 8 ticks: leaders often crash holding durable,

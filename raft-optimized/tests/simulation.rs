@@ -188,6 +188,38 @@ fn snapshots_under_every_fault_kind() {
     );
 }
 
+/// Sessions expire under every fault kind, both read modes (see
+/// raft-vanilla's suite of the same name).
+#[test]
+fn sessions_expire_under_every_fault_kind() {
+    let mut runs = check(95_000..95_060, ReadMode::Lease, |seed| {
+        sim::sessions_suite(seed, 3)
+    });
+    runs.extend(check(95_500..95_530, ReadMode::ReadIndex, |seed| {
+        sim::sessions_suite(seed, 5)
+    }));
+    sim::assert_sessions_expired(&runs);
+}
+
+/// A node that expires sessions by its own clock instead of the stamps in
+/// the log holds other sessions than its peers at the same index: the
+/// state comparison catches it.
+#[test]
+fn catches_sessions_expired_by_a_local_clock() {
+    let result = run_seeds(
+        96_000..96_100,
+        |seed| {
+            let mut config = sim::sessions_suite(seed, 3);
+            config.injected_session_bug = Some(sim::SessionBug::ExpireByLocalClock);
+            config
+        },
+        factory(ReadMode::ReadIndex),
+        REPLAY,
+    );
+    let failures = result.expect_err("expiry by a local clock must be caught");
+    assert!(failures.contains("state-machine safety"), "{failures}");
+}
+
 fn with_snapshot_bug(seed: u64, bug: sim::SnapshotBug) -> SimConfig {
     let mut config = SimConfig::new(seed, 3);
     config.snapshots = sim::small_snapshots(seed);

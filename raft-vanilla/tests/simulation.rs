@@ -62,6 +62,17 @@ fn snapshots_under_every_fault_kind() {
     );
 }
 
+/// Sessions expire (after LogCabin, by the cluster time the leader writes
+/// into each entry) under every fault kind: every node expires them at the
+/// same index (the state comparison), an expired session's updates are
+/// refused and never applied, and idle clients carry on under fresh ids.
+#[test]
+fn sessions_expire_under_every_fault_kind() {
+    let mut runs = check(95_000..95_060, |seed| sim::sessions_suite(seed, 3));
+    runs.extend(check(95_500..95_530, |seed| sim::sessions_suite(seed, 5)));
+    sim::assert_sessions_expired(&runs);
+}
+
 #[test]
 fn five_nodes_every_fault_kind() {
     let runs = check(1_000..1_200, |seed| SimConfig::new(seed, 5));

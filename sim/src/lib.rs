@@ -116,14 +116,47 @@ pub fn small_snapshots(seed: u64) -> consensus::snapshot::SnapshotPolicy {
     }
 }
 
-/// Expiring sessions in a simulated run, drawn from `seed`: a session
-/// timeout of 150 to 400 ticks (1.5 to 4 s of cluster time at 10 ms a
-/// tick, 15 to 40 election timeouts), and clients that go idle for half to
+/// Expiring sessions in a simulated run, drawn from its seed: a session
+/// timeout of 200 to 400 ticks (2 to 4 s of cluster time at 10 ms a tick,
+/// 20 to 40 election timeouts: kvnode's shortest and up), and clients that go idle for half to
 /// twice that between two operations, one time in ten.
 pub fn expiring_sessions(config: &mut SimConfig) {
     let mut rng = DetRng::new(config.seed ^ 0x5E55_1045_0016_0002);
-    config.session_timeout_ticks = rng.range(150, 401);
+    config.session_timeout_ticks = rng.range(200, 401);
     config.idle_chance = 0.1;
+}
+
+/// The settings of the session suites: every fault kind, expiring
+/// sessions ([`expiring_sessions`]) and clients that go idle often (three
+/// times in ten) during a fault phase of 8 s, so that sessions expire in
+/// most runs, idle clients come
+/// back to refusals, and (on Nil-ext) fast writes meet sessions near
+/// expiry.
+pub fn sessions_suite(seed: u64, nodes: usize) -> SimConfig {
+    let mut config = SimConfig::new(seed, nodes);
+    expiring_sessions(&mut config);
+    config.idle_chance = 0.3;
+    // Long enough for idle clients to come back while faults last.
+    config.fault_phase_ms = 8_000;
+    config
+}
+
+/// Checks that a session suite's runs exercised expiry: sessions expired
+/// and updates of expired sessions were refused. Prints the tallies.
+pub fn assert_sessions_expired(runs: &[RunStats]) {
+    let sum = |f: fn(&RunStats) -> u64| runs.iter().map(f).sum::<u64>();
+    let (expired, refused, idle, fast_refused) = (
+        sum(|r| r.sessions_expired),
+        sum(|r| r.session_expired_refusals),
+        sum(|r| r.idle_clients),
+        sum(|r| r.fast_path_refusals),
+    );
+    eprintln!(
+        "{} runs: {idle} idle spells, {expired} session expiries applied, {refused} updates refused as session-expired, {fast_refused} fast writes sent to the slow path",
+        runs.len()
+    );
+    assert!(expired > 0, "sessions expired");
+    assert!(refused > 0, "updates of expired sessions were refused");
 }
 
 /// The generator a soak seed draws its settings from (apart from the run's

@@ -425,7 +425,9 @@ where
                     && self.rng.chance(self.config.idle_chance) =>
             {
                 self.stats.idle_clients += 1;
-                self.rng.range(timeout / 2, 2 * timeout)
+                let (low, high) = self.config.idle_percent;
+                self.rng
+                    .range(timeout * low / 100, timeout * high / 100 + 1)
             }
             _ => self.rng.range(0, 10),
         };

@@ -212,9 +212,12 @@ pub struct SimConfig {
     /// an update (`consensus::cluster_time`); 0: never (the default). The
     /// soaks draw a timeout of a few seconds for half their seeds.
     pub session_timeout_ticks: u64,
-    /// Chance that a client, between two operations, stays idle for half
-    /// to twice the session timeout, so that its session expires.
+    /// Chance that a client, between two operations, stays idle, so that
+    /// its session expires (while faults last).
     pub idle_chance: f64,
+    /// How long an idle client stays idle, in percent of the session
+    /// timeout: (50, 200), half to twice, by default.
+    pub idle_percent: (u64, u64),
     /// A deliberate session bug, for tests that show the checks catch it.
     pub injected_session_bug: Option<SessionBug>,
 }
@@ -274,6 +277,7 @@ impl SimConfig {
             injected_snapshot_bug: None,
             session_timeout_ticks: 0,
             idle_chance: 0.0,
+            idle_percent: (50, 200),
             injected_session_bug: None,
         }
     }
