@@ -120,6 +120,8 @@ pub struct NodeStatus {
     pub last_log_term: u64,
     /// Synced write batches since start.
     pub synced_writes: u64,
+    /// Client sessions its state machine holds.
+    pub sessions: u64,
 }
 
 /// An event for the runtime loop.
@@ -532,6 +534,7 @@ impl Runtime {
                     status: self.protocol.status(),
                     last_log_term,
                     synced_writes: self.storage.synced_writes(),
+                    sessions: self.state_machine.sessions().len() as u64,
                 });
                 return Ok(());
             }

@@ -705,6 +705,7 @@ impl Kv for KvService {
             synced_writes: node.synced_writes,
             snapshot_index: s.snapshot_index,
             first_log_index: s.first_log_index,
+            sessions: node.sessions,
         }))
     }
 }

@@ -206,8 +206,8 @@ async fn run(cli: Cli) -> Result<(String, serde_json::Value), ClientError> {
                 match status {
                     Ok(s) => {
                         lines.push(format!(
-                            "{endpoint}  node {} {:<9} term {:<4} leader {:<3} commit {:<6} applied {:<6} log {}..{} snapshot {} ({})",
-                            s.node_id, s.role, s.term, s.leader_id, s.commit_index, s.applied_index, s.first_log_index, s.last_log_index, s.snapshot_index, s.protocol
+                            "{endpoint}  node {} {:<9} term {:<4} leader {:<3} commit {:<6} applied {:<6} log {}..{} snapshot {} sessions {} ({})",
+                            s.node_id, s.role, s.term, s.leader_id, s.commit_index, s.applied_index, s.first_log_index, s.last_log_index, s.snapshot_index, s.sessions, s.protocol
                         ));
                         nodes.push(json!({
                             "endpoint": endpoint, "node_id": s.node_id, "role": s.role, "term": s.term,
@@ -215,6 +215,7 @@ async fn run(cli: Cli) -> Result<(String, serde_json::Value), ClientError> {
                             "commit_index": s.commit_index, "applied_index": s.applied_index,
                             "last_log_index": s.last_log_index, "last_log_term": s.last_log_term,
                             "first_log_index": s.first_log_index, "snapshot_index": s.snapshot_index,
+                            "sessions": s.sessions,
                             "protocol": s.protocol, "cluster_id": s.cluster_id,
                         }));
                     }
