@@ -322,16 +322,14 @@ where
                 self.fail(format!("a valid fast-path write was rejected: {reason}"));
             }
             // No fast quorum this time: the slow path at once, as kvclient.
-            Answer::SlowPath => {
-                if self.current_op(client, op).is_some_and(|o| o.attempt == 0) {
-                    self.stats.fast_path_refusals += 1;
-                    self.log(|| {
-                        format!(
-                            "client {client} op {op}: refused on the fast path by {from}, slow path"
-                        )
-                    });
-                    self.send_attempt(client);
-                }
+            Answer::SlowPath if self.current_op(client, op).is_some_and(|o| o.attempt == 0) => {
+                self.stats.fast_path_refusals += 1;
+                self.log(|| {
+                    format!(
+                        "client {client} op {op}: refused on the fast path by {from}, slow path"
+                    )
+                });
+                self.send_attempt(client);
             }
             _ => {}
         }
