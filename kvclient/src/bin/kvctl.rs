@@ -12,8 +12,8 @@ use serde_json::json;
 /// Talks to a cluster: finds the leader, follows redirects, retries under the
 /// same request id until --timeout.
 ///
-/// Exit codes: 0 done; 1 no answer in time (the outcome is unknown) or the
-/// cluster is unreachable; 2 invalid request or usage; 3 the command failed
+/// Exit codes: 0 done; 1 no answer in time, or the session expired (the
+/// outcome is unknown), or the cluster is unreachable; 2 invalid request or usage; 3 the command failed
 /// (e.g. increment of a non-integer).
 #[derive(Parser, Debug)]
 #[command(name = "kvctl", version)]
@@ -26,7 +26,10 @@ struct Cli {
         default_value = "127.0.0.1:6101,127.0.0.1:6102,127.0.0.1:6103"
     )]
     endpoints: Vec<String>,
-    /// Give up after this long (e.g. 500ms, 10s), retries included.
+    /// Give up after this long (e.g. 500ms, 10s), retries included. A write
+    /// (each kvctl run is a new client session, and its write the session's
+    /// first) gives up after 5s at most: a copy of it delivered after its
+    /// session expired would be applied again.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     timeout: Duration,
     /// Print results as JSON.
