@@ -113,6 +113,15 @@ pub enum Input {
         /// drops those it applies).
         sessions: Vec<(crate::ClientId, crate::Seq)>,
     },
+    /// An operator asks this node, if it leads, to hand leadership to `to`
+    /// (`None`: the follower whose log is most up to date): Raft thesis
+    /// 3.10. The leader stops taking requests, brings the target's log up
+    /// to its own, and sends it [`crate::message::TimeoutNow`]; it gives up
+    /// after an election timeout and takes requests again.
+    TransferLeadership {
+        /// The member to hand leadership to.
+        to: Option<NodeId>,
+    },
 }
 
 /// Whether an outgoing message or reply may leave before the outbox's

@@ -59,6 +59,21 @@ pub struct RequestVote {
     pub last_log_term: Term,
     /// A pre-vote: grants change no state.
     pub pre_vote: bool,
+    /// Sent on the leader's [`TimeoutNow`] (a leadership transfer, Raft
+    /// thesis 3.10): voters that still hear from that leader vote anyway
+    /// (check-quorum's stickiness yields; the leader stopped serving lease
+    /// reads when it sent TimeoutNow).
+    pub transfer: bool,
+}
+
+/// Raft thesis 3.10, leadership transfer: the leader of `term` tells a
+/// follower whose log matches its own to start an election at once.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TimeoutNow {
+    /// The leader's term.
+    pub term: Term,
+    /// The leader.
+    pub leader_id: NodeId,
 }
 
 /// Figure 2, the RequestVote RPC's results.
@@ -172,6 +187,8 @@ pub enum Message {
     InstallSnapshot(InstallSnapshot),
     /// See [`InstallSnapshotResponse`].
     InstallSnapshotResponse(InstallSnapshotResponse),
+    /// See [`TimeoutNow`].
+    TimeoutNow(TimeoutNow),
 }
 
 /// A message's fixed part encoded (terms, indexes, ids, flags and their
@@ -199,7 +216,8 @@ impl Message {
                 Message::AppendEntriesResponse(_)
                 | Message::RequestVote(_)
                 | Message::RequestVoteResponse(_)
-                | Message::DurabilityLogRequest(_) => 0,
+                | Message::DurabilityLogRequest(_)
+                | Message::TimeoutNow(_) => 0,
             }
     }
 
@@ -209,6 +227,7 @@ impl Message {
         match self {
             Message::AppendEntries(m) => Some(m.leader_id),
             Message::InstallSnapshot(m) => Some(m.leader_id),
+            Message::TimeoutNow(m) => Some(m.leader_id),
             _ => None,
         }
     }
@@ -225,6 +244,7 @@ impl Message {
             Message::DurabilityForward(m) => m.term,
             Message::InstallSnapshot(m) => m.term,
             Message::InstallSnapshotResponse(m) => m.term,
+            Message::TimeoutNow(m) => m.term,
         }
     }
 }

@@ -111,6 +111,26 @@ pub struct RaftCore {
     /// Cluster time: what this node stamps the entries it creates as leader
     /// with ([`crate::cluster_time`]).
     pub clock: ClusterClock,
+    /// As leader: a leadership transfer under way (Raft thesis 3.10).
+    leader_transfer: Option<LeaderTransfer>,
+    /// As leader: TimeoutNow went out in this term. Its target may win an
+    /// election while followers still hear from this leader (they vote for
+    /// a transfer's candidate despite check-quorum's stickiness), so this
+    /// leader serves no lease read for the rest of its term, even after the
+    /// transfer timed out (a TimeoutNow delivered late still elects).
+    pub timeout_now_sent: bool,
+}
+
+/// A leadership transfer under way: its target, the ticks left before the
+/// leader gives up, and whether TimeoutNow went out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LeaderTransfer {
+    /// The member leadership goes to.
+    pub target: NodeId,
+    /// Ticks left before the leader gives up and takes requests again.
+    pub ticks_left: u64,
+    /// TimeoutNow was sent.
+    pub sent: bool,
 }
 
 impl RaftCore {
@@ -162,6 +182,8 @@ impl RaftCore {
             applied_index: applied,
             apply_emitted: applied,
             clock: ClusterClock::new(0, latest_stamp),
+            leader_transfer: None,
+            timeout_now_sent: false,
             snapshot: recovered.snapshot,
             reception: None,
             installing: None,
@@ -225,6 +247,7 @@ impl RaftCore {
         self.role = Role::Follower;
         self.leader = leader;
         self.votes.clear();
+        self.leader_transfer = None;
         if self.soft_state() != before {
             self.report(out);
         }
@@ -251,6 +274,16 @@ impl RaftCore {
     /// that forgot its vote after a crash could vote twice in one term.
     /// Returns true when its own vote is already a majority.
     pub fn campaign(&mut self, out: &mut Outbox) -> bool {
+        self.campaign_with(false, out)
+    }
+
+    /// As [`RaftCore::campaign`], on the leader's TimeoutNow: the vote
+    /// requests say so, so voters that still hear from that leader vote.
+    pub fn campaign_on_transfer(&mut self, out: &mut Outbox) -> bool {
+        self.campaign_with(true, out)
+    }
+
+    fn campaign_with(&mut self, transfer: bool, out: &mut Outbox) -> bool {
         self.role = Role::Candidate;
         self.leader = None;
         self.votes = BTreeSet::from([self.id]);
@@ -259,7 +292,10 @@ impl RaftCore {
         self.voted_for = Some(self.id);
         out.persist.push(Write::HardState(self.hard_state()));
         self.report(out);
-        let request = self.vote_request(self.term, false);
+        let request = RequestVote {
+            transfer,
+            ..self.vote_request(self.term, false)
+        };
         for peer in self.peers() {
             out.send(
                 peer,
@@ -313,7 +349,71 @@ impl RaftCore {
         self.role = Role::Leader;
         self.leader = Some(self.id);
         self.votes.clear();
+        self.leader_transfer = None;
+        self.timeout_now_sent = false;
         self.report(out);
+    }
+
+    /// Starts handing leadership to `target` (Raft thesis 3.10): false,
+    /// and nothing changes, unless this node leads and `target` is another
+    /// member. The variant then brings the target's log up to this one and
+    /// reports its progress to [`RaftCore::leader_transfer_progress`].
+    pub fn begin_leader_transfer(&mut self, target: NodeId) -> bool {
+        if self.role != Role::Leader || target == self.id || !self.members.contains(&target) {
+            return false;
+        }
+        self.leader_transfer = Some(LeaderTransfer {
+            target,
+            ticks_left: self.election.base_ticks(),
+            sent: false,
+        });
+        true
+    }
+
+    /// The transfer under way, if any.
+    pub fn leader_transfer(&self) -> Option<LeaderTransfer> {
+        self.leader_transfer
+    }
+
+    /// `peer`'s log matches this leader's up to `match_index`: once that is
+    /// the whole log and `peer` is the transfer's target, TimeoutNow goes
+    /// to it (once).
+    pub fn leader_transfer_progress(
+        &mut self,
+        peer: NodeId,
+        match_index: LogIndex,
+        out: &mut Outbox,
+    ) {
+        let last = self.log.last_index();
+        let Some(transfer) = self.leader_transfer.as_mut() else {
+            return;
+        };
+        if transfer.target != peer || transfer.sent || match_index < last {
+            return;
+        }
+        transfer.sent = true;
+        self.timeout_now_sent = true;
+        let message = crate::message::TimeoutNow {
+            term: self.term,
+            leader_id: self.id,
+        };
+        out.send(peer, Message::TimeoutNow(message), Timing::Now);
+    }
+
+    /// One tick of a transfer: after an election timeout it is given up.
+    fn tick_leader_transfer(&mut self) {
+        if let Some(transfer) = self.leader_transfer.as_mut() {
+            transfer.ticks_left = transfer.ticks_left.saturating_sub(1);
+            if transfer.ticks_left == 0 {
+                self.leader_transfer = None;
+            }
+        }
+    }
+
+    /// Whether a TimeoutNow from `from` is to be obeyed: it comes from the
+    /// leader this follower follows, in its term.
+    pub fn obeys_timeout_now(&self, from: NodeId, m: &crate::message::TimeoutNow) -> bool {
+        self.role == Role::Follower && m.term == self.term && self.leader == Some(from)
     }
 
     /// The answer to a client request that needs the leader, from a node
@@ -423,6 +523,7 @@ impl RaftCore {
             last_log_index: self.log.last_index(),
             last_log_term: self.log.last_term(),
             pre_vote,
+            transfer: false,
         }
     }
 
@@ -845,6 +946,11 @@ impl ElectionTimer {
         }
     }
 
+    /// The base timeout, in ticks.
+    pub fn base_ticks(&self) -> u64 {
+        self.base_ticks
+    }
+
     /// Starts a new timeout.
     pub fn reset(&mut self) {
         self.elapsed_ticks = 0;
@@ -901,6 +1007,12 @@ pub trait RaftVariant {
     /// A chunk of a snapshot from `from`, the leader of this node's term,
     /// whom it now follows (as [`RaftVariant::on_append`]).
     fn on_install_snapshot(&mut self, from: NodeId, m: InstallSnapshot, out: &mut Outbox);
+    /// An operator asks for leadership to go to `to` (`None`: the most
+    /// up-to-date follower); see [`crate::io::Input::TransferLeadership`].
+    fn on_transfer_leadership(&mut self, to: Option<NodeId>, out: &mut Outbox);
+    /// The leader's TimeoutNow, to be obeyed ([`RaftCore::obeys_timeout_now`]):
+    /// campaign at once ([`RaftCore::campaign_on_transfer`]).
+    fn on_timeout_now(&mut self, out: &mut Outbox);
     /// An answer to a chunk of a snapshot.
     fn on_snapshot_response(&mut self, from: NodeId, m: InstallSnapshotResponse, out: &mut Outbox);
     /// The runtime took a snapshot (see [`RaftCore::snapshot_taken`]).
@@ -939,9 +1051,11 @@ pub fn step<V: RaftVariant>(variant: &mut V, input: crate::io::Input, out: &mut 
             let core = variant.core_mut();
             if core.role == Role::Leader {
                 core.clock.tick();
+                core.tick_leader_transfer();
             }
             variant.on_tick(out);
         }
+        Input::TransferLeadership { to } => variant.on_transfer_leadership(to, out),
         Input::Request(request) => variant.on_request(request, out),
         Input::FastWrite(request) => {
             let reason = format!(
@@ -1000,6 +1114,11 @@ pub fn step<V: RaftVariant>(variant: &mut V, input: crate::io::Input, out: &mut 
                 Message::AppendEntriesResponse(m) => variant.on_append_response(from, m, out),
                 Message::RequestVote(m) => variant.on_vote_request(from, m, out),
                 Message::RequestVoteResponse(m) => variant.on_vote_response(from, m, out),
+                Message::TimeoutNow(m) => {
+                    if variant.core().obeys_timeout_now(from, &m) {
+                        variant.on_timeout_now(out);
+                    }
+                }
                 Message::DurabilityLogRequest(_)
                 | Message::DurabilityLogResponse(_)
                 | Message::DurabilityForward(_) => {}

@@ -9,7 +9,7 @@ use consensus::io::HardState;
 use consensus::message::{
     AppendEntries, AppendEntriesResponse, DurabilityForward, DurabilityLogRequest,
     DurabilityLogResponse, InstallSnapshot, InstallSnapshotResponse, Message, RequestVote,
-    RequestVoteResponse,
+    RequestVoteResponse, TimeoutNow,
 };
 use consensus::snapshot::{SnapshotItem, SnapshotMeta};
 use consensus::state_machine::Session;
@@ -248,6 +248,7 @@ pub fn peer_message(from: u64, to: u64, message: &Message) -> raft::PeerMessage 
             last_log_index: m.last_log_index,
             last_log_term: m.last_log_term,
             pre_vote: m.pre_vote,
+            transfer: m.transfer,
         }),
         Message::RequestVoteResponse(m) => Msg::RequestVoteResponse(raft::RequestVoteResponse {
             term: m.term,
@@ -289,6 +290,10 @@ pub fn peer_message(from: u64, to: u64, message: &Message) -> raft::PeerMessage 
                 installed: m.installed,
             })
         }
+        Message::TimeoutNow(m) => Msg::TimeoutNow(raft::TimeoutNow {
+            term: m.term,
+            leader_id: m.leader_id,
+        }),
     };
     raft::PeerMessage {
         from,
@@ -337,6 +342,7 @@ impl TryFrom<raft::PeerMessage> for Message {
                     last_log_index: m.last_log_index,
                     last_log_term: m.last_log_term,
                     pre_vote: m.pre_vote,
+                    transfer: m.transfer,
                 }),
                 Msg::RequestVoteResponse(m) => Message::RequestVoteResponse(RequestVoteResponse {
                     term: m.term,
@@ -392,6 +398,10 @@ impl TryFrom<raft::PeerMessage> for Message {
                         installed: m.installed,
                     })
                 }
+                Msg::TimeoutNow(m) => Message::TimeoutNow(TimeoutNow {
+                    term: m.term,
+                    leader_id: m.leader_id,
+                }),
             },
         )
     }
@@ -704,6 +714,18 @@ mod tests {
     fn snapshot_chunks_and_answers_round_trip() {
         let snapshot = SnapshotMeta::at(40, 3);
         let messages = [
+            Message::TimeoutNow(TimeoutNow {
+                term: 4,
+                leader_id: 2,
+            }),
+            Message::RequestVote(RequestVote {
+                term: 5,
+                candidate_id: 3,
+                last_log_index: 40,
+                last_log_term: 4,
+                pre_vote: false,
+                transfer: true,
+            }),
             Message::InstallSnapshot(InstallSnapshot {
                 term: 3,
                 leader_id: 2,

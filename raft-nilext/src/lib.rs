@@ -630,7 +630,7 @@ impl NilextRaft {
             self.inner.step(Input::Request(request), out);
             return;
         }
-        if !self.recovered {
+        if !self.recovered || (!request.command.is_read() && self.inner.transferring_leadership()) {
             out.reply(request.id, ReplyOutcome::Unavailable, Timing::Now);
             return;
         }

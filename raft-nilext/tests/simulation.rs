@@ -135,6 +135,24 @@ fn sessions_expire_under_every_fault_kind() {
     assert!(refused > 0, "replicas sent fast writes to the slow path");
 }
 
+/// Leadership transfers under every fault kind, with the fast path: a
+/// write completed in the old leader's term is in every durability log,
+/// so the target's recovery orders it.
+#[test]
+fn leadership_transfers_under_every_fault_kind() {
+    let fast_path = |seed, nodes| SimConfig {
+        nilext_fast_path: true,
+        ..sim::transfer_suite(seed, nodes)
+    };
+    let mut runs = check(98_000..98_080, ReadMode::Lease, 1, |seed| {
+        fast_path(seed, 3)
+    });
+    runs.extend(check(98_500..98_540, ReadMode::ReadIndex, 2, |seed| {
+        fast_path(seed, 5)
+    }));
+    sim::assert_leadership_transferred(&runs);
+}
+
 /// Without the freshness margin, a replica takes a fast write of a session
 /// about to expire; ordered after the expiry, the write the client was
 /// told is durable is refused: lost. Clients idle for 95 to 101% of the

@@ -44,6 +44,17 @@ pub struct Config {
     /// Most proposals waiting for the next durable write before new ones
     /// are refused as unavailable. Default 65536.
     pub proposals_queued_max: usize,
+    /// A deliberate bug (tests only).
+    pub injected_bug: Option<InjectedBug>,
+}
+
+/// Deliberate bugs, for tests that show the simulator catches them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InjectedBug {
+    /// A leader goes on serving lease reads after it sent TimeoutNow: its
+    /// target may be elected (voters yield to a transfer's candidate) and
+    /// commit writes while the lease lasts.
+    LeaseReadsAfterTimeoutNow,
 }
 
 impl Config {
@@ -64,6 +75,7 @@ impl Config {
             pre_vote: true,
             check_quorum: true,
             proposals_queued_max: 65_536,
+            injected_bug: None,
         }
     }
 

@@ -32,6 +32,12 @@ impl OptimizedRaft {
         }
     }
 
+    pub(crate) fn start_election_on_transfer(&mut self, out: &mut Outbox) {
+        if self.core.campaign_on_transfer(out) {
+            self.become_leader(out);
+        }
+    }
+
     pub(crate) fn become_leader(&mut self, out: &mut Outbox) {
         self.core.become_leader(out);
         self.heartbeat_elapsed = 0;
@@ -65,7 +71,10 @@ impl OptimizedRaft {
             return;
         }
         if m.term > self.core.term {
-            if self.leader_is_fresh() {
+            // A transfer's candidate is elected even while the leader is
+            // heard: that leader sent it TimeoutNow, and serves no lease
+            // read since (`RaftCore::timeout_now_sent`).
+            if self.leader_is_fresh() && !m.transfer {
                 // Check-quorum: a live leader exists; do not let this
                 // candidate depose it, nor raise our term.
                 let response = RequestVoteResponse {

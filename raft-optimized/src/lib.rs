@@ -54,7 +54,7 @@ use consensus::raft::{ConflictHints, PendingRequests, RaftCore, RaftVariant};
 use consensus::snapshot::SnapshotMeta;
 use consensus::{ClientRequest, LogIndex, NodeId, Term};
 
-pub use config::{Config, ReadMode};
+pub use config::{Config, InjectedBug, ReadMode};
 
 use crate::progress::{Progress, ReplicationState};
 use crate::reads::Round;
@@ -168,6 +168,12 @@ impl OptimizedRaft {
 
     // ----- inputs -----
 
+    /// True while this leader hands leadership over (it then takes no new
+    /// client command).
+    pub fn transferring_leadership(&self) -> bool {
+        self.core.leader_transfer().is_some()
+    }
+
     /// Index of the last entry of this node's log.
     pub fn last_index(&self) -> LogIndex {
         self.core.log.last_index()
@@ -280,6 +286,11 @@ impl RaftVariant for OptimizedRaft {
             self.read(request, 0, out);
             return;
         }
+        if self.transferring_leadership() {
+            // Handing leadership over: new commands would only delay it.
+            out.reply(request.id, ReplyOutcome::Unavailable, Timing::Now);
+            return;
+        }
         self.propose(request, out);
     }
 
@@ -340,6 +351,29 @@ impl RaftVariant for OptimizedRaft {
             self.advance_commit(out);
             self.send_appends(from, out);
         }
+    }
+
+    fn on_transfer_leadership(&mut self, to: Option<NodeId>, out: &mut Outbox) {
+        let most_up_to_date = || {
+            self.progress
+                .iter()
+                .max_by_key(|(_, p)| p.match_index)
+                .map(|(&id, _)| id)
+        };
+        let Some(target) = to.or_else(most_up_to_date) else {
+            return;
+        };
+        if !self.core.begin_leader_transfer(target) {
+            return;
+        }
+        let matched = self.progress.get(&target).map_or(0, |p| p.match_index);
+        self.core.leader_transfer_progress(target, matched, out);
+        self.send_appends(target, out);
+    }
+
+    fn on_timeout_now(&mut self, out: &mut Outbox) {
+        // No pre-vote: the leader asked for this election.
+        self.start_election_on_transfer(out);
     }
 
     fn on_snapshot_taken(&mut self, snapshot: SnapshotMeta, keep_entries: u64, out: &mut Outbox) {

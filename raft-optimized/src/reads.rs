@@ -37,7 +37,14 @@ impl OptimizedRaft {
         if self.core.commit_index < self.term_start_index || self.unrounded_reads.is_empty() {
             return;
         }
-        if self.config.read_mode == ReadMode::Lease && self.now_ticks < self.lease_until_tick {
+        // No lease read once TimeoutNow went out in this term: its target
+        // may be elected while this leader's lease lasts.
+        let lease_forfeited = self.core.timeout_now_sent
+            && self.config.injected_bug != Some(crate::InjectedBug::LeaseReadsAfterTimeoutNow);
+        if self.config.read_mode == ReadMode::Lease
+            && !lease_forfeited
+            && self.now_ticks < self.lease_until_tick
+        {
             let read_index = self.core.commit_index;
             for (request, min_index) in self.unrounded_reads.drain(..) {
                 self.ready_reads

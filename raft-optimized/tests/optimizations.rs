@@ -333,3 +333,78 @@ fn a_refusal_of_a_late_older_term_message_confirms_no_read_round() {
         "a deposed leader served a read with no majority's answer"
     );
 }
+
+/// Leadership transfer (Raft thesis 3.10) with lease reads: leader 1 hands
+/// leadership to node 2 and then hears nothing more (messages to it are
+/// lost); node 2 is elected on TimeoutNow (node 3 votes although it heard
+/// from leader 1 within its lease: a transfer's candidate) and deletes a
+/// key. Returns what a read of that key at node 1, still leader of its term
+/// and within its lease, is answered (`None`: not answered).
+fn read_at_a_leader_that_handed_over(bug: bool) -> Option<CommandResult> {
+    let mut c = ManualCluster::new(3, |id, members| {
+        let mut config = Config::new(id, members.to_vec(), 7);
+        config.election_timeout_ticks = sim::ELECTION_TIMEOUT_TICKS;
+        config.heartbeat_ticks = sim::HEARTBEAT_TICKS;
+        config.read_mode = ReadMode::Lease;
+        if bug {
+            config.injected_bug = Some(raft_optimized::InjectedBug::LeaseReadsAfterTimeoutNow);
+        }
+        OptimizedRaft::new(config, Default::default())
+    });
+    c.elect(1, 100);
+    c.request(1, put(1, "k"));
+    c.settle(10_000);
+    assert_eq!(c.result_of(put(1, "k").id), Some(&CommandResult::Written));
+    // A heartbeat round renews node 1's lease.
+    c.tick(1, sim::HEARTBEAT_TICKS);
+    c.settle(10_000);
+    c.request(1, get(7, "k"));
+    c.settle(10_000);
+    assert!(
+        matches!(
+            c.result_of(get(7, "k").id),
+            Some(CommandResult::Value(Some(_)))
+        ),
+        "a lease read before the transfer"
+    );
+    c.step(1, consensus::Input::TransferLeadership { to: Some(2) });
+    for other in [2, 3] {
+        c.cut.insert((other, 1));
+    }
+    c.settle(10_000);
+    assert_eq!(
+        c.node(2).status().role,
+        Role::Leader,
+        "elected on TimeoutNow"
+    );
+    let delete = ClientRequest {
+        id: RequestId { client: 1, seq: 2 },
+        command: Command::Delete { key: "k".into() },
+    };
+    c.request(2, delete.clone());
+    c.settle(10_000);
+    assert_eq!(c.result_of(delete.id), Some(&CommandResult::Written));
+    assert_eq!(
+        c.node(1).status().role,
+        Role::Leader,
+        "node 1 heard nothing"
+    );
+    c.request(1, get(8, "k"));
+    c.settle(10_000);
+    c.result_of(get(8, "k").id).cloned()
+}
+
+#[test]
+fn a_leader_that_sent_timeout_now_serves_no_lease_read() {
+    assert_eq!(read_at_a_leader_that_handed_over(false), None);
+}
+
+/// The scenario above catches a leader that keeps its lease after
+/// TimeoutNow: it answers with the deleted value.
+#[test]
+fn catches_lease_reads_after_timeout_now() {
+    assert_eq!(
+        read_at_a_leader_that_handed_over(true),
+        Some(CommandResult::Value(Some(b"v".to_vec())))
+    );
+}

@@ -201,6 +201,21 @@ fn sessions_expire_under_every_fault_kind() {
     sim::assert_sessions_expired(&runs);
 }
 
+/// Leadership transfers (Raft thesis 3.10) under every fault kind, both
+/// read modes: the target is brought up to date, elected on TimeoutNow
+/// (voters yield to it despite check-quorum), and the old leader serves no
+/// lease read after sending it.
+#[test]
+fn leadership_transfers_under_every_fault_kind() {
+    let mut runs = check(98_000..98_080, ReadMode::Lease, |seed| {
+        sim::transfer_suite(seed, 3)
+    });
+    runs.extend(check(98_500..98_540, ReadMode::ReadIndex, |seed| {
+        sim::transfer_suite(seed, 5)
+    }));
+    sim::assert_leadership_transferred(&runs);
+}
+
 /// A node that expires sessions by its own clock instead of the stamps in
 /// the log holds other sessions than its peers at the same index: the
 /// state comparison catches it.

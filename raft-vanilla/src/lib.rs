@@ -304,6 +304,11 @@ impl RaftVariant for VanillaRaft {
             out.reply(request.id, self.core.not_leader(), Timing::Now);
             return;
         }
+        if self.core.leader_transfer().is_some() {
+            // Handing leadership over: new commands would only delay it.
+            out.reply(request.id, ReplyOutcome::Unavailable, Timing::Now);
+            return;
+        }
         let id = request.id;
         // One client command, one durable write, one sync. Followers get
         // the entry once it is durable here (see `Input::Persisted`).
@@ -347,6 +352,8 @@ impl RaftVariant for VanillaRaft {
         if m.success {
             progress.match_index = progress.match_index.max(m.match_index);
             progress.next_index = progress.next_index.max(progress.match_index + 1);
+            let matched = progress.match_index;
+            self.core.leader_transfer_progress(from, matched, out);
             self.advance_commit(out);
         } else if m.conflict_index + 1 == progress.next_index && progress.next_index > 1 {
             // Figure 2: "If AppendEntries fails because of log inconsistency:
@@ -384,6 +391,30 @@ impl RaftVariant for VanillaRaft {
             progress.next_index = progress.match_index + 1;
             self.advance_commit(out);
             self.send_append(from, false, out);
+        }
+    }
+
+    fn on_transfer_leadership(&mut self, to: Option<NodeId>, out: &mut Outbox) {
+        let most_up_to_date = || {
+            self.progress
+                .iter()
+                .max_by_key(|(_, p)| p.match_index)
+                .map(|(&id, _)| id)
+        };
+        let Some(target) = to.or_else(most_up_to_date) else {
+            return;
+        };
+        if !self.core.begin_leader_transfer(target) {
+            return;
+        }
+        let matched = self.progress.get(&target).map_or(0, |p| p.match_index);
+        self.core.leader_transfer_progress(target, matched, out);
+        self.send_append(target, false, out);
+    }
+
+    fn on_timeout_now(&mut self, out: &mut Outbox) {
+        if self.core.campaign_on_transfer(out) {
+            self.become_leader(out);
         }
     }
 

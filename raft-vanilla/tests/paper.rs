@@ -45,6 +45,7 @@ fn request_vote(term: u64, candidate: u64, last: (u64, u64)) -> Message {
         last_log_index: last.0,
         last_log_term: last.1,
         pre_vote: false,
+        transfer: false,
     })
 }
 

@@ -73,6 +73,14 @@ fn sessions_expire_under_every_fault_kind() {
     sim::assert_sessions_expired(&runs);
 }
 
+/// Leadership transfers (Raft thesis 3.10) under every fault kind.
+#[test]
+fn leadership_transfers_under_every_fault_kind() {
+    let mut runs = check(98_000..98_080, |seed| sim::transfer_suite(seed, 3));
+    runs.extend(check(98_500..98_540, |seed| sim::transfer_suite(seed, 5)));
+    sim::assert_leadership_transferred(&runs);
+}
+
 #[test]
 fn five_nodes_every_fault_kind() {
     let runs = check(1_000..1_200, |seed| SimConfig::new(seed, 5));

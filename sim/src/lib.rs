@@ -159,6 +159,35 @@ pub fn assert_sessions_expired(runs: &[RunStats]) {
     assert!(refused > 0, "updates of expired sessions were refused");
 }
 
+/// The settings of the leadership-transfer suites: every fault kind, and
+/// the nemesis asks the leader to hand leadership over as often as it
+/// injects any one fault.
+pub fn transfer_suite(seed: u64, nodes: usize) -> SimConfig {
+    let mut config = SimConfig::new(seed, nodes);
+    config.leader_transfers = true;
+    config
+}
+
+/// Checks that a transfer suite's runs handed leadership over: transfers
+/// asked, TimeoutNow sent, elections held on it. Prints the tallies.
+pub fn assert_leadership_transferred(runs: &[RunStats]) {
+    let asked: u64 = runs.iter().map(|r| r.leader_transfers).sum();
+    let count = |kind: &str| {
+        runs.iter()
+            .map(|r| r.messages.get(kind).copied().unwrap_or(0))
+            .sum::<u64>()
+    };
+    let (timeout_now, transfer_votes) = (count("timeout_now"), count("transfer_vote"));
+    eprintln!(
+        "{} runs: {asked} transfers asked, {timeout_now} TimeoutNow sent, {transfer_votes} vote requests of transfer elections",
+        runs.len()
+    );
+    assert!(
+        timeout_now > 0 && transfer_votes > 0,
+        "leadership was handed over"
+    );
+}
+
 /// The generator a soak seed draws its settings from (apart from the run's
 /// own, so the settings do not shift the run's random choices).
 pub fn variant_rng(seed: u64) -> consensus::rng::DetRng {
@@ -200,11 +229,13 @@ pub fn soak_config(
     if snapshots {
         config.snapshots = small_snapshots(seed);
     }
-    // Expiring sessions likewise.
+    // Expiring sessions likewise, and leadership transfers.
     let sessions = DetRng::new(seed ^ 0x5E55_1045_0016_0000).chance(0.5);
     if sessions {
         expiring_sessions(&mut config);
     }
+    let transfers = DetRng::new(seed ^ 0x7A45_FE80_0017_0000).chance(0.5);
+    config.leader_transfers = transfers;
     let large_values = variant.chance(0.002);
     if large_values {
         config.value_padding_bytes = (0, consensus::limits::VALUE_BYTES_MAX);
@@ -219,6 +250,7 @@ pub fn soak_config(
             ("values up to the client limit", large_values.to_string()),
             ("snapshots", snapshots.to_string()),
             ("sessions expire", sessions.to_string()),
+            ("leader transfers", transfers.to_string()),
         ],
     )
 }

@@ -220,6 +220,10 @@ pub struct SimConfig {
     pub idle_percent: (u64, u64),
     /// A deliberate session bug, for tests that show the checks catch it.
     pub injected_session_bug: Option<SessionBug>,
+    /// The nemesis also asks the leader to hand leadership over (to a
+    /// random member, or to the most up-to-date follower), as an operator
+    /// would (`Input::TransferLeadership`).
+    pub leader_transfers: bool,
 }
 
 /// Deliberate session bugs.
@@ -279,6 +283,7 @@ impl SimConfig {
             idle_chance: 0.0,
             idle_percent: (50, 200),
             injected_session_bug: None,
+            leader_transfers: false,
         }
     }
 }
@@ -343,6 +348,8 @@ pub struct RunStats {
     pub fast_path_refusals: u64,
     /// Times a client stayed idle for about a session timeout.
     pub idle_clients: u64,
+    /// Leadership transfers the nemesis asked a leader for.
+    pub leader_transfers: u64,
     /// Peer messages dropped for exceeding the peer message limit.
     pub oversized_messages: u64,
     /// Crashes that rolled a state database back.

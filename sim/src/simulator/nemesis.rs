@@ -84,6 +84,9 @@ where
         if faults.client_restarts {
             actions.push("restart-client");
         }
+        if self.config.leader_transfers && n > 1 {
+            actions.push("transfer-leader");
+        }
         if actions.len() == 1 {
             return;
         }
@@ -147,6 +150,21 @@ where
                 }
             }
             "restart-client" => self.restart_client(),
+            "transfer-leader" => {
+                let leader = self.current_leader().filter(|id| !self.nodes[id].paused);
+                if let Some(leader) = leader {
+                    // Half the time to a member named (perhaps one that is
+                    // down or behind, perhaps the leader itself: refused),
+                    // else to the most up-to-date follower.
+                    let to = self
+                        .rng
+                        .chance(0.5)
+                        .then(|| members[self.rng.range(0, n as u64) as usize]);
+                    self.stats.leader_transfers += 1;
+                    self.log(|| format!("node {leader} asked to hand leadership to {to:?}"));
+                    self.step(leader, Input::TransferLeadership { to });
+                }
+            }
             "pause" | "pause-leader" => {
                 let target = if action == "pause-leader" {
                     self.current_leader()

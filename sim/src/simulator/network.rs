@@ -9,6 +9,7 @@ pub(super) fn kind(message: &Message) -> &'static str {
         Message::AppendEntries(_) => "append_entries",
         Message::AppendEntriesResponse(_) => "append_entries_response",
         Message::RequestVote(m) if m.pre_vote => "pre_vote",
+        Message::RequestVote(m) if m.transfer => "transfer_vote",
         Message::RequestVote(_) => "request_vote",
         Message::RequestVoteResponse(_) => "request_vote_response",
         Message::DurabilityLogRequest(_) => "durability_log_request",
@@ -16,6 +17,7 @@ pub(super) fn kind(message: &Message) -> &'static str {
         Message::DurabilityForward(_) => "durability_forward",
         Message::InstallSnapshot(_) => "install_snapshot",
         Message::InstallSnapshotResponse(_) => "install_snapshot_response",
+        Message::TimeoutNow(_) => "timeout_now",
     }
 }
 
@@ -45,9 +47,10 @@ pub(super) fn short(message: &Message) -> String {
             )
         }
         Message::RequestVote(m) => format!(
-            "RV t{} last {}/{} pre={}",
-            m.term, m.last_log_index, m.last_log_term, m.pre_vote
+            "RV t{} last {}/{} pre={} transfer={}",
+            m.term, m.last_log_index, m.last_log_term, m.pre_vote, m.transfer
         ),
+        Message::TimeoutNow(m) => format!("TimeoutNow t{} from {}", m.term, m.leader_id),
         Message::RequestVoteResponse(m) => format!(
             "RVR t{} granted={} pre={}",
             m.term, m.vote_granted, m.pre_vote
