@@ -91,6 +91,19 @@ const FAST_PATH_PAUSE: Duration = Duration::from_secs(1);
 /// death completed up to half a second after the new leader could take it).
 const BACKOFF_MAX: Duration = Duration::from_millis(100);
 
+/// A call that only the leader answers.
+#[derive(Clone, Copy)]
+enum LeaderCall<'a> {
+    Backup(&'a std::path::Path),
+    Transfer(Option<u64>),
+}
+
+/// Its answer.
+enum LeaderAnswer {
+    Backup(BackupSummary),
+    Transfer(u64, String),
+}
+
 /// A client of one cluster. One operation at a time (`&mut self`): each
 /// operation gets the next sequence number of this client's session.
 #[derive(Debug)]
@@ -530,6 +543,29 @@ impl Client {
     /// cut short starts over. The file appears only once whole
     /// (`proto::backup`).
     pub async fn backup(&mut self, path: &std::path::Path) -> Result<BackupSummary, ClientError> {
+        match self.at_the_leader(LeaderCall::Backup(path)).await? {
+            LeaderAnswer::Backup(summary) => Ok(summary),
+            LeaderAnswer::Transfer(..) => unreachable!("a backup is answered with a summary"),
+        }
+    }
+
+    /// Asks the leader to hand leadership to `to` (`None`: the most
+    /// up-to-date follower): `kvctl leader transfer`. Answered with the new
+    /// leader's id and client address once it is known.
+    pub async fn transfer_leader(&mut self, to: Option<u64>) -> Result<(u64, String), ClientError> {
+        match self.at_the_leader(LeaderCall::Transfer(to)).await? {
+            LeaderAnswer::Transfer(id, addr) => {
+                self.leader = Some(addr.clone());
+                Ok((id, addr))
+            }
+            LeaderAnswer::Backup(_) => unreachable!("a transfer is answered with the leader"),
+        }
+    }
+
+    /// Makes `call` at the leader it knows (else the first endpoint),
+    /// following "not leader" hints and trying other nodes until the
+    /// client's timeout.
+    async fn at_the_leader(&mut self, call: LeaderCall<'_>) -> Result<LeaderAnswer, ClientError> {
         let deadline = Instant::now() + self.options.timeout;
         let mut endpoint = self
             .leader
@@ -539,10 +575,17 @@ impl Client {
         let mut tried = 0;
         let mut last_error = String::from("none");
         while Instant::now() < deadline {
-            match self.backup_from(&endpoint, path, deadline).await {
-                Ok(summary) => {
+            let answer = match call {
+                LeaderCall::Backup(path) => self
+                    .backup_from(&endpoint, path, deadline)
+                    .await
+                    .map(LeaderAnswer::Backup),
+                LeaderCall::Transfer(to) => self.transfer_at(&endpoint, to, deadline).await,
+            };
+            match answer {
+                Ok(answer) => {
                     self.leader = Some(endpoint);
-                    return Ok(summary);
+                    return Ok(answer);
                 }
                 Err(Retry::To(leader)) => endpoint = leader,
                 Err(Retry::Elsewhere | Retry::SlowPath) => {
@@ -558,6 +601,34 @@ impl Client {
             timeout_ms: self.options.timeout.as_millis(),
             last_error,
         })
+    }
+
+    async fn transfer_at(
+        &mut self,
+        endpoint: &str,
+        to: Option<u64>,
+        deadline: Instant,
+    ) -> Result<LeaderAnswer, Retry> {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let connection = self
+            .connection(endpoint, remaining.min(self.options.attempt_timeout))
+            .await
+            .map_err(|_| Retry::Elsewhere)?;
+        let mut request = tonic::Request::new(TransferLeaderRequest {
+            to: to.unwrap_or(0),
+        });
+        request.set_timeout(remaining);
+        let mut kv = connection.kv;
+        match kv.transfer_leader(request).await {
+            Ok(answer) => {
+                let answer = answer.into_inner();
+                Ok(LeaderAnswer::Transfer(
+                    answer.leader_id,
+                    answer.leader_client_addr,
+                ))
+            }
+            Err(status) => Err(classify(&status)),
+        }
     }
 
     async fn backup_from(

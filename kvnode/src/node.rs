@@ -266,6 +266,13 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
         };
     }
     tracing::info!(node = config.id, "shutting down");
+    // A leader hands leadership over first, so that the cluster does not
+    // wait an election timeout for a new one (a rolling restart).
+    let election_timeout = config.tick
+        * config
+            .election_timeout_ticks
+            .unwrap_or(consensus::raft::ELECTION_TIMEOUT_TICKS) as u32;
+    hand_over_leadership(&events_tx, config.id, 2 * election_timeout).await;
     let _ = stop_tx.send(true);
     // In-flight client calls get a moment to finish; peers' streams never
     // end by themselves, so the servers are not waited for longer.
@@ -285,6 +292,53 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
         Ok(Ok(Err(runtime_error))) => Err(runtime_error.into()),
         _ => bail!("the runtime thread panicked"),
     }
+}
+
+/// If this node leads, hands leadership to the most up-to-date follower and
+/// waits (up to `within`) until another leader is known; logs the outcome.
+async fn hand_over_leadership(
+    events: &mpsc::Sender<Event>,
+    id: consensus::NodeId,
+    within: Duration,
+) {
+    let status = || async {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        events.send(Event::Status { reply }).await.ok()?;
+        answer.await.ok().map(|s| s.status)
+    };
+    if status()
+        .await
+        .is_none_or(|s| s.role != consensus::Role::Leader)
+    {
+        return;
+    }
+    let (reply, taken) = tokio::sync::oneshot::channel();
+    if events
+        .send(Event::TransferLeadership { to: None, reply })
+        .await
+        .is_err()
+        || taken.await.is_err()
+    {
+        return;
+    }
+    let started = std::time::Instant::now();
+    while started.elapsed() < within {
+        if let Some(leader) = status().await.and_then(|s| s.leader).filter(|&l| l != id) {
+            tracing::info!(
+                node = id,
+                leader,
+                ms = started.elapsed().as_millis() as u64,
+                "handed leadership over before stopping"
+            );
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    tracing::warn!(
+        node = id,
+        "could not hand leadership over within {} ms; stopping as leader",
+        within.as_millis()
+    );
 }
 
 /// Waits for SIGTERM or Ctrl-C (SIGINT).

@@ -149,6 +149,14 @@ pub enum Event {
         /// Where to send it.
         reply: oneshot::Sender<Result<(SnapshotMeta, std::path::PathBuf), String>>,
     },
+    /// Hand leadership over (`Input::TransferLeadership`); answered once
+    /// the protocol took the request.
+    TransferLeadership {
+        /// The member to hand it to (`None`: the most up-to-date follower).
+        to: Option<NodeId>,
+        /// Told once taken.
+        reply: oneshot::Sender<()>,
+    },
     /// A status query.
     Status {
         /// Where to send the status.
@@ -527,6 +535,11 @@ impl Runtime {
                 // the state after a whole apply.
                 let _ = reply.send(self.storage.capture_for_backup().map_err(|e| e.to_string()));
                 return Ok(());
+            }
+            Event::TransferLeadership { to, reply } => {
+                tracing::info!(node = self.node_id, ?to, "asked to hand leadership over");
+                let _ = reply.send(());
+                Input::TransferLeadership { to }
             }
             Event::Status { reply } => {
                 let (_, last_log_term) = self.storage.last_log();

@@ -678,6 +678,64 @@ impl Kv for KvService {
         Ok(Response::new(Box::pin(stream)))
     }
 
+    async fn transfer_leader(
+        &self,
+        request: Request<TransferLeaderRequest>,
+    ) -> Result<Response<TransferLeaderResponse>, Status> {
+        let status = self
+            .ask_runtime(|reply| Event::Status { reply })
+            .await?
+            .status;
+        if status.role != consensus::Role::Leader {
+            return Err(self.outcome_status(ReplyOutcome::NotLeader {
+                leader: status.leader,
+            }));
+        }
+        let to = Some(request.into_inner().to).filter(|&id| id != 0);
+        if let Some(to) = to
+            && (to == self.node_id || !self.client_addrs.contains_key(&to))
+        {
+            return Err(error_status(
+                Code::InvalidArgument,
+                Kind::InvalidArgument,
+                format!(
+                    "cannot hand leadership to node {to}: name another member (or none: the most up-to-date follower)"
+                ),
+                None,
+            ));
+        }
+        self.ask_runtime(|reply| Event::TransferLeadership { to, reply })
+            .await?;
+        // Answered once another leader is known (an election timeout at
+        // most: then the leader gives up and leads on).
+        let deadline = tokio::time::Instant::now() + self.request_timeout;
+        loop {
+            let status = self
+                .ask_runtime(|reply| Event::Status { reply })
+                .await?
+                .status;
+            if let Some(leader) = status.leader.filter(|&l| l != self.node_id) {
+                return Ok(Response::new(TransferLeaderResponse {
+                    leader_id: leader,
+                    leader_client_addr: self.client_addrs.get(&leader).cloned().unwrap_or_default(),
+                }));
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(error_status(
+                    Code::Unavailable,
+                    Kind::Unavailable,
+                    format!(
+                        "leadership did not move within {} ms (the target is down or far behind?); node {} still leads",
+                        self.request_timeout.as_millis(),
+                        self.node_id
+                    ),
+                    None,
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     async fn status(
         &self,
         _request: Request<StatusRequest>,

@@ -687,7 +687,11 @@ impl NilextRaft {
             || (proposals_count
                 && !self.durability_log.is_empty()
                 && self.proposed_keys.touches(&keys));
-        if must_order {
+        if must_order && self.inner.transferring_leadership() {
+            // Ordering waits until the transfer ends (raft-optimized appends
+            // nothing meanwhile); the client tries again.
+            out.reply(request.id, ReplyOutcome::Unavailable, Timing::Now);
+        } else if must_order {
             self.order_all(out);
             self.inner.flush_now(out);
             let index = self.inner.last_index();

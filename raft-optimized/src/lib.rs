@@ -226,6 +226,10 @@ impl RaftVariant for OptimizedRaft {
             }
             return;
         }
+        // A transfer that gave up: what waited for it goes into the log.
+        if !self.transferring_leadership() && !self.log_write_in_flight() {
+            self.flush_proposals(out);
+        }
         let timeout = 2 * self.config.heartbeat_ticks;
         for (&peer, p) in &mut self.progress {
             if let Some(transfer) = p.transfer.as_mut() {

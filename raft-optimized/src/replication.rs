@@ -84,7 +84,14 @@ impl OptimizedRaft {
 
     /// Appends buffered commands as one batch: one durable write.
     pub(crate) fn flush_proposals(&mut self, out: &mut Outbox) {
-        if self.core.role != Role::Leader || self.proposals.is_empty() {
+        // While handing leadership over, the log stays as the target has
+        // it: an entry appended after TimeoutNow could reach the other
+        // voters before the target's vote request, and they would refuse
+        // it (its log no longer the most up to date).
+        if self.core.role != Role::Leader
+            || self.proposals.is_empty()
+            || self.transferring_leadership()
+        {
             return;
         }
         let mut payloads = Vec::new();
@@ -177,7 +184,10 @@ impl OptimizedRaft {
     /// Appends every queued command to the log now, without waiting for the
     /// write in flight (a layer above needs their indexes).
     pub fn flush_now(&mut self, out: &mut Outbox) {
-        while !self.proposals.is_empty() && self.core.role == Role::Leader {
+        while !self.proposals.is_empty()
+            && self.core.role == Role::Leader
+            && !self.transferring_leadership()
+        {
             self.flush_proposals(out);
         }
     }

@@ -83,6 +83,20 @@ enum Cmd {
         #[command(subcommand)]
         command: SnapshotCmd,
     },
+    /// Leadership: `leader transfer [ID]` hands it from the leader to node
+    /// ID (default: the most up-to-date follower) without waiting out an
+    /// election timeout.
+    Leader {
+        #[command(subcommand)]
+        command: LeaderCmd,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum LeaderCmd {
+    /// Hand leadership to node ID (default: the most up-to-date follower);
+    /// prints the new leader once it is known.
+    Transfer { id: Option<u64> },
 }
 
 #[derive(Subcommand, Debug)]
@@ -196,6 +210,15 @@ async fn run(cli: Cli) -> Result<(String, serde_json::Value), ClientError> {
                 json!({"ok": true, "file": file.display().to_string(), "index": saved.index,
                        "term": saved.term, "keys": saved.keys, "sessions": saved.sessions,
                        "bytes": saved.bytes}),
+            )
+        }
+        Cmd::Leader {
+            command: LeaderCmd::Transfer { id },
+        } => {
+            let (leader, addr) = client.transfer_leader(id).await?;
+            (
+                format!("node {leader} ({addr}) leads"),
+                json!({"ok": true, "leader_id": leader, "leader_client_addr": addr}),
             )
         }
         Cmd::Incr { key, by } => {
