@@ -53,6 +53,10 @@ pub struct CompareSpec {
     pub availability_clients: usize,
     /// Length of the leader-kill run; the leader dies at a third of it.
     pub availability_duration: Duration,
+    /// Also restart every node in turn (SIGTERM, then start) under write
+    /// load, with `availability_clients` clients, once with leaders handing
+    /// leadership over on SIGTERM and once without.
+    pub rolling_restart: bool,
     /// Read mode of raft-optimized and raft-nilext.
     #[serde(serialize_with = "name")]
     pub read_mode: ReadMode,
@@ -128,6 +132,32 @@ pub struct AvailabilityResult {
     pub timeline: Vec<u64>,
 }
 
+/// A rolling restart of one protocol: each node in turn gets SIGTERM and
+/// is started again, under write load.
+#[derive(Clone, Debug, Serialize)]
+pub struct RollingRestartResult {
+    /// The protocol.
+    pub protocol: String,
+    /// Whether a leader handed leadership over on SIGTERM
+    /// (`--hand-over-on-stop`).
+    pub hand_over: bool,
+    /// Clients writing.
+    pub clients: usize,
+    /// When each node got SIGTERM, ms from the start (node 1 first).
+    pub restarts_at_ms: Vec<u64>,
+    /// The longest time, from the first SIGTERM to the end of the run, in
+    /// which no write completed, ms.
+    pub longest_gap_ms: u64,
+    /// Writes that failed or timed out.
+    pub errors: u64,
+    /// Throughput before the first SIGTERM, ops/s.
+    pub throughput_before: f64,
+    /// Lowest throughput of a 100 ms bucket after it, as ops/s.
+    pub throughput_dip: f64,
+    /// Operations per 100 ms bucket.
+    pub timeline: Vec<u64>,
+}
+
 /// Everything a comparison measured.
 #[derive(Clone, Debug, Serialize)]
 pub struct Report {
@@ -137,6 +167,8 @@ pub struct Report {
     pub runs: Vec<RunResult>,
     /// Every leader-kill run.
     pub availability: Vec<AvailabilityResult>,
+    /// Every rolling restart.
+    pub rolling_restarts: Vec<RollingRestartResult>,
     /// The machine's cores, for context.
     pub cores: usize,
 }
@@ -428,6 +460,7 @@ pub async fn run(spec: &CompareSpec, exe: &Path, work_dir: &Path) -> anyhow::Res
     let multi = MultiProgress::new();
     let mut runs = Vec::new();
     let mut availability = Vec::new();
+    let mut rolling_restarts = Vec::new();
     if spec.etcd {
         let dir = work_dir.join("etcd");
         std::fs::create_dir_all(&dir)?;
@@ -462,11 +495,36 @@ pub async fn run(spec: &CompareSpec, exe: &Path, work_dir: &Path) -> anyhow::Res
             availability.push(leader_kill(spec, &mut cluster, protocol.name(), &multi).await?);
         }
         cluster.kill_all();
+        if spec.rolling_restart && spec.availability_clients > 0 {
+            for hand_over in [true, false] {
+                let name = format!(
+                    "{}-rolling-{}",
+                    protocol.name(),
+                    if hand_over {
+                        "hand-over"
+                    } else {
+                        "no-hand-over"
+                    }
+                );
+                let dir = work_dir.join(&name);
+                std::fs::create_dir_all(&dir)?;
+                let (data_dirs, _removed_after_the_run) = node_data_dirs(spec, &name, &dir)?;
+                let mut flagged = spec.clone();
+                flagged
+                    .node_flags
+                    .push(format!("--hand-over-on-stop={hand_over}"));
+                let cluster = start_cluster(exe, &flagged, protocol, &dir, data_dirs).await?;
+                rolling_restarts.push(
+                    rolling_restart(spec, cluster, protocol.name(), hand_over, &multi).await?,
+                );
+            }
+        }
     }
     Ok(Report {
         spec: spec.clone(),
         runs,
         availability,
+        rolling_restarts,
         cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
     })
 }
@@ -568,6 +626,114 @@ async fn leader_kill(
     })
 }
 
+/// Seconds between two restarts of a rolling restart.
+const RESTART_EVERY: Duration = Duration::from_secs(3);
+
+async fn rolling_restart(
+    spec: &CompareSpec,
+    mut cluster: LocalCluster,
+    protocol: &str,
+    hand_over: bool,
+    multi: &MultiProgress,
+) -> anyhow::Result<RollingRestartResult> {
+    let nodes = spec.nodes;
+    let duration = RESTART_EVERY * (nodes as u32 + 1);
+    let target = TargetSpec::Store(cluster.endpoints());
+    let load_spec = LoadSpec {
+        workload: Workload::Write,
+        clients: spec.availability_clients,
+        duration,
+        value_bytes: spec.value_bytes,
+        keys: spec.keys,
+        distribution: spec.distribution,
+        rate: None,
+        op_timeout: Duration::from_secs(10),
+        connections: spec.connections,
+    };
+    let label = if hand_over { "with" } else { "without" };
+    let progress = bar(
+        multi,
+        duration.as_secs(),
+        format!("{protocol} rolling restart, {label} hand-over"),
+    );
+    // Every node in turn, RESTART_EVERY apart: SIGTERM, wait until it has
+    // stopped (a leader hands over first, when asked to), start it again.
+    let started = tokio::time::Instant::now();
+    let restarter = tokio::spawn(async move {
+        let mut at = Vec::new();
+        for id in 1..=nodes {
+            tokio::time::sleep_until(started + RESTART_EVERY * id as u32).await;
+            at.push(started.elapsed().as_millis() as u64);
+            let _ = cluster.signal(id, nix::sys::signal::Signal::SIGTERM);
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+            while cluster.exited().iter().all(|(node, _)| *node != id)
+                && tokio::time::Instant::now() < deadline
+            {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            cluster.kill(id);
+            cluster.start_node(id)?;
+        }
+        anyhow::Ok((cluster, at))
+    });
+    let result = load::run(&target, &load_spec, |elapsed, _| {
+        progress.set_position(elapsed.as_secs());
+    })
+    .await?;
+    let (mut cluster, restarts_at_ms) = restarter.await??;
+    cluster.kill_all();
+    progress.finish_with_message(format!("{protocol} rolling restart {label} hand-over done"));
+    let first = restarts_at_ms.first().copied().unwrap_or(0);
+    let end = result.elapsed.as_millis() as u64;
+    let mut completions: Vec<u64> = result
+        .write_completions_ms
+        .iter()
+        .map(|&(_, done)| u64::from(done))
+        .filter(|&done| done >= first)
+        .collect();
+    completions.sort_unstable();
+    let longest_gap_ms = std::iter::once(first)
+        .chain(completions)
+        .chain(std::iter::once(end))
+        .collect::<Vec<u64>>()
+        .windows(2)
+        .map(|w| w[1] - w[0])
+        .max()
+        .unwrap_or(0);
+    let bucket_ms = TIMELINE_BUCKET.as_millis() as u64;
+    let per_second = |ops: u64| ops as f64 * 1000.0 / bucket_ms as f64;
+    let first_bucket = (first / bucket_ms) as usize;
+    let before: Vec<u64> = result
+        .timeline
+        .iter()
+        .take(first_bucket)
+        .skip(2)
+        .copied()
+        .collect();
+    let throughput_before = if before.is_empty() {
+        0.0
+    } else {
+        per_second(before.iter().sum::<u64>()) / before.len() as f64
+    };
+    let full_buckets = result.timeline.len().saturating_sub(1);
+    let throughput_dip = result.timeline[first_bucket.min(full_buckets)..full_buckets]
+        .iter()
+        .copied()
+        .min()
+        .map_or(0.0, per_second);
+    Ok(RollingRestartResult {
+        protocol: protocol.to_string(),
+        hand_over,
+        clients: spec.availability_clients,
+        restarts_at_ms,
+        longest_gap_ms,
+        errors: result.errors,
+        throughput_before,
+        throughput_dip,
+        timeline: result.timeline,
+    })
+}
+
 /// Where the report files go.
 pub fn write_report(report: &Report, out_dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
     std::fs::create_dir_all(out_dir)
@@ -602,6 +768,7 @@ mod tests {
             connections: 1,
             availability_clients: 0,
             availability_duration: Duration::from_secs(1),
+            rolling_restart: false,
             read_mode: ReadMode::Lease,
             node_flags: Vec::new(),
             node_dirs,

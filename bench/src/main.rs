@@ -103,6 +103,11 @@ struct CompareArgs {
     /// Length of the leader-kill run (the leader dies at a third).
     #[arg(long, default_value = "6s", value_parser = parse_duration)]
     availability_duration: Duration,
+    /// Also restart every node in turn (SIGTERM, then start, 3 s apart)
+    /// under write load with --availability-clients clients: once with
+    /// leaders handing leadership over on SIGTERM, once without.
+    #[arg(long)]
+    rolling_restart: bool,
     /// Read mode of raft-optimized and raft-nilext: lease or read-index.
     #[arg(long, default_value_t = ReadMode::Lease)]
     read_mode: ReadMode,
@@ -265,6 +270,7 @@ async fn compare(args: CompareArgs) -> anyhow::Result<()> {
         connections: args.workload.conns,
         availability_clients: args.availability_clients,
         availability_duration: args.availability_duration,
+        rolling_restart: args.rolling_restart,
         read_mode: args.read_mode,
         node_flags: args.node_flags,
         node_dirs: args.node_dirs,

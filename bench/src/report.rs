@@ -159,6 +159,30 @@ pub fn markdown(report: &Report) -> String {
             );
         }
     }
+    if !report.rolling_restarts.is_empty() {
+        let _ = writeln!(
+            out,
+            "\n## Availability: a rolling restart (each node in turn: SIGTERM, start again) under write load\n"
+        );
+        let _ = writeln!(
+            out,
+            "| protocol | leader hands over on SIGTERM | clients | longest time with no write done, ms | failed writes | ops/s before | lowest ops/s (100 ms buckets) |"
+        );
+        let _ = writeln!(out, "|---|---|---:|---:|---:|---:|---:|");
+        for r in &report.rolling_restarts {
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} | {} | {} | {:.0} | {:.0} |",
+                r.protocol,
+                if r.hand_over { "yes" } else { "no" },
+                r.clients,
+                r.longest_gap_ms,
+                r.errors,
+                r.throughput_before,
+                r.throughput_dip
+            );
+        }
+    }
     out
 }
 
@@ -403,6 +427,38 @@ pub fn html(report: &Report) -> String {
             "<h2>Throughput over time across a leader kill</h2>{}",
             line_chart(
                 "writes per second, leader SIGKILLed at a third of the run",
+                "seconds",
+                "ops/s",
+                &series,
+                false
+            )
+        );
+    }
+    if !report.rolling_restarts.is_empty() {
+        let bucket_s = crate::load::TIMELINE_BUCKET.as_secs_f64();
+        let series: Vec<(String, Vec<(f64, f64)>)> = report
+            .rolling_restarts
+            .iter()
+            .map(|r| {
+                let points = r
+                    .timeline
+                    .iter()
+                    .enumerate()
+                    .map(|(i, ops)| (i as f64 * bucket_s, *ops as f64 / bucket_s))
+                    .collect();
+                let hand_over = if r.hand_over {
+                    "hand-over"
+                } else {
+                    "no hand-over"
+                };
+                (format!("{} ({hand_over})", r.protocol), points)
+            })
+            .collect();
+        let _ = write!(
+            body,
+            "<h2>Throughput over time across a rolling restart</h2>{}",
+            line_chart(
+                "writes per second, each node restarted in turn, 3 s apart",
                 "seconds",
                 "ops/s",
                 &series,

@@ -169,6 +169,11 @@ pub struct NodeArgs {
     /// behind gets entries rather than the whole snapshot.
     #[arg(long)]
     pub snapshot_keep_entries: Option<u64>,
+    /// On SIGTERM or Ctrl-C, a leader first hands leadership to the most
+    /// up-to-date follower (waiting up to two election timeouts), so the
+    /// cluster does not wait out an election timeout: true or false.
+    #[arg(long)]
+    pub hand_over_on_stop: Option<bool>,
     /// Serve the Admin service, which drops peer traffic on command (for
     /// fault tests; loopback callers only).
     #[arg(long, num_args = 0..=1, default_missing_value = "true")]
@@ -210,6 +215,7 @@ impl NodeArgs {
             snapshot_bytes: self.snapshot_bytes.or(other.snapshot_bytes),
             snapshot_keep_entries: self.snapshot_keep_entries.or(other.snapshot_keep_entries),
             session_timeout: self.session_timeout.or(other.session_timeout),
+            hand_over_on_stop: self.hand_over_on_stop.or(other.hand_over_on_stop),
             fault_injection: self.fault_injection.or(other.fault_injection),
             unsafe_local_reads: self.unsafe_local_reads.or(other.unsafe_local_reads),
         }
@@ -227,7 +233,7 @@ pub fn help_with_defaults(command: clap::Command) -> clap::Command {
         "one default per setting"
     );
     let snapshots = SnapshotPolicy::default();
-    let defaults: [(&str, String); 20] = [
+    let defaults: [(&str, String); 21] = [
         ("initial_cluster_state", "existing".into()),
         ("tick", format_duration(Defaults::TICK)),
         (
@@ -273,6 +279,7 @@ pub fn help_with_defaults(command: clap::Command) -> clap::Command {
             format_duration(Defaults::SESSION_TIMEOUT),
         ),
         ("fault_injection", "false".into()),
+        ("hand_over_on_stop", "true".into()),
     ];
     defaults.into_iter().fold(command, |command, (id, value)| {
         command.mut_arg(id, |arg| {
@@ -350,6 +357,8 @@ pub struct NodeConfig {
     pub snapshots: SnapshotPolicy,
     /// How long a client session lasts without an update.
     pub session_timeout: Duration,
+    /// A leader hands leadership over before it stops.
+    pub hand_over_on_stop: bool,
     /// Serve the fault-injection Admin service.
     pub fault_injection: bool,
     /// Deliberately unsafe reads (fault-test harness check only).
@@ -532,6 +541,7 @@ impl NodeConfig {
             heartbeat_ticks: args.heartbeat_ticks,
             request_timeout,
             session_timeout,
+            hand_over_on_stop: args.hand_over_on_stop.unwrap_or(true),
             optimized: OptimizedSettings {
                 read_mode: args.read_mode,
                 batch_entries_max: args.batch_entries_max,

@@ -272,7 +272,9 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
         * config
             .election_timeout_ticks
             .unwrap_or(consensus::raft::ELECTION_TIMEOUT_TICKS) as u32;
-    hand_over_leadership(&events_tx, config.id, 2 * election_timeout).await;
+    if config.hand_over_on_stop {
+        hand_over_leadership(&events_tx, config.id, 2 * election_timeout).await;
+    }
     let _ = stop_tx.send(true);
     // In-flight client calls get a moment to finish; peers' streams never
     // end by themselves, so the servers are not waited for longer.
