@@ -119,10 +119,12 @@ pub struct Client {
     cluster: Option<(String, usize)>,
     /// Nilext writes skip the fast path until then.
     fast_path_paused_until: Option<Instant>,
-    /// Whether an update was sent under this id: the session's first
-    /// update must be numbered 1 (the nodes refuse an unknown client's
-    /// update numbered past 1 as session-expired).
-    session_started: bool,
+    /// Whether an update under this id was answered (the session exists,
+    /// or existed): the session's first update is numbered 1 (the nodes
+    /// refuse an unknown client's update numbered past 1 as
+    /// session-expired), and no other update goes under the id before it
+    /// is answered.
+    session_open: bool,
 }
 
 impl Client {
@@ -148,7 +150,7 @@ impl Client {
             client_id,
             seq: options.first_seq.saturating_sub(1),
             // A client that takes its id back continues its session.
-            session_started: options.first_seq > 1,
+            session_open: options.first_seq > 1,
             options,
             cluster: None,
             fast_path_paused_until: None,
@@ -251,7 +253,7 @@ impl Client {
     fn take_fresh_id(&mut self) {
         self.client_id = rand::random::<u64>().max(1);
         self.seq = 0;
-        self.session_started = false;
+        self.session_open = false;
     }
 
     async fn execute_once(
@@ -260,23 +262,26 @@ impl Client {
         started: Instant,
     ) -> Result<CommandResult, ClientError> {
         let mut deadline = started + self.options.timeout;
-        if !command.is_read() {
-            if !self.session_started {
-                // The first update opens the session: numbered 1, under a
-                // fresh id if reads used this one; retried only briefly (see
-                // `FIRST_UPDATE_RETRY_MAX`).
-                if self.seq > 0 {
-                    self.take_fresh_id();
-                }
-                deadline = deadline.min(started + consensus::cluster_time::FIRST_UPDATE_RETRY_MAX);
+        let opens_session = !command.is_read() && !self.session_open;
+        if opens_session {
+            // The first update opens the session: numbered 1, under a fresh
+            // id if reads (or a first update whose outcome is unknown) used
+            // this one; retried only briefly (`FIRST_UPDATE_RETRY_MAX`).
+            if self.seq > 0 {
+                self.take_fresh_id();
             }
-            self.session_started = true;
+            deadline = deadline.min(started + consensus::cluster_time::FIRST_UPDATE_RETRY_MAX);
         }
         self.seq += 1;
-        if self.seq == 1 && !command.is_read() {
+        if opens_session {
             // A replica takes no fast-path write of a session it does not
-            // know yet: straight to the leader.
-            return self.execute_ordered(command, deadline).await;
+            // know yet: straight to the leader. Until it is answered, no
+            // later update goes under this id: one numbered past 1 would be
+            // refused as session-expired while the first is still on its
+            // way, and copies of it applied once the first lands.
+            let result = self.execute_ordered(command, deadline).await;
+            self.session_open = matches!(result, Ok(_) | Err(ClientError::Execution(_)));
+            return result;
         }
         if command.takes_fast_path()
             && self

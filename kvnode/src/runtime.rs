@@ -44,7 +44,10 @@ use consensus::io::{Envelope, Input, Reply, ReplyOutcome, Role, SoftState, Statu
 use consensus::lock;
 use consensus::snapshot::{ChunkRequest, SinceSnapshot, SnapshotMeta, SnapshotPolicy};
 use consensus::state_machine::{FastWriteCheck, StateMachine};
-use consensus::{ClientRequest, CommandResult, Consensus, Entry, Message, NodeId, RequestId};
+use consensus::{
+    ClientRequest, CommandResult, Consensus, Entry, EntryPayload, LogIndex, Message, NodeId,
+    RequestId,
+};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::storage::{Storage, StorageError};
@@ -92,12 +95,18 @@ pub enum ClientAnswer {
 #[derive(Debug)]
 pub struct ReplyTo {
     handler: oneshot::Sender<ClientAnswer>,
+    /// The command's digest (`Command::digest`): an applied entry's result
+    /// goes only to callers of that very command.
+    digest: u64,
 }
 
 impl ReplyTo {
-    /// Answers to `handler`.
-    pub fn new(handler: oneshot::Sender<ClientAnswer>) -> Self {
-        ReplyTo { handler }
+    /// Answers to `handler`, which waits for `command`.
+    pub fn new(handler: oneshot::Sender<ClientAnswer>, command: &consensus::Command) -> Self {
+        ReplyTo {
+            handler,
+            digest: command.digest(),
+        }
     }
 
     /// Sends the answer.
@@ -189,6 +198,29 @@ impl Waiters {
         // it here); each gets the answer.
         for caller in callers {
             caller.send(answer.clone());
+        }
+    }
+
+    /// Answers the callers of `request` that wait for the command whose
+    /// digest is `digest` with its result. Another command under the same
+    /// request id (a client that reused a number, with a late copy of the
+    /// old request still applied here) must not be answered with this one's
+    /// result: its caller waits for its own entry (refused as a reused
+    /// number) or for a retry.
+    fn answer_applied(&mut self, request: RequestId, digest: u64, result: CommandResult) {
+        let Some(callers) = self.callers.get_mut(&(request, false)) else {
+            return;
+        };
+        let (mine, others): (Vec<ReplyTo>, Vec<ReplyTo>) =
+            callers.drain(..).partition(|c| c.digest == digest);
+        self.count -= mine.len();
+        if others.is_empty() {
+            self.callers.remove(&(request, false));
+        } else {
+            *callers = others;
+        }
+        for caller in mine {
+            caller.send(ClientAnswer::Result(result.clone()));
         }
     }
 
@@ -753,9 +785,16 @@ impl Effects for NodeEffects<'_> {
         self.since_snapshot.applied(&entries);
         let batch = self.state_machine.apply(&**self.storage, &entries);
         self.storage.apply(&batch)?;
+        let digests: HashMap<LogIndex, u64> = entries
+            .iter()
+            .filter_map(|e| match &e.payload {
+                EntryPayload::Command(r) => Some((e.index, r.command.digest())),
+                EntryPayload::Noop => None,
+            })
+            .collect();
         let mut waiters = lock(self.waiters);
-        for (_, request, result) in batch.results {
-            waiters.answer(request, false, ClientAnswer::Result(result));
+        for (index, request, result) in batch.results {
+            waiters.answer_applied(request, digests[&index], result);
         }
         Ok(())
     }
@@ -796,5 +835,52 @@ impl Effects for NodeEffects<'_> {
             waiters.answer(request.id, false, ClientAnswer::Result(result));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use consensus::Command;
+
+    /// A client that reused a request number (a put under the number of
+    /// its earlier compare-and-swap, a copy of which is still applied here)
+    /// is not answered with the compare-and-swap's result: the applied
+    /// entry answers only callers of its own command (simulator soak seed
+    /// 3800014726).
+    #[test]
+    fn an_applied_entry_answers_only_callers_of_its_own_command() {
+        let id = RequestId { client: 7, seq: 1 };
+        let cas = Command::CompareAndSwap {
+            key: b"k".to_vec(),
+            expected: None,
+            new: b"x".to_vec(),
+        };
+        let put = Command::Put {
+            key: b"k".to_vec(),
+            value: b"y".to_vec(),
+        };
+        let mut waiters = Waiters::default();
+        let (cas_tx, mut cas_rx) = oneshot::channel();
+        let (put_tx, mut put_rx) = oneshot::channel();
+        waiters
+            .callers
+            .entry((id, false))
+            .or_default()
+            .extend([ReplyTo::new(cas_tx, &cas), ReplyTo::new(put_tx, &put)]);
+        waiters.count = 2;
+        let swapped = CommandResult::Swapped {
+            succeeded: false,
+            current: Some(b"z".to_vec()),
+        };
+        waiters.answer_applied(id, cas.digest(), swapped.clone());
+        assert!(matches!(cas_rx.try_recv(), Ok(ClientAnswer::Result(r)) if r == swapped));
+        assert!(put_rx.try_recv().is_err(), "the put still waits");
+        assert_eq!(waiters.count, 1);
+        let reused = CommandResult::Failed(consensus::ExecutionError::RequestIdReused { seq: 1 });
+        waiters.answer_applied(id, put.digest(), reused.clone());
+        assert!(matches!(put_rx.try_recv(), Ok(ClientAnswer::Result(r)) if r == reused));
+        assert_eq!(waiters.count, 0);
+        assert!(waiters.callers.is_empty());
     }
 }

@@ -224,10 +224,11 @@ impl KvService {
             )));
         }
         let (reply, answer) = oneshot::channel();
+        let reply = ReplyTo::new(reply, &command);
         let event = Event::Client {
             request: ClientRequest { id, command },
             fast,
-            reply: ReplyTo::new(reply),
+            reply,
         };
         let deadline = tokio::time::Instant::now() + self.request_timeout;
         let unavailable = || {

@@ -32,10 +32,12 @@ pub(super) struct Client {
     /// Numbering its requests again from 1 under an id whose numbers the
     /// sessions have passed, until it takes a fresh id.
     pub(super) reusing_numbers: bool,
-    /// An update was sent under this id: the session's first update is
-    /// numbered 1, so a client whose reads used numbers takes a fresh id
-    /// for it, as kvclient does.
-    pub(super) session_started: bool,
+    /// An update under this id was answered (the session exists or
+    /// existed). Until then, as kvclient: the first update is numbered 1
+    /// (a client whose reads, or a first update whose outcome is unknown,
+    /// used numbers takes a fresh id for it), and no other update goes
+    /// under the id before it is answered.
+    pub(super) session_open: bool,
 }
 
 /// Pads a value to `bytes` in all: a `#`, then a byte that says how the
@@ -113,7 +115,7 @@ where
         answer: Answer,
     ) {
         let node = self.nodes.get_mut(&id).expect("node exists");
-        let Some((client, op, attempt)) = node.waiters.remove(&(request, fast_path)) else {
+        let Some((client, op, attempt, _)) = node.waiters.remove(&(request, fast_path)) else {
             return;
         };
         self.client_send(
@@ -216,13 +218,9 @@ where
                 None => self.random_command(client),
             },
         };
-        let mut first_update = false;
-        if !command.is_read() && !self.clients[client].session_started {
-            if self.clients[client].seq > 0 {
-                self.give_fresh_id(client);
-            }
-            self.clients[client].session_started = true;
-            first_update = true;
+        let first_update = !command.is_read() && !self.clients[client].session_open;
+        if first_update && self.clients[client].seq > 0 {
+            self.give_fresh_id(client);
         }
         let c = &mut self.clients[client];
         c.seq += 1;
@@ -366,7 +364,6 @@ where
             self.schedule(1, Event::ClientNext { client });
             return false;
         }
-        c.session_started = true;
         c.seq = 1;
         current.request.id = RequestId {
             client: c.id,
@@ -383,6 +380,9 @@ where
         let Some(op) = self.clients[client].current.take() else {
             return;
         };
+        if op.first_update {
+            self.clients[client].session_open = true;
+        }
         self.history_clock += 1;
         let output = match unpadded_output(to_output(&result)) {
             Ok(output) => output,
@@ -576,7 +576,7 @@ where
         c.id = self.next_client_id;
         c.seq = 0;
         c.reusing_numbers = false;
-        c.session_started = false;
+        c.session_open = false;
     }
 
     pub(super) fn random_command(&mut self, client: usize) -> Command {

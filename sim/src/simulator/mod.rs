@@ -164,7 +164,9 @@ struct Node<P> {
     undo: VecDeque<Undo>,
     /// Which client waits for which request at this node, and whether on
     /// the fast path: (client, operation, attempt).
-    waiters: HashMap<(RequestId, bool), (usize, usize, u64)>,
+    /// Clients waiting for an answer: client, operation, attempt, and the
+    /// command's digest (an applied entry answers only its own command).
+    waiters: HashMap<(RequestId, bool), (usize, usize, u64, u64)>,
     /// Entries applied since the last snapshot.
     since_snapshot: SinceSnapshot,
     /// The latest snapshots captured (or installed) here, by index: what a
@@ -342,7 +344,7 @@ where
                 restarted_carelessly: None,
                 read_back: None,
                 reusing_numbers: false,
-                session_started: false,
+                session_open: false,
             })
             .collect();
         Simulation {
@@ -585,13 +587,17 @@ where
                 }
                 if n.waiters.len() >= self.config.waiters_max {
                     // As kvnode's runtime: refused, not queued without bound.
-                    n.waiters.insert((request.id, fast), (client, op, attempt));
+                    let digest = request.command.digest();
+                    n.waiters
+                        .insert((request.id, fast), (client, op, attempt, digest));
                     self.stats.waiter_refusals += 1;
                     let answer = Answer::Other(ReplyOutcome::Unavailable);
                     self.answer(node, request.id, fast, answer);
                     return;
                 }
-                n.waiters.insert((request.id, fast), (client, op, attempt));
+                let digest = request.command.digest();
+                n.waiters
+                    .insert((request.id, fast), (client, op, attempt, digest));
                 // A fast-path write already applied, below the session's
                 // latest update, or not for the fast path here, is answered
                 // at once (see `StateMachine::check_fast_write`).

@@ -290,8 +290,24 @@ where
             self.fail(problem);
         }
         self.check_state_at(id);
-        for (_, request, result) in batch.results {
-            self.answer(id, request, false, Answer::Result(result));
+        // As kvnode's runtime: an applied entry answers only a caller of
+        // its own command (a client that reused a number waits for its own).
+        for (index, request, result) in batch.results {
+            let digest = entries
+                .iter()
+                .find(|e| e.index == index)
+                .and_then(|e| match &e.payload {
+                    consensus::EntryPayload::Command(r) => Some(r.command.digest()),
+                    consensus::EntryPayload::Noop => None,
+                });
+            let node = self.nodes.get(&id).expect("node exists");
+            let waits_for_it = node
+                .waiters
+                .get(&(request, false))
+                .is_some_and(|w| Some(w.3) == digest);
+            if waits_for_it {
+                self.answer(id, request, false, Answer::Result(result));
+            }
         }
     }
 
