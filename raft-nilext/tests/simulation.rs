@@ -421,7 +421,7 @@ fn a_thousand_seeds_of_the_soak() {
 /// received applied, so the leader ordered them again and again and took
 /// snapshots faster than a transfer could finish (each restarted with the
 /// newest at every late answer), or pruned the capture it was sending;
-/// 3600010575 (sessions), a client whose first update's outcome was
+/// 3600010575 and 3600037113 (sessions), a client whose first update's outcome was
 /// unknown sent its next update under the same id: refused as
 /// session-expired (the first had not landed), sent again under a fresh
 /// id, and then, the first landing late, a late fast-path copy of the
@@ -429,6 +429,7 @@ fn a_thousand_seeds_of_the_soak() {
 /// first update's answer, or take a fresh id).
 const SOAK_REGRESSIONS: &[u64] = &[
     3_600_010_575,
+    3_600_037_113,
     100_001_737,
     600_098_640,
     5_000_194,
