@@ -116,8 +116,9 @@ pub enum Input {
     /// An operator asks this node, if it leads, to hand leadership to `to`
     /// (`None`: the follower whose log is most up to date): Raft thesis
     /// 3.10. The leader stops taking requests, brings the target's log up
-    /// to its own, and sends it [`crate::message::TimeoutNow`]; it gives up
-    /// after an election timeout and takes requests again.
+    /// to its own (committed), and sends it [`crate::message::TimeoutNow`].
+    /// After an election timeout with no election it gives up: it takes
+    /// requests again if TimeoutNow had not gone out, else it steps down.
     TransferLeadership {
         /// The member to hand leadership to.
         to: Option<NodeId>,

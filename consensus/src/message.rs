@@ -74,6 +74,11 @@ pub struct TimeoutNow {
     pub term: Term,
     /// The leader.
     pub leader_id: NodeId,
+    /// The leader's commit index: its whole log, which the target holds.
+    /// The target commits it before campaigning, so that it does not lead
+    /// with entries of the old term it cannot commit by itself (vanilla
+    /// appends no entry of its own on election).
+    pub leader_commit: LogIndex,
 }
 
 /// Figure 2, the RequestVote RPC's results.

@@ -356,8 +356,9 @@ impl RaftCore {
 
     /// Starts handing leadership to `target` (Raft thesis 3.10): false,
     /// and nothing changes, unless this node leads and `target` is another
-    /// member. The variant then brings the target's log up to this one and
-    /// reports its progress to [`RaftCore::leader_transfer_progress`].
+    /// member. The variant then brings the target's log up to this one;
+    /// [`step`] reports its progress to [`RaftCore::leader_transfer_progress`]
+    /// after every input.
     pub fn begin_leader_transfer(&mut self, target: NodeId) -> bool {
         if self.role != Role::Leader || target == self.id || !self.members.contains(&target) {
             return false;
@@ -376,8 +377,8 @@ impl RaftCore {
     }
 
     /// `peer`'s log matches this leader's up to `match_index`: once that is
-    /// the whole log and `peer` is the transfer's target, TimeoutNow goes
-    /// to it (once).
+    /// the whole log, committed, and `peer` is the transfer's target,
+    /// TimeoutNow goes to it (once), with the commit index.
     pub fn leader_transfer_progress(
         &mut self,
         peer: NodeId,
@@ -385,10 +386,11 @@ impl RaftCore {
         out: &mut Outbox,
     ) {
         let last = self.log.last_index();
+        let committed = self.commit_index >= last;
         let Some(transfer) = self.leader_transfer.as_mut() else {
             return;
         };
-        if transfer.target != peer || transfer.sent || match_index < last {
+        if transfer.target != peer || transfer.sent || match_index < last || !committed {
             return;
         }
         transfer.sent = true;
@@ -396,24 +398,39 @@ impl RaftCore {
         let message = crate::message::TimeoutNow {
             term: self.term,
             leader_id: self.id,
+            leader_commit: self.commit_index,
         };
         out.send(peer, Message::TimeoutNow(message), Timing::Now);
     }
 
     /// One tick of a transfer: after an election timeout it is given up.
-    fn tick_leader_transfer(&mut self) {
-        if let Some(transfer) = self.leader_transfer.as_mut() {
-            transfer.ticks_left = transfer.ticks_left.saturating_sub(1);
-            if transfer.ticks_left == 0 {
-                self.leader_transfer = None;
-            }
+    /// True when TimeoutNow had gone out: then this leader steps down
+    /// rather than lead on. Its TimeoutNow, delivered late, may still elect
+    /// the target, which must find no entry appended since (it could not
+    /// commit one of this term by itself: vanilla appends nothing of its
+    /// own on election; simulator seed 4100022345).
+    fn tick_leader_transfer(&mut self) -> bool {
+        let Some(transfer) = self.leader_transfer.as_mut() else {
+            return false;
+        };
+        transfer.ticks_left = transfer.ticks_left.saturating_sub(1);
+        if transfer.ticks_left > 0 {
+            return false;
         }
+        self.leader_transfer = None;
+        self.timeout_now_sent
     }
 
     /// Whether a TimeoutNow from `from` is to be obeyed: it comes from the
-    /// leader this follower follows, in its term.
-    pub fn obeys_timeout_now(&self, from: NodeId, m: &crate::message::TimeoutNow) -> bool {
-        self.role == Role::Follower && m.term == self.term && self.leader == Some(from)
+    /// leader this follower follows, in its term. Then the follower commits
+    /// what the leader had committed: the leader sent it only once this
+    /// follower's log matched its whole log.
+    pub fn obeys_timeout_now(&mut self, from: NodeId, m: &crate::message::TimeoutNow) -> bool {
+        let obeys = self.role == Role::Follower && m.term == self.term && self.leader == Some(from);
+        if obeys {
+            self.commit_to(m.leader_commit.min(self.log.last_index()));
+        }
+        obeys
     }
 
     /// The answer to a client request that needs the leader, from a node
@@ -976,6 +993,9 @@ pub trait RaftVariant {
     /// Its core, to change.
     fn core_mut(&mut self) -> &mut RaftCore;
 
+    /// As leader: the highest index known to match on `peer` (0: unknown).
+    fn match_index_of(&self, peer: NodeId) -> LogIndex;
+
     /// Whether a message of a higher term makes this node adopt the term
     /// (and follow) before the message is handled (Figure 2, all servers).
     /// Variants with pre-vote or check-quorum handle some first.
@@ -1045,13 +1065,32 @@ impl<V: RaftVariant> crate::Consensus for V {
 /// sender (Figure 2, AppendEntries receiver, step 1, and all servers);
 /// Nil-ext's messages are left to the layer above, if any.
 pub fn step<V: RaftVariant>(variant: &mut V, input: crate::io::Input, out: &mut Outbox) {
+    step_input(variant, input, out);
+    // A leadership transfer goes on with whatever the input changed (the
+    // target's match index, the commit index).
+    if let Some(transfer) = variant.core().leader_transfer()
+        && !transfer.sent
+    {
+        let matched = variant.match_index_of(transfer.target);
+        variant
+            .core_mut()
+            .leader_transfer_progress(transfer.target, matched, out);
+    }
+}
+
+fn step_input<V: RaftVariant>(variant: &mut V, input: crate::io::Input, out: &mut Outbox) {
     use crate::io::Input;
     match input {
         Input::Tick => {
             let core = variant.core_mut();
+            let mut step_down = false;
             if core.role == Role::Leader {
                 core.clock.tick();
-                core.tick_leader_transfer();
+                step_down = core.tick_leader_transfer();
+            }
+            if step_down {
+                let term = core.term;
+                variant.become_follower(term, None, out);
             }
             variant.on_tick(out);
         }
@@ -1115,7 +1154,9 @@ pub fn step<V: RaftVariant>(variant: &mut V, input: crate::io::Input, out: &mut 
                 Message::RequestVote(m) => variant.on_vote_request(from, m, out),
                 Message::RequestVoteResponse(m) => variant.on_vote_response(from, m, out),
                 Message::TimeoutNow(m) => {
-                    if variant.core().obeys_timeout_now(from, &m) {
+                    let core = variant.core_mut();
+                    if core.obeys_timeout_now(from, &m) {
+                        core.emit_applies(out);
                         variant.on_timeout_now(out);
                     }
                 }

@@ -293,6 +293,7 @@ pub fn peer_message(from: u64, to: u64, message: &Message) -> raft::PeerMessage 
         Message::TimeoutNow(m) => Msg::TimeoutNow(raft::TimeoutNow {
             term: m.term,
             leader_id: m.leader_id,
+            leader_commit: m.leader_commit,
         }),
     };
     raft::PeerMessage {
@@ -401,6 +402,7 @@ impl TryFrom<raft::PeerMessage> for Message {
                 Msg::TimeoutNow(m) => Message::TimeoutNow(TimeoutNow {
                     term: m.term,
                     leader_id: m.leader_id,
+                    leader_commit: m.leader_commit,
                 }),
             },
         )
@@ -717,6 +719,7 @@ mod tests {
             Message::TimeoutNow(TimeoutNow {
                 term: 4,
                 leader_id: 2,
+                leader_commit: 17,
             }),
             Message::RequestVote(RequestVote {
                 term: 5,

@@ -202,6 +202,10 @@ impl RaftVariant for OptimizedRaft {
         &mut self.core
     }
 
+    fn match_index_of(&self, peer: NodeId) -> LogIndex {
+        self.progress.get(&peer).map_or(0, |p| p.match_index)
+    }
+
     /// Pre-votes carry a term nobody has entered yet, and a vote request
     /// of a higher term is weighed against check-quorum's leader
     /// stickiness first: both are handled before the term is adopted.
@@ -367,12 +371,9 @@ impl RaftVariant for OptimizedRaft {
         let Some(target) = to.or_else(most_up_to_date) else {
             return;
         };
-        if !self.core.begin_leader_transfer(target) {
-            return;
+        if self.core.begin_leader_transfer(target) {
+            self.send_appends(target, out);
         }
-        let matched = self.progress.get(&target).map_or(0, |p| p.match_index);
-        self.core.leader_transfer_progress(target, matched, out);
-        self.send_appends(target, out);
     }
 
     fn on_timeout_now(&mut self, out: &mut Outbox) {

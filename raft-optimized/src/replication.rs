@@ -258,9 +258,6 @@ impl OptimizedRaft {
             // follower's hint.
             p.become_probe(next.min(last_index + 1));
         }
-        if let Some(matched) = self.progress.get(&from).map(|p| p.match_index) {
-            self.core.leader_transfer_progress(from, matched, out);
-        }
         self.confirm_rounds(out);
         self.advance_commit(out);
         self.send_appends(from, out);

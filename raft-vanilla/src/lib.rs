@@ -272,6 +272,10 @@ impl RaftVariant for VanillaRaft {
         &mut self.core
     }
 
+    fn match_index_of(&self, peer: NodeId) -> LogIndex {
+        self.progress.get(&peer).map_or(0, |p| p.match_index)
+    }
+
     fn become_follower(&mut self, term: Term, leader: Option<NodeId>, out: &mut Outbox) {
         VanillaRaft::become_follower(self, term, leader, out);
     }
@@ -352,8 +356,6 @@ impl RaftVariant for VanillaRaft {
         if m.success {
             progress.match_index = progress.match_index.max(m.match_index);
             progress.next_index = progress.next_index.max(progress.match_index + 1);
-            let matched = progress.match_index;
-            self.core.leader_transfer_progress(from, matched, out);
             self.advance_commit(out);
         } else if m.conflict_index + 1 == progress.next_index && progress.next_index > 1 {
             // Figure 2: "If AppendEntries fails because of log inconsistency:
@@ -404,12 +406,9 @@ impl RaftVariant for VanillaRaft {
         let Some(target) = to.or_else(most_up_to_date) else {
             return;
         };
-        if !self.core.begin_leader_transfer(target) {
-            return;
+        if self.core.begin_leader_transfer(target) {
+            self.send_append(target, false, out);
         }
-        let matched = self.progress.get(&target).map_or(0, |p| p.match_index);
-        self.core.leader_transfer_progress(target, matched, out);
-        self.send_append(target, false, out);
     }
 
     fn on_timeout_now(&mut self, out: &mut Outbox) {

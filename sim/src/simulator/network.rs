@@ -50,7 +50,10 @@ pub(super) fn short(message: &Message) -> String {
             "RV t{} last {}/{} pre={} transfer={}",
             m.term, m.last_log_index, m.last_log_term, m.pre_vote, m.transfer
         ),
-        Message::TimeoutNow(m) => format!("TimeoutNow t{} from {}", m.term, m.leader_id),
+        Message::TimeoutNow(m) => format!(
+            "TimeoutNow t{} from {} commit {}",
+            m.term, m.leader_id, m.leader_commit
+        ),
         Message::RequestVoteResponse(m) => format!(
             "RVR t{} granted={} pre={}",
             m.term, m.vote_granted, m.pre_vote
