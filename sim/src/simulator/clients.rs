@@ -583,7 +583,13 @@ where
         let keys = self.config.keys as u64;
         let key = |i: u64| format!("k{i}").into_bytes();
         let c = &self.clients[client];
-        let mut value = format!("{}.{}", c.id, c.seq + 1).into_bytes();
+        // A client reusing numbers writes values its earlier requests under
+        // the same numbers did not: a command identical to the one the
+        // session applied under that number is a retry to the store
+        // (answered, not applied again), which no store can tell apart
+        // (soak seed 4300078387).
+        let again = if c.reusing_numbers { ".again" } else { "" };
+        let mut value = format!("{}.{}{again}", c.id, c.seq + 1).into_bytes();
         let last_seen = c.last_seen.clone();
         let (low, high) = self.config.value_padding_bytes;
         if high > 0 {
