@@ -1027,9 +1027,9 @@ pub trait RaftVariant {
     /// A chunk of a snapshot from `from`, the leader of this node's term,
     /// whom it now follows (as [`RaftVariant::on_append`]).
     fn on_install_snapshot(&mut self, from: NodeId, m: InstallSnapshot, out: &mut Outbox);
-    /// An operator asks for leadership to go to `to` (`None`: the most
-    /// up-to-date follower); see [`crate::io::Input::TransferLeadership`].
-    fn on_transfer_leadership(&mut self, to: Option<NodeId>, out: &mut Outbox);
+    /// A leadership transfer to `target` began
+    /// ([`crate::io::Input::TransferLeadership`]): send it what it lacks.
+    fn on_transfer_begun(&mut self, target: NodeId, out: &mut Outbox);
     /// The leader's TimeoutNow, to be obeyed ([`RaftCore::obeys_timeout_now`]):
     /// campaign at once ([`RaftCore::campaign_on_transfer`]).
     fn on_timeout_now(&mut self, out: &mut Outbox);
@@ -1094,7 +1094,21 @@ fn step_input<V: RaftVariant>(variant: &mut V, input: crate::io::Input, out: &mu
             }
             variant.on_tick(out);
         }
-        Input::TransferLeadership { to } => variant.on_transfer_leadership(to, out),
+        Input::TransferLeadership { to } => {
+            // Named, or the follower whose log matches the most.
+            let most_up_to_date = || {
+                variant
+                    .core()
+                    .peers()
+                    .into_iter()
+                    .max_by_key(|&peer| variant.match_index_of(peer))
+            };
+            if let Some(target) = to.or_else(most_up_to_date)
+                && variant.core_mut().begin_leader_transfer(target)
+            {
+                variant.on_transfer_begun(target, out);
+            }
+        }
         Input::Request(request) => variant.on_request(request, out),
         Input::FastWrite(request) => {
             let reason = format!(

@@ -361,19 +361,8 @@ impl RaftVariant for OptimizedRaft {
         }
     }
 
-    fn on_transfer_leadership(&mut self, to: Option<NodeId>, out: &mut Outbox) {
-        let most_up_to_date = || {
-            self.progress
-                .iter()
-                .max_by_key(|(_, p)| p.match_index)
-                .map(|(&id, _)| id)
-        };
-        let Some(target) = to.or_else(most_up_to_date) else {
-            return;
-        };
-        if self.core.begin_leader_transfer(target) {
-            self.send_appends(target, out);
-        }
+    fn on_transfer_begun(&mut self, target: NodeId, out: &mut Outbox) {
+        self.send_appends(target, out);
     }
 
     fn on_timeout_now(&mut self, out: &mut Outbox) {
