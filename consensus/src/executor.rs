@@ -129,6 +129,8 @@ pub fn carry_out<E: Effects>(out: Outbox, effects: &mut E) -> Result<Vec<Input>,
             index: last.index,
             term: last.term,
             stamp: last.stamp,
+            // The protocol fills it in (`RaftCore::snapshot_taken`).
+            membership: Default::default(),
         };
         follow_up.push(Input::Applied { index: at.index });
         effects.apply(apply)?;

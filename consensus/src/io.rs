@@ -123,6 +123,18 @@ pub enum Input {
         /// The member to hand leadership to.
         to: Option<NodeId>,
     },
+    /// An operator asks this node, if it leads, to change the configuration
+    /// by one server ([`crate::membership`]). The answer is
+    /// [`Outbox::membership_change`]: the index of the configuration entry
+    /// appended, or why none was. The change is done once that entry is
+    /// committed (a leader change may drop it before: the caller checks the
+    /// configuration then).
+    ChangeMembership {
+        /// The change.
+        change: crate::membership::MembershipChange,
+        /// The address of a node added (see [`crate::types::ConfigEntry`]).
+        address: String,
+    },
 }
 
 /// Whether an outgoing message or reply may leave before the outbox's
@@ -244,6 +256,11 @@ pub enum ReplyOutcome {
         term: Term,
         /// Whether this node is the leader of `term`.
         from_leader: bool,
+        /// The voters of the configuration in force at this node: a write
+        /// is complete once every voter of its leader's acknowledgement
+        /// acknowledged it in the same term
+        /// ([`crate::quorum::FastAcks`]).
+        voters: crate::membership::NodeSet,
     },
 }
 
@@ -282,6 +299,9 @@ pub struct Outbox {
     /// The node's role, term or leader changed (the latest), for the
     /// runtime's logs and metrics (etcd's `SoftState`).
     pub soft_state: Option<SoftState>,
+    /// The answer to [`Input::ChangeMembership`]: the index of the
+    /// configuration entry appended, or why none was.
+    pub membership_change: Option<Result<LogIndex, crate::membership::MembershipError>>,
 }
 
 /// What a node is, as a runtime reports it: its role, term and leader.
@@ -326,7 +346,9 @@ impl OutboxParts {
 }
 
 impl Outbox {
-    /// Splits the outbox by the runtime's ordering rules.
+    /// Splits the outbox by the runtime's ordering rules. The answer to a
+    /// membership change is not part of it: a runtime that asks takes it
+    /// first (`Outbox::membership_change`).
     pub fn split(self) -> OutboxParts {
         let (send_now, send_after_persist) =
             self.send.into_iter().partition(|e| e.timing == Timing::Now);
@@ -356,6 +378,7 @@ impl Outbox {
             && self.reply.is_empty()
             && self.snapshot_chunks.is_empty()
             && self.soft_state.is_none()
+            && self.membership_change.is_none()
     }
 
     /// Queues a message.
@@ -455,6 +478,12 @@ pub struct Status {
     /// The cluster time it reads now ([`crate::cluster_time`]): a leader's
     /// advances with its ticks, a follower's with the stamps it receives.
     pub cluster_time: u64,
+    /// The configuration in force here: the latest in its log
+    /// ([`crate::membership`]).
+    pub membership: crate::membership::Membership,
+    /// The index of the entry that set it (its snapshot's index when that
+    /// entry was compacted away; 0 for the initial member list).
+    pub membership_index: LogIndex,
 }
 
 /// What a node finds in its storage when it starts.

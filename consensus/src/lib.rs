@@ -96,6 +96,7 @@ pub mod executor;
 pub mod io;
 pub mod limits;
 pub mod log;
+pub mod membership;
 pub mod message;
 pub mod quorum;
 pub mod raft;
@@ -115,6 +116,7 @@ pub use io::{
     DurableRecord, Envelope, HardState, Input, Outbox, OutboxParts, Recovered, Reply, ReplyOutcome,
     Role, SoftState, Status, Timing, Write,
 };
+pub use membership::{Membership, MembershipChange, MembershipError, NodeSet};
 pub use message::Message;
 pub use types::{
     ClientId, ClientRequest, Command, CommandClass, CommandResult, Entry, EntryPayload,

@@ -91,6 +91,11 @@ pub struct RequestVoteResponse {
     pub vote_granted: bool,
     /// Answers a pre-vote.
     pub pre_vote: bool,
+    /// Not 0: the voter refused because the candidate is not a voter of
+    /// the configuration it holds, as of this log index
+    /// ([`crate::membership`]). A candidate that knows no later
+    /// configuration stops campaigning until it hears from a leader.
+    pub not_a_voter_at: LogIndex,
 }
 
 /// Nil-ext: a new leader asks for a replica's durability log (recovery,
@@ -197,8 +202,9 @@ pub enum Message {
 }
 
 /// A message's fixed part encoded (terms, indexes, ids, flags and their
-/// tags, and the envelope naming sender and receiver), rounded up.
-pub const MESSAGE_HEADER_BYTES: usize = 128;
+/// tags, a snapshot's configuration of up to 64 ids, and the envelope
+/// naming sender and receiver), rounded up.
+pub const MESSAGE_HEADER_BYTES: usize = 256;
 
 impl Message {
     /// An upper bound of the message's size encoded: the transport and the

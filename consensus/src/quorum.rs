@@ -1,7 +1,8 @@
 //! Quorum arithmetic.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
+use crate::membership::NodeSet;
 use crate::types::{LogIndex, NodeId, Term};
 
 /// The most failures a cluster of `n` replicas tolerates: f = (n - 1) / 2.
@@ -23,7 +24,8 @@ pub fn supermajority(n: usize) -> usize {
     f + f.div_ceil(2) + 1
 }
 
-/// The fast quorum this project uses for Nil-ext writes: every replica.
+/// The fast quorum this project uses for Nil-ext writes: every voter of
+/// the configuration in force (`n` of them).
 ///
 /// For f = 1 this is the paper's supermajority (3 of 3). For f >= 2 the
 /// paper's f + ceil(f/2) + 1 (4 of 5) can leave a new leader facing
@@ -38,34 +40,38 @@ pub fn nilext_fast_quorum(n: usize) -> usize {
 }
 
 /// Nil-ext's fast-path completion rule, the one kvclient and the
-/// simulator's clients both use: a write is complete once
-/// [`nilext_fast_quorum`] distinct replicas acknowledged it as durable in one
-/// term, the leader of that term among them. Acknowledgements of different
+/// simulator's clients both use: a write is complete once, in one term, its
+/// leader acknowledged it as durable and so did every voter of the
+/// configuration that leader had in force when it acknowledged
+/// ([`nilext_fast_quorum`]: all of them). Acknowledgements of different
 /// terms never add up: a replica that moved to a newer term may have handed
 /// its durability log to a new leader before it acknowledged.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct FastAcks {
-    quorum: usize,
-    /// term -> (replicas that acknowledged in it, the leader among them)
-    by_term: BTreeMap<Term, (BTreeSet<NodeId>, bool)>,
+    /// term -> (replicas that acknowledged in it, the voters its leader
+    /// named, if the leader acknowledged)
+    by_term: BTreeMap<Term, (NodeSet, Option<NodeSet>)>,
 }
 
 impl FastAcks {
-    /// No acknowledgement yet, for a cluster of `cluster_size` replicas.
-    pub fn new(cluster_size: usize) -> Self {
-        FastAcks {
-            quorum: nilext_fast_quorum(cluster_size),
-            by_term: BTreeMap::new(),
-        }
+    /// No acknowledgement yet.
+    pub fn new() -> Self {
+        FastAcks::default()
     }
 
     /// Counts `node`'s acknowledgement in `term` (`from_leader`: it leads
-    /// that term); true once the write is complete.
-    pub fn add(&mut self, node: NodeId, term: Term, from_leader: bool) -> bool {
-        let (nodes, leader) = self.by_term.entry(term).or_default();
+    /// that term; `voters`: the voters of its configuration); true once the
+    /// write is complete.
+    pub fn add(&mut self, node: NodeId, term: Term, from_leader: bool, voters: NodeSet) -> bool {
+        if crate::membership::validate_node_id(node).is_err() {
+            return false;
+        }
+        let (nodes, leader_voters) = self.by_term.entry(term).or_default();
         nodes.insert(node);
-        *leader |= from_leader;
-        *leader && nodes.len() >= self.quorum
+        if from_leader {
+            *leader_voters = Some(voters);
+        }
+        leader_voters.is_some_and(|voters| !voters.is_empty() && voters.minus(*nodes).is_empty())
     }
 }
 
@@ -100,20 +106,34 @@ mod tests {
     }
 
     #[test]
-    fn a_fast_write_completes_on_every_replica_of_one_term_with_its_leader() {
-        let mut acks = FastAcks::new(3);
-        assert!(!acks.add(2, 5, false));
-        assert!(!acks.add(3, 5, false));
-        assert!(!acks.add(1, 4, true), "an older term's ack does not count");
-        assert!(!acks.add(2, 5, false), "a repeated ack counts once");
-        assert!(acks.add(1, 5, true));
-        let mut no_leader = FastAcks::new(3);
+    fn a_fast_write_completes_on_every_voter_its_leader_names_in_one_term() {
+        let voters = NodeSet::of([1, 2, 3]);
+        let mut acks = FastAcks::new();
+        assert!(!acks.add(2, 5, false, voters));
+        assert!(!acks.add(3, 5, false, voters));
+        assert!(
+            !acks.add(1, 4, true, voters),
+            "an older term's ack does not count"
+        );
+        assert!(!acks.add(2, 5, false, voters), "a repeated ack counts once");
+        assert!(
+            !acks.add(4, 5, false, voters),
+            "a learner's ack adds nothing"
+        );
+        assert!(acks.add(1, 5, true, voters));
+        let mut no_leader = FastAcks::new();
         for node in 1..=3 {
             assert!(
-                !no_leader.add(node, 7, false),
+                !no_leader.add(node, 7, false, voters),
                 "the leader must be among them"
             );
         }
+        // The leader of a configuration of four voters needs all four.
+        let mut grown = FastAcks::new();
+        for node in [1, 2, 3] {
+            assert!(!grown.add(node, 9, node == 1, NodeSet::of([1, 2, 3, 4])));
+        }
+        assert!(grown.add(4, 9, false, NodeSet::of([1, 2, 3])));
     }
 
     #[test]

@@ -12,14 +12,14 @@ use crate::io::{
     HardState, Outbox, Recovered, ReplyOutcome, Role, SoftState, Status, Timing, Write,
 };
 use crate::log::RaftLog;
+use crate::membership::{Membership, MembershipChange, MembershipError, NodeSet};
 use crate::message::{
     AppendEntries, AppendEntriesResponse, InstallSnapshot, InstallSnapshotResponse, Message,
     RequestVote, RequestVoteResponse,
 };
-use crate::quorum::{majority, quorum_index};
 use crate::rng::DetRng;
 use crate::snapshot::{Reception, SnapshotMeta, Transfer, TransferStep};
-use crate::types::{Entry, EntryPayload, LogIndex, NodeId, RequestId, Term};
+use crate::types::{ConfigEntry, Entry, EntryPayload, LogIndex, NodeId, RequestId, Term};
 
 /// Default base election timeout of every Raft variant, in ticks: each
 /// timeout is drawn from `[T, 2T)`. With kvnode's default tick of 20 ms,
@@ -82,8 +82,25 @@ pub struct RaftCore {
     pub votes: BTreeSet<NodeId>,
     /// The randomized election timeout.
     pub election: ElectionTimer,
-    /// Every member, this node included.
-    pub members: Vec<NodeId>,
+    /// The membership this node starts from when it holds no other: the
+    /// initial member list it was given (empty for a node that joins a
+    /// running cluster).
+    bootstrap: Membership,
+    /// The membership at the log's base: its snapshot's (when known),
+    /// else `bootstrap`.
+    base_membership: Membership,
+    /// The configuration entries of the log, by index: the latest is in
+    /// force ([`crate::membership`]).
+    configs: BTreeMap<LogIndex, Membership>,
+    /// As leader: the replication targets and configuration its variant
+    /// last adjusted to ([`RaftVariant::on_membership_changed`]).
+    adjusted_to: (NodeSet, Membership),
+    /// A deliberate bug (tests only).
+    pub membership_bug: Option<crate::membership::MembershipBug>,
+    /// Told by a voter that it is not a voter of a later configuration
+    /// ([`RaftCore::told_not_a_voter`]): it does not campaign until it
+    /// hears from a leader.
+    pub quiet: bool,
     /// Figure 2: `currentTerm`. Invariant: never decreases.
     pub term: Term,
     /// Figure 2: `votedFor`, in `term`.
@@ -136,7 +153,10 @@ pub struct LeaderTransfer {
 impl RaftCore {
     /// The state rebuilt from storage, a follower with no known leader,
     /// its election timeout drawn from `[base, 2 * base)` ticks by a
-    /// generator seeded from `seed` and the node's id.
+    /// generator seeded from `seed` and the node's id. `members` is the
+    /// cluster's initial member list, every one a voter (empty for a node
+    /// that joins a running cluster: it learns its configuration from the
+    /// leader); a configuration in storage overrides it.
     pub fn new(
         id: NodeId,
         members: Vec<NodeId>,
@@ -144,7 +164,20 @@ impl RaftCore {
         election_timeout_ticks: u64,
         seed: u64,
     ) -> Self {
-        assert!(members.contains(&id), "a node is a member of its cluster");
+        let bootstrap = Membership::of_voters(members);
+        let base_membership = if recovered.snapshot.membership.is_empty() {
+            bootstrap
+        } else {
+            recovered.snapshot.membership
+        };
+        let configs = recovered
+            .log
+            .iter()
+            .filter_map(|entry| match &entry.payload {
+                EntryPayload::Config(config) => Some((entry.index, config.membership)),
+                _ => None,
+            })
+            .collect();
         let log = RaftLog::after(recovered.log_base, recovered.log);
         // Stamps never decrease along a log: the latest is the last
         // entry's, or the snapshot's when the log holds none after it.
@@ -173,7 +206,12 @@ impl RaftCore {
                 election_timeout_ticks,
                 seed ^ id.wrapping_mul(0x9E37_79B9),
             ),
-            members,
+            bootstrap,
+            base_membership,
+            configs,
+            adjusted_to: Default::default(),
+            quiet: false,
+            membership_bug: None,
             term: recovered.hard_state.term,
             voted_for: recovered.hard_state.voted_for,
             durable_index: log.last_index(),
@@ -196,18 +234,195 @@ impl RaftCore {
         self.clock.set_session_timeout(ticks);
     }
 
-    /// The other members.
-    pub fn peers(&self) -> Vec<NodeId> {
-        self.members
-            .iter()
-            .copied()
-            .filter(|&m| m != self.id)
-            .collect()
+    /// The configuration in force: the latest in the log
+    /// ([`crate::membership`]).
+    pub fn membership(&self) -> Membership {
+        self.configs
+            .last_key_value()
+            .map_or(self.base_membership, |(_, m)| *m)
     }
 
-    /// Votes or acknowledgements needed, this node's included.
+    /// The index of the entry that set the configuration in force (the
+    /// snapshot's index when compacted, 0 for the initial member list).
+    pub fn membership_index(&self) -> LogIndex {
+        match self.configs.last_key_value() {
+            Some((&index, _)) => index,
+            None if self.base_membership == self.bootstrap => 0,
+            None => self.snapshot.index,
+        }
+    }
+
+    /// The configuration in force at `index` (at or after the log's base).
+    pub fn membership_at(&self, index: LogIndex) -> Membership {
+        self.configs
+            .range(..=index)
+            .next_back()
+            .map_or(self.base_membership, |(_, m)| *m)
+    }
+
+    /// Whether a configuration entry in the log is not committed yet.
+    pub fn membership_change_pending(&self) -> bool {
+        self.configs
+            .last_key_value()
+            .is_some_and(|(&index, _)| index > self.commit_index)
+    }
+
+    /// Whether this node votes in the configuration in force.
+    pub fn is_voter(&self) -> bool {
+        self.membership().is_voter(self.id)
+    }
+
+    /// The members a leader replicates to, this node excepted: those of
+    /// the configuration in force, and those of the committed one (a
+    /// member being removed hears of its removal until it commits).
+    pub fn peers(&self) -> Vec<NodeId> {
+        self.replication_targets().iter().collect()
+    }
+
+    fn replication_targets(&self) -> NodeSet {
+        let mut targets = self
+            .membership()
+            .members()
+            .union(self.membership_at(self.commit_index).members());
+        targets.remove(self.id);
+        targets
+    }
+
+    /// The voters other than this node.
+    pub fn voting_peers(&self) -> Vec<NodeId> {
+        let mut voters = self.membership().voters;
+        voters.remove(self.id);
+        voters.iter().collect()
+    }
+
+    /// Votes or acknowledgements of voters a quorum needs, this node's
+    /// included.
     pub fn majority(&self) -> usize {
-        majority(self.members.len())
+        self.membership().majority()
+    }
+
+    /// Whether the voters among `nodes` (this node counted when `with_self`)
+    /// make a quorum of the configuration in force.
+    pub fn is_quorum(&self, nodes: impl IntoIterator<Item = NodeId>, with_self: bool) -> bool {
+        let mut set = NodeSet::of(nodes.into_iter().filter(|&id| id != 0));
+        if with_self {
+            set.insert(self.id);
+        }
+        self.membership().is_quorum(set)
+    }
+
+    /// Records the configuration entries among `entries`, just appended.
+    fn note_configs(&mut self, entries: &[Entry]) {
+        for entry in entries {
+            if let EntryPayload::Config(config) = &entry.payload {
+                self.configs.insert(entry.index, config.membership);
+            }
+        }
+    }
+
+    /// Forgets the configuration entries from `index` on (truncated).
+    fn forget_configs_from(&mut self, index: LogIndex) {
+        self.configs.retain(|&i, _| i < index);
+    }
+
+    /// As leader: appends `change` to the configuration in force, if the
+    /// rules of [`crate::membership`] allow it now; `matched` is the
+    /// changed node's match index (a learner is promoted only once it
+    /// holds the commit index). Returns the entry's index. A leader that
+    /// has committed no entry of its term yet appends an empty one (vanilla
+    /// appends none on election) and asks to retry.
+    pub fn propose_membership_change(
+        &mut self,
+        change: MembershipChange,
+        address: String,
+        matched: LogIndex,
+        out: &mut Outbox,
+    ) -> Result<LogIndex, MembershipError> {
+        if self.role != Role::Leader {
+            return Err(MembershipError::NotLeader {
+                leader: self.leader,
+            });
+        }
+        let next = self.membership().changed(change)?;
+        if change == MembershipChange::Remove(self.id) {
+            return Err(MembershipError::Invalid(format!(
+                "node {} leads; hand leadership to another voter first (kvctl leader transfer)",
+                self.id
+            )));
+        }
+        if let MembershipChange::Promote(id) = change
+            && matched < self.commit_index
+        {
+            return Err(MembershipError::Busy(format!(
+                "learner {id} is not caught up yet (its log matches up to {matched}, the \
+                 commit index is {})",
+                self.commit_index
+            )));
+        }
+        if self.leader_transfer.is_some() {
+            return Err(MembershipError::Busy(
+                "a leadership transfer is under way".into(),
+            ));
+        }
+        let waits =
+            self.membership_bug != Some(crate::membership::MembershipBug::ChangesWithoutWaiting);
+        if waits && self.membership_change_pending() {
+            return Err(MembershipError::Busy(
+                "an earlier configuration change is not committed yet".into(),
+            ));
+        }
+        if waits && self.log.term(self.commit_index) != Some(self.term) {
+            if self.log.last_term() != self.term {
+                self.append_as_leader(vec![EntryPayload::Noop], out);
+            }
+            return Err(MembershipError::Busy(
+                "the leader has not committed an entry of its term yet".into(),
+            ));
+        }
+        let config = ConfigEntry {
+            membership: next,
+            change,
+            address,
+        };
+        Ok(self.append_as_leader(vec![EntryPayload::Config(config)], out))
+    }
+
+    /// As leader: whether the replication targets or the configuration
+    /// changed since the variant last adjusted to them (then it adjusts:
+    /// [`RaftVariant::on_membership_changed`]).
+    fn membership_moved(&mut self) -> bool {
+        let now = (self.replication_targets(), self.membership());
+        let moved = now != self.adjusted_to;
+        self.adjusted_to = now;
+        moved && self.role == Role::Leader
+    }
+
+    /// A voter answered this node's vote request that it is not a voter of
+    /// the configuration it holds as of `index`. If this node's own
+    /// configuration is older, it stops campaigning (it stays a follower,
+    /// and still votes) until it hears from a leader: a server removed
+    /// that never learned it, which would otherwise raise its term at
+    /// every timeout and, once added back, depose the leader with it.
+    pub fn told_not_a_voter(&mut self, index: LogIndex, out: &mut Outbox) {
+        if index <= self.membership_index() || self.quiet {
+            return;
+        }
+        self.quiet = true;
+        if matches!(self.role, Role::Candidate | Role::PreCandidate) {
+            self.role = Role::Follower;
+            self.votes.clear();
+            self.report(out);
+        }
+    }
+
+    /// As leader: tells `peer`, no longer a replication target (its removal
+    /// committed), the commit index, with an empty AppendEntries after
+    /// `match_index`, so that it learns it was removed, if it holds the
+    /// removal.
+    pub fn farewell(&self, peer: NodeId, match_index: LogIndex, out: &mut Outbox) {
+        let prev = match_index.clamp(self.log.base().0, self.log.last_index());
+        let message = self.append_request(prev, Vec::new(), 0);
+        out.send(peer, Message::AppendEntries(message), Timing::Now);
     }
 
     /// The term and vote, as stored.
@@ -284,6 +499,11 @@ impl RaftCore {
     }
 
     fn campaign_with(&mut self, transfer: bool, out: &mut Outbox) -> bool {
+        if !self.is_voter() || self.quiet {
+            // A learner, or a node removed: it never campaigns.
+            self.election.reset();
+            return false;
+        }
         self.role = Role::Candidate;
         self.leader = None;
         self.votes = BTreeSet::from([self.id]);
@@ -296,7 +516,7 @@ impl RaftCore {
             transfer,
             ..self.vote_request(self.term, false)
         };
-        for peer in self.peers() {
+        for peer in self.voting_peers() {
             out.send(
                 peer,
                 Message::RequestVote(request.clone()),
@@ -311,12 +531,16 @@ impl RaftCore {
     /// term included). Returns true when its own answer is already a
     /// majority.
     pub fn pre_campaign(&mut self, out: &mut Outbox) -> bool {
+        if !self.is_voter() || self.quiet {
+            self.election.reset();
+            return false;
+        }
         self.role = Role::PreCandidate;
         self.leader = None;
         self.votes = BTreeSet::from([self.id]);
         self.report(out);
         let request = self.vote_request(self.term + 1, true);
-        for peer in self.peers() {
+        for peer in self.voting_peers() {
             out.send(peer, Message::RequestVote(request.clone()), Timing::Now);
         }
         self.has_majority_of_votes()
@@ -341,7 +565,7 @@ impl RaftCore {
     }
 
     fn has_majority_of_votes(&self) -> bool {
-        self.votes.len() >= self.majority()
+        self.is_quorum(self.votes.iter().copied(), false)
     }
 
     /// Becomes the leader of its term.
@@ -351,6 +575,9 @@ impl RaftCore {
         self.votes.clear();
         self.leader_transfer = None;
         self.timeout_now_sent = false;
+        // The variant builds its replication state from the configuration
+        // in force now.
+        self.adjusted_to = (self.replication_targets(), self.membership());
         self.report(out);
     }
 
@@ -360,7 +587,7 @@ impl RaftCore {
     /// [`step`] reports its progress to [`RaftCore::leader_transfer_progress`]
     /// after every input.
     pub fn begin_leader_transfer(&mut self, target: NodeId) -> bool {
-        if self.role != Role::Leader || target == self.id || !self.members.contains(&target) {
+        if self.role != Role::Leader || target == self.id || !self.membership().is_voter(target) {
             return false;
         }
         self.leader_transfer = Some(LeaderTransfer {
@@ -507,6 +734,7 @@ impl RaftCore {
     ) {
         debug_assert!(m.term == self.term && self.role == Role::Follower);
         self.election.reset();
+        self.quiet = false;
         let (success, match_index, conflict_index, conflict_term) =
             match self.append_entries(m, out) {
                 Ok(match_index) => (true, match_index, 0, 0),
@@ -575,6 +803,7 @@ impl RaftCore {
             term: self.term,
             vote_granted: granted,
             pre_vote: false,
+            not_a_voter_at: 0,
         };
         out.send(
             from,
@@ -654,6 +883,7 @@ impl RaftCore {
                         "a committed entry is never overwritten"
                     );
                     self.log.truncate_from(entry.index);
+                    self.forget_configs_from(entry.index);
                     self.durable_index = self.durable_index.min(entry.index - 1);
                     out.persist.push(Write::TruncateLog { from: entry.index });
                 }
@@ -664,6 +894,7 @@ impl RaftCore {
             new_entries.push(entry.clone());
         }
         if !new_entries.is_empty() {
+            self.note_configs(&new_entries);
             out.persist.push(Write::AppendLog(new_entries));
         }
         let match_index = m.prev_log_index + m.entries.len() as LogIndex;
@@ -690,6 +921,7 @@ impl RaftCore {
             entries.push(entry);
         }
         if !entries.is_empty() {
+            self.note_configs(&entries);
             out.persist.push(Write::AppendLog(entries));
         }
         self.log.last_index()
@@ -702,13 +934,18 @@ impl RaftCore {
         }
     }
 
-    /// Figure 2, leaders: the highest index a majority holds (this node
-    /// counted with its durable log) whose entry is of the current term, or
-    /// `None` when that is not past the commit index.
-    pub fn quorum_commit(&self, peer_matches: impl Iterator<Item = LogIndex>) -> Option<LogIndex> {
-        let mut matches: Vec<LogIndex> = peer_matches.collect();
-        matches.push(self.durable_index);
-        let index = quorum_index(&matches);
+    /// Figure 2, leaders: the highest index a majority of the voters of the
+    /// configuration in force holds (`match_of` each peer's match index,
+    /// this node counted with its durable log) whose entry is of the
+    /// current term, or `None` when that is not past the commit index.
+    pub fn quorum_commit(&self, match_of: impl Fn(NodeId) -> LogIndex) -> Option<LogIndex> {
+        let index = self.membership().quorum_index(|id| {
+            if id == self.id {
+                self.durable_index
+            } else {
+                match_of(id)
+            }
+        });
         (index > self.commit_index && self.log.term(index) == Some(self.term)).then_some(index)
     }
 
@@ -746,7 +983,13 @@ impl RaftCore {
     /// The runtime captured the state machine at `snapshot` (it stands
     /// there: every entry up to it was applied): records it and drops the
     /// log through `keep_entries` before it, durably.
-    pub fn snapshot_taken(&mut self, snapshot: SnapshotMeta, keep_entries: u64, out: &mut Outbox) {
+    pub fn snapshot_taken(
+        &mut self,
+        mut snapshot: SnapshotMeta,
+        keep_entries: u64,
+        out: &mut Outbox,
+    ) {
+        snapshot.membership = self.membership_at(snapshot.index);
         assert!(
             snapshot.index <= self.applied_index,
             "a snapshot holds only applied entries"
@@ -760,8 +1003,11 @@ impl RaftCore {
             .index
             .saturating_sub(keep_entries)
             .max(self.log.base().0);
+        let base_membership = self.membership_at(through);
         self.log.compact_through(through);
         let (through, through_term) = self.log.base();
+        self.base_membership = base_membership;
+        self.configs.retain(|&i, _| i > through);
         out.persist.push(Write::CompactLog {
             snapshot,
             through,
@@ -834,6 +1080,7 @@ impl RaftCore {
     pub fn accept_snapshot(&mut self, from: NodeId, m: InstallSnapshot, out: &mut Outbox) {
         debug_assert!(m.term == self.term && self.role == Role::Follower);
         self.election.reset();
+        self.quiet = false;
         let answer = |next: Vec<u8>, rejected: bool, installed: bool| InstallSnapshotResponse {
             term: m.term,
             snapshot: m.snapshot,
@@ -892,12 +1139,23 @@ impl RaftCore {
         self.reception = None;
         let snapshot = m.snapshot;
         out.persist.push(Write::InstallSnapshot { snapshot });
-        if !self.log.reset_to((snapshot.index, snapshot.term)) {
+        let kept = self.log.reset_to((snapshot.index, snapshot.term));
+        self.base_membership = match snapshot.membership {
+            known if !known.is_empty() => known,
+            // A snapshot that records none: the log's, if it held the
+            // snapshot's last entry, else the initial member list.
+            _ if kept => self.membership_at(snapshot.index),
+            _ => self.bootstrap,
+        };
+        if kept {
+            self.configs.retain(|&i, _| i > snapshot.index);
+        } else {
             // The log after the snapshot does not follow from it.
             out.persist.push(Write::TruncateLog {
                 from: snapshot.index + 1,
             });
             self.durable_index = self.durable_index.min(snapshot.index);
+            self.configs.clear();
         }
         self.commit_index = self.commit_index.max(snapshot.index);
         self.installing = Some(snapshot);
@@ -935,6 +1193,8 @@ impl RaftCore {
             snapshot_index: self.snapshot.index,
             first_log_index: self.log.first_index(),
             cluster_time: self.clock.now(),
+            membership: self.membership(),
+            membership_index: self.membership_index(),
         }
     }
 }
@@ -1033,6 +1293,11 @@ pub trait RaftVariant {
     /// The leader's TimeoutNow, to be obeyed ([`RaftCore::obeys_timeout_now`]):
     /// campaign at once ([`RaftCore::campaign_on_transfer`]).
     fn on_timeout_now(&mut self, out: &mut Outbox);
+    /// As leader: the configuration in force or the replication targets
+    /// ([`RaftCore::peers`]) changed. The variant starts replicating to new
+    /// targets, sends a farewell ([`RaftCore::farewell`]) to those that
+    /// left and forgets them, and checks what commits under the new quorum.
+    fn on_membership_changed(&mut self, out: &mut Outbox);
     /// An answer to a chunk of a snapshot.
     fn on_snapshot_response(&mut self, from: NodeId, m: InstallSnapshotResponse, out: &mut Outbox);
     /// The runtime took a snapshot (see [`RaftCore::snapshot_taken`]).
@@ -1066,6 +1331,11 @@ impl<V: RaftVariant> crate::Consensus for V {
 /// Nil-ext's messages are left to the layer above, if any.
 pub fn step<V: RaftVariant>(variant: &mut V, input: crate::io::Input, out: &mut Outbox) {
     step_input(variant, input, out);
+    // A leader adjusts to a configuration that changed (appended,
+    // truncated, or committed: replication targets and quorums).
+    if variant.core_mut().membership_moved() {
+        variant.on_membership_changed(out);
+    }
     // A leadership transfer goes on with whatever the input changed (the
     // target's match index, the commit index).
     if let Some(transfer) = variant.core().leader_transfer()
@@ -1099,7 +1369,7 @@ fn step_input<V: RaftVariant>(variant: &mut V, input: crate::io::Input, out: &mu
             let most_up_to_date = || {
                 variant
                     .core()
-                    .peers()
+                    .voting_peers()
                     .into_iter()
                     .max_by_key(|&peer| variant.match_index_of(peer))
             };
@@ -1110,6 +1380,13 @@ fn step_input<V: RaftVariant>(variant: &mut V, input: crate::io::Input, out: &mu
             }
         }
         Input::Request(request) => variant.on_request(request, out),
+        Input::ChangeMembership { change, address } => {
+            let matched = variant.match_index_of(change.node());
+            let result = variant
+                .core_mut()
+                .propose_membership_change(change, address, matched, out);
+            out.membership_change = Some(result);
+        }
         Input::FastWrite(request) => {
             let reason = format!(
                 "{} has no nilext fast path; send the write to the leader",
@@ -1128,6 +1405,28 @@ fn step_input<V: RaftVariant>(variant: &mut V, input: crate::io::Input, out: &mu
         } => variant.on_snapshot_taken(snapshot, keep_entries, out),
         Input::SnapshotInstalled { snapshot, .. } => variant.on_snapshot_installed(snapshot, out),
         Input::Message { from, message } => {
+            if let Message::RequestVote(m) = &message
+                && !variant.core().membership().is_voter(from)
+            {
+                // Not a voter here: a learner, or a server removed, whose
+                // campaign must not disturb the cluster (nor raise terms
+                // here). It is told, so that it stops campaigning.
+                let core = variant.core();
+                let response = RequestVoteResponse {
+                    term: core.term,
+                    vote_granted: false,
+                    pre_vote: m.pre_vote,
+                    not_a_voter_at: core.membership_index().max(1),
+                };
+                out.send(from, Message::RequestVoteResponse(response), Timing::Now);
+                return;
+            }
+            if let Message::RequestVoteResponse(m) = &message
+                && m.not_a_voter_at != 0
+            {
+                variant.core_mut().told_not_a_voter(m.not_a_voter_at, out);
+                return;
+            }
             if message.term() > variant.core().term && variant.adopts_term_first(&message) {
                 variant.become_follower(message.term(), message.leader_hint(), out);
             }

@@ -47,6 +47,10 @@ pub struct SnapshotMeta {
     /// That entry's stamp: the cluster time and session-expiry cutoff the
     /// state machine stands at ([`crate::cluster_time`]).
     pub stamp: crate::cluster_time::Stamp,
+    /// The configuration in force at `index` ([`crate::membership`]);
+    /// empty when not known (a snapshot of a cluster that never recorded
+    /// one: its initial member list applies).
+    pub membership: crate::membership::Membership,
 }
 
 impl SnapshotMeta {
@@ -56,6 +60,7 @@ impl SnapshotMeta {
             index,
             term,
             stamp: crate::cluster_time::Stamp::default(),
+            membership: crate::membership::Membership::default(),
         }
     }
 

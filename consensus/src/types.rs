@@ -250,6 +250,22 @@ pub enum EntryPayload {
     Noop,
     /// A client command.
     Command(ClientRequest),
+    /// A configuration change: the whole membership from here on
+    /// ([`crate::membership`]).
+    Config(ConfigEntry),
+}
+
+/// A configuration entry's contents.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct ConfigEntry {
+    /// The membership in force from this entry on.
+    pub membership: crate::membership::Membership,
+    /// The change that made it from the one before.
+    pub change: crate::membership::MembershipChange,
+    /// The address of the node added (empty for other changes): the
+    /// protocol does not use it; runtimes learn where to reach a new
+    /// member from it.
+    pub address: String,
 }
 
 /// One entry of the replicated log (Figure 2: "log[]").
@@ -285,6 +301,12 @@ impl Entry {
             + match &self.payload {
                 EntryPayload::Noop => 0,
                 EntryPayload::Command(request) => request.command.encoded_bound(),
+                EntryPayload::Config(config) => {
+                    // The members' ids (up to 64, a byte or two each).
+                    COMMAND_FRAMING_BYTES
+                        + 2 * crate::membership::NODE_ID_MAX as usize
+                        + config.address.len()
+                }
             }
     }
 

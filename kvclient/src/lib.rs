@@ -287,10 +287,10 @@ impl Client {
             && self
                 .fast_path_paused_until
                 .is_none_or(|until| Instant::now() >= until)
-            && let Some((protocol, size)) = self.cluster().await
+            && let Some((protocol, _)) = self.cluster().await
             && protocol.parse() == Ok(consensus::config::Protocol::Nilext)
         {
-            match self.fast_path(&command, size).await {
+            match self.fast_path(&command).await {
                 Ok(Some(true)) => return Ok(CommandResult::Written),
                 Ok(Some(false)) => {
                     self.fast_path_paused_until = Some(Instant::now() + FAST_PATH_PAUSE)
@@ -303,17 +303,13 @@ impl Client {
     }
 
     /// Nil-ext's fast path: sends the write to every replica and waits for
-    /// durability acknowledgements from all `size` of them in one term, the
-    /// leader's among them (`consensus::quorum::nilext_fast_quorum`).
+    /// durability acknowledgements in one term from its leader and from
+    /// every voter the leader names (`consensus::quorum::FastAcks`).
     /// `Some(true)` when that quorum was reached within the fast-path
     /// timeout, or a replica answered that it had already applied the
     /// write; `Some(false)` when it was not; `None` when a replica refused
     /// the write on the fast path (see `ClientAnswer::SlowPath` in kvnode).
-    async fn fast_path(
-        &mut self,
-        command: &Command,
-        size: usize,
-    ) -> Result<Option<bool>, ClientError> {
+    async fn fast_path(&mut self, command: &Command) -> Result<Option<bool>, ClientError> {
         let timeout = self.options.fast_path_timeout;
         let header = self.header(true);
         // The calls are polled by this task (no task spawned per replica):
@@ -325,12 +321,13 @@ impl Client {
             };
             calls.push(attempt(kv, header, command, timeout));
         }
-        let mut acks = consensus::quorum::FastAcks::new(size);
+        let mut acks = consensus::quorum::FastAcks::new();
         let until = Instant::now() + timeout;
         while let Ok(Some(answer)) = tokio::time::timeout_at(until, calls.next()).await {
             match answer {
                 Ok((_, Some(ack)))
-                    if ack.durable_only && acks.add(ack.node_id, ack.term, ack.from_leader) =>
+                    if ack.durable_only
+                        && acks.add(ack.node_id, ack.term, ack.from_leader, voters_of(&ack)) =>
                 {
                     return Ok(Some(true));
                 }
@@ -704,4 +701,15 @@ pub struct BackupSummary {
     pub sessions: u64,
     /// Bytes of keys and values saved.
     pub bytes: u64,
+}
+
+/// The voters a fast-path acknowledgement names (ids out of range are left
+/// out: such an acknowledgement can complete nothing).
+fn voters_of(ack: &proto::kv::WriteAck) -> consensus::NodeSet {
+    consensus::NodeSet::of(
+        ack.voters
+            .iter()
+            .copied()
+            .filter(|&id| consensus::membership::validate_node_id(id).is_ok()),
+    )
 }

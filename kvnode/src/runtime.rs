@@ -789,7 +789,7 @@ impl Effects for NodeEffects<'_> {
             .iter()
             .filter_map(|e| match &e.payload {
                 EntryPayload::Command(r) => Some((e.index, r.command.digest())),
-                EntryPayload::Noop => None,
+                EntryPayload::Noop | EntryPayload::Config(_) => None,
             })
             .collect();
         let mut waiters = lock(self.waiters);

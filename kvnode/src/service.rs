@@ -105,7 +105,11 @@ enum Done {
     /// Its command was applied (or read) with this result.
     Result(CommandResult),
     /// Nil-ext's fast path: durable here, acknowledged in `term`.
-    Durable { term: u64, from_leader: bool },
+    Durable {
+        term: u64,
+        from_leader: bool,
+        voters: consensus::NodeSet,
+    },
 }
 
 /// A failed request, by where it failed, which decides how much of the
@@ -282,9 +286,15 @@ impl KvService {
                 None,
             ))),
             Ok(Ok(ClientAnswer::Result(result))) => Ok(Done::Result(result)),
-            Ok(Ok(ClientAnswer::Outcome(ReplyOutcome::DurableAck { term, from_leader }))) => {
-                Ok(Done::Durable { term, from_leader })
-            }
+            Ok(Ok(ClientAnswer::Outcome(ReplyOutcome::DurableAck {
+                term,
+                from_leader,
+                voters,
+            }))) => Ok(Done::Durable {
+                term,
+                from_leader,
+                voters,
+            }),
             Ok(Ok(ClientAnswer::Outcome(outcome))) => {
                 Err(ServiceError::Failed(self.outcome_status(outcome)))
             }
@@ -345,12 +355,18 @@ impl KvService {
                 from_leader: true,
                 node_id: self.node_id,
                 durable_only: false,
+                voters: Vec::new(),
             })),
-            Done::Durable { term, from_leader } => Ok(Response::new(WriteAck {
+            Done::Durable {
+                term,
+                from_leader,
+                voters,
+            } => Ok(Response::new(WriteAck {
                 term,
                 from_leader,
                 node_id: self.node_id,
                 durable_only: true,
+                voters: voters.iter().collect(),
             })),
             Done::Result(other) => Err(unexpected(other)),
         }

@@ -280,10 +280,17 @@ fn stamp_of(bytes: &[u8]) -> Option<Stamp> {
 }
 
 /// A snapshot as the raft database records it: index, term, then its stamp
-/// (absent in records written before stamps existed).
+/// (absent in records written before stamps existed), then its
+/// configuration as two id masks, voters and learners (absent in records
+/// written before configurations were: the initial member list applies).
 fn snapshot_bytes(snapshot: SnapshotMeta) -> Vec<u8> {
     let mut bytes = point_bytes(snapshot.index, snapshot.term).to_vec();
     bytes.extend_from_slice(&stamp_bytes(snapshot.stamp));
+    let membership = snapshot.membership;
+    bytes.extend_from_slice(&point_bytes(
+        membership.voters.bits(),
+        membership.learners.bits(),
+    ));
     bytes
 }
 
@@ -293,7 +300,22 @@ fn snapshot_of(bytes: &[u8]) -> Option<SnapshotMeta> {
         None | Some([]) => Stamp::default(),
         Some(rest) => stamp_of(rest)?,
     };
-    Some(SnapshotMeta { index, term, stamp })
+    let membership = match bytes.get(32..) {
+        None | Some([]) => consensus::Membership::default(),
+        Some(rest) => {
+            let (voters, learners) = point_of(rest)?;
+            consensus::Membership {
+                voters: consensus::NodeSet::from_bits(voters),
+                learners: consensus::NodeSet::from_bits(learners),
+            }
+        }
+    };
+    Some(SnapshotMeta {
+        index,
+        term,
+        stamp,
+        membership,
+    })
 }
 
 fn point_of(bytes: &[u8]) -> Option<(LogIndex, Term)> {
@@ -986,7 +1008,17 @@ impl Storage {
         ));
         let stamp = read_stamp(&state.db)?;
         checkpoint_into(&state.db, &dir)?;
-        Ok((SnapshotMeta { index, term, stamp }, dir))
+        // A backup records no configuration (see `proto::backup`).
+        let membership = consensus::Membership::default();
+        Ok((
+            SnapshotMeta {
+                index,
+                term,
+                stamp,
+                membership,
+            },
+            dir,
+        ))
     }
 
     /// The term of the entry at `index`, which the durable log holds or

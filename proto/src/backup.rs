@@ -198,6 +198,9 @@ impl BackupReader {
                 time: first.time,
                 expire_before: first.expire_before,
             },
+            // A backup records no configuration: a cluster restored from it
+            // starts from the member list it is given.
+            membership: Default::default(),
         };
         Ok(reader)
     }

@@ -6,6 +6,7 @@
 
 use consensus::cluster_time::Stamp;
 use consensus::io::HardState;
+use consensus::membership::{Membership, MembershipChange, NodeSet};
 use consensus::message::{
     AppendEntries, AppendEntriesResponse, DurabilityForward, DurabilityLogRequest,
     DurabilityLogResponse, InstallSnapshot, InstallSnapshotResponse, Message, RequestVote,
@@ -13,6 +14,7 @@ use consensus::message::{
 };
 use consensus::snapshot::{SnapshotItem, SnapshotMeta};
 use consensus::state_machine::Session;
+use consensus::types::ConfigEntry;
 use consensus::{
     ClientRequest, Command, CommandResult, DurableRecord, Entry, EntryPayload, ExecutionError,
     RequestId,
@@ -181,6 +183,7 @@ impl From<&Entry> for raft::Entry {
         let payload = match &entry.payload {
             EntryPayload::Noop => raft::entry::Payload::Noop(true),
             EntryPayload::Command(request) => raft::entry::Payload::Command(request.into()),
+            EntryPayload::Config(config) => raft::entry::Payload::Config(config.into()),
         };
         raft::Entry {
             term: entry.term,
@@ -203,6 +206,7 @@ impl TryFrom<raft::Entry> for Entry {
         {
             raft::entry::Payload::Noop(_) => EntryPayload::Noop,
             raft::entry::Payload::Command(c) => EntryPayload::Command(c.try_into()?),
+            raft::entry::Payload::Config(c) => EntryPayload::Config(c.try_into()?),
         };
         if entry.index == 0 {
             return Err(malformed("entry", "index 0"));
@@ -254,6 +258,7 @@ pub fn peer_message(from: u64, to: u64, message: &Message) -> raft::PeerMessage 
             term: m.term,
             vote_granted: m.vote_granted,
             pre_vote: m.pre_vote,
+            not_a_voter_at: m.not_a_voter_at,
         }),
         Message::DurabilityLogRequest(m) => Msg::DurabilityLogRequest(raft::DurabilityLogRequest {
             term: m.term,
@@ -349,6 +354,7 @@ impl TryFrom<raft::PeerMessage> for Message {
                     term: m.term,
                     vote_granted: m.vote_granted,
                     pre_vote: m.pre_vote,
+                    not_a_voter_at: m.not_a_voter_at,
                 }),
                 Msg::DurabilityLogRequest(m) => {
                     Message::DurabilityLogRequest(DurabilityLogRequest {
@@ -380,7 +386,7 @@ impl TryFrom<raft::PeerMessage> for Message {
                 Msg::InstallSnapshot(m) => Message::InstallSnapshot(InstallSnapshot {
                     term: m.term,
                     leader_id: m.leader_id,
-                    snapshot: m.snapshot.unwrap_or_default().into(),
+                    snapshot: m.snapshot.unwrap_or_default().try_into()?,
                     position: m.position,
                     items: m
                         .items
@@ -393,7 +399,7 @@ impl TryFrom<raft::PeerMessage> for Message {
                 Msg::InstallSnapshotResponse(m) => {
                     Message::InstallSnapshotResponse(InstallSnapshotResponse {
                         term: m.term,
-                        snapshot: m.snapshot.unwrap_or_default().into(),
+                        snapshot: m.snapshot.unwrap_or_default().try_into()?,
                         next: m.next,
                         rejected: m.rejected,
                         installed: m.installed,
@@ -504,21 +510,110 @@ impl From<SnapshotMeta> for raft::SnapshotMeta {
             term: meta.term,
             time: meta.stamp.time,
             expire_before: meta.stamp.expire_before,
+            membership: (!meta.membership.is_empty()).then(|| meta.membership.into()),
         }
     }
 }
 
 /// A snapshot's place from its wire form.
-impl From<raft::SnapshotMeta> for SnapshotMeta {
-    fn from(meta: raft::SnapshotMeta) -> Self {
-        SnapshotMeta {
+impl TryFrom<raft::SnapshotMeta> for SnapshotMeta {
+    type Error = ConvertError;
+
+    fn try_from(meta: raft::SnapshotMeta) -> Result<Self, ConvertError> {
+        Ok(SnapshotMeta {
             index: meta.index,
             term: meta.term,
             stamp: Stamp {
                 time: meta.time,
                 expire_before: meta.expire_before,
             },
+            membership: match meta.membership {
+                Some(m) => m.try_into()?,
+                None => Membership::default(),
+            },
+        })
+    }
+}
+
+/// A configuration in its wire form.
+impl From<Membership> for raft::Membership {
+    fn from(m: Membership) -> Self {
+        raft::Membership {
+            voters: m.voters.iter().collect(),
+            learners: m.learners.iter().collect(),
         }
+    }
+}
+
+/// A configuration from its wire form: ids 1 to 64, voters and learners
+/// apart.
+impl TryFrom<raft::Membership> for Membership {
+    type Error = ConvertError;
+
+    fn try_from(m: raft::Membership) -> Result<Self, ConvertError> {
+        let set = |ids: &[u64]| -> Result<NodeSet, ConvertError> {
+            for &id in ids {
+                consensus::membership::validate_node_id(id)
+                    .map_err(|e| malformed("membership", e))?;
+            }
+            Ok(NodeSet::of(ids.iter().copied()))
+        };
+        let membership = Membership {
+            voters: set(&m.voters)?,
+            learners: set(&m.learners)?,
+        };
+        if !NodeSet::of(
+            membership
+                .voters
+                .iter()
+                .filter(|&id| membership.is_learner(id)),
+        )
+        .is_empty()
+        {
+            return Err(malformed("membership", "a node is both voter and learner"));
+        }
+        Ok(membership)
+    }
+}
+
+/// A configuration entry in its wire form.
+impl From<&ConfigEntry> for raft::ConfigEntry {
+    fn from(config: &ConfigEntry) -> Self {
+        use raft::config_entry::Change;
+        raft::ConfigEntry {
+            membership: Some(config.membership.into()),
+            change: Some(match config.change {
+                MembershipChange::AddLearner(id) => Change::AddLearner(id),
+                MembershipChange::Promote(id) => Change::Promote(id),
+                MembershipChange::Remove(id) => Change::Remove(id),
+            }),
+            address: config.address.clone(),
+        }
+    }
+}
+
+/// A configuration entry from its wire form.
+impl TryFrom<raft::ConfigEntry> for ConfigEntry {
+    type Error = ConvertError;
+
+    fn try_from(config: raft::ConfigEntry) -> Result<Self, ConvertError> {
+        use raft::config_entry::Change;
+        let change = match config
+            .change
+            .ok_or_else(|| malformed("config entry", "no change"))?
+        {
+            Change::AddLearner(id) => MembershipChange::AddLearner(id),
+            Change::Promote(id) => MembershipChange::Promote(id),
+            Change::Remove(id) => MembershipChange::Remove(id),
+        };
+        Ok(ConfigEntry {
+            membership: config
+                .membership
+                .ok_or_else(|| malformed("config entry", "no membership"))?
+                .try_into()?,
+            change,
+            address: config.address,
+        })
     }
 }
 
@@ -861,6 +956,7 @@ mod tests {
                             time: u64::MAX,
                             expire_before: u64::MAX,
                         },
+                        membership: largest_membership(),
                     },
                     position: key(1),
                     items: vec![
@@ -899,6 +995,7 @@ mod tests {
                             time: u64::MAX,
                             expire_before: u64::MAX,
                         },
+                        membership: largest_membership(),
                     },
                     next: key(4),
                     rejected: true,
@@ -918,5 +1015,60 @@ mod tests {
             consensus::limits::fits_in_a_message(0),
             "one largest entry fits"
         );
+        // Configuration entries of the most members, round trip and bound.
+        let config = Entry {
+            term: u64::MAX,
+            index: u64::MAX,
+            stamp: Stamp {
+                time: u64::MAX,
+                expire_before: u64::MAX,
+            },
+            payload: EntryPayload::Config(ConfigEntry {
+                membership: largest_membership(),
+                change: MembershipChange::AddLearner(64),
+                address: "x".repeat(255),
+            }),
+        };
+        let message = Message::AppendEntries(AppendEntries {
+            term: u64::MAX,
+            leader_id: u64::MAX,
+            prev_log_index: u64::MAX,
+            prev_log_term: u64::MAX,
+            entries: vec![config.clone(), config],
+            leader_commit: u64::MAX,
+            context: u64::MAX,
+        });
+        let wire = peer_message(u64::MAX, u64::MAX, &message);
+        assert!(wire.encoded_len() <= message.size_bytes());
+        assert_eq!(Message::try_from(wire).expect("decodes"), message);
+    }
+
+    /// Ids 1 to 32 voting, 33 to 64 learning: the most a membership holds.
+    fn largest_membership() -> Membership {
+        Membership {
+            voters: NodeSet::of(1..=32),
+            learners: NodeSet::of(33..=64),
+        }
+    }
+
+    #[test]
+    fn memberships_with_ids_out_of_range_or_twice_are_refused() {
+        let bad = [
+            raft::Membership {
+                voters: vec![0],
+                learners: vec![],
+            },
+            raft::Membership {
+                voters: vec![65],
+                learners: vec![],
+            },
+            raft::Membership {
+                voters: vec![1, 2],
+                learners: vec![2],
+            },
+        ];
+        for m in bad {
+            assert!(Membership::try_from(m).is_err());
+        }
     }
 }

@@ -82,6 +82,35 @@
 //! Restarts lose nothing: the durability log is synced before any ack, so a
 //! restarted replica has all it acked and may vote at once.
 //!
+//! # Membership changes
+//!
+//! The fast quorum is every voter of the configuration in force at the
+//! leader when it acknowledges: its acknowledgement names those voters
+//! (`ReplyOutcome::DurableAck::voters`), and a client completes a write
+//! once each of them acknowledged in the leader's term
+//! (`consensus::quorum::FastAcks`). Recovery gathers the durability logs of
+//! a majority of the voters of the new leader's configuration. What keeps
+//! "every completed write is in the new leader's own log, in a valid
+//! order" true across changes ([`consensus::membership`]):
+//!
+//! - Before a leader appends a configuration entry, it moves its whole
+//!   durability log into the Raft log, ahead of that entry. A server that
+//!   becomes a voter by that entry lacks in its durability log the writes
+//!   completed before; but it holds the entry only if it holds the log
+//!   before it, so it has them ordered, and ordered entries come before any
+//!   unordered record in every later order.
+//! - While a configuration entry is not committed, the leader acknowledges
+//!   no fast write (they go to the slow path). Otherwise a write completed
+//!   with the acknowledgements of the new configuration's voters could be
+//!   missed by a voter of the old one, which might lead again if the entry
+//!   were truncated (a removed server, for instance).
+//! - Once it is committed, every later leader has it in its log, so no
+//!   configuration before it comes back.
+//!
+//! The simulator changes membership at random under every fault, fast
+//! writes racing the changes and leader changes; its checks include
+//! linearizability and that no acknowledged write is lost.
+//!
 //! # Why only writes of one key take the fast path
 //!
 //! Writes that arrive at the replicas concurrently may sit in their
@@ -125,7 +154,7 @@ use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 
 use consensus::io::{Input, Outbox, Recovered, ReplyOutcome, Role, Status, Timing, Write};
 use consensus::message::{DurabilityForward, DurabilityLogRequest, DurabilityLogResponse, Message};
-use consensus::quorum::majority;
+use consensus::raft::RaftVariant;
 use consensus::{
     ClientRequest, Command, Consensus, DurableRecord, EntryPayload, Key, NodeId, RequestId, Term,
 };
@@ -175,6 +204,12 @@ pub enum InjectedBug {
     /// Followers never forward leftover records (see "Leftover records"):
     /// a record no recovery gathered waits in a durability log for ever.
     LeftoverRecordsNeverForwarded,
+    /// The leader appends a configuration entry without first ordering its
+    /// durability log ahead of it (see "Membership changes").
+    NoOrderingBeforeConfig,
+    /// The leader acknowledges fast writes while a configuration entry is
+    /// uncommitted (see "Membership changes").
+    FastAcksWhileConfigPending,
 }
 
 impl Config {
@@ -226,10 +261,12 @@ struct Recovery {
 }
 
 impl Recovery {
-    /// How many of `members` replicas' logs are here whole (this node's
-    /// always is).
-    fn complete(&self, members: usize) -> usize {
-        members - self.next.len()
+    /// The replicas whose logs are here whole (this node's always is).
+    fn complete(&self) -> impl Iterator<Item = NodeId> + '_ {
+        self.logs
+            .keys()
+            .copied()
+            .filter(|id| !self.next.contains_key(id))
     }
 }
 
@@ -482,14 +519,18 @@ impl NilextRaft {
         self.durability_log.iter().cloned().collect()
     }
 
-    fn members(&self) -> &[NodeId] {
-        &self.config.raft.members
+    fn core(&self) -> &consensus::raft::RaftCore {
+        self.inner.core()
     }
 
     /// Normal operation (section 4.3): a follower that knows its leader, or
-    /// a leader that has recovered.
+    /// a leader that has recovered; a voter either way (only voters'
+    /// acknowledgements count).
     fn in_normal_operation(&self) -> bool {
         let status = self.inner.status();
+        if !self.core().is_voter() {
+            return false;
+        }
         match status.role {
             Role::Leader => self.recovered,
             Role::Follower => status.leader.is_some(),
@@ -522,6 +563,7 @@ impl NilextRaft {
             .map(|r| consensus::types::ENTRY_FRAMING_BYTES + r.command.encoded_bound())
             .sum();
         if !self.in_normal_operation()
+            || self.config_change_pending()
             || self.durability_log.len() + self.waiting_writes.len()
                 >= self.config.durability_log_max
             || self.durability_log.bytes + waiting_bytes >= self.config.durability_log_bytes_max
@@ -547,7 +589,43 @@ impl NilextRaft {
         ReplyOutcome::DurableAck {
             term: status.term,
             from_leader: status.role == Role::Leader,
+            voters: status.membership.voters,
         }
+    }
+
+    /// As leader: a configuration entry in the log is not committed yet.
+    /// The leader then acknowledges no fast write (see "Membership
+    /// changes"): a write it acknowledged with one configuration's voters
+    /// must stay safe if that entry is truncated and the configuration
+    /// before comes back.
+    fn config_change_pending(&self) -> bool {
+        self.inner.status().role == Role::Leader
+            && self.core().membership_change_pending()
+            && self.config.injected_bug != Some(InjectedBug::FastAcksWhileConfigPending)
+    }
+
+    /// A membership change, as leader: first every record of the
+    /// durability log goes into the Raft log, ahead of the configuration
+    /// entry (see "Membership changes").
+    fn change_membership(&mut self, input: Input, out: &mut Outbox) {
+        if self.inner.status().role == Role::Leader {
+            let busy = if !self.recovered {
+                Some("the new leader is still recovering")
+            } else if self.inner.transferring_leadership() {
+                Some("a leadership transfer is under way")
+            } else {
+                None
+            };
+            if let Some(reason) = busy {
+                out.membership_change = Some(Err(consensus::MembershipError::Busy(reason.into())));
+                return;
+            }
+            if self.config.injected_bug != Some(InjectedBug::NoOrderingBeforeConfig) {
+                self.order_all(out);
+                self.inner.flush_now(out);
+            }
+        }
+        self.inner.step(input, out);
     }
 
     /// Appends the waiting fast-path writes to the durability log: one
@@ -708,12 +786,9 @@ impl NilextRaft {
         self.recovered = false;
         self.ordered.clear();
         let own = self.durability_log.iter().cloned().collect();
-        let peers: Vec<NodeId> = self
-            .members()
-            .iter()
-            .copied()
-            .filter(|&p| p != self.config.raft.id)
-            .collect();
+        // The voters of the configuration in force: every completed write
+        // is in each one's durability log or ordered in the Raft log.
+        let peers = self.core().voting_peers();
         self.recovery = Some(Recovery {
             term,
             logs: BTreeMap::from([(self.config.raft.id, own)]),
@@ -728,10 +803,10 @@ impl NilextRaft {
     }
 
     fn maybe_finish_recovery(&mut self, out: &mut Outbox) {
-        let enough = self.recovery.as_ref().is_some_and(|r| {
-            let members = self.members().len();
-            r.complete(members) >= majority(members)
-        });
+        let enough = self
+            .recovery
+            .as_ref()
+            .is_some_and(|r| self.core().is_quorum(r.complete(), false));
         if !enough {
             return;
         }
@@ -830,9 +905,14 @@ impl NilextRaft {
 
     /// The leader orders forwarded records it lacks (see "Leftover records"
     /// in the crate docs).
-    fn on_forward(&mut self, m: DurabilityForward, out: &mut Outbox) {
+    fn on_forward(&mut self, from: NodeId, m: DurabilityForward, out: &mut Outbox) {
         let status = self.inner.status();
         if status.role != Role::Leader || !self.recovered || m.term != status.term {
+            return;
+        }
+        if !status.membership.is_voter(from) {
+            // A server removed (or a learner) holds only records of
+            // writes that completed without it, or never will.
             return;
         }
         for record in m.records {
@@ -850,6 +930,9 @@ impl NilextRaft {
         let (Role::Follower, Some(leader)) = (status.role, status.leader) else {
             return;
         };
+        if !status.membership.is_voter(status.id) {
+            return;
+        }
         // Only a follower that has applied what the leader had committed a
         // heartbeat ago forwards: one further behind may hold records that
         // entries it has not received yet apply, and forwarding them would
@@ -995,6 +1078,7 @@ impl Consensus for NilextRaft {
         let is_tick = matches!(input, Input::Tick);
         match input {
             Input::FastWrite(request) => self.fast_write(request, out),
+            Input::ChangeMembership { .. } => self.change_membership(input, out),
             Input::Request(request) => self.request(request, out),
             Input::Message {
                 from,
@@ -1005,9 +1089,9 @@ impl Consensus for NilextRaft {
                 message: Message::DurabilityLogResponse(m),
             } => self.on_durability_log_response(from, m, out),
             Input::Message {
+                from,
                 message: Message::DurabilityForward(m),
-                ..
-            } => self.on_forward(m, out),
+            } => self.on_forward(from, m, out),
             Input::Persisted { .. } => {
                 durability_log_synced = self.jobs.pop_front() == Some(true);
                 self.inner.step(input, out);

@@ -48,7 +48,9 @@ fn acks(c: &ManualCluster<NilextRaft>, id: RequestId) -> Vec<(u64, u64, bool)> {
         .iter()
         .filter_map(|a| match a {
             Answer::Reply { node, reply } if reply.request == id => match reply.outcome {
-                ReplyOutcome::DurableAck { term, from_leader } => Some((*node, term, from_leader)),
+                ReplyOutcome::DurableAck {
+                    term, from_leader, ..
+                } => Some((*node, term, from_leader)),
                 _ => None,
             },
             _ => None,

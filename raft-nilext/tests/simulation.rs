@@ -135,6 +135,26 @@ fn sessions_expire_under_every_fault_kind() {
     assert!(refused > 0, "replicas sent fast writes to the slow path");
 }
 
+/// Membership changes (one server at a time) racing fast writes, leader
+/// changes and every fault kind: the fast quorum is every voter of the
+/// leader's configuration, recovery gathers from that configuration.
+#[test]
+fn membership_changes_race_fast_writes_under_every_fault_kind() {
+    let fast_path = |seed, nodes| SimConfig {
+        nilext_fast_path: true,
+        ..sim::membership_suite(seed, nodes)
+    };
+    let mut runs = check(97_000..97_080, ReadMode::Lease, 1, |seed| {
+        fast_path(seed, 3)
+    });
+    runs.extend(check(97_500..97_540, ReadMode::ReadIndex, 2, |seed| {
+        fast_path(seed, 5)
+    }));
+    sim::assert_membership_changed(&runs);
+    let fast: u64 = runs.iter().map(|r| r.fast_path_completions).sum();
+    assert!(fast > 0, "writes completed on the fast path");
+}
+
 /// Leadership transfers under every fault kind, with the fast path: a
 /// write completed in the old leader's term is in every durability log,
 /// so the target's recovery orders it.

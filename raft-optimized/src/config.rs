@@ -9,7 +9,9 @@ pub use consensus::config::ReadMode;
 pub struct Config {
     /// This node.
     pub id: NodeId,
-    /// Every member, this node included.
+    /// The cluster's initial members, this node included, all voters;
+    /// empty for a node that joins a running cluster
+    /// (`consensus::membership`).
     pub members: Vec<NodeId>,
     /// Seed for election timeouts.
     pub seed: u64,
@@ -55,6 +57,8 @@ pub enum InjectedBug {
     /// target may be elected (voters yield to a transfer's candidate) and
     /// commit writes while the lease lasts.
     LeaseReadsAfterTimeoutNow,
+    /// A bug in the membership rules (`consensus::membership`).
+    Membership(consensus::membership::MembershipBug),
 }
 
 impl Config {
@@ -81,9 +85,7 @@ impl Config {
 
     /// Checks the settings fit together.
     pub fn validate(&self) -> Result<(), String> {
-        if !self.members.contains(&self.id) {
-            return Err(format!("node {} is not among the members", self.id));
-        }
+        consensus::membership::validate_initial_members(self.id, &self.members)?;
         consensus::raft::validate_timing(self.election_timeout_ticks, self.heartbeat_ticks)?;
         if self.batch_entries_max == 0 || self.inflight_appends_max == 0 {
             return Err("batch and in-flight limits must be at least 1".into());

@@ -66,6 +66,7 @@ impl OptimizedRaft {
                 term: if granted { m.term } else { self.core.term },
                 vote_granted: granted,
                 pre_vote: true,
+                not_a_voter_at: 0,
             };
             out.send(from, Message::RequestVoteResponse(response), Timing::Now);
             return;
@@ -81,6 +82,7 @@ impl OptimizedRaft {
                     term: self.core.term,
                     vote_granted: false,
                     pre_vote: false,
+                    not_a_voter_at: 0,
                 };
                 out.send(from, Message::RequestVoteResponse(response), Timing::Now);
                 return;

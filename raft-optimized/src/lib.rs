@@ -95,7 +95,7 @@ impl OptimizedRaft {
             panic!("invalid raft-optimized settings: {problem}");
         }
         let never_saw_a_term = recovered.hard_state.term == 0;
-        OptimizedRaft {
+        let mut raft = OptimizedRaft {
             core: RaftCore::new(
                 config.id,
                 config.members.clone(),
@@ -121,7 +121,11 @@ impl OptimizedRaft {
             ready_reads: VecDeque::new(),
             lease_until_tick: 0,
             config,
+        };
+        if let Some(InjectedBug::Membership(bug)) = raft.config.injected_bug {
+            raft.core.membership_bug = Some(bug);
         }
+        raft
     }
 
     // ----- roles -----
@@ -269,11 +273,16 @@ impl RaftVariant for OptimizedRaft {
             self.quorum_check_elapsed += 1;
             if self.quorum_check_elapsed >= self.config.election_timeout_ticks {
                 self.quorum_check_elapsed = 0;
-                let active = 1 + self.progress.values().filter(|p| p.active).count();
+                let active: Vec<NodeId> = self
+                    .progress
+                    .iter()
+                    .filter(|(_, p)| p.active)
+                    .map(|(&peer, _)| peer)
+                    .collect();
                 for p in self.progress.values_mut() {
                     p.active = false;
                 }
-                if active < self.core.majority() {
+                if !self.core.is_quorum(active, true) {
                     let term = self.core.term;
                     self.become_follower(term, None, out);
                     return;
@@ -363,6 +372,35 @@ impl RaftVariant for OptimizedRaft {
 
     fn on_transfer_begun(&mut self, target: NodeId, out: &mut Outbox) {
         self.send_appends(target, out);
+    }
+
+    fn on_membership_changed(&mut self, out: &mut Outbox) {
+        // A lease was granted by a quorum of the configuration before;
+        // leases from here on come from rounds counted in this one.
+        self.lease_until_tick = 0;
+        let targets = self.core.peers();
+        let gone: Vec<NodeId> = self
+            .progress
+            .keys()
+            .copied()
+            .filter(|peer| !targets.contains(peer))
+            .collect();
+        for peer in gone {
+            if let Some(p) = self.progress.remove(&peer) {
+                self.core.farewell(peer, p.match_index, out);
+            }
+        }
+        let next = self.core.log.last_index() + 1;
+        for &peer in &targets {
+            self.progress
+                .entry(peer)
+                .or_insert_with(|| Progress::new(next, self.now_ticks));
+        }
+        for peer in targets {
+            self.send_appends(peer, out);
+        }
+        self.advance_commit(out);
+        self.confirm_rounds(out);
     }
 
     fn on_timeout_now(&mut self, out: &mut Outbox) {

@@ -92,14 +92,13 @@ impl OptimizedRaft {
     /// Rounds acknowledged by a majority (this node included) confirm their
     /// reads and extend the lease.
     pub(crate) fn confirm_rounds(&mut self, out: &mut Outbox) {
-        let majority = self.core.majority();
         while let Some(round) = self.rounds.front() {
-            let acks = 1 + self
+            let acked = self
                 .progress
-                .values()
-                .filter(|p| p.acked_round >= round.context)
-                .count();
-            if acks < majority {
+                .iter()
+                .filter(|(_, p)| p.acked_round >= round.context)
+                .map(|(&peer, _)| peer);
+            if !self.core.is_quorum(acked, true) {
                 break;
             }
             let Some(round) = self.rounds.pop_front() else {

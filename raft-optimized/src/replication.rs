@@ -126,7 +126,7 @@ impl OptimizedRaft {
         if self.core.role == Role::Leader
             && let Some(index) = self
                 .core
-                .quorum_commit(self.progress.values().map(|p| p.match_index))
+                .quorum_commit(|peer| self.progress.get(&peer).map_or(0, |p| p.match_index))
         {
             self.core.commit_to(index);
         }

@@ -216,6 +216,20 @@ fn leadership_transfers_under_every_fault_kind() {
     sim::assert_leadership_transferred(&runs);
 }
 
+/// Membership changes (one server at a time: add a learner, promote it,
+/// remove a member) under every fault kind, with leadership transfers, in
+/// both read modes.
+#[test]
+fn membership_changes_under_every_fault_kind() {
+    let mut runs = check(97_000..97_080, ReadMode::Lease, |seed| {
+        sim::membership_suite(seed, 3)
+    });
+    runs.extend(check(97_500..97_540, ReadMode::ReadIndex, |seed| {
+        sim::membership_suite(seed, 5)
+    }));
+    sim::assert_membership_changed(&runs);
+}
+
 /// A node that expires sessions by its own clock instead of the stamps in
 /// the log holds other sessions than its peers at the same index: the
 /// state comparison catches it.

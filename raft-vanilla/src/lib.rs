@@ -42,7 +42,6 @@ use consensus::message::{
     AppendEntries, AppendEntriesResponse, InstallSnapshot, InstallSnapshotResponse, Message,
     RequestVote, RequestVoteResponse,
 };
-use consensus::quorum::quorum_index;
 use consensus::raft::{ConflictHints, PendingRequests, RaftCore, RaftVariant};
 use consensus::snapshot::{SnapshotMeta, Transfer};
 use consensus::{ClientRequest, EntryPayload, LogIndex, NodeId, Term};
@@ -58,6 +57,8 @@ pub enum InjectedBug {
     /// The leader commits an entry of an earlier term by counting replicas
     /// (the unsafe rule of the paper's Figure 8).
     CommitPreviousTermByCounting,
+    /// A bug in the membership rules (`consensus::membership`).
+    Membership(consensus::membership::MembershipBug),
 }
 
 /// Settings of one node.
@@ -65,7 +66,9 @@ pub enum InjectedBug {
 pub struct Config {
     /// This node.
     pub id: NodeId,
-    /// Every member of the cluster, this node included.
+    /// The cluster's initial members, this node included, all voters;
+    /// empty for a node that joins a running cluster
+    /// (`consensus::membership`).
     pub members: Vec<NodeId>,
     /// Base election timeout in ticks; each timeout is drawn from
     /// `[election_timeout_ticks, 2 * election_timeout_ticks)`. Default
@@ -95,9 +98,7 @@ impl Config {
 
     /// Checks the settings fit together.
     pub fn validate(&self) -> Result<(), String> {
-        if !self.members.contains(&self.id) {
-            return Err(format!("node {} is not among the members", self.id));
-        }
+        consensus::membership::validate_initial_members(self.id, &self.members)?;
         consensus::raft::validate_timing(self.election_timeout_ticks, self.heartbeat_ticks)
     }
 }
@@ -146,10 +147,18 @@ impl VanillaRaft {
             pending: PendingRequests::default(),
             config,
         }
+        .with_membership_bug()
     }
 
     /// Figure 2, all servers: "If RPC request or response contains term
     /// T > currentTerm: set currentTerm = T, convert to follower".
+    fn with_membership_bug(mut self) -> Self {
+        if let Some(InjectedBug::Membership(bug)) = self.config.injected_bug {
+            self.core.membership_bug = Some(bug);
+        }
+        self
+    }
+
     fn become_follower(&mut self, term: Term, leader: Option<NodeId>, out: &mut Outbox) {
         if self.core.become_follower(term, leader, out) {
             for request in self.pending.take() {
@@ -238,14 +247,19 @@ impl VanillaRaft {
     /// Figure 2, leaders: commit the highest N held by a majority whose entry
     /// is of the current term.
     fn advance_commit(&mut self, out: &mut Outbox) {
-        let matches = self.progress.values().map(|p| p.match_index);
+        let progress = &self.progress;
+        let match_of = |peer: NodeId| progress.get(&peer).map_or(0, |p| p.match_index);
         let index = match self.config.injected_bug {
-            None => self.core.quorum_commit(matches),
+            None | Some(InjectedBug::Membership(_)) => self.core.quorum_commit(match_of),
             Some(InjectedBug::CommitWithoutQuorum) => Some(self.core.durable_index),
             Some(InjectedBug::CommitPreviousTermByCounting) => {
-                let mut all: Vec<LogIndex> = matches.collect();
-                all.push(self.core.durable_index);
-                Some(quorum_index(&all))
+                let durable = self.core.durable_index;
+                let id = self.core.id;
+                Some(
+                    self.core
+                        .membership()
+                        .quorum_index(|peer| if peer == id { durable } else { match_of(peer) }),
+                )
             }
         };
         if let Some(index) = index.filter(|&i| i > self.core.commit_index) {
@@ -352,15 +366,26 @@ impl RaftVariant for VanillaRaft {
         let Some(progress) = self.progress.get_mut(&from) else {
             return;
         };
-        progress.in_flight = false;
-        if m.success {
-            progress.match_index = progress.match_index.max(m.match_index);
+        // Only an answer that moves the follower on sends the next entry: a
+        // stale or duplicated answer sends nothing (else duplicates would
+        // multiply the messages in flight; the heartbeat repeats a lost
+        // one).
+        if m.success && m.match_index > progress.match_index {
+            progress.in_flight = false;
+            progress.match_index = m.match_index;
             progress.next_index = progress.next_index.max(progress.match_index + 1);
             self.advance_commit(out);
-        } else if m.conflict_index + 1 == progress.next_index && progress.next_index > 1 {
+        } else if !m.success
+            && m.conflict_index + 1 == progress.next_index
+            && progress.next_index > progress.match_index + 1
+        {
             // Figure 2: "If AppendEntries fails because of log inconsistency:
-            // decrement nextIndex and retry". Stale rejections are ignored.
+            // decrement nextIndex and retry". Stale rejections are ignored,
+            // and none takes it below what the follower is known to hold.
+            progress.in_flight = false;
             progress.next_index -= 1;
+        } else {
+            return;
         }
         self.send_append(from, false, out);
     }
@@ -398,6 +423,34 @@ impl RaftVariant for VanillaRaft {
 
     fn on_transfer_begun(&mut self, target: NodeId, out: &mut Outbox) {
         self.send_append(target, false, out);
+    }
+
+    fn on_membership_changed(&mut self, out: &mut Outbox) {
+        let targets = self.core.peers();
+        let gone: Vec<NodeId> = self
+            .progress
+            .keys()
+            .copied()
+            .filter(|peer| !targets.contains(peer))
+            .collect();
+        for peer in gone {
+            if let Some(progress) = self.progress.remove(&peer) {
+                self.core.farewell(peer, progress.match_index, out);
+            }
+        }
+        let next_index = self.core.log.last_index() + 1;
+        for peer in targets {
+            if let std::collections::btree_map::Entry::Vacant(slot) = self.progress.entry(peer) {
+                slot.insert(Progress {
+                    next_index,
+                    match_index: 0,
+                    in_flight: false,
+                    transfer: None,
+                });
+                self.send_append(peer, true, out);
+            }
+        }
+        self.advance_commit(out);
     }
 
     fn on_timeout_now(&mut self, out: &mut Outbox) {

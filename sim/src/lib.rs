@@ -188,6 +188,41 @@ pub fn assert_leadership_transferred(runs: &[RunStats]) {
     );
 }
 
+/// The settings of the membership suites: every fault kind, two spare
+/// nodes, and the nemesis changes the membership (and hands leadership
+/// over) as often as it injects three fault kinds.
+pub fn membership_suite(seed: u64, nodes: usize) -> SimConfig {
+    let mut config = SimConfig::new(seed, nodes);
+    with_membership_changes(&mut config);
+    config.leader_transfers = true;
+    config
+}
+
+fn with_membership_changes(config: &mut SimConfig) {
+    config.spare_nodes = 2;
+    config.membership_changes = true;
+}
+
+/// Checks that a membership suite's runs changed the membership: learners
+/// added and promoted, members removed. Prints the tallies.
+pub fn assert_membership_changed(runs: &[RunStats]) {
+    let sum = |f: fn(&RunStats) -> u64| runs.iter().map(f).sum::<u64>();
+    let (asked, applied, promoted, removed) = (
+        sum(|r| r.membership_changes_asked),
+        sum(|r| r.membership_changes_applied),
+        sum(|r| r.promotions_applied),
+        sum(|r| r.removals_applied),
+    );
+    eprintln!(
+        "{} runs: {asked} membership changes asked, {applied} committed ({promoted} promotions, {removed} removals)",
+        runs.len()
+    );
+    assert!(
+        promoted > 0 && removed > 0 && applied > promoted + removed,
+        "learners were added and promoted, members removed"
+    );
+}
+
 /// The generator a soak seed draws its settings from (apart from the run's
 /// own, so the settings do not shift the run's random choices).
 pub fn variant_rng(seed: u64) -> consensus::rng::DetRng {
@@ -236,6 +271,10 @@ pub fn soak_config(
     }
     let transfers = DetRng::new(seed ^ 0x7A45_FE80_0017_0000).chance(0.5);
     config.leader_transfers = transfers;
+    let membership = DetRng::new(seed ^ 0x3E3B_E850_0017_0001).chance(0.5);
+    if membership {
+        with_membership_changes(&mut config);
+    }
     let large_values = variant.chance(0.002);
     if large_values {
         config.value_padding_bytes = (0, consensus::limits::VALUE_BYTES_MAX);
@@ -251,6 +290,7 @@ pub fn soak_config(
             ("snapshots", snapshots.to_string()),
             ("sessions expire", sessions.to_string()),
             ("leader transfers", transfers.to_string()),
+            ("membership changes", membership.to_string()),
         ],
     )
 }

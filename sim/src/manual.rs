@@ -227,13 +227,23 @@ impl<P> std::fmt::Debug for ManualCluster<P> {
 
 impl<P: Consensus> ManualCluster<P> {
     /// `n` nodes with empty storage, built by `factory(id, members)`.
-    pub fn new(n: u64, mut factory: impl FnMut(NodeId, &[NodeId]) -> P) -> Self {
+    pub fn new(n: u64, factory: impl FnMut(NodeId, &[NodeId]) -> P) -> Self {
+        Self::with_spares(n, 0, factory)
+    }
+
+    /// `n` members and `spares` more nodes (ids `n + 1` on) that know no
+    /// cluster, as `kvnode --join` starts: they wait to be added.
+    pub fn with_spares(
+        n: u64,
+        spares: u64,
+        mut factory: impl FnMut(NodeId, &[NodeId]) -> P,
+    ) -> Self {
         let members: Vec<NodeId> = (1..=n).collect();
-        let nodes = members
-            .iter()
-            .map(|&id| {
+        let nodes = (1..=n + spares)
+            .map(|id| {
+                let initial: &[NodeId] = if id <= n { &members } else { &[] };
                 let node = ManualNode {
-                    protocol: factory(id, &members),
+                    protocol: factory(id, initial),
                     durable: Durable::default(),
                     pending: VecDeque::new(),
                     state_machine: StateMachine::default(),

@@ -251,7 +251,7 @@ where
             request: request.clone(),
             attempt: 0,
             started: self.now,
-            fast_acks: FastAcks::new(self.config.nodes),
+            fast_acks: FastAcks::new(),
             first_update,
         });
         if !fast {
@@ -295,11 +295,15 @@ where
             return;
         }
         match answer {
-            Answer::Other(ReplyOutcome::DurableAck { term, from_leader }) => {
+            Answer::Other(ReplyOutcome::DurableAck {
+                term,
+                from_leader,
+                voters,
+            }) => {
                 let Some(current) = self.clients[client].current.as_mut() else {
                     return;
                 };
-                if current.fast_acks.add(from, term, from_leader) {
+                if current.fast_acks.add(from, term, from_leader, voters) {
                     self.log(|| format!("client {client} op {op}: fast quorum in term {term}"));
                     self.stats.fast_path_completions += 1;
                     self.complete(client, CommandResult::Written);

@@ -224,6 +224,15 @@ pub struct SimConfig {
     /// random member, or to the most up-to-date follower), as an operator
     /// would (`Input::TransferLeadership`).
     pub leader_transfers: bool,
+    /// Nodes beyond `nodes` that start knowing no cluster (as `kvnode
+    /// --join` does): the nemesis may add them as learners and promote
+    /// them. 0 by default.
+    pub spare_nodes: usize,
+    /// The nemesis also changes the membership, one server at a time, as
+    /// an operator would (`Input::ChangeMembership`): adds a spare or
+    /// removed node as a learner, promotes a learner, removes a learner or
+    /// a voter (never below three voters, never the leader).
+    pub membership_changes: bool,
 }
 
 /// Deliberate session bugs.
@@ -284,6 +293,8 @@ impl SimConfig {
             idle_percent: (50, 200),
             injected_session_bug: None,
             leader_transfers: false,
+            spare_nodes: 0,
+            membership_changes: false,
         }
     }
 }
@@ -350,6 +361,14 @@ pub struct RunStats {
     pub idle_clients: u64,
     /// Leadership transfers the nemesis asked a leader for.
     pub leader_transfers: u64,
+    /// Membership changes the nemesis asked a leader for.
+    pub membership_changes_asked: u64,
+    /// Configuration entries applied, counted once per index.
+    pub membership_changes_applied: u64,
+    /// Promotions of learners to voters applied, once per index.
+    pub promotions_applied: u64,
+    /// Removals applied, once per index.
+    pub removals_applied: u64,
     /// Peer messages dropped for exceeding the peer message limit.
     pub oversized_messages: u64,
     /// Crashes that rolled a state database back.

@@ -18,6 +18,40 @@ pub(super) struct Invariants {
     /// sessions), the first seen: every node's state at that index must be
     /// the same.
     pub(super) state_at: HashMap<LogIndex, (NodeId, u64)>,
+    /// index -> the configuration entry applied there.
+    pub(super) configs_applied: BTreeMap<LogIndex, consensus::Membership>,
+}
+
+impl Invariants {
+    /// A configuration entry applied for the first time at `index`: it is
+    /// the one committed before it (or the initial `nodes` voters) changed
+    /// by its one-server change (`consensus::membership`).
+    pub(super) fn config_committed(
+        &mut self,
+        index: LogIndex,
+        config: &consensus::types::ConfigEntry,
+        nodes: usize,
+        stats: &mut RunStats,
+    ) -> Option<String> {
+        let before = self.configs_applied.range(..index).next_back().map_or_else(
+            || consensus::Membership::of_voters(1..=nodes as NodeId),
+            |(_, m)| *m,
+        );
+        let after = config.membership;
+        self.configs_applied.insert(index, after);
+        stats.membership_changes_applied += 1;
+        match config.change {
+            consensus::MembershipChange::Promote(_) => stats.promotions_applied += 1,
+            consensus::MembershipChange::Remove(_) => stats.removals_applied += 1,
+            consensus::MembershipChange::AddLearner(_) => {}
+        }
+        (before.changed(config.change) != Ok(after)).then(|| {
+            format!(
+                "configuration committed at {index} ({after}, {}) is not one server away from the one before ({before})",
+                config.change
+            )
+        })
+    }
 }
 
 impl<P, F> Simulation<P, F>
@@ -43,7 +77,16 @@ where
     pub(super) fn pending(&self) -> Vec<String> {
         let mut problems = Vec::new();
         let mut ends = BTreeSet::new();
+        // Nodes outside the configuration in force (spare, or removed) are
+        // not expected to follow.
+        let membership = self
+            .current_leader()
+            .and_then(|leader| self.nodes[&leader].protocol.as_ref())
+            .map(|p| p.status().membership);
         for (&id, node) in &self.nodes {
+            if membership.is_some_and(|m| !m.contains(id)) {
+                continue;
+            }
             let Some(protocol) = &node.protocol else {
                 problems.push(format!("node {id} is down"));
                 continue;
@@ -125,6 +168,12 @@ where
             self.stats.max_term = self.stats.max_term.max(status.term);
             if status.role != Role::Leader {
                 continue;
+            }
+            if !status.membership.is_voter(id) {
+                problems.push(format!(
+                    "node {id} leads term {} but is not a voter of its configuration ({})",
+                    status.term, status.membership
+                ));
             }
             // Election safety: at most one leader per term.
             match self.invariants.leader_of_term.get(&status.term) {

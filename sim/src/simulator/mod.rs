@@ -307,11 +307,16 @@ where
     pub fn new(config: SimConfig, mut factory: F) -> Self {
         assert!(config.nodes >= 1 && config.clients >= 1 && config.keys >= 2);
         let members: Vec<NodeId> = (1..=config.nodes as NodeId).collect();
+        let spares = config.nodes as NodeId + 1..=(config.nodes + config.spare_nodes) as NodeId;
         let mut rng = DetRng::new(config.seed);
         let nodes = members
             .iter()
-            .map(|&id| {
-                let mut protocol = factory(id, &members, Recovered::default(), rng.next_u64());
+            .copied()
+            .chain(spares)
+            .map(|id| {
+                // A spare node knows no cluster: it waits to be added.
+                let initial: &[NodeId] = if members.contains(&id) { &members } else { &[] };
+                let mut protocol = factory(id, initial, Recovered::default(), rng.next_u64());
                 protocol.set_session_timeout(config.session_timeout_ticks);
                 let node = Node {
                     protocol: Some(protocol),
@@ -370,8 +375,20 @@ where
         }
     }
 
+    /// Every node simulated, spare ones included.
     fn members(&self) -> Vec<NodeId> {
         self.nodes.keys().copied().collect()
+    }
+
+    /// The initial member list node `id` is started with: the first
+    /// `nodes` ids, or none for a spare node.
+    fn initial_members(&self, id: NodeId) -> Vec<NodeId> {
+        let initial = 1..=self.config.nodes as NodeId;
+        if initial.contains(&id) {
+            initial.collect()
+        } else {
+            Vec::new()
+        }
     }
 
     fn schedule(&mut self, delay: Time, event: Event) {
@@ -752,7 +769,7 @@ where
     }
 
     fn random_node(&mut self) -> NodeId {
-        1 + self.rng.range(0, self.config.nodes as u64)
+        1 + self.rng.range(0, self.nodes.len() as u64)
     }
 
     // ----- the runtime -----
@@ -803,6 +820,9 @@ where
                 return;
             };
             protocol.step(input, &mut out);
+            if let Some(answer) = out.membership_change.take() {
+                self.log(|| format!("node {id}: membership change {answer:?}"));
+            }
             let Ok(follow_up) = executor::carry_out(out, &mut SimEffects { sim: self, id });
             next.extend(follow_up);
         }

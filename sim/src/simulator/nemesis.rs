@@ -2,6 +2,8 @@
 //! resumes nodes, partitions the network and restarts clients; then it heals
 //! everything.
 
+use consensus::MembershipChange;
+
 use super::*;
 
 impl<P, F> Simulation<P, F>
@@ -87,6 +89,10 @@ where
         if self.config.leader_transfers && n > 1 {
             actions.push("transfer-leader");
         }
+        if self.config.membership_changes {
+            // As often as six fault kinds together.
+            actions.extend(["membership"; 6]);
+        }
         if actions.len() == 1 {
             return;
         }
@@ -150,6 +156,7 @@ where
                 }
             }
             "restart-client" => self.restart_client(),
+            "membership" => self.change_membership(),
             "transfer-leader" => {
                 let leader = self.current_leader().filter(|id| !self.nodes[id].paused);
                 if let Some(leader) = leader {
@@ -181,6 +188,70 @@ where
         }
         let cut = self.cut.len();
         self.log(|| format!("nemesis: {action} ({cut} links cut)"));
+    }
+
+    /// Asks the leader for a random one-server change: add a node outside
+    /// the configuration as a learner, promote a learner (perhaps not
+    /// caught up: refused), remove a learner, or remove a voter other than
+    /// the leader while more than three vote.
+    fn change_membership(&mut self) {
+        let Some(leader) = self.current_leader().filter(|id| !self.nodes[id].paused) else {
+            return;
+        };
+        let Some(membership) = self.nodes[&leader]
+            .protocol
+            .as_ref()
+            .map(|p| p.status().membership)
+        else {
+            return;
+        };
+        // A kind of change first, then a node for it: promotions are as
+        // common as additions, though fewer nodes qualify.
+        let outsiders: Vec<NodeId> = self
+            .members()
+            .into_iter()
+            .filter(|&id| !membership.contains(id))
+            .collect();
+        let learners: Vec<NodeId> = membership.learners.iter().collect();
+        let removable: Vec<NodeId> = if membership.voters.len() > 3 {
+            membership
+                .voters
+                .iter()
+                .filter(|&id| id != leader)
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let mut kinds: Vec<Vec<MembershipChange>> = vec![
+            outsiders
+                .iter()
+                .map(|&id| MembershipChange::AddLearner(id))
+                .collect(),
+            learners
+                .iter()
+                .map(|&id| MembershipChange::Promote(id))
+                .collect(),
+            learners
+                .iter()
+                .chain(&removable)
+                .map(|&id| MembershipChange::Remove(id))
+                .collect(),
+        ];
+        kinds.retain(|choices| !choices.is_empty());
+        if kinds.is_empty() {
+            return;
+        }
+        let choices = &kinds[self.rng.range(0, kinds.len() as u64) as usize];
+        let change = choices[self.rng.range(0, choices.len() as u64) as usize];
+        self.stats.membership_changes_asked += 1;
+        self.log(|| format!("node {leader} asked to {change} ({membership})"));
+        self.step(
+            leader,
+            Input::ChangeMembership {
+                change,
+                address: String::new(),
+            },
+        );
     }
 
     // ----- clients -----

@@ -240,6 +240,14 @@ where
                 Some(_) => {}
                 None => {
                     self.invariants.applied_at.insert(entry.index, (entry.term, entry_digest, max_term));
+                    if let consensus::EntryPayload::Config(config) = &entry.payload {
+                        problems.extend(self.invariants.config_committed(
+                            entry.index,
+                            config,
+                            self.config.nodes,
+                            &mut self.stats,
+                        ));
+                    }
                 }
             }
         }
@@ -298,7 +306,7 @@ where
                 .find(|e| e.index == index)
                 .and_then(|e| match &e.payload {
                     consensus::EntryPayload::Command(r) => Some(r.command.digest()),
-                    consensus::EntryPayload::Noop => None,
+                    consensus::EntryPayload::Noop | consensus::EntryPayload::Config(_) => None,
                 });
             let node = self.nodes.get(&id).expect("node exists");
             let waits_for_it = node
@@ -344,7 +352,7 @@ where
     }
 
     pub(super) fn restart(&mut self, id: NodeId) {
-        let members = self.members();
+        let members = self.initial_members(id);
         let seed = self.rng.next_u64();
         let node = self.nodes.get_mut(&id).expect("node exists");
         if node.protocol.is_some() {
