@@ -484,6 +484,9 @@ pub struct Status {
     /// The index of the entry that set it (its snapshot's index when that
     /// entry was compacted away; 0 for the initial member list).
     pub membership_index: LogIndex,
+    /// A committed configuration no longer holds this node, which an
+    /// earlier one did: it was removed, and takes no further part.
+    pub removed: bool,
 }
 
 /// What a node finds in its storage when it starts.

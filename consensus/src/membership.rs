@@ -33,8 +33,9 @@
 //! # Learners and removed members
 //!
 //! Learners receive the log (or a snapshot) like voters but never vote,
-//! campaign or count towards a quorum; a learner is promoted only once its
-//! log matches the leader's commit index. A node that is not a voter of its
+//! campaign or count towards a quorum; a learner is promoted only once it
+//! has caught up (its log matches the leader's to within
+//! [`PROMOTION_LAG_MAX`] entries of the commit index). A node that is not a voter of its
 //! configuration never campaigns; voters ignore vote requests of servers
 //! that are not voters of their own configuration, so a removed server
 //! cannot disrupt the cluster by raising terms. The leader goes on
@@ -51,6 +52,14 @@ use crate::types::{LogIndex, NodeId};
 
 /// The highest node id a member may have.
 pub const NODE_ID_MAX: NodeId = 64;
+
+/// A learner is promoted only once its log matches the leader's up to
+/// within this many entries of the commit index. Under load a learner
+/// always trails by the entries in flight (vanilla Raft sends one entry per
+/// round trip): waiting for it to hold the commit index exactly could wait
+/// for ever. What it lacks it receives as a voter; meanwhile the other
+/// voters make the quorums.
+pub const PROMOTION_LAG_MAX: LogIndex = 1_000;
 
 /// Checks that `id` may name a member (1 to [`NODE_ID_MAX`]).
 pub fn validate_node_id(id: NodeId) -> Result<(), String> {
@@ -308,7 +317,7 @@ pub enum MembershipChange {
     /// Adds a learner: it receives the log and does not vote.
     AddLearner(NodeId),
     /// Makes a learner a voter; refused until its log matches the leader's
-    /// commit index.
+    /// up to within [`PROMOTION_LAG_MAX`] entries of the commit index.
     Promote(NodeId),
     /// Removes a member, voter or learner. The leader does not remove
     /// itself: hand leadership over first.

@@ -97,6 +97,9 @@ pub struct RaftCore {
     adjusted_to: (NodeSet, Membership),
     /// A deliberate bug (tests only).
     pub membership_bug: Option<crate::membership::MembershipBug>,
+    /// As leader: members whose removal committed, that do not hold it yet:
+    /// the index of the removal, and the ticks left before giving up.
+    leaving: BTreeMap<NodeId, (LogIndex, u64)>,
     /// Told by a voter that it is not a voter of a later configuration
     /// ([`RaftCore::told_not_a_voter`]): it does not campaign until it
     /// hears from a leader.
@@ -211,6 +214,7 @@ impl RaftCore {
             configs,
             adjusted_to: Default::default(),
             quiet: false,
+            leaving: BTreeMap::new(),
             membership_bug: None,
             term: recovered.hard_state.term,
             voted_for: recovered.hard_state.voted_for,
@@ -260,6 +264,23 @@ impl RaftCore {
             .map_or(self.base_membership, |(_, m)| *m)
     }
 
+    /// Whether this node was removed: the configuration in force is
+    /// committed and does not hold it, and an earlier one it knows did. (A
+    /// node that joins meets committed configurations without itself
+    /// before the one that adds it: those do not count.)
+    pub fn removed(&self) -> bool {
+        let membership = self.membership();
+        let index = self.membership_index();
+        if membership.is_empty() || membership.contains(self.id) || index > self.commit_index {
+            return false;
+        }
+        self.base_membership.contains(self.id)
+            || self
+                .configs
+                .range(..index)
+                .any(|(_, m)| m.contains(self.id))
+    }
+
     /// Whether a configuration entry in the log is not committed yet.
     pub fn membership_change_pending(&self) -> bool {
         self.configs
@@ -280,12 +301,51 @@ impl RaftCore {
     }
 
     fn replication_targets(&self) -> NodeSet {
+        let mut targets = self.configured_targets();
+        for &id in self.leaving.keys() {
+            targets.insert(id);
+        }
+        targets
+    }
+
+    /// The members of the configuration in force and of the committed one,
+    /// this node excepted.
+    fn configured_targets(&self) -> NodeSet {
         let mut targets = self
             .membership()
             .members()
             .union(self.membership_at(self.commit_index).members());
         targets.remove(self.id);
         targets
+    }
+
+    /// As leader, after every input: a member whose removal just committed
+    /// stays a replication target until its log holds the removal (it then
+    /// gets a farewell and learns it was removed), or for ten election
+    /// timeouts at most (it may be down for good). `match_of` gives each
+    /// one's match index.
+    fn track_leaving(&mut self, ticked: bool, match_of: impl Fn(NodeId) -> LogIndex) {
+        if self.role != Role::Leader {
+            self.leaving.clear();
+            return;
+        }
+        let configured = self.configured_targets();
+        let removal = self
+            .configs
+            .range(..=self.commit_index)
+            .next_back()
+            .map_or(self.snapshot.index, |(&index, _)| index);
+        for id in self.adjusted_to.0.minus(configured).iter() {
+            self.leaving
+                .entry(id)
+                .or_insert((removal, 10 * self.election.base_ticks()));
+        }
+        self.leaving.retain(|&id, (removal, ticks_left)| {
+            if ticked {
+                *ticks_left = ticks_left.saturating_sub(1);
+            }
+            !configured.contains(id) && *ticks_left > 0 && match_of(id) < *removal
+        });
     }
 
     /// The voters other than this node.
@@ -327,8 +387,8 @@ impl RaftCore {
 
     /// As leader: appends `change` to the configuration in force, if the
     /// rules of [`crate::membership`] allow it now; `matched` is the
-    /// changed node's match index (a learner is promoted only once it
-    /// holds the commit index). Returns the entry's index. A leader that
+    /// changed node's match index (a learner is promoted only once it has caught up, to within
+    /// [`crate::membership::PROMOTION_LAG_MAX`] entries of the commit index). Returns the entry's index. A leader that
     /// has committed no entry of its term yet appends an empty one (vanilla
     /// appends none on election) and asks to retry.
     pub fn propose_membership_change(
@@ -351,7 +411,7 @@ impl RaftCore {
             )));
         }
         if let MembershipChange::Promote(id) = change
-            && matched < self.commit_index
+            && matched + crate::membership::PROMOTION_LAG_MAX < self.commit_index
         {
             return Err(MembershipError::Busy(format!(
                 "learner {id} is not caught up yet (its log matches up to {matched}, the \
@@ -1195,6 +1255,7 @@ impl RaftCore {
             cluster_time: self.clock.now(),
             membership: self.membership(),
             membership_index: self.membership_index(),
+            removed: self.removed(),
         }
     }
 }
@@ -1330,7 +1391,29 @@ impl<V: RaftVariant> crate::Consensus for V {
 /// sender (Figure 2, AppendEntries receiver, step 1, and all servers);
 /// Nil-ext's messages are left to the layer above, if any.
 pub fn step<V: RaftVariant>(variant: &mut V, input: crate::io::Input, out: &mut Outbox) {
+    let ticked = matches!(input, crate::io::Input::Tick);
     step_input(variant, input, out);
+    let leaving: Vec<(NodeId, LogIndex)> = variant
+        .core()
+        .leaving
+        .keys()
+        .chain(
+            variant
+                .core()
+                .adjusted_to
+                .0
+                .iter()
+                .collect::<Vec<_>>()
+                .iter(),
+        )
+        .map(|&id| (id, variant.match_index_of(id)))
+        .collect();
+    variant.core_mut().track_leaving(ticked, |id| {
+        leaving
+            .iter()
+            .find(|(peer, _)| *peer == id)
+            .map_or(0, |(_, matched)| *matched)
+    });
     // A leader adjusts to a configuration that changed (appended,
     // truncated, or committed: replication targets and quorums).
     if variant.core_mut().membership_moved() {

@@ -19,6 +19,7 @@ use futures_util::stream::FuturesUnordered;
 use proto::kv::*;
 use tokio::time::Instant;
 
+pub use proto;
 pub use proto::kv::StatusResponse;
 
 mod connection;
@@ -96,12 +97,14 @@ const BACKOFF_MAX: Duration = Duration::from_millis(100);
 enum LeaderCall<'a> {
     Backup(&'a std::path::Path),
     Transfer(Option<u64>),
+    Membership(&'a ChangeMembershipRequest),
 }
 
 /// Its answer.
 enum LeaderAnswer {
     Backup(BackupSummary),
     Transfer(u64, String),
+    Membership(ChangeMembershipResponse),
 }
 
 /// A client of one cluster. One operation at a time (`&mut self`): each
@@ -125,6 +128,9 @@ pub struct Client {
     /// session-expired), and no other update goes under the id before it
     /// is answered.
     session_open: bool,
+    /// The last reason the leader gave for not taking a membership change
+    /// yet (for the error when the client gives up).
+    last_refusal: Option<String>,
 }
 
 impl Client {
@@ -153,6 +159,7 @@ impl Client {
             session_open: options.first_seq > 1,
             options,
             cluster: None,
+            last_refusal: None,
             fast_path_paused_until: None,
         })
     }
@@ -547,7 +554,7 @@ impl Client {
     pub async fn backup(&mut self, path: &std::path::Path) -> Result<BackupSummary, ClientError> {
         match self.at_the_leader(LeaderCall::Backup(path)).await? {
             LeaderAnswer::Backup(summary) => Ok(summary),
-            LeaderAnswer::Transfer(..) => unreachable!("a backup is answered with a summary"),
+            _ => unreachable!("a backup is answered with a summary"),
         }
     }
 
@@ -560,7 +567,47 @@ impl Client {
                 self.leader = Some(addr.clone());
                 Ok((id, addr))
             }
-            LeaderAnswer::Backup(_) => unreachable!("a transfer is answered with the leader"),
+            _ => unreachable!("a transfer is answered with the leader"),
+        }
+    }
+
+    /// Changes the configuration by one server at the leader (`kvctl
+    /// member`): retried while the leader cannot take it yet (an earlier
+    /// change uncommitted, a learner not caught up), until the client's
+    /// timeout. Answered once committed, with the configuration then.
+    pub async fn change_membership(
+        &mut self,
+        request: ChangeMembershipRequest,
+    ) -> Result<ChangeMembershipResponse, ClientError> {
+        match self.at_the_leader(LeaderCall::Membership(&request)).await? {
+            LeaderAnswer::Membership(answer) => Ok(answer),
+            _ => unreachable!("a membership change is answered with the configuration"),
+        }
+    }
+
+    /// The configuration as the leader has it (or, with no leader known,
+    /// the node with the highest term): its status.
+    pub async fn leader_status(&mut self) -> Result<StatusResponse, ClientError> {
+        let deadline = Instant::now() + self.options.timeout;
+        loop {
+            let best = self
+                .status_all()
+                .await
+                .into_iter()
+                .filter_map(|(_, status)| status.ok())
+                .max_by_key(|s| (s.role == "leader", s.term, s.membership_index));
+            match best {
+                Some(status) if status.role == "leader" || Instant::now() >= deadline => {
+                    return Ok(status);
+                }
+                None if Instant::now() >= deadline => {
+                    return Err(ClientError::Timeout {
+                        timeout_ms: self.options.timeout.as_millis(),
+                        last_error: "no node answered".into(),
+                    });
+                }
+                _ => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
         }
     }
 
@@ -583,6 +630,9 @@ impl Client {
                     .await
                     .map(LeaderAnswer::Backup),
                 LeaderCall::Transfer(to) => self.transfer_at(&endpoint, to, deadline).await,
+                LeaderCall::Membership(request) => {
+                    self.membership_at(&endpoint, request, deadline).await
+                }
             };
             match answer {
                 Ok(answer) => {
@@ -597,7 +647,10 @@ impl Client {
                 }
                 Err(Retry::Fail(error)) => return Err(error),
             }
-            last_error = format!("via {endpoint}");
+            last_error = match &self.last_refusal {
+                Some(refusal) => format!("via {endpoint}: {refusal}"),
+                None => format!("via {endpoint}"),
+            };
         }
         Err(ClientError::Timeout {
             timeout_ms: self.options.timeout.as_millis(),
@@ -630,6 +683,35 @@ impl Client {
                 ))
             }
             Err(status) => Err(classify(&status)),
+        }
+    }
+
+    async fn membership_at(
+        &mut self,
+        endpoint: &str,
+        change: &ChangeMembershipRequest,
+        deadline: Instant,
+    ) -> Result<LeaderAnswer, Retry> {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let connection = self
+            .connection(endpoint, remaining.min(self.options.attempt_timeout))
+            .await
+            .map_err(|_| Retry::Elsewhere)?;
+        let mut request = tonic::Request::new(change.clone());
+        request.set_timeout(remaining);
+        let mut kv = connection.kv;
+        match kv.change_membership(request).await {
+            Ok(answer) => Ok(LeaderAnswer::Membership(answer.into_inner())),
+            Err(status) => match classify(&status) {
+                // The leader cannot take it yet: ask it again shortly.
+                Retry::Elsewhere if status.code() == tonic::Code::Unavailable => {
+                    tracing::debug!(message = status.message(), "membership change: retrying");
+                    self.last_refusal = Some(status.message().to_string());
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    Err(Retry::To(endpoint.to_string()))
+                }
+                other => Err(other),
+            },
         }
     }
 

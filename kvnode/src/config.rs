@@ -79,8 +79,15 @@ pub struct NodeArgs {
     /// Every member of the cluster, this node included, as
     /// ID=PEER_ADDR/CLIENT_ADDR, comma-separated
     /// (e.g. 1=127.0.0.1:7001/127.0.0.1:6001,2=...).
-    #[arg(long, value_delimiter = ',')]
+    #[arg(long, value_delimiter = ',', conflicts_with = "join")]
     pub peers: Option<Vec<String>>,
+    /// Join a running cluster instead: the client addresses of some of its
+    /// members (comma-separated). The node learns the cluster from them,
+    /// starts knowing no configuration, and waits until the leader adds it
+    /// (`kvctl member add ID PEER_ADDR/CLIENT_ADDR`). Needs --peer-addr and
+    /// --client-addr.
+    #[arg(long, value_delimiter = ',', value_name = "CLIENT_ADDR")]
+    pub join: Option<Vec<String>>,
     /// Where this node keeps its RocksDB database.
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
@@ -192,6 +199,7 @@ impl NodeArgs {
             protocol: self.protocol.or(other.protocol),
             id: self.id.or(other.id),
             peers: self.peers.or(other.peers),
+            join: self.join.or(other.join),
             data_dir: self.data_dir.or(other.data_dir),
             initial_cluster_state: self.initial_cluster_state.or(other.initial_cluster_state),
             client_addr: self.client_addr.or(other.client_addr),
@@ -329,8 +337,11 @@ pub struct NodeConfig {
     pub protocol: Protocol,
     /// This node.
     pub id: NodeId,
-    /// Every member, this node included.
+    /// The initial members, this node included (`--peers`); with
+    /// `--join`, the members the cluster named (filled in at start).
     pub members: BTreeMap<NodeId, Member>,
+    /// `--join`: client addresses of members of the cluster to join.
+    pub join: Vec<String>,
     /// The data directory.
     pub data_dir: PathBuf,
     /// New cluster or existing one.
@@ -471,10 +482,27 @@ impl NodeConfig {
             .protocol
             .with_context(|| format!("--protocol is required ({})", Protocol::names()))?;
         let id = args.id.context("--id is required")?;
-        let members = parse_members(&args.peers.context("--peers is required")?)?;
-        let me = members
-            .get(&id)
-            .with_context(|| format!("--id {id} is not among the members in --peers"))?;
+        consensus::membership::validate_node_id(id).map_err(|e| anyhow::anyhow!("--id: {e}"))?;
+        let join = args.join.clone().unwrap_or_default();
+        let (members, me) = if join.is_empty() {
+            let members = parse_members(
+                &args
+                    .peers
+                    .context("--peers is required (or --join, to join a running cluster)")?,
+            )?;
+            let me = members
+                .get(&id)
+                .with_context(|| format!("--id {id} is not among the members in --peers"))?
+                .clone();
+            (members, me)
+        } else {
+            let (Some(peer_addr), Some(client_addr)) = (&args.peer_addr, &args.client_addr) else {
+                bail!("--join needs --peer-addr and --client-addr: where this node listens");
+            };
+            let me = crate::members::parse_address(&format!("{peer_addr}/{client_addr}"))
+                .map_err(|e| anyhow::anyhow!("--join: {e}"))?;
+            (BTreeMap::new(), me)
+        };
         let data_dir = args.data_dir.context("--data-dir is required")?;
         let tick = args.tick.unwrap_or(Defaults::TICK);
         if tick < Duration::from_millis(1) {
@@ -526,12 +554,18 @@ impl NodeConfig {
         Ok(NodeConfig {
             client_addr: args.client_addr.unwrap_or_else(|| me.client_addr.clone()),
             peer_addr: args.peer_addr.unwrap_or_else(|| me.peer_addr.clone()),
-            cluster_id: args
-                .cluster_id
-                .unwrap_or_else(|| derived_cluster_id(&members)),
+            // With --join, learned from the cluster at start.
+            cluster_id: args.cluster_id.unwrap_or_else(|| {
+                if join.is_empty() {
+                    derived_cluster_id(&members)
+                } else {
+                    String::new()
+                }
+            }),
             protocol,
             id,
             members,
+            join,
             data_dir,
             initial_cluster_state: args
                 .initial_cluster_state

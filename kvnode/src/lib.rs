@@ -9,6 +9,7 @@
 //! - [`runtime`]: the loop that owns the protocol and carries out its outbox
 //!   exactly as written;
 //! - [`transport`]: long-lived gRPC streams between peers;
+//! - [`members`]: where each node listens (the address book);
 //! - [`service`]: the client API;
 //! - [`node`]: assembly, startup checks, graceful shutdown;
 //! - [`launcher`]: `kvnode cluster`, on [`local_cluster`];
@@ -23,6 +24,7 @@ pub mod config;
 pub mod faults;
 pub mod launcher;
 pub mod local_cluster;
+pub mod members;
 pub mod netdelay;
 pub mod node;
 pub mod runtime;

@@ -67,6 +67,9 @@ pub struct LocalCluster {
     /// is then the start of a new cluster (`--initial-cluster-state new`);
     /// later starts are restarts of members with their data.
     creating: bool,
+    /// The nodes started with `--peers` (the initial members); the others
+    /// were started with `--join`.
+    initial: BTreeMap<u64, Member>,
 }
 
 impl LocalCluster {
@@ -148,6 +151,7 @@ impl LocalCluster {
             .all(|d| !crate::storage::Storage::holds_database(d));
         let mut cluster = LocalCluster {
             launch,
+            initial: members.clone(),
             members,
             data_dirs: (1..).zip(data_dirs).collect(),
             children: BTreeMap::new(),
@@ -173,9 +177,47 @@ impl LocalCluster {
             .collect()
     }
 
-    /// The `--peers` value of this cluster.
+    /// The `--peers` value of this cluster: its initial members.
     pub fn peers_flag(&self) -> String {
-        format_members(&self.members)
+        format_members(&self.initial)
+    }
+
+    /// Starts node `id`, new to the cluster, with `--join` (the client
+    /// addresses of the nodes known), on an empty data directory beside the
+    /// others'. It waits to be added (`kvctl member add`). Returns its
+    /// addresses.
+    pub fn start_joining(&mut self, id: u64) -> std::io::Result<Member> {
+        let ports = free_ports(2)?;
+        let member = Member {
+            client_addr: format!("127.0.0.1:{}", ports[0]),
+            peer_addr: format!("127.0.0.1:{}", ports[1]),
+        };
+        let parent = self
+            .data_dirs
+            .values()
+            .next()
+            .and_then(|d| d.parent())
+            .map(Path::to_path_buf)
+            .unwrap_or_else(std::env::temp_dir);
+        let dir = parent.join(format!("node{id}"));
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir)?;
+        }
+        self.data_dirs.insert(id, dir);
+        self.members.insert(id, member.clone());
+        self.start_node(id)?;
+        Ok(member)
+    }
+
+    /// Kills node `id` and deletes its data directory (a failed disk).
+    pub fn wipe(&mut self, id: u64) -> std::io::Result<()> {
+        self.kill(id);
+        if let Some(dir) = self.data_dir(id)
+            && dir.exists()
+        {
+            std::fs::remove_dir_all(dir)?;
+        }
+        Ok(())
     }
 
     /// A member's data directory.
@@ -209,15 +251,27 @@ impl LocalCluster {
             .arg("--exit-with-parent")
             .args(["--protocol", self.launch.protocol.name()])
             .args(["--id", &id.to_string()])
-            .args(["--peers", &self.peers_flag()])
             .arg("--data-dir")
-            .arg(data_dir)
-            .args([
+            .arg(data_dir);
+        if self.initial.contains_key(&id) {
+            command.args(["--peers", &self.peers_flag()]).args([
                 "--initial-cluster-state",
                 if self.creating { "new" } else { "existing" },
-            ])
-            .args(&self.launch.extra_args)
-            .stdout(Stdio::null());
+            ]);
+        } else {
+            let member = &self.members[&id];
+            let others: Vec<&str> = self
+                .members
+                .iter()
+                .filter(|(other, _)| **other != id)
+                .map(|(_, m)| m.client_addr.as_str())
+                .collect();
+            command
+                .args(["--join", &others.join(",")])
+                .args(["--peer-addr", &member.peer_addr])
+                .args(["--client-addr", &member.client_addr]);
+        }
+        command.args(&self.launch.extra_args).stdout(Stdio::null());
         if let Some(filter) = &self.launch.log_filter {
             command.env("RUST_LOG", filter);
         }

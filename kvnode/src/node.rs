@@ -1,7 +1,7 @@
 //! Assembles and runs one node: storage, protocol, runtime thread, peer
 //! transport, gRPC servers, and graceful shutdown.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -17,7 +17,7 @@ use crate::config::NodeConfig;
 use crate::runtime::{BoxedProtocol, Event, Runtime};
 use crate::service::KvService;
 use crate::storage::{Identity, Storage};
-use crate::transport::{PEER_QUEUE_MESSAGES_MAX, PeerService, run_peer_sender};
+use crate::transport::{PeerService, SenderIdentity};
 
 /// Capacity of the runtime's event queue.
 pub const EVENT_QUEUE_MAX: usize = 8192;
@@ -28,7 +28,13 @@ pub fn build_protocol(
     config: &NodeConfig,
     recovered: Option<Recovered>,
 ) -> anyhow::Result<BoxedProtocol> {
-    let members: Vec<u64> = config.members.keys().copied().collect();
+    // A node that joins starts knowing no configuration: the leader's
+    // entries (or snapshot) tell it.
+    let members: Vec<u64> = if config.join.is_empty() {
+        config.members.keys().copied().collect()
+    } else {
+        Vec::new()
+    };
     match config.protocol {
         Protocol::Vanilla => {
             let mut settings = raft_vanilla::Config::new(config.id, members, rand::random());
@@ -94,15 +100,92 @@ fn parse_listen(addr: &str, what: &str) -> anyhow::Result<SocketAddr> {
         .with_context(|| format!("{what} {addr:?} is not IP:PORT"))
 }
 
+/// `--join`: asks the members named for the cluster's id, protocol and
+/// members (trying each in turn for up to 30 s), and fills them in.
+async fn discover(config: &mut NodeConfig) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let mut last_error = String::new();
+    loop {
+        for addr in &config.join {
+            let status = async {
+                let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
+                    .connect_timeout(Duration::from_secs(1))
+                    .timeout(Duration::from_secs(2));
+                let mut client = proto::kv::kv_client::KvClient::new(endpoint.connect().await?);
+                anyhow::Ok(
+                    client
+                        .status(proto::kv::StatusRequest {})
+                        .await?
+                        .into_inner(),
+                )
+            }
+            .await;
+            let status = match status {
+                Ok(status) => status,
+                Err(error) => {
+                    last_error = format!("{addr}: {error:#}");
+                    continue;
+                }
+            };
+            if status.protocol != config.protocol.name() {
+                bail!(
+                    "--join {addr}: that cluster runs {}, not {}",
+                    status.protocol,
+                    config.protocol
+                );
+            }
+            if !config.cluster_id.is_empty() && config.cluster_id != status.cluster_id {
+                bail!(
+                    "--join {addr}: that cluster's id is {:?}, not --cluster-id {:?}",
+                    status.cluster_id,
+                    config.cluster_id
+                );
+            }
+            if status.members.iter().any(|m| m.id == config.id) {
+                tracing::info!(node = config.id, "already a member of the cluster joined");
+            }
+            config.cluster_id = status.cluster_id;
+            config.members = status
+                .members
+                .into_iter()
+                .filter(|m| m.id != config.id && !m.peer_addr.is_empty())
+                .map(|m| {
+                    let member = crate::config::Member {
+                        peer_addr: m.peer_addr,
+                        client_addr: m.client_addr,
+                    };
+                    (m.id, member)
+                })
+                .collect();
+            tracing::info!(
+                node = config.id,
+                cluster = %config.cluster_id,
+                members = ?config.members.keys().collect::<Vec<_>>(),
+                "joining; waiting to be added (kvctl member add)"
+            );
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            bail!("--join: no member answered within 30 s (last: {last_error})");
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
 /// Runs a node until SIGTERM or Ctrl-C, then shuts down gracefully.
-pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
+pub async fn run(mut config: NodeConfig) -> anyhow::Result<()> {
     // Refuse invalid protocol settings before touching the data directory.
     build_protocol(&config, None)?;
+    if !config.join.is_empty() {
+        discover(&mut config).await?;
+    }
     let client_addr = parse_listen(&config.client_addr, "client address")?;
     let peer_addr = parse_listen(&config.peer_addr, "peer address")?;
     // A directory with files but no database is refused by storage below.
     let empty = std::fs::read_dir(&config.data_dir).map_or(true, |mut d| d.next().is_none());
     match (config.initial_cluster_state, empty) {
+        // A node that joins starts empty: it was never a voter.
+        _ if !config.join.is_empty() => {}
         (crate::config::InitialClusterState::Existing, true) => bail!(
             "data directory {} holds no data, and this node was started as a member of a \
              cluster that already ran (--initial-cluster-state existing, the default). A member \
@@ -110,8 +193,8 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
              entries, that it no longer remembers, and could let a second leader be elected in \
              a term or a committed write be lost. To create a new cluster, start every member \
              on an empty directory with --initial-cluster-state new. To bring this member back, \
-             restore its data directory (membership changes, which would remove it and add it \
-             again, are not built yet).",
+             restore its data directory, or remove it (kvctl member remove) and start it again \
+             on an empty directory with --join, then add it (kvctl member add).",
             config.data_dir.display()
         ),
         (crate::config::InitialClusterState::New, false) => tracing::info!(
@@ -141,30 +224,48 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
     let state_machine = loaded.state_machine;
     let mut protocol = build_protocol(&config, Some(loaded.recovered))?;
     protocol.set_session_timeout(config.session_timeout_ticks());
+    let status = protocol.status();
+    if status.removed {
+        bail!(
+            "{}",
+            crate::runtime::RuntimeError::Removed {
+                index: status.membership_index,
+                membership: status.membership,
+            }
+        );
+    }
 
+    let storage = std::sync::Arc::new(storage);
+    let book = std::sync::Arc::new(crate::members::AddressBook::stored(
+        storage.clone(),
+        config.members.clone(),
+    )?);
+    book.set_membership(status.membership);
     let (events_tx, events_rx) = mpsc::channel(EVENT_QUEUE_MAX);
     let faults = crate::faults::PeerFaults::default();
-    let mut peer_queues = HashMap::new();
-    for (&peer, member) in config.members.iter().filter(|(id, _)| **id != config.id) {
-        let (tx, rx) = mpsc::channel(PEER_QUEUE_MESSAGES_MAX);
-        peer_queues.insert(peer, tx);
-        tokio::spawn(run_peer_sender(
-            config.id,
-            peer,
-            member.peer_addr.clone(),
-            config.cluster_id.clone(),
-            rx,
-            faults.clone(),
-        ));
-    }
+    let identity = SenderIdentity {
+        node_id: config.id,
+        cluster_id: config.cluster_id.clone(),
+        own: crate::config::Member {
+            peer_addr: config.peer_addr.clone(),
+            client_addr: config.client_addr.clone(),
+        },
+        faults: faults.clone(),
+    };
+    // Senders to peers start as the protocol first sends to each.
     let mut runtime = Runtime::new(
         config.id,
         protocol,
-        std::sync::Arc::new(storage),
+        storage,
         state_machine,
-        peer_queues,
+        HashMap::new(),
         config.tick,
     )
+    .with_dialer(crate::runtime::Dialer {
+        handle: tokio::runtime::Handle::current(),
+        identity,
+        book: book.clone(),
+    })
     .with_snapshots(config.snapshots);
     if config.unsafe_local_reads {
         tracing::warn!(
@@ -182,11 +283,7 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
         node_id: config.id,
         protocol: config.protocol,
         cluster_id: config.cluster_id.clone(),
-        client_addrs: config
-            .members
-            .iter()
-            .map(|(id, m)| (*id, m.client_addr.clone()))
-            .collect(),
+        book: book.clone(),
         events: events_tx.clone(),
         request_timeout: config.request_timeout,
         net_delay: config.net_delay,
@@ -194,7 +291,7 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
     let peers = PeerService {
         node_id: config.id,
         cluster_id: config.cluster_id.clone(),
-        members: config.members.keys().copied().collect::<HashSet<_>>(),
+        book,
         events: events_tx.clone(),
         faults: faults.clone(),
         net_delay: config.net_delay,
@@ -259,6 +356,11 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
         // failed). Stop serving.
         let _ = stop_tx.send(true);
         return match ended {
+            Ok(Ok(Err(removed @ crate::runtime::RuntimeError::Removed { .. }))) => {
+                tracing::warn!(node = config.id, "{removed}");
+                println!("kvnode {}: {removed}", config.id);
+                Ok(())
+            }
             Ok(Ok(Err(runtime_error))) => {
                 Err(anyhow::Error::from(runtime_error).context("the node stopped"))
             }

@@ -76,6 +76,17 @@ pub enum RuntimeError {
     /// The persist thread stopped without a storage error of its own.
     #[error("the persist thread stopped")]
     PersistThreadStopped,
+    /// A configuration that does not hold this node is committed: it was
+    /// removed from the cluster, and takes no further part.
+    #[error(
+        "this node was removed from the cluster by the configuration committed at index {index} ({membership}); it takes no further part. Its data directory is of no more use: to add it back, wipe it, start it with --join, and add it with kvctl member add"
+    )]
+    Removed {
+        /// The configuration entry's index.
+        index: LogIndex,
+        /// The configuration.
+        membership: consensus::Membership,
+    },
 }
 
 /// What a waiting client request is answered with.
@@ -171,6 +182,16 @@ pub enum Event {
         /// Where to send the status.
         reply: oneshot::Sender<NodeStatus>,
     },
+    /// Change the configuration by one server (`Input::ChangeMembership`);
+    /// answered with the index of the entry appended, or why none was.
+    ChangeMembership {
+        /// The change.
+        change: consensus::MembershipChange,
+        /// The addresses of a node added, as `PEER_ADDR/CLIENT_ADDR`.
+        address: String,
+        /// Where to send the answer.
+        reply: oneshot::Sender<Result<LogIndex, consensus::MembershipError>>,
+    },
     /// Stop the loop.
     Shutdown,
 }
@@ -236,11 +257,41 @@ impl Waiters {
 
 type SharedWaiters = Arc<Mutex<Waiters>>;
 
-/// The outgoing queues of the peers.
+/// Starts the transport's sender to a peer the runtime has no queue for
+/// yet (a member added since the node started), where the address book
+/// knows it.
+#[derive(Debug)]
+pub struct Dialer {
+    /// The executor the senders run on.
+    pub handle: tokio::runtime::Handle,
+    /// The header of this node's batches.
+    pub identity: crate::transport::SenderIdentity,
+    /// Where peers listen.
+    pub book: Arc<crate::members::AddressBook>,
+}
+
+impl Dialer {
+    fn dial(&self, peer: NodeId) -> Option<mpsc::Sender<Message>> {
+        let member = self.book.get(peer)?;
+        let (tx, rx) = mpsc::channel(crate::transport::PEER_QUEUE_MESSAGES_MAX);
+        tracing::info!(node = self.identity.node_id, peer, peer_addr = %member.peer_addr, "connecting to a new peer");
+        self.handle.spawn(crate::transport::run_peer_sender(
+            self.identity.clone(),
+            peer,
+            member.peer_addr,
+            rx,
+        ));
+        Some(tx)
+    }
+}
+
+/// The outgoing queues of the peers, one per peer, made on first use for
+/// peers added since the start.
 #[derive(Clone, Debug)]
 struct Peers {
     node_id: NodeId,
-    queues: HashMap<NodeId, mpsc::Sender<Message>>,
+    queues: Arc<Mutex<HashMap<NodeId, mpsc::Sender<Message>>>>,
+    dialer: Option<Arc<Dialer>>,
 }
 
 impl Peers {
@@ -248,7 +299,13 @@ impl Peers {
     /// or unreachable: the message is dropped, as a lossy network would, and
     /// the protocol retries what matters.
     fn send(&self, envelope: Envelope) {
-        match self.queues.get(&envelope.to) {
+        let mut queues = lock(&self.queues);
+        if !queues.contains_key(&envelope.to)
+            && let Some(queue) = self.dialer.as_ref().and_then(|d| d.dial(envelope.to))
+        {
+            queues.insert(envelope.to, queue);
+        }
+        match queues.get(&envelope.to) {
             Some(queue) => {
                 if queue.try_send(envelope.message).is_err() {
                     tracing::debug!(
@@ -298,6 +355,8 @@ pub struct Runtime {
     since_snapshot: SinceSnapshot,
     /// Chunk requests for the snapshot sender (set when the loop runs).
     chunks: Option<std::sync::mpsc::SyncSender<ChunkRequest>>,
+    /// The configuration in force last seen.
+    membership_seen: consensus::Membership,
 }
 
 impl std::fmt::Debug for Runtime {
@@ -412,7 +471,8 @@ impl Runtime {
             state_machine,
             peers: Peers {
                 node_id,
-                queues: peer_queues,
+                queues: Arc::new(Mutex::new(peer_queues)),
+                dialer: None,
             },
             waiters: SharedWaiters::default(),
             jobs_in_flight: 0,
@@ -422,7 +482,15 @@ impl Runtime {
             snapshots: SnapshotPolicy::default(),
             since_snapshot: SinceSnapshot::default(),
             chunks: None,
+            membership_seen: Default::default(),
         }
+    }
+
+    /// Connects to peers added after the start as messages for them come
+    /// (without it, messages to peers with no queue are dropped).
+    pub fn with_dialer(mut self, dialer: Dialer) -> Self {
+        self.peers.dialer = Some(Arc::new(dialer));
+        self
     }
 
     /// When to take snapshots (default: `SnapshotPolicy::default()`).
@@ -568,6 +636,23 @@ impl Runtime {
                 let _ = reply.send(self.storage.capture_for_backup().map_err(|e| e.to_string()));
                 return Ok(());
             }
+            Event::ChangeMembership {
+                change,
+                address,
+                reply,
+            } => {
+                tracing::info!(node = self.node_id, %change, %address, "asked to change the configuration");
+                if let (consensus::MembershipChange::AddLearner(id), Some(dialer)) =
+                    (change, &self.peers.dialer)
+                    && let Ok(member) = crate::members::parse_address(&address)
+                {
+                    // So that the leader reaches the new node at once.
+                    dialer.book.learn(id, member);
+                }
+                let answer = self.change_membership(change, address, jobs)?;
+                let _ = reply.send(answer);
+                return Ok(());
+            }
             Event::TransferLeadership { to, reply } => {
                 tracing::info!(node = self.node_id, ?to, "asked to hand leadership over");
                 let _ = reply.send(());
@@ -621,7 +706,57 @@ impl Runtime {
     ) -> Result<(), RuntimeError> {
         self.deliver_due_ticks(jobs)?;
         let (protocol, _, mut effects) = self.parts(jobs);
-        executor::step(protocol, input, &mut effects)
+        executor::step(protocol, input, &mut effects)?;
+        self.check_membership()
+    }
+
+    /// Steps the protocol with a membership change, returning its answer.
+    fn change_membership(
+        &mut self,
+        change: consensus::MembershipChange,
+        address: String,
+        jobs: &std::sync::mpsc::Sender<PersistJob>,
+    ) -> Result<Result<LogIndex, consensus::MembershipError>, RuntimeError> {
+        self.deliver_due_ticks(jobs)?;
+        let (protocol, _, mut effects) = self.parts(jobs);
+        let mut out = consensus::Outbox::default();
+        protocol.step(Input::ChangeMembership { change, address }, &mut out);
+        let answer = out.membership_change.take().unwrap_or_else(|| {
+            Err(consensus::MembershipError::Busy(
+                "the protocol gave no answer".into(),
+            ))
+        });
+        for input in executor::carry_out(out, &mut effects)? {
+            executor::step(protocol, input, &mut effects)?;
+        }
+        self.check_membership()?;
+        Ok(answer)
+    }
+
+    /// Tells the transport of a new configuration in force, and stops the
+    /// node once a committed one no longer holds it.
+    fn check_membership(&mut self) -> Result<(), RuntimeError> {
+        let status = self.protocol.status();
+        let membership = status.membership;
+        if membership != self.membership_seen {
+            tracing::info!(
+                node = self.node_id,
+                index = status.membership_index,
+                %membership,
+                "configuration in force"
+            );
+            if let Some(dialer) = &self.peers.dialer {
+                dialer.book.set_membership(membership);
+            }
+        }
+        self.membership_seen = membership;
+        if status.removed {
+            return Err(RuntimeError::Removed {
+                index: status.membership_index,
+                membership,
+            });
+        }
+        Ok(())
     }
 
     /// The protocol, the clock, and the effects the executor carries out
@@ -730,6 +865,22 @@ impl Effects for NodeEffects<'_> {
     }
 
     fn persist(&mut self, job: PersistJob) -> Result<(), RuntimeError> {
+        // A configuration entry that adds a node says where it listens.
+        if let Some(dialer) = &self.peers.dialer {
+            for write in &job.writes {
+                let consensus::io::Write::AppendLog(entries) = write else {
+                    continue;
+                };
+                for entry in entries {
+                    if let EntryPayload::Config(config) = &entry.payload
+                        && let consensus::MembershipChange::AddLearner(id) = config.change
+                        && let Ok(member) = crate::members::parse_address(&config.address)
+                    {
+                        dialer.book.learn(id, member);
+                    }
+                }
+            }
+        }
         self.hand_over(job)
     }
 

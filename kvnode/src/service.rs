@@ -13,7 +13,6 @@
 //! method of its kind, so both ways mean the same; the stream only saves
 //! the per-call HTTP/2 stream, headers and trailers.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -42,8 +41,8 @@ pub struct KvService {
     pub protocol: consensus::config::Protocol,
     /// The cluster id, for Status.
     pub cluster_id: String,
-    /// Each member's client address, for redirect hints.
-    pub client_addrs: HashMap<NodeId, String>,
+    /// Where each node listens, for redirect hints and Status.
+    pub book: std::sync::Arc<crate::members::AddressBook>,
     /// The runtime's queue.
     pub events: mpsc::Sender<Event>,
     /// How long a request may wait for its answer.
@@ -316,8 +315,7 @@ impl KvService {
     fn outcome_status(&self, outcome: ReplyOutcome) -> Status {
         match outcome {
             ReplyOutcome::NotLeader { leader } => {
-                let hint =
-                    leader.and_then(|id| self.client_addrs.get(&id).map(|addr| (id, addr.clone())));
+                let hint = leader.and_then(|id| self.client_addr(id).map(|addr| (id, addr)));
                 let message = match &hint {
                     Some((id, addr)) => format!(
                         "node {} is not the leader; node {id} at {addr} is",
@@ -710,13 +708,13 @@ impl Kv for KvService {
         }
         let to = Some(request.into_inner().to).filter(|&id| id != 0);
         if let Some(to) = to
-            && (to == self.node_id || !self.client_addrs.contains_key(&to))
+            && (to == self.node_id || !status.membership.is_voter(to))
         {
             return Err(error_status(
                 Code::InvalidArgument,
                 Kind::InvalidArgument,
                 format!(
-                    "cannot hand leadership to node {to}: name another member (or none: the most up-to-date follower)"
+                    "cannot hand leadership to node {to}: name another voter (or none: the most up-to-date follower)"
                 ),
                 None,
             ));
@@ -734,7 +732,7 @@ impl Kv for KvService {
             if let Some(leader) = status.leader.filter(|&l| l != self.node_id) {
                 return Ok(Response::new(TransferLeaderResponse {
                     leader_id: leader,
-                    leader_client_addr: self.client_addrs.get(&leader).cloned().unwrap_or_default(),
+                    leader_client_addr: self.client_addr(leader).unwrap_or_default(),
                 }));
             }
             if tokio::time::Instant::now() >= deadline {
@@ -765,22 +763,133 @@ impl Kv for KvService {
             role: s.role.as_str().to_string(),
             term: s.term,
             leader_id,
-            leader_client_addr: self
-                .client_addrs
-                .get(&leader_id)
-                .cloned()
-                .unwrap_or_default(),
+            leader_client_addr: self.client_addr(leader_id).unwrap_or_default(),
             commit_index: s.commit_index,
             applied_index: s.applied_index,
             last_log_index: s.last_log_index,
             protocol: self.protocol.name().to_string(),
             cluster_id: self.cluster_id.clone(),
             last_log_term: node.last_log_term,
-            cluster_size: self.client_addrs.len() as u64,
+            cluster_size: s.membership.voters.len() as u64,
             synced_writes: node.synced_writes,
             snapshot_index: s.snapshot_index,
             first_log_index: s.first_log_index,
             sessions: node.sessions,
+            members: self.members(s.membership),
+            membership_index: s.membership_index,
         }))
+    }
+
+    async fn change_membership(
+        &self,
+        request: Request<ChangeMembershipRequest>,
+    ) -> Result<Response<ChangeMembershipResponse>, Status> {
+        use proto::kv::change_membership_request::Change;
+        let request = request.into_inner();
+        let invalid = |message: String| {
+            error_status(Code::InvalidArgument, Kind::InvalidArgument, message, None)
+        };
+        let change = match request.change {
+            Some(Change::AddLearner(id)) => consensus::MembershipChange::AddLearner(id),
+            Some(Change::Promote(id)) => consensus::MembershipChange::Promote(id),
+            Some(Change::Remove(id)) => consensus::MembershipChange::Remove(id),
+            None => return Err(invalid("no change named".into())),
+        };
+        consensus::membership::validate_node_id(change.node()).map_err(invalid)?;
+        let address = match change {
+            consensus::MembershipChange::AddLearner(_) => {
+                let address = format!("{}/{}", request.peer_addr, request.client_addr);
+                crate::members::parse_address(&address).map_err(|e| {
+                    invalid(format!(
+                        "a node added needs its peer and client addresses: {e}"
+                    ))
+                })?;
+                address
+            }
+            _ => String::new(),
+        };
+        let answer = self
+            .ask_runtime(|reply| Event::ChangeMembership {
+                change,
+                address,
+                reply,
+            })
+            .await?;
+        let index = match answer {
+            Ok(index) => index,
+            Err(consensus::MembershipError::NotLeader { leader }) => {
+                return Err(self.outcome_status(ReplyOutcome::NotLeader { leader }));
+            }
+            Err(busy @ consensus::MembershipError::Busy(_)) => {
+                return Err(error_status(
+                    Code::Unavailable,
+                    Kind::Unavailable,
+                    busy.to_string(),
+                    None,
+                ));
+            }
+            Err(consensus::MembershipError::Invalid(reason)) => {
+                return Err(error_status(
+                    Code::FailedPrecondition,
+                    Kind::InvalidArgument,
+                    reason,
+                    None,
+                ));
+            }
+        };
+        // Answered once the entry is committed here, with the configuration
+        // in force then; a leader change may drop it first.
+        let deadline = tokio::time::Instant::now() + self.request_timeout;
+        loop {
+            let s = self
+                .ask_runtime(|reply| Event::Status { reply })
+                .await?
+                .status;
+            if s.commit_index >= index && s.membership_index >= index {
+                return Ok(Response::new(ChangeMembershipResponse {
+                    index,
+                    members: self.members(s.membership),
+                }));
+            }
+            if s.membership_index < index || tokio::time::Instant::now() >= deadline {
+                return Err(error_status(
+                    Code::Unavailable,
+                    Kind::Unavailable,
+                    format!(
+                        "the change (entry {index}) was not committed within {} ms, or a leader change dropped it; the outcome is unknown: check with kvctl member list",
+                        self.request_timeout.as_millis()
+                    ),
+                    None,
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+}
+
+impl KvService {
+    /// Where node `id` takes clients, if known.
+    fn client_addr(&self, id: NodeId) -> Option<String> {
+        self.book.get(id).map(|m| m.client_addr)
+    }
+
+    /// The members of `membership`, with the addresses known here.
+    fn members(&self, membership: consensus::Membership) -> Vec<proto::kv::Member> {
+        membership
+            .members()
+            .iter()
+            .map(|id| {
+                let known = self.book.get(id);
+                proto::kv::Member {
+                    id,
+                    voter: membership.is_voter(id),
+                    peer_addr: known
+                        .as_ref()
+                        .map(|m| m.peer_addr.clone())
+                        .unwrap_or_default(),
+                    client_addr: known.map(|m| m.client_addr).unwrap_or_default(),
+                }
+            })
+            .collect()
     }
 }

@@ -104,6 +104,8 @@ const KEY_APPLIED_INDEX: &[u8] = b"applied_index";
 const KEY_STATE_DIR: &[u8] = b"state_dir";
 const KEY_LOG_BASE: &[u8] = b"log_base";
 const KEY_SNAPSHOT: &[u8] = b"snapshot";
+/// The address book (`crate::members`).
+const KEY_ADDRESSES: &[u8] = b"addresses";
 /// The state's stamp: its last applied entry's (`consensus::cluster_time`).
 const KEY_STAMP: &[u8] = b"stamp";
 const SESSION_PREFIX: &[u8] = b"s/";
@@ -1131,6 +1133,19 @@ impl Storage {
     /// The last entry of the durable log: (index, term), (0, 0) when empty.
     pub fn last_log(&self) -> (LogIndex, Term) {
         lock(&self.ends).last
+    }
+
+    /// The address book as last saved (`crate::members`), empty if none.
+    pub fn addresses(&self) -> Result<String, StorageError> {
+        let bytes = self.db.get_cf(self.cf(CF_META), KEY_ADDRESSES)?;
+        Ok(String::from_utf8_lossy(&bytes.unwrap_or_default()).into_owned())
+    }
+
+    /// Saves the address book, synced.
+    pub fn save_addresses(&self, book: &str) -> Result<(), StorageError> {
+        let mut batch = WriteBatch::default();
+        batch.put_cf(self.cf(CF_META), KEY_ADDRESSES, book.as_bytes());
+        self.write_synced(batch)
     }
 
     /// How many synced batches this node has written since it started.

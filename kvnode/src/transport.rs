@@ -5,7 +5,6 @@
 //! streams from another cluster or from a node that is not a member, so two
 //! clusters that share addresses by mistake cannot corrupt each other.
 
-use std::collections::HashSet;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
@@ -38,13 +37,17 @@ const CONNECT_TIMEOUT: Duration = Duration::from_millis(1000);
 /// open. Messages queued while the peer is unreachable are dropped, as a
 /// network would drop them; the protocol retries what matters.
 pub async fn run_peer_sender(
-    node_id: NodeId,
+    sender: SenderIdentity,
     peer_id: NodeId,
     peer_addr: String,
-    cluster_id: String,
     outgoing: mpsc::Receiver<Message>,
-    faults: crate::faults::PeerFaults,
 ) {
+    let SenderIdentity {
+        node_id,
+        cluster_id,
+        own,
+        faults,
+    } = sender;
     let mut backoff = BACKOFF_MIN;
     let endpoint = match tonic::transport::Endpoint::from_shared(format!("http://{peer_addr}")) {
         Ok(endpoint) => endpoint.connect_timeout(CONNECT_TIMEOUT).tcp_nodelay(true),
@@ -82,6 +85,7 @@ pub async fn run_peer_sender(
             node_id,
             peer_id,
             cluster_id: cluster_id.clone(),
+            own: own.clone(),
             faults: faults.clone(),
         };
         let mut client = RaftPeerClient::new(channel)
@@ -118,7 +122,21 @@ struct OutgoingBatches {
     node_id: NodeId,
     peer_id: NodeId,
     cluster_id: String,
+    own: crate::config::Member,
     faults: crate::faults::PeerFaults,
+}
+
+/// Who this node is to its peers: the header of every batch it sends.
+#[derive(Debug, Clone)]
+pub struct SenderIdentity {
+    /// This node.
+    pub node_id: NodeId,
+    /// Its cluster.
+    pub cluster_id: String,
+    /// Where it listens (peers that missed the entry adding it learn it).
+    pub own: crate::config::Member,
+    /// Injected faults.
+    pub faults: crate::faults::PeerFaults,
 }
 
 impl Stream for OutgoingBatches {
@@ -151,6 +169,8 @@ impl Stream for OutgoingBatches {
                 cluster_id: self.cluster_id.clone(),
                 from: self.node_id,
                 messages: vec![convert::peer_message(self.node_id, self.peer_id, &message)],
+                sender_peer_addr: self.own.peer_addr.clone(),
+                sender_client_addr: self.own.client_addr.clone(),
             }));
         }
     }
@@ -164,8 +184,9 @@ pub struct PeerService {
     pub node_id: NodeId,
     /// This node's cluster.
     pub cluster_id: String,
-    /// The cluster's members.
-    pub members: HashSet<NodeId>,
+    /// Where nodes listen, and the configuration in force: streams are
+    /// taken from its members and known nodes only.
+    pub book: Arc<crate::members::AddressBook>,
     /// The runtime's queue.
     pub events: mpsc::Sender<Event>,
     /// Injected faults.
@@ -192,16 +213,24 @@ impl RaftPeer for PeerService {
                     self.node_id, self.cluster_id, batch.cluster_id
                 )));
             }
-            if !self.members.contains(&batch.from) || batch.from == self.node_id {
+            if !self.book.accepts(batch.from) || batch.from == self.node_id {
                 tracing::warn!(
                     node = self.node_id,
                     from = batch.from,
-                    "refused a node that is not a peer"
+                    "refused a node that is neither in the configuration in force nor known here"
                 );
                 return Err(Status::permission_denied(format!(
-                    "node {} is not a peer of node {}",
+                    "node {} is not a member known to node {}",
                     batch.from, self.node_id
                 )));
+            }
+            if self.book.membership().contains(batch.from)
+                && let Ok(member) = crate::members::parse_address(&format!(
+                    "{}/{}",
+                    batch.sender_peer_addr, batch.sender_client_addr
+                ))
+            {
+                self.book.learn(batch.from, member);
             }
             if self.faults.drops_from(batch.from) {
                 continue;

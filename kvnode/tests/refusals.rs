@@ -368,7 +368,7 @@ async fn a_peer_of_another_cluster_is_refused() {
     let batch = PeerBatch {
         cluster_id: "another-cluster".into(),
         from: 2,
-        messages: vec![],
+        ..Default::default()
     };
     let call = peer.stream(tokio_stream::iter(vec![batch]));
     let status = tokio::time::timeout(Duration::from_secs(5), call)
@@ -381,8 +381,39 @@ async fn a_peer_of_another_cluster_is_refused() {
         "{}",
         status.message()
     );
+    // A node of this cluster that is neither in its configuration nor
+    // known to it is refused too.
+    let status = node_status(&test, 1).await;
+    let stranger = PeerBatch {
+        cluster_id: status.cluster_id,
+        from: 9,
+        ..Default::default()
+    };
+    let call = peer.stream(tokio_stream::iter(vec![stranger]));
+    let status = tokio::time::timeout(Duration::from_secs(5), call)
+        .await
+        .expect("answered in time")
+        .expect_err("refused");
+    assert_eq!(status.code(), tonic::Code::PermissionDenied);
+    assert!(
+        status.message().contains("not a member"),
+        "{}",
+        status.message()
+    );
     // The node is unharmed.
     test.leader().await;
+}
+
+async fn node_status(test: &TestCluster, id: u64) -> proto::kv::StatusResponse {
+    let addr = test.cluster.members()[&id].client_addr.clone();
+    let mut client = proto::kv::kv_client::KvClient::connect(format!("http://{addr}"))
+        .await
+        .expect("connect");
+    client
+        .status(proto::kv::StatusRequest {})
+        .await
+        .expect("status")
+        .into_inner()
 }
 
 /// Runs kvnode to completion (it must exit by itself) and returns its exit

@@ -6,6 +6,7 @@ use std::time::Duration;
 use consensus::config::parse_duration;
 
 use clap::{Parser, Subcommand};
+use kvclient::proto::kv::{ChangeMembershipRequest, Member};
 use kvclient::{Client, ClientError, ClientOptions};
 use serde_json::json;
 
@@ -90,6 +91,40 @@ enum Cmd {
         #[command(subcommand)]
         command: LeaderCmd,
     },
+    /// Membership, one server at a time: `member list`, `member add ID
+    /// PEER_ADDR/CLIENT_ADDR` (as a learner, then promoted once caught
+    /// up), `member add-learner`, `member promote ID`, `member remove ID`.
+    /// The new node is started first with `kvnode --join`.
+    Member {
+        #[command(subcommand)]
+        command: MemberCmd,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum MemberCmd {
+    /// The configuration in force at the leader: voters and learners, with
+    /// their addresses.
+    List,
+    /// Add node ID as a voter: as a learner first, promoted once its log
+    /// has caught up (waits up to --timeout for that).
+    Add {
+        id: u64,
+        /// Where it listens: PEER_ADDR/CLIENT_ADDR.
+        address: String,
+    },
+    /// Add node ID as a learner: it receives the log and does not vote.
+    AddLearner {
+        id: u64,
+        /// Where it listens: PEER_ADDR/CLIENT_ADDR.
+        address: String,
+    },
+    /// Make learner ID a voter (refused until it has caught up; retried
+    /// until --timeout).
+    Promote { id: u64 },
+    /// Remove node ID, voter or learner. A leader is first asked to hand
+    /// leadership to another voter. The node removed stops by itself.
+    Remove { id: u64 },
 }
 
 #[derive(Subcommand, Debug)]
@@ -221,6 +256,7 @@ async fn run(cli: Cli) -> Result<(String, serde_json::Value), ClientError> {
                 json!({"ok": true, "leader_id": leader, "leader_client_addr": addr}),
             )
         }
+        Cmd::Member { command } => member(&mut client, command).await?,
         Cmd::Incr { key, by } => {
             let n = client.increment(key, by).await?;
             (n.to_string(), json!({"ok": true, "value": n}))
@@ -254,6 +290,103 @@ async fn run(cli: Cli) -> Result<(String, serde_json::Value), ClientError> {
             (lines.join("\n"), json!({"ok": true, "nodes": nodes}))
         }
     })
+}
+
+/// The members of a configuration, as lines and as JSON.
+fn show_members(index: u64, members: &[Member], leader: u64) -> (String, serde_json::Value) {
+    let mut lines = vec![format!("configuration of entry {index}:")];
+    let mut list = Vec::new();
+    for m in members {
+        let role = if m.voter { "voter" } else { "learner" };
+        let leads = if m.id == leader { " (leader)" } else { "" };
+        lines.push(format!(
+            "  node {:<3} {role:<8} peer {:<21} client {}{leads}",
+            m.id, m.peer_addr, m.client_addr
+        ));
+        list.push(
+            json!({"id": m.id, "voter": m.voter, "peer_addr": m.peer_addr,
+                         "client_addr": m.client_addr, "leader": m.id == leader}),
+        );
+    }
+    (
+        lines.join("\n"),
+        json!({"ok": true, "membership_index": index, "members": list}),
+    )
+}
+
+fn address_of(id: u64, address: &str) -> Result<(String, String), ClientError> {
+    let invalid = || {
+        ClientError::Invalid(format!(
+            "node {id}'s address {address:?}: expected PEER_ADDR/CLIENT_ADDR, e.g. 127.0.0.1:7004/127.0.0.1:6004"
+        ))
+    };
+    let (peer, client) = address.split_once('/').ok_or_else(invalid)?;
+    for addr in [peer, client] {
+        addr.parse::<std::net::SocketAddr>()
+            .map_err(|_| invalid())?;
+    }
+    Ok((peer.to_string(), client.to_string()))
+}
+
+async fn member(
+    client: &mut Client,
+    command: MemberCmd,
+) -> Result<(String, serde_json::Value), ClientError> {
+    use kvclient::proto::kv::change_membership_request::Change;
+    let request = |change, (peer_addr, client_addr): (String, String)| ChangeMembershipRequest {
+        change: Some(change),
+        peer_addr,
+        client_addr,
+    };
+    let none = || (String::new(), String::new());
+    let status = client.leader_status().await?;
+    let find = |id: u64| status.members.iter().find(|m| m.id == id).cloned();
+    let done = match command {
+        MemberCmd::List => {
+            return Ok(show_members(
+                status.membership_index,
+                &status.members,
+                status.leader_id,
+            ));
+        }
+        MemberCmd::AddLearner { id, address } => {
+            let addrs = address_of(id, &address)?;
+            client
+                .change_membership(request(Change::AddLearner(id), addrs))
+                .await?
+        }
+        MemberCmd::Add { id, address } => {
+            let addrs = address_of(id, &address)?;
+            if find(id).is_none() {
+                client
+                    .change_membership(request(Change::AddLearner(id), addrs))
+                    .await?;
+            }
+            client
+                .change_membership(request(Change::Promote(id), none()))
+                .await?
+        }
+        MemberCmd::Promote { id } => {
+            client
+                .change_membership(request(Change::Promote(id), none()))
+                .await?
+        }
+        MemberCmd::Remove { id } => {
+            if status.leader_id == id {
+                let to = status
+                    .members
+                    .iter()
+                    .find(|m| m.voter && m.id != id)
+                    .map(|m| m.id);
+                client.transfer_leader(to).await?;
+            }
+            client
+                .change_membership(request(Change::Remove(id), none()))
+                .await?
+        }
+    };
+    let leader = client.leader_status().await.map_or(0, |s| s.leader_id);
+    Ok(show_members(done.index, &done.members, leader))
 }
 
 fn main() -> ExitCode {

@@ -36,7 +36,12 @@ impl TestCluster {
 
     /// As [`TestCluster::start`], with more node flags after [`NODE_FLAGS`].
     pub fn start_with_flags(protocol: Protocol, nodes: u64, flags: &[&str]) -> TestCluster {
-        let dir = tempfile::tempdir().expect("temporary directory");
+        // KVNODE_TEST_KEEP=1 keeps the nodes' data and logs for a look.
+        let dir = tempfile::Builder::new()
+            .disable_cleanup(std::env::var_os("KVNODE_TEST_KEEP").is_some())
+            .tempdir()
+            .expect("temporary directory");
+        eprintln!("{protocol}: cluster in {}", dir.path().display());
         let flags: Vec<&str> = NODE_FLAGS.iter().chain(flags).copied().collect();
         let cluster = LocalCluster::start(
             Path::new(env!("CARGO_BIN_EXE_kvnode")),
