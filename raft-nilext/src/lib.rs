@@ -910,9 +910,9 @@ impl NilextRaft {
         if status.role != Role::Leader || !self.recovered || m.term != status.term {
             return;
         }
-        if !status.membership.is_voter(from) {
-            // A server removed (or a learner) holds only records of
-            // writes that completed without it, or never will.
+        if !status.membership.contains(from) {
+            // A server removed, which no longer applies the log: its
+            // records would be ordered again at every forward.
             return;
         }
         for record in m.records {
@@ -930,7 +930,8 @@ impl NilextRaft {
         let (Role::Follower, Some(leader)) = (status.role, status.leader) else {
             return;
         };
-        if !status.membership.is_voter(status.id) {
+        if !status.membership.contains(status.id) {
+            // Removed: the leader takes no records from it.
             return;
         }
         // Only a follower that has applied what the leader had committed a
