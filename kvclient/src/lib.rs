@@ -215,11 +215,19 @@ impl Client {
     }
 
     /// The cluster's protocol and size, from the first node that answers
-    /// Status (cached).
+    /// Status (cached). The members it names join the endpoints (Nil-ext's
+    /// fast path needs every voter's acknowledgement).
     async fn cluster(&mut self) -> Option<(String, usize)> {
         if self.cluster.is_none() {
             for (_, status) in self.status_all().await {
                 if let Ok(status) = status {
+                    for member in &status.members {
+                        if !member.client_addr.is_empty()
+                            && !self.endpoints.contains(&member.client_addr)
+                        {
+                            self.endpoints.push(member.client_addr.clone());
+                        }
+                    }
                     self.cluster = Some((status.protocol, status.cluster_size as usize));
                     break;
                 }
