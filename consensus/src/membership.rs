@@ -53,8 +53,10 @@ use crate::types::{LogIndex, NodeId};
 /// The highest node id a member may have.
 pub const NODE_ID_MAX: NodeId = 64;
 
-/// A learner is promoted only once its log matches the leader's up to
-/// within this many entries of the commit index. Under load a learner
+/// A learner is promoted only once its log holds the configuration in
+/// force (it has heard from the leader since it was added, and knows it is
+/// a member) and matches the leader's up to within this many entries of
+/// the commit index. Under load a learner
 /// always trails by the entries in flight (vanilla Raft sends one entry per
 /// round trip): waiting for it to hold the commit index exactly could wait
 /// for ever. What it lacks it receives as a voter; meanwhile the other

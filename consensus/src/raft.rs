@@ -411,7 +411,8 @@ impl RaftCore {
             )));
         }
         if let MembershipChange::Promote(id) = change
-            && matched + crate::membership::PROMOTION_LAG_MAX < self.commit_index
+            && (matched < self.membership_index()
+                || matched + crate::membership::PROMOTION_LAG_MAX < self.commit_index)
         {
             return Err(MembershipError::Busy(format!(
                 "learner {id} is not caught up yet (its log matches up to {matched}, the \
@@ -1488,8 +1489,10 @@ fn step_input<V: RaftVariant>(variant: &mut V, input: crate::io::Input, out: &mu
         } => variant.on_snapshot_taken(snapshot, keep_entries, out),
         Input::SnapshotInstalled { snapshot, .. } => variant.on_snapshot_installed(snapshot, out),
         Input::Message { from, message } => {
+            let membership = variant.core().membership();
             if let Message::RequestVote(m) = &message
-                && !variant.core().membership().is_voter(from)
+                && !membership.is_empty()
+                && !membership.is_voter(from)
             {
                 // Not a voter here: a learner, or a server removed, whose
                 // campaign must not disturb the cluster (nor raise terms
