@@ -387,10 +387,12 @@ impl RaftCore {
 
     /// As leader: appends `change` to the configuration in force, if the
     /// rules of [`crate::membership`] allow it now; `matched` is the
-    /// changed node's match index (a learner is promoted only once it has caught up, to within
-    /// [`crate::membership::PROMOTION_LAG_MAX`] entries of the commit index). Returns the entry's index. A leader that
-    /// has committed no entry of its term yet appends an empty one (vanilla
-    /// appends none on election) and asks to retry.
+    /// changed node's match index (a learner is promoted only once its log
+    /// holds the configuration in force and is within
+    /// [`crate::membership::PROMOTION_LAG_MAX`] entries of the commit
+    /// index). Returns the entry's index. A leader that has committed no
+    /// entry of its term yet appends an empty one (vanilla appends none on
+    /// election) and asks to retry.
     pub fn propose_membership_change(
         &mut self,
         change: MembershipChange,
