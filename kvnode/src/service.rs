@@ -148,9 +148,26 @@ fn header_id(header: Option<RequestHeader>) -> Result<(RequestId, bool), Status>
         _ => Err(error_status(
             Code::InvalidArgument,
             Kind::InvalidArgument,
-            "every request needs a header with a non-zero client_id and seq",
+            "a write needs a header: a non-zero client_id (chosen at random, kept for the \
+             session) and seq (1, 2, 3, ... for its writes, the same on a retry); reads need none",
             None,
         )),
+    }
+}
+
+/// The request id of a read: the header's, or, with none, a fresh one (a
+/// read needs no session: it changes nothing, and the state machine keeps
+/// no session for it).
+fn read_id(header: Option<RequestHeader>) -> Result<(RequestId, bool), Status> {
+    match header {
+        None => Ok((
+            RequestId {
+                client: rand::random::<u64>().max(1),
+                seq: 1,
+            },
+            false,
+        )),
+        header => header_id(header),
     }
 }
 
@@ -209,7 +226,12 @@ impl KvService {
         header: Option<RequestHeader>,
         command: Command,
     ) -> Result<Done, ServiceError> {
-        let (id, fast) = header_id(header).map_err(ServiceError::Refused)?;
+        let (id, fast) = if command.is_read() {
+            read_id(header)
+        } else {
+            header_id(header)
+        }
+        .map_err(ServiceError::Refused)?;
         if fast && !command.takes_fast_path() {
             return Err(ServiceError::Refused(error_status(
                 Code::InvalidArgument,

@@ -192,6 +192,38 @@ async fn invalid_requests_get_their_error_and_change_nothing() {
             !absent.value.expect("value").present,
             "the refused multi-put wrote nothing"
         );
+        // Reads need no header (no session); writes do, and are told so.
+        let headerless = kv
+            .get(GetRequest {
+                header: None,
+                key: b"k".to_vec(),
+            })
+            .await
+            .expect("a read without a header")
+            .into_inner();
+        assert_eq!(headerless.value.expect("value").value, b"original");
+        let values = kv
+            .multi_get(MultiGetRequest {
+                header: None,
+                keys: vec![b"k".to_vec(), b"m0".to_vec()],
+            })
+            .await
+            .expect("a multi-read without a header")
+            .into_inner();
+        assert_eq!(values.values.len(), 2);
+        let refused = kv
+            .put(PutRequest {
+                header: None,
+                key: b"k".to_vec(),
+                value: b"v".to_vec(),
+            })
+            .await
+            .expect_err("a write without a header");
+        assert!(
+            refused.message().contains("client_id") && refused.message().contains("seq"),
+            "{}",
+            refused.message()
+        );
 
         // A follower redirects to the leader's client address.
         let follower = (1..=3).find(|id| *id != leader).expect("follower");

@@ -287,6 +287,13 @@ async fn run(cli: Cli) -> Result<(String, serde_json::Value), ClientError> {
                     }
                 }
             }
+            if nodes.iter().all(|n| n.get("error").is_some()) {
+                // No node answered: exit 1, like any call that got no answer.
+                return Err(ClientError::Timeout {
+                    timeout_ms: cli.timeout.as_millis(),
+                    last_error: format!("no node answered Status:\n{}", lines.join("\n")),
+                });
+            }
             (lines.join("\n"), json!({"ok": true, "nodes": nodes}))
         }
     })
@@ -339,6 +346,10 @@ async fn member(
         client_addr,
     };
     let none = || (String::new(), String::new());
+    // A bad address is refused before anything is asked of the cluster.
+    if let MemberCmd::Add { id, address } | MemberCmd::AddLearner { id, address } = &command {
+        address_of(*id, address)?;
+    }
     let status = client.leader_status().await?;
     let find = |id: u64| status.members.iter().find(|m| m.id == id).cloned();
     let done = match command {
