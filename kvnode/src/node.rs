@@ -323,7 +323,19 @@ pub async fn run(mut config: NodeConfig) -> anyhow::Result<()> {
     // carrying more than one call at a time.
     let incoming =
         |listener| tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+    // gRPC health (`grpc.health.v1`): serving while this node knows a
+    // leader, for the whole server ("") and for `kv.Kv`; and server
+    // reflection, so that generic gRPC tools need no .proto file.
+    let (health, health_service) = tonic_health::server::health_reporter();
+    tokio::spawn(report_health(health, events_tx.clone()));
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(proto::KV_FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .context("gRPC reflection")?;
     let client_server = tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(reflection)
         .add_service(
             KvServer::new(kv)
                 .max_decoding_message_size(crate::service::CALL_DECODE_BYTES_MAX)
@@ -443,6 +455,34 @@ async fn hand_over_leadership(
         "could not hand leadership over within {} ms; stopping as leader",
         within.as_millis()
     );
+}
+
+/// Keeps the gRPC health status up to date: serving while the node knows a
+/// leader (itself or another), not serving otherwise. Ends with the runtime.
+async fn report_health(health: tonic_health::server::HealthReporter, events: mpsc::Sender<Event>) {
+    use tonic_health::ServingStatus;
+    let mut last = None;
+    loop {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        if events.send(Event::Status { reply }).await.is_err() {
+            return;
+        }
+        let Ok(status) = answer.await else {
+            return;
+        };
+        let serving = if status.status.leader.is_some() {
+            ServingStatus::Serving
+        } else {
+            ServingStatus::NotServing
+        };
+        if last != Some(serving) {
+            for service in ["", "kv.Kv"] {
+                health.set_service_status(service, serving).await;
+            }
+            last = Some(serving);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// Waits for SIGTERM or Ctrl-C (SIGINT).

@@ -39,3 +39,8 @@ pub mod etcd {
 
 pub mod backup;
 pub mod convert;
+
+/// The encoded descriptors of the client API (kv.proto), for gRPC server
+/// reflection (generic tools then need no .proto file).
+pub const KV_FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/kv_descriptors.bin"));

@@ -1,0 +1,112 @@
+//! What generic tools see of a node: gRPC health (`grpc.health.v1`) and
+//! server reflection, through their own clients, with no kv.proto.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{PROTOCOLS, TestCluster};
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_reflection::pb::v1::ServerReflectionRequest;
+use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn health_and_reflection_answer_generic_clients() {
+    let mut test = TestCluster::start(PROTOCOLS[1], 3);
+    test.leader().await;
+    let addr = format!("http://{}", test.cluster.members()[&1].client_addr);
+
+    // Health: serving once a leader is known, for the server and for kv.Kv.
+    let channel = tonic::transport::Endpoint::from_shared(addr)
+        .expect("address")
+        .connect()
+        .await
+        .expect("connect");
+    let mut health = HealthClient::new(channel.clone());
+    for service in ["", "kv.Kv"] {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let status = health
+                .check(HealthCheckRequest {
+                    service: service.into(),
+                })
+                .await
+                .expect("health check")
+                .into_inner()
+                .status;
+            if status == ServingStatus::Serving as i32 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{service:?} serving");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    // With the other two nodes gone, node 1 knows no leader for long: not
+    // serving.
+    test.cluster.kill(2);
+    test.cluster.kill(3);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let status = health
+            .check(HealthCheckRequest {
+                service: "kv.Kv".into(),
+            })
+            .await
+            .expect("health check")
+            .into_inner()
+            .status;
+        if status == ServingStatus::NotServing as i32 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not serving without a leader");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Reflection: the services, and the description of kv.Kv's methods.
+    let mut reflection = ServerReflectionClient::new(channel);
+    let ask = |request| ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(request),
+    };
+    let mut answers = reflection
+        .server_reflection_info(tokio_stream::iter(vec![
+            ask(MessageRequest::ListServices(String::new())),
+            ask(MessageRequest::FileContainingSymbol("kv.Kv".into())),
+        ]))
+        .await
+        .expect("reflection")
+        .into_inner();
+    let Some(Ok(first)) = answers.next().await else {
+        panic!("a list of services");
+    };
+    let Some(MessageResponse::ListServicesResponse(list)) = first.message_response else {
+        panic!("a list of services: {first:?}");
+    };
+    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    for expected in ["kv.Kv", "grpc.health.v1.Health"] {
+        assert!(
+            names.iter().any(|n| n == expected),
+            "{expected} in {names:?}"
+        );
+    }
+    let Some(Ok(second)) = answers.next().await else {
+        panic!("kv.proto's descriptor");
+    };
+    let Some(MessageResponse::FileDescriptorResponse(files)) = second.message_response else {
+        panic!("a file descriptor: {second:?}");
+    };
+    assert!(!files.file_descriptor_proto.is_empty());
+    let bytes = &files.file_descriptor_proto[0];
+    assert!(
+        bytes
+            .windows(b"ChangeMembership".len())
+            .any(|w| w == b"ChangeMembership"),
+        "kv.proto's descriptor names its methods"
+    );
+}
+
+use tokio_stream::StreamExt as _;
