@@ -22,6 +22,21 @@ struct Cli {
     /// `kvnode cluster` and the tests, so no node outlives its launcher).
     #[arg(long, global = true)]
     exit_with_parent: bool,
+    /// How log lines are written to standard error: text, or json (one
+    /// object per line, for log collectors). The level comes from RUST_LOG
+    /// (default warn; info shows elections, role and term changes,
+    /// membership changes).
+    #[arg(long, global = true, value_name = "text|json", default_value = "text")]
+    log_format: LogFormat,
+}
+
+/// The log line format.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum LogFormat {
+    /// Human-readable lines (colours only on a terminal).
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 /// Exits the process once its parent is gone (it is then re-parented, and
@@ -161,12 +176,17 @@ where
     if cli.exit_with_parent {
         exit_with_parent();
     }
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into());
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Json => logs.json().init(),
+        LogFormat::Text => logs
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

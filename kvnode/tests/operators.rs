@@ -110,3 +110,23 @@ async fn health_and_reflection_answer_generic_clients() {
 }
 
 use tokio_stream::StreamExt as _;
+
+/// `--log-format json`: one JSON object per line, elections at info.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn logs_are_json_lines_on_request() {
+    let mut test = TestCluster::start_with_flags(PROTOCOLS[0], 3, &["--log-format", "json"]);
+    let (leader, _) = test.leader().await;
+    test.cluster.kill_all();
+    let log = std::fs::read_to_string(test.cluster.log_file(leader)).expect("the node's log");
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}")))
+        .collect();
+    assert!(
+        lines.iter().any(|l| l["level"] == "INFO"
+            && l["fields"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("became leader"))),
+        "an info line says node {leader} became leader:\n{log}"
+    );
+}
