@@ -36,14 +36,28 @@ struct Cli {
     /// Print results as JSON.
     #[arg(long)]
     json: bool,
+    /// Print values as hexadecimal (binary-safe).
+    #[arg(long, conflicts_with = "base64")]
+    hex: bool,
+    /// Print values as base64 (binary-safe).
+    #[arg(long)]
+    base64: bool,
     #[command(subcommand)]
     command: Cmd,
 }
 
 #[derive(Subcommand, Debug)]
 enum Cmd {
-    /// Set KEY to VALUE.
-    Put { key: String, value: String },
+    /// Set KEY to VALUE, or to the bytes of --file (`-`: standard input).
+    Put {
+        key: String,
+        #[arg(required_unless_present = "file")]
+        value: Option<String>,
+        /// Read the value from this file (`-`: standard input), byte for
+        /// byte.
+        #[arg(long, conflicts_with = "value")]
+        file: Option<std::path::PathBuf>,
+    },
     /// Read KEY.
     Get { key: String },
     /// Remove KEY.
@@ -141,18 +155,75 @@ enum SnapshotCmd {
     Save { file: std::path::PathBuf },
 }
 
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
+/// How values are printed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Encoding {
+    /// As text (bytes that are not UTF-8 are replaced).
+    Text,
+    /// Hexadecimal, two digits a byte.
+    Hex,
+    /// Base64 (RFC 4648, with padding).
+    Base64,
 }
 
-fn show_value(value: &Option<Vec<u8>>) -> String {
-    value.as_deref().map_or("(absent)".to_string(), text)
+fn text(bytes: &[u8], encoding: Encoding) -> String {
+    match encoding {
+        Encoding::Text => String::from_utf8_lossy(bytes).into_owned(),
+        Encoding::Hex => bytes.iter().map(|b| format!("{b:02x}")).collect(),
+        Encoding::Base64 => base64(bytes),
+    }
 }
 
-fn json_value(value: &Option<Vec<u8>>) -> serde_json::Value {
+/// RFC 4648 base64 with padding.
+fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, &b)| n | u32::from(b) << (16 - 8 * i));
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+fn show_value(value: &Option<Vec<u8>>, encoding: Encoding) -> String {
     value
         .as_deref()
-        .map_or(serde_json::Value::Null, |v| json!(text(v)))
+        .map_or("(absent)".to_string(), |v| text(v, encoding))
+}
+
+fn json_value(value: &Option<Vec<u8>>, encoding: Encoding) -> serde_json::Value {
+    value
+        .as_deref()
+        .map_or(serde_json::Value::Null, |v| json!(text(v, encoding)))
+}
+
+/// A value given on the command line, or read from a file or standard
+/// input.
+fn value_of(
+    value: Option<String>,
+    file: Option<std::path::PathBuf>,
+) -> Result<Vec<u8>, ClientError> {
+    match (value, file) {
+        (Some(value), _) => Ok(value.into_bytes()),
+        (None, Some(path)) if path.as_os_str() == "-" => {
+            let mut bytes = Vec::new();
+            std::io::Read::read_to_end(&mut std::io::stdin(), &mut bytes)
+                .map_err(|e| ClientError::Invalid(format!("cannot read standard input: {e}")))?;
+            Ok(bytes)
+        }
+        (None, Some(path)) => std::fs::read(&path)
+            .map_err(|e| ClientError::Invalid(format!("cannot read {}: {e}", path.display()))),
+        (None, None) => Err(ClientError::Invalid("no value given".into())),
+    }
 }
 
 async fn run(cli: Cli) -> Result<(String, serde_json::Value), ClientError> {
@@ -162,9 +233,17 @@ async fn run(cli: Cli) -> Result<(String, serde_json::Value), ClientError> {
         client_id: None,
         ..ClientOptions::default()
     };
+    let encoding = if cli.hex {
+        Encoding::Hex
+    } else if cli.base64 {
+        Encoding::Base64
+    } else {
+        Encoding::Text
+    };
     let mut client = Client::new(cli.endpoints, options)?;
     Ok(match cli.command {
-        Cmd::Put { key, value } => {
+        Cmd::Put { key, value, file } => {
+            let value = value_of(value, file)?;
             client.put(key, value).await?;
             ("OK".into(), json!({"ok": true}))
         }
@@ -186,8 +265,8 @@ async fn run(cli: Cli) -> Result<(String, serde_json::Value), ClientError> {
         Cmd::Get { key } => {
             let value = client.get(key).await?;
             (
-                show_value(&value),
-                json!({"ok": true, "value": json_value(&value)}),
+                show_value(&value, encoding),
+                json!({"ok": true, "value": json_value(&value, encoding)}),
             )
         }
         Cmd::Mget { keys } => {
@@ -197,12 +276,12 @@ async fn run(cli: Cli) -> Result<(String, serde_json::Value), ClientError> {
             let lines: Vec<String> = keys
                 .iter()
                 .zip(&values)
-                .map(|(k, v)| format!("{k} = {}", show_value(v)))
+                .map(|(k, v)| format!("{k} = {}", show_value(v, encoding)))
                 .collect();
             let map: serde_json::Map<String, serde_json::Value> = keys
                 .iter()
                 .zip(&values)
-                .map(|(k, v)| (k.clone(), json_value(v)))
+                .map(|(k, v)| (k.clone(), json_value(v, encoding)))
                 .collect();
             (lines.join("\n"), json!({"ok": true, "values": map}))
         }
@@ -221,11 +300,11 @@ async fn run(cli: Cli) -> Result<(String, serde_json::Value), ClientError> {
             let line = if succeeded {
                 "SWAPPED".to_string()
             } else {
-                format!("NOT SWAPPED (current: {})", show_value(&current))
+                format!("NOT SWAPPED (current: {})", show_value(&current, encoding))
             };
             (
                 line,
-                json!({"ok": true, "succeeded": succeeded, "current": json_value(&current)}),
+                json!({"ok": true, "succeeded": succeeded, "current": json_value(&current, encoding)}),
             )
         }
         Cmd::Snapshot {
@@ -446,5 +525,42 @@ fn main() -> ExitCode {
             eprintln!("kvctl: {error}");
             ExitCode::from(code)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_print_binary_safe() {
+        // RFC 4648, section 10.
+        for (plain, encoded) in [
+            ("", ""),
+            ("f", "Zg=="),
+            ("fo", "Zm8="),
+            ("foo", "Zm9v"),
+            ("foob", "Zm9vYg=="),
+            ("fooba", "Zm9vYmE="),
+            ("foobar", "Zm9vYmFy"),
+        ] {
+            assert_eq!(base64(plain.as_bytes()), encoded);
+        }
+        let bytes = [0u8, 0xff, 0x10];
+        assert_eq!(text(&bytes, Encoding::Hex), "00ff10");
+        assert_eq!(text(&bytes, Encoding::Base64), "AP8Q");
+        assert_eq!(show_value(&None, Encoding::Hex), "(absent)");
+    }
+
+    #[test]
+    fn a_value_comes_from_the_command_line_or_a_file() {
+        let dir = std::env::temp_dir().join(format!("kvctl-value-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("value.bin");
+        std::fs::write(&file, [0u8, 1, 2, 255]).unwrap();
+        assert_eq!(value_of(None, Some(file)).unwrap(), vec![0, 1, 2, 255]);
+        assert_eq!(value_of(Some("v".into()), None).unwrap(), b"v");
+        assert!(value_of(None, Some(dir.join("missing"))).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
