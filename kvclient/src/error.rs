@@ -2,7 +2,6 @@
 //! answer.
 
 use consensus::CommandResult;
-use prost::Message as _;
 use proto::kv::ErrorDetail;
 use proto::kv::error_detail::Kind;
 
@@ -66,9 +65,7 @@ pub(crate) enum Retry {
 
 /// Reads the machine-readable detail of a server error.
 pub fn error_detail(status: &tonic::Status) -> Option<ErrorDetail> {
-    ErrorDetail::decode(status.details())
-        .ok()
-        .filter(|d| d.kind != Kind::Unspecified as i32)
+    proto::errors::unpack(status.details()).filter(|d| d.kind != Kind::Unspecified as i32)
 }
 
 pub(crate) fn classify(status: &tonic::Status) -> Retry {

@@ -66,7 +66,8 @@ pub fn error_status(
         leader_client_addr,
         message: message.clone(),
     };
-    Status::with_details(code, message, detail.encode_to_vec().into())
+    let details = proto::errors::pack(code, &message, &detail);
+    Status::with_details(code, message, details.into())
 }
 
 /// A chunk of a capture as the Backup call sends it.
