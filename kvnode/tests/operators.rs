@@ -130,3 +130,62 @@ async fn logs_are_json_lines_on_request() {
         "an info line says node {leader} became leader:\n{log}"
     );
 }
+
+/// A Python environment with grpcio, grpcio-status and grpcio-tools, made
+/// once per machine beside the build directory; `None` (the test says so
+/// loudly and skips) when python3 or PyPI is not reachable.
+fn python_with_grpc() -> Option<std::path::PathBuf> {
+    let venv = std::path::Path::new("/var/tmp/raftstore-pyenv");
+    let python = venv.join("bin/python3");
+    let ready = |python: &std::path::Path| {
+        std::process::Command::new(python)
+            .args(["-c", "import grpc, grpc_status, grpc_tools"])
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if ready(&python) {
+        return Some(python);
+    }
+    let made = std::process::Command::new("python3")
+        .args(["-m", "venv"])
+        .arg(venv)
+        .status()
+        .is_ok_and(|s| s.success());
+    let installed = made
+        && std::process::Command::new(venv.join("bin/pip"))
+            .args(["install", "-q", "--timeout", "30"])
+            .args(["grpcio", "grpcio-status", "grpcio-tools"])
+            .status()
+            .is_ok_and(|s| s.success());
+    (installed && ready(&python)).then_some(python)
+}
+
+/// Errors in the standard form: a Python client generated from kv.proto
+/// reads `kv.ErrorDetail` with grpcio-status, its standard status library.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_python_client_reads_error_details_with_its_standard_library() {
+    let Some(python) = python_with_grpc() else {
+        eprintln!(
+            "SKIPPED: no python3 with grpcio, grpcio-status and grpcio-tools, and they could not \
+             be installed from PyPI into /var/tmp/raftstore-pyenv"
+        );
+        return;
+    };
+    let test = TestCluster::start(PROTOCOLS[1], 3);
+    let (leader, _) = test.leader().await;
+    let follower = (1..=3).find(|&id| id != leader).expect("a follower");
+    let members = test.cluster.members();
+    let proto_dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../proto/proto");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/standard-errors.py");
+    let output = std::process::Command::new(python)
+        .arg(script)
+        .arg(proto_dir)
+        .arg(&members[&leader].client_addr)
+        .arg(&members[&follower].client_addr)
+        .output()
+        .expect("run the Python client");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains("standard status details read"), "{stdout}");
+}
