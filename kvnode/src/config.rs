@@ -105,6 +105,10 @@ pub struct NodeArgs {
     /// Address the peer service listens on (default: this node's PEER_ADDR in --peers).
     #[arg(long)]
     pub peer_addr: Option<String>,
+    /// Serve Prometheus metrics over HTTP at this address (`GET /metrics`);
+    /// none by default.
+    #[arg(long, value_name = "IP:PORT")]
+    pub metrics_addr: Option<String>,
     /// The cluster's id (default: derived from --peers, the same on every member).
     #[arg(long)]
     pub cluster_id: Option<String>,
@@ -204,6 +208,7 @@ impl NodeArgs {
             initial_cluster_state: self.initial_cluster_state.or(other.initial_cluster_state),
             client_addr: self.client_addr.or(other.client_addr),
             peer_addr: self.peer_addr.or(other.peer_addr),
+            metrics_addr: self.metrics_addr.or(other.metrics_addr),
             cluster_id: self.cluster_id.or(other.cluster_id),
             tick: self.tick.or(other.tick),
             election_timeout_ticks: self.election_timeout_ticks.or(other.election_timeout_ticks),
@@ -350,6 +355,8 @@ pub struct NodeConfig {
     pub client_addr: String,
     /// Peer service listen address.
     pub peer_addr: String,
+    /// Where Prometheus metrics are served, if anywhere.
+    pub metrics_addr: Option<String>,
     /// The cluster id.
     pub cluster_id: String,
     /// Tick length.
@@ -554,6 +561,7 @@ impl NodeConfig {
         Ok(NodeConfig {
             client_addr: args.client_addr.unwrap_or_else(|| me.client_addr.clone()),
             peer_addr: args.peer_addr.unwrap_or_else(|| me.peer_addr.clone()),
+            metrics_addr: args.metrics_addr,
             // With --join, learned from the cluster at start.
             cluster_id: args.cluster_id.unwrap_or_else(|| {
                 if join.is_empty() {

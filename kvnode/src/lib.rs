@@ -10,6 +10,7 @@
 //!   exactly as written;
 //! - [`transport`]: long-lived gRPC streams between peers;
 //! - [`members`]: where each node listens (the address book);
+//! - [`metrics`]: Prometheus metrics over HTTP;
 //! - [`service`]: the client API;
 //! - [`node`]: assembly, startup checks, graceful shutdown;
 //! - [`launcher`]: `kvnode cluster`, on [`local_cluster`];
@@ -25,6 +26,7 @@ pub mod faults;
 pub mod launcher;
 pub mod local_cluster;
 pub mod members;
+pub mod metrics;
 pub mod netdelay;
 pub mod node;
 pub mod runtime;

@@ -350,6 +350,15 @@ pub async fn run(mut config: NodeConfig) -> anyhow::Result<()> {
                 .max_encoding_message_size(crate::transport::PEER_BATCH_BYTES_MAX),
         )
         .serve_with_incoming_shutdown(incoming(peer_listener), stopped(stop_rx));
+    if let Some(addr) = &config.metrics_addr {
+        let addr = parse_listen(addr, "metrics address")?;
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen for metrics on {addr}"))?;
+        tokio::spawn(crate::metrics::serve(listener));
+        tokio::spawn(crate::metrics::follow_status(events_tx.clone()));
+        tracing::info!(node = config.id, %addr, "serving metrics");
+    }
     let client_task = tokio::spawn(client_server);
     let peer_task = tokio::spawn(peer_server);
     tracing::info!(node = config.id, %client_addr, %peer_addr, "kvnode serving");

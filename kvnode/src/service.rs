@@ -125,6 +125,12 @@ enum ServiceError {
 }
 
 impl ServiceError {
+    fn code(&self) -> Code {
+        match self {
+            ServiceError::Refused(status) | ServiceError::Failed(status) => status.code(),
+        }
+    }
+
     fn into_status(self) -> Status {
         match self {
             ServiceError::Refused(status) | ServiceError::Failed(status) => status,
@@ -208,7 +214,19 @@ impl KvService {
         header: Option<RequestHeader>,
         command: Command,
     ) -> Result<Done, Status> {
+        let kind = crate::metrics::kind_of(&command);
+        let started = std::time::Instant::now();
         let result = self.execute_delayed(header, command).await;
+        let metrics = &*crate::metrics::METRICS;
+        metrics
+            .request_seconds
+            .with_label_values(&[kind])
+            .observe(started.elapsed().as_secs_f64());
+        let outcome = match &result {
+            Ok(_) => "ok".to_string(),
+            Err(error) => format!("{:?}", error.code()).to_lowercase(),
+        };
+        metrics.requests.with_label_values(&[kind, &outcome]).inc();
         // The injected delay is applied here, at the edge, never in the
         // runtime: every answer travels the way out; a request refused
         // before reaching the runtime travels the way in too.

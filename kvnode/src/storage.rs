@@ -738,7 +738,13 @@ impl Storage {
     fn write_synced(&self, batch: WriteBatch) -> Result<(), StorageError> {
         let mut options = WriteOptions::default();
         options.set_sync(true);
+        let started = std::time::Instant::now();
         self.db.write_opt(batch, &options)?;
+        let metrics = &*crate::metrics::METRICS;
+        metrics
+            .sync_seconds
+            .observe(started.elapsed().as_secs_f64());
+        metrics.synced_writes.inc();
         self.synced_writes.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }

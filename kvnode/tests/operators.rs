@@ -189,3 +189,85 @@ async fn a_python_client_reads_error_details_with_its_standard_library() {
     assert!(output.status.success(), "{stdout}\n{stderr}");
     assert!(stdout.contains("standard status details read"), "{stdout}");
 }
+
+/// `--metrics-addr`: Prometheus's text format, read by a Prometheus text
+/// parser, with the node's role, term, indexes, syncs and requests.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn metrics_are_served_in_prometheus_text_format() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let port = kvnode::local_cluster::free_ports(1).expect("a port")[0];
+    let addr = format!("127.0.0.1:{port}");
+    let test = TestCluster::start_with_flags(PROTOCOLS[1], 1, &["--metrics-addr", &addr]);
+    test.leader().await;
+    let mut client = test.client(Duration::from_secs(5));
+    for i in 0..20 {
+        client
+            .put(format!("k{i}"), b"v".to_vec())
+            .await
+            .expect("put");
+    }
+    client.get("k1").await.expect("get");
+    let scrape = || async {
+        let mut stream = tokio::net::TcpStream::connect(&addr)
+            .await
+            .expect("connect");
+        stream
+            .write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
+            .await
+            .expect("request");
+        let mut response = String::new();
+        stream
+            .read_to_string(&mut response)
+            .await
+            .expect("response");
+        let (head, body) = response.split_once("\r\n\r\n").expect("a body");
+        assert!(
+            head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"),
+            "{head}"
+        );
+        let lines = body.lines().map(|l| Ok(l.to_string()));
+        prometheus_parse::Scrape::parse(lines).expect("Prometheus text format")
+    };
+    // The gauges follow the status every 500 ms.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let scraped = loop {
+        let scraped = scrape().await;
+        let leader = scraped.samples.iter().any(|s| {
+            s.metric == "kvnode_role"
+                && s.labels.get("role") == Some("leader")
+                && matches!(s.value, prometheus_parse::Value::Gauge(v) if v == 1.0)
+        });
+        if leader {
+            break scraped;
+        }
+        assert!(Instant::now() < deadline, "the role gauge shows the leader");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let value = |name: &str, label: Option<(&str, &str)>| {
+        scraped
+            .samples
+            .iter()
+            .filter(|s| s.metric == name)
+            .filter(|s| label.is_none_or(|(k, v)| s.labels.get(k) == Some(v)))
+            .map(|s| match &s.value {
+                prometheus_parse::Value::Counter(v)
+                | prometheus_parse::Value::Gauge(v)
+                | prometheus_parse::Value::Untyped(v) => *v,
+                prometheus_parse::Value::Histogram(buckets) => {
+                    buckets.last().map_or(0.0, |b| b.count)
+                }
+                _ => 0.0,
+            })
+            .sum::<f64>()
+    };
+    assert!(value("kvnode_term", None) >= 1.0);
+    assert!(value("kvnode_log_index", Some(("which", "commit"))) >= 20.0);
+    assert!(value("kvnode_requests_total", Some(("kind", "put"))) >= 20.0);
+    assert!(value("kvnode_requests_total", Some(("outcome", "ok"))) >= 21.0);
+    assert!(value("kvnode_synced_writes_total", None) >= 20.0);
+    assert!(
+        value("kvnode_sync_seconds", None) >= 20.0,
+        "the sync histogram counts"
+    );
+    assert_eq!(value("kvnode_members", Some(("kind", "voters"))), 1.0);
+}
