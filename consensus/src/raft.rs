@@ -1491,14 +1491,23 @@ fn step_input<V: RaftVariant>(variant: &mut V, input: crate::io::Input, out: &mu
         } => variant.on_snapshot_taken(snapshot, keep_entries, out),
         Input::SnapshotInstalled { snapshot, .. } => variant.on_snapshot_installed(snapshot, out),
         Input::Message { from, message } => {
-            let membership = variant.core().membership();
+            let core = variant.core();
+            let membership = core.membership();
             if let Message::RequestVote(m) = &message
                 && !membership.is_empty()
                 && !membership.is_voter(from)
+                && (m.last_log_term, m.last_log_index)
+                    < (core.log.last_term(), core.log.last_index())
             {
-                // Not a voter here: a learner, or a server removed, whose
-                // campaign must not disturb the cluster (nor raise terms
-                // here). It is told, so that it stops campaigning.
+                // Not a voter here, and behind this node's log (the vote
+                // would be refused anyway): a server removed that never
+                // learned it (the entry removing it is after its log's
+                // end), whose campaign must not raise terms here. It is
+                // told, so that it stops campaigning. A candidate ahead of
+                // this log is judged as any other: it may hold a later
+                // configuration in which it votes (refusing it left a
+                // cluster whose two up-to-date voters could not win the
+                // votes of two voters behind them: soak seed 5100031168).
                 let core = variant.core();
                 let response = RequestVoteResponse {
                     term: core.term,
