@@ -98,8 +98,9 @@ pub struct RaftCore {
     /// A deliberate bug (tests only).
     pub membership_bug: Option<crate::membership::MembershipBug>,
     /// As leader: members whose removal committed, that do not hold it yet:
-    /// the index of the removal, and the ticks left before giving up.
-    leaving: BTreeMap<NodeId, (LogIndex, u64)>,
+    /// the index of the removal, their match index when last seen moving,
+    /// and the ticks left before giving up.
+    leaving: BTreeMap<NodeId, (LogIndex, LogIndex, u64)>,
     /// Told by a voter that it is not a voter of a later configuration
     /// ([`RaftCore::told_not_a_voter`]): it does not campaign until it
     /// hears from a leader.
@@ -321,9 +322,9 @@ impl RaftCore {
 
     /// As leader, after every input: a member whose removal just committed
     /// stays a replication target until its log holds the removal (it then
-    /// gets a farewell and learns it was removed), or for ten election
-    /// timeouts at most (it may be down for good). `match_of` gives each
-    /// one's match index.
+    /// gets a farewell and learns it was removed), or until its log has not
+    /// moved on for ten election timeouts (it may be down for good).
+    /// `match_of` gives each one's match index.
     fn track_leaving(&mut self, ticked: bool, match_of: impl Fn(NodeId) -> LogIndex) {
         if self.role != Role::Leader {
             self.leaving.clear();
@@ -335,16 +336,21 @@ impl RaftCore {
             .range(..=self.commit_index)
             .next_back()
             .map_or(self.snapshot.index, |(&index, _)| index);
+        let patience = 10 * self.election.base_ticks();
         for id in self.adjusted_to.0.minus(configured).iter() {
             self.leaving
                 .entry(id)
-                .or_insert((removal, 10 * self.election.base_ticks()));
+                .or_insert((removal, match_of(id), patience));
         }
-        self.leaving.retain(|&id, (removal, ticks_left)| {
-            if ticked {
+        self.leaving.retain(|&id, (removal, seen, ticks_left)| {
+            let matched = match_of(id);
+            if matched > *seen {
+                *seen = matched;
+                *ticks_left = patience;
+            } else if ticked {
                 *ticks_left = ticks_left.saturating_sub(1);
             }
-            !configured.contains(id) && *ticks_left > 0 && match_of(id) < *removal
+            !configured.contains(id) && *ticks_left > 0 && matched < *removal
         });
     }
 

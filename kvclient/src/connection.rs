@@ -302,7 +302,6 @@ mod tests {
     use super::*;
     use crate::error::{Retry, classify, error_detail};
     use crate::{Client, ClientOptions};
-    use prost::Message as _;
     use proto::kv::error_detail::Kind;
 
     /// A connection never opened, whose call stream has
@@ -389,7 +388,11 @@ mod tests {
                     call_result::Answer::Error(CallError {
                         code: tonic::Code::Unavailable as i32,
                         message: detail.message.clone(),
-                        details: detail.encode_to_vec(),
+                        details: proto::errors::pack(
+                            tonic::Code::Unavailable,
+                            &detail.message,
+                            &detail,
+                        ),
                     })
                 };
                 let caller = lock(&waiting)
