@@ -33,7 +33,8 @@ pub struct Metrics {
     pub synced_writes: IntCounter,
     /// Latency of one synced write batch (RocksDB write with fsync).
     pub sync_seconds: Histogram,
-    /// Client requests by kind and outcome.
+    /// Client requests by kind, path (Nil-ext's `fast` path or `ordered`)
+    /// and outcome.
     pub requests: IntCounterVec,
     /// Client request latency by kind.
     pub request_seconds: HistogramVec,
@@ -78,8 +79,11 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         )
         .expect("a valid metric"),
         requests: IntCounterVec::new(
-            Opts::new("requests_total", "Client requests by kind and outcome"),
-            &["kind", "outcome"],
+            Opts::new(
+                "requests_total",
+                "Client requests by kind, path (fast: Nil-ext's fast path; ordered) and outcome",
+            ),
+            &["kind", "path", "outcome"],
         )
         .expect("a valid metric"),
         request_seconds: HistogramVec::new(

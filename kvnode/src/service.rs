@@ -215,6 +215,11 @@ impl KvService {
         command: Command,
     ) -> Result<Done, Status> {
         let kind = crate::metrics::kind_of(&command);
+        let path = if header.as_ref().is_some_and(|h| h.fast_path) {
+            "fast"
+        } else {
+            "ordered"
+        };
         let started = std::time::Instant::now();
         let result = self.execute_delayed(header, command).await;
         let metrics = &*crate::metrics::METRICS;
@@ -226,7 +231,10 @@ impl KvService {
             Ok(_) => "ok".to_string(),
             Err(error) => format!("{:?}", error.code()).to_lowercase(),
         };
-        metrics.requests.with_label_values(&[kind, &outcome]).inc();
+        metrics
+            .requests
+            .with_label_values(&[kind, path, &outcome])
+            .inc();
         // The injected delay is applied here, at the edge, never in the
         // runtime: every answer travels the way out; a request refused
         // before reaching the runtime travels the way in too.

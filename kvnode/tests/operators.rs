@@ -197,7 +197,8 @@ async fn metrics_are_served_in_prometheus_text_format() {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     let port = kvnode::local_cluster::free_ports(1).expect("a port")[0];
     let addr = format!("127.0.0.1:{port}");
-    let test = TestCluster::start_with_flags(PROTOCOLS[1], 1, &["--metrics-addr", &addr]);
+    // Nil-ext, so that the writes take the fast path.
+    let test = TestCluster::start_with_flags(PROTOCOLS[2], 1, &["--metrics-addr", &addr]);
     test.leader().await;
     let mut client = test.client(Duration::from_secs(5));
     for i in 0..20 {
@@ -263,6 +264,12 @@ async fn metrics_are_served_in_prometheus_text_format() {
     assert!(value("kvnode_term", None) >= 1.0);
     assert!(value("kvnode_log_index", Some(("which", "commit"))) >= 20.0);
     assert!(value("kvnode_requests_total", Some(("kind", "put"))) >= 20.0);
+    let fast = value("kvnode_requests_total", Some(("path", "fast")));
+    let ordered = value("kvnode_requests_total", Some(("path", "ordered")));
+    eprintln!("fast-path requests: {fast}, ordered: {ordered}");
+    // A session's first write takes the slow path; the other 19 the fast.
+    assert!(fast >= 19.0);
+    assert!(value("kvnode_requests_total", Some(("path", "ordered"))) >= 1.0);
     assert!(value("kvnode_requests_total", Some(("outcome", "ok"))) >= 21.0);
     assert!(value("kvnode_synced_writes_total", None) >= 20.0);
     assert!(
