@@ -147,4 +147,10 @@ pub trait Consensus {
     /// this node creates as leader enforce ([`cluster_time`]); 0, the
     /// default: sessions never expire.
     fn set_session_timeout(&mut self, ticks: u64);
+
+    /// As leader: each other member's match index (the highest index known
+    /// to match this node's log), for metrics; empty otherwise.
+    fn follower_matches(&self) -> Vec<(NodeId, LogIndex)> {
+        Vec::new()
+    }
 }

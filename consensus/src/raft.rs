@@ -1391,6 +1391,17 @@ impl<V: RaftVariant> crate::Consensus for V {
     fn set_session_timeout(&mut self, ticks: u64) {
         self.core_mut().set_session_timeout(ticks);
     }
+
+    fn follower_matches(&self) -> Vec<(NodeId, LogIndex)> {
+        if self.core().role != Role::Leader {
+            return Vec::new();
+        }
+        self.core()
+            .peers()
+            .into_iter()
+            .map(|peer| (peer, self.match_index_of(peer)))
+            .collect()
+    }
 }
 
 /// Routes `input` to `variant`'s handlers: a fast-path write is refused (no

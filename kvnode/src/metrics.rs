@@ -27,6 +27,10 @@ pub struct Metrics {
     pub index: IntGaugeVec,
     /// Client sessions held.
     pub sessions: IntGauge,
+    /// As leader: each follower's match index.
+    pub follower_match: IntGaugeVec,
+    /// As leader: how many entries each follower lacks.
+    pub follower_lag: IntGaugeVec,
     /// Voters and learners of the configuration in force.
     pub members: IntGaugeVec,
     /// Synced write batches.
@@ -66,6 +70,16 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         ),
         sessions: IntGauge::new("sessions", "Client sessions the state machine holds")
             .expect("a valid metric"),
+        follower_match: gauge_vec(
+            "follower_match_index",
+            "As leader: the highest index known to match each follower's log",
+            "follower",
+        ),
+        follower_lag: gauge_vec(
+            "follower_lag_entries",
+            "As leader: the entries of its log each follower is not known to hold",
+            "follower",
+        ),
         members: gauge_vec(
             "members",
             "Voters and learners of the configuration in force",
@@ -100,6 +114,8 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         Box::new(metrics.leader.clone()),
         Box::new(metrics.index.clone()),
         Box::new(metrics.sessions.clone()),
+        Box::new(metrics.follower_match.clone()),
+        Box::new(metrics.follower_lag.clone()),
         Box::new(metrics.members.clone()),
         Box::new(metrics.synced_writes.clone()),
         Box::new(metrics.sync_seconds.clone()),
@@ -165,6 +181,18 @@ pub async fn follow_status(events: mpsc::Sender<Event>) {
             m.index.with_label_values(&[which]).set(gauge(value));
         }
         m.sessions.set(gauge(node.sessions));
+        // Followers are shown only while this node leads.
+        m.follower_match.reset();
+        m.follower_lag.reset();
+        for (follower, matched) in &node.follower_matches {
+            let label = follower.to_string();
+            m.follower_match
+                .with_label_values(&[&label])
+                .set(gauge(*matched));
+            m.follower_lag
+                .with_label_values(&[&label])
+                .set(gauge(s.last_log_index.saturating_sub(*matched)));
+        }
         m.members
             .with_label_values(&["voters"])
             .set(s.membership.voters.len() as i64);

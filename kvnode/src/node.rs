@@ -355,6 +355,7 @@ pub async fn run(mut config: NodeConfig) -> anyhow::Result<()> {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .with_context(|| format!("cannot listen for metrics on {addr}"))?;
+        let addr = listener.local_addr().unwrap_or(addr);
         tokio::spawn(crate::metrics::serve(listener));
         tokio::spawn(crate::metrics::follow_status(events_tx.clone()));
         tracing::info!(node = config.id, %addr, "serving metrics");

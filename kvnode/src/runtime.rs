@@ -142,6 +142,8 @@ pub struct NodeStatus {
     pub synced_writes: u64,
     /// Client sessions its state machine holds.
     pub sessions: u64,
+    /// As leader: each other member's match index.
+    pub follower_matches: Vec<(NodeId, LogIndex)>,
 }
 
 /// An event for the runtime loop.
@@ -665,6 +667,7 @@ impl Runtime {
                     last_log_term,
                     synced_writes: self.storage.synced_writes(),
                     sessions: self.state_machine.sessions().len() as u64,
+                    follower_matches: self.protocol.follower_matches(),
                 });
                 return Ok(());
             }

@@ -278,3 +278,65 @@ async fn metrics_are_served_in_prometheus_text_format() {
     );
     assert_eq!(value("kvnode_members", Some(("kind", "voters"))), 1.0);
 }
+
+/// As leader, a node reports each follower's match index and lag.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_leader_reports_each_followers_lag() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    // Port 0: each node picks one and logs it.
+    let flags = ["--metrics-addr", "127.0.0.1:0", "--log-format", "json"];
+    let test = TestCluster::start_with_flags(PROTOCOLS[1], 3, &flags);
+    let (leader, _) = test.leader().await;
+    let mut client = test.client(Duration::from_secs(5));
+    for i in 0..10 {
+        client
+            .put(format!("k{i}"), b"v".to_vec())
+            .await
+            .expect("put");
+    }
+    let log = std::fs::read_to_string(test.cluster.log_file(leader)).expect("the leader's log");
+    let addr = log
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .find(|l| l["fields"]["message"] == "serving metrics")
+        .and_then(|l| l["fields"]["addr"].as_str().map(str::to_string))
+        .expect("the leader logs its metrics address");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let mut stream = tokio::net::TcpStream::connect(&addr)
+            .await
+            .expect("connect");
+        stream
+            .write_all(b"GET /metrics HTTP/1.0\r\n\r\n")
+            .await
+            .expect("request");
+        let mut response = String::new();
+        stream
+            .read_to_string(&mut response)
+            .await
+            .expect("response");
+        let body = response.split_once("\r\n\r\n").expect("a body").1;
+        let scraped = prometheus_parse::Scrape::parse(body.lines().map(|l| Ok(l.to_string())))
+            .expect("Prometheus text format");
+        let followers: Vec<(String, f64)> = scraped
+            .samples
+            .iter()
+            .filter(|s| s.metric == "kvnode_follower_match_index")
+            .filter_map(|s| match s.value {
+                prometheus_parse::Value::Gauge(v) => {
+                    Some((s.labels.get("follower").unwrap_or("").to_string(), v))
+                }
+                _ => None,
+            })
+            .collect();
+        if followers.len() == 2 && followers.iter().all(|(_, matched)| *matched >= 10.0) {
+            assert!(followers.iter().all(|(f, _)| *f != leader.to_string()));
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "two followers with their match index: {followers:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -1131,4 +1131,8 @@ impl Consensus for NilextRaft {
     fn set_session_timeout(&mut self, ticks: u64) {
         self.inner.set_session_timeout(ticks);
     }
+
+    fn follower_matches(&self) -> Vec<(NodeId, consensus::LogIndex)> {
+        self.inner.follower_matches()
+    }
 }
