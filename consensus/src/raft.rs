@@ -324,12 +324,19 @@ impl RaftCore {
     /// stays a replication target until its log holds the removal (it then
     /// gets a farewell and learns it was removed), or until its log has not
     /// moved on for ten election timeouts (it may be down for good).
-    /// `match_of` gives each one's match index.
-    fn track_leaving(&mut self, ticked: bool, match_of: impl Fn(NodeId) -> LogIndex) {
+    /// `matches` gives the match index of each node of
+    /// [`RaftCore::leaving_watch`].
+    fn track_leaving(&mut self, ticked: bool, matches: &[(NodeId, LogIndex)]) {
         if self.role != Role::Leader {
             self.leaving.clear();
             return;
         }
+        let match_of = |id: NodeId| {
+            matches
+                .iter()
+                .find(|(peer, _)| *peer == id)
+                .map_or(0, |(_, matched)| *matched)
+        };
         let configured = self.configured_targets();
         let removal = self
             .configs
@@ -352,6 +359,20 @@ impl RaftCore {
             }
             !configured.contains(id) && *ticks_left > 0 && matched < *removal
         });
+    }
+
+    /// As leader: the nodes [`RaftCore::track_leaving`] needs the match
+    /// index of: those leaving, and those that just left the configured
+    /// targets (none, nearly always).
+    fn leaving_watch(&self) -> NodeSet {
+        if self.role != Role::Leader {
+            return NodeSet::EMPTY;
+        }
+        let mut watched = self.adjusted_to.0.minus(self.configured_targets());
+        for &id in self.leaving.keys() {
+            watched.insert(id);
+        }
+        watched
     }
 
     /// The voters other than this node.
@@ -482,6 +503,36 @@ impl RaftCore {
             self.votes.clear();
             self.report(out);
         }
+    }
+
+    /// As leader: brings `progress` (the variant's record of each
+    /// replication target) to the targets in force ([`RaftCore::peers`]):
+    /// a target that left is sent a farewell ([`RaftCore::farewell`], with
+    /// its match index by `match_of`) and forgotten, a new one gets
+    /// `fresh()`. Returns the new targets.
+    pub fn adjust_progress<P>(
+        &self,
+        progress: &mut BTreeMap<NodeId, P>,
+        match_of: impl Fn(&P) -> LogIndex,
+        fresh: impl Fn() -> P,
+        out: &mut Outbox,
+    ) -> Vec<NodeId> {
+        let targets = self.peers();
+        progress.retain(|&peer, p| {
+            let stays = targets.contains(&peer);
+            if !stays {
+                self.farewell(peer, match_of(p), out);
+            }
+            stays
+        });
+        let mut added = Vec::new();
+        for peer in targets {
+            if let std::collections::btree_map::Entry::Vacant(slot) = progress.entry(peer) {
+                slot.insert(fresh());
+                added.push(peer);
+            }
+        }
+        added
     }
 
     /// As leader: tells `peer`, no longer a replication target (its removal
@@ -1413,27 +1464,14 @@ impl<V: RaftVariant> crate::Consensus for V {
 pub fn step<V: RaftVariant>(variant: &mut V, input: crate::io::Input, out: &mut Outbox) {
     let ticked = matches!(input, crate::io::Input::Tick);
     step_input(variant, input, out);
-    let leaving: Vec<(NodeId, LogIndex)> = variant
+    // Members whose removal committed (rarely any): their match indexes.
+    let matches: Vec<(NodeId, LogIndex)> = variant
         .core()
-        .leaving
-        .keys()
-        .chain(
-            variant
-                .core()
-                .adjusted_to
-                .0
-                .iter()
-                .collect::<Vec<_>>()
-                .iter(),
-        )
-        .map(|&id| (id, variant.match_index_of(id)))
+        .leaving_watch()
+        .iter()
+        .map(|id| (id, variant.match_index_of(id)))
         .collect();
-    variant.core_mut().track_leaving(ticked, |id| {
-        leaving
-            .iter()
-            .find(|(peer, _)| *peer == id)
-            .map_or(0, |(_, matched)| *matched)
-    });
+    variant.core_mut().track_leaving(ticked, &matches);
     // A leader adjusts to a configuration that changed (appended,
     // truncated, or committed: replication targets and quorums).
     if variant.core_mut().membership_moved() {

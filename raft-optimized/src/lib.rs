@@ -378,25 +378,11 @@ impl RaftVariant for OptimizedRaft {
         // A lease was granted by a quorum of the configuration before;
         // leases from here on come from rounds counted in this one.
         self.lease_until_tick = 0;
-        let targets = self.core.peers();
-        let gone: Vec<NodeId> = self
-            .progress
-            .keys()
-            .copied()
-            .filter(|peer| !targets.contains(peer))
-            .collect();
-        for peer in gone {
-            if let Some(p) = self.progress.remove(&peer) {
-                self.core.farewell(peer, p.match_index, out);
-            }
-        }
-        let next = self.core.log.last_index() + 1;
-        for &peer in &targets {
-            self.progress
-                .entry(peer)
-                .or_insert_with(|| Progress::new(next, self.now_ticks));
-        }
-        for peer in targets {
+        let (next, now) = (self.core.log.last_index() + 1, self.now_ticks);
+        let fresh = || Progress::new(next, now);
+        self.core
+            .adjust_progress(&mut self.progress, |p| p.match_index, fresh, out);
+        for peer in self.core.peers() {
             self.send_appends(peer, out);
         }
         self.advance_commit(out);

@@ -426,29 +426,18 @@ impl RaftVariant for VanillaRaft {
     }
 
     fn on_membership_changed(&mut self, out: &mut Outbox) {
-        let targets = self.core.peers();
-        let gone: Vec<NodeId> = self
-            .progress
-            .keys()
-            .copied()
-            .filter(|peer| !targets.contains(peer))
-            .collect();
-        for peer in gone {
-            if let Some(progress) = self.progress.remove(&peer) {
-                self.core.farewell(peer, progress.match_index, out);
-            }
-        }
         let next_index = self.core.log.last_index() + 1;
-        for peer in targets {
-            if let std::collections::btree_map::Entry::Vacant(slot) = self.progress.entry(peer) {
-                slot.insert(Progress {
-                    next_index,
-                    match_index: 0,
-                    in_flight: false,
-                    transfer: None,
-                });
-                self.send_append(peer, true, out);
-            }
+        let fresh = || Progress {
+            next_index,
+            match_index: 0,
+            in_flight: false,
+            transfer: None,
+        };
+        let added = self
+            .core
+            .adjust_progress(&mut self.progress, |p| p.match_index, fresh, out);
+        for peer in added {
+            self.send_append(peer, true, out);
         }
         self.advance_commit(out);
     }
