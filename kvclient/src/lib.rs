@@ -666,22 +666,38 @@ impl Client {
         })
     }
 
+    /// A call handle to `endpoint` for a call at the leader, and the time
+    /// left until `deadline` (the call's own timeout).
+    async fn kv_at(
+        &mut self,
+        endpoint: &str,
+        deadline: Instant,
+    ) -> Result<
+        (
+            proto::kv::kv_client::KvClient<tonic::transport::Channel>,
+            Duration,
+        ),
+        Retry,
+    > {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let connection = self
+            .connection(endpoint, remaining.min(self.options.attempt_timeout))
+            .await
+            .map_err(|_| Retry::Elsewhere)?;
+        Ok((connection.kv, remaining))
+    }
+
     async fn transfer_at(
         &mut self,
         endpoint: &str,
         to: Option<u64>,
         deadline: Instant,
     ) -> Result<LeaderAnswer, Retry> {
-        let remaining = deadline.saturating_duration_since(Instant::now());
-        let connection = self
-            .connection(endpoint, remaining.min(self.options.attempt_timeout))
-            .await
-            .map_err(|_| Retry::Elsewhere)?;
+        let (mut kv, remaining) = self.kv_at(endpoint, deadline).await?;
         let mut request = tonic::Request::new(TransferLeaderRequest {
             to: to.unwrap_or(0),
         });
         request.set_timeout(remaining);
-        let mut kv = connection.kv;
         match kv.transfer_leader(request).await {
             Ok(answer) => {
                 let answer = answer.into_inner();
@@ -700,14 +716,9 @@ impl Client {
         change: &ChangeMembershipRequest,
         deadline: Instant,
     ) -> Result<LeaderAnswer, Retry> {
-        let remaining = deadline.saturating_duration_since(Instant::now());
-        let connection = self
-            .connection(endpoint, remaining.min(self.options.attempt_timeout))
-            .await
-            .map_err(|_| Retry::Elsewhere)?;
+        let (mut kv, remaining) = self.kv_at(endpoint, deadline).await?;
         let mut request = tonic::Request::new(change.clone());
         request.set_timeout(remaining);
-        let mut kv = connection.kv;
         match kv.change_membership(request).await {
             Ok(answer) => Ok(LeaderAnswer::Membership(answer.into_inner())),
             Err(status) => match classify(&status) {
@@ -729,14 +740,9 @@ impl Client {
         path: &std::path::Path,
         deadline: Instant,
     ) -> Result<BackupSummary, Retry> {
-        let remaining = deadline.saturating_duration_since(Instant::now());
-        let connection = self
-            .connection(endpoint, remaining.min(self.options.attempt_timeout))
-            .await
-            .map_err(|_| Retry::Elsewhere)?;
+        let (mut kv, remaining) = self.kv_at(endpoint, deadline).await?;
         let mut request = tonic::Request::new(BackupRequest {});
         request.set_timeout(remaining);
-        let mut kv = connection.kv;
         let mut stream = match kv.backup(request).await {
             Ok(response) => response.into_inner(),
             Err(status) => {

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{PROTOCOLS, Protocol, Recorder, TestCluster, spawn_load};
+use common::{Protocol, Recorder, TestCluster, spawn_load};
 use kvclient::Client;
 use kvclient::proto::kv::{ChangeMembershipRequest, change_membership_request::Change};
 
@@ -21,21 +21,7 @@ const TEST_LIMIT: Duration = Duration::from_secs(150);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn nodes_are_replaced_added_and_removed_under_load() {
-    // MEMBERSHIP_PROTOCOL=optimized runs one protocol only.
-    let only = std::env::var("MEMBERSHIP_PROTOCOL").ok();
-    let protocols = PROTOCOLS
-        .into_iter()
-        .filter(|p| only.as_deref().is_none_or(|o| o == p.name()));
-    let runs = protocols.map(|protocol| {
-        tokio::spawn(async move {
-            tokio::time::timeout(TEST_LIMIT, scenario(protocol))
-                .await
-                .unwrap_or_else(|_| panic!("{protocol}: not done within {TEST_LIMIT:?}"));
-        })
-    });
-    for run in runs {
-        run.await.expect("scenario");
-    }
+    common::run_each_protocol(TEST_LIMIT, scenario).await;
 }
 
 fn change(change: Change, addrs: Option<&kvnode::config::Member>) -> ChangeMembershipRequest {

@@ -194,7 +194,6 @@ async fn a_python_client_reads_error_details_with_its_standard_library() {
 /// parser, with the node's role, term, indexes, syncs and requests.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn metrics_are_served_in_prometheus_text_format() {
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     let port = kvnode::local_cluster::free_ports(1).expect("a port")[0];
     let addr = format!("127.0.0.1:{port}");
     // Nil-ext, so that the writes take the fast path.
@@ -208,31 +207,10 @@ async fn metrics_are_served_in_prometheus_text_format() {
             .expect("put");
     }
     client.get("k1").await.expect("get");
-    let scrape = || async {
-        let mut stream = tokio::net::TcpStream::connect(&addr)
-            .await
-            .expect("connect");
-        stream
-            .write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
-            .await
-            .expect("request");
-        let mut response = String::new();
-        stream
-            .read_to_string(&mut response)
-            .await
-            .expect("response");
-        let (head, body) = response.split_once("\r\n\r\n").expect("a body");
-        assert!(
-            head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"),
-            "{head}"
-        );
-        let lines = body.lines().map(|l| Ok(l.to_string()));
-        prometheus_parse::Scrape::parse(lines).expect("Prometheus text format")
-    };
     // The gauges follow the status every 500 ms.
     let deadline = Instant::now() + Duration::from_secs(5);
     let scraped = loop {
-        let scraped = scrape().await;
+        let scraped = scrape(&addr).await;
         let leader = scraped.samples.iter().any(|s| {
             s.metric == "kvnode_role"
                 && s.labels.get("role") == Some("leader")
@@ -282,7 +260,6 @@ async fn metrics_are_served_in_prometheus_text_format() {
 /// As leader, a node reports each follower's match index and lag.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_leader_reports_each_followers_lag() {
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     // Port 0: each node picks one and logs it.
     let flags = ["--metrics-addr", "127.0.0.1:0", "--log-format", "json"];
     let test = TestCluster::start_with_flags(PROTOCOLS[1], 3, &flags);
@@ -303,21 +280,7 @@ async fn a_leader_reports_each_followers_lag() {
         .expect("the leader logs its metrics address");
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        let mut stream = tokio::net::TcpStream::connect(&addr)
-            .await
-            .expect("connect");
-        stream
-            .write_all(b"GET /metrics HTTP/1.0\r\n\r\n")
-            .await
-            .expect("request");
-        let mut response = String::new();
-        stream
-            .read_to_string(&mut response)
-            .await
-            .expect("response");
-        let body = response.split_once("\r\n\r\n").expect("a body").1;
-        let scraped = prometheus_parse::Scrape::parse(body.lines().map(|l| Ok(l.to_string())))
-            .expect("Prometheus text format");
+        let scraped = scrape(&addr).await;
         let followers: Vec<(String, f64)> = scraped
             .samples
             .iter()
@@ -339,4 +302,26 @@ async fn a_leader_reports_each_followers_lag() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// `GET /metrics` at `addr`, parsed by a Prometheus text parser.
+async fn scrape(addr: &str) -> prometheus_parse::Scrape {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    stream
+        .write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        .await
+        .expect("request");
+    let mut response = String::new();
+    stream
+        .read_to_string(&mut response)
+        .await
+        .expect("response");
+    let (head, body) = response.split_once("\r\n\r\n").expect("a body");
+    assert!(
+        head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"),
+        "{head}"
+    );
+    prometheus_parse::Scrape::parse(body.lines().map(|l| Ok(l.to_string())))
+        .expect("Prometheus text format")
 }

@@ -394,7 +394,7 @@ async fn a_peer_of_another_cluster_is_refused() {
     let test = TestCluster::start(PROTOCOLS[0], 3);
     test.leader().await;
     let peer_addr = test.cluster.members()[&1].peer_addr.clone();
-    let mut peer = RaftPeerClient::connect(format!("http://{peer_addr}"))
+    let peer = RaftPeerClient::connect(format!("http://{peer_addr}"))
         .await
         .expect("connect");
     let batch = PeerBatch {
@@ -402,50 +402,32 @@ async fn a_peer_of_another_cluster_is_refused() {
         from: 2,
         ..Default::default()
     };
-    let call = peer.stream(tokio_stream::iter(vec![batch]));
-    let status = tokio::time::timeout(Duration::from_secs(5), call)
-        .await
-        .expect("answered in time")
-        .expect_err("refused");
-    assert_eq!(status.code(), tonic::Code::PermissionDenied);
-    assert!(
-        status.message().contains("another-cluster"),
-        "{}",
-        status.message()
-    );
+    let refused = |batch: PeerBatch| {
+        let mut peer = peer.clone();
+        async move {
+            let call = peer.stream(tokio_stream::iter(vec![batch]));
+            let status = tokio::time::timeout(Duration::from_secs(5), call)
+                .await
+                .expect("answered in time")
+                .expect_err("refused");
+            assert_eq!(status.code(), tonic::Code::PermissionDenied);
+            status.message().to_string()
+        }
+    };
+    let message = refused(batch).await;
+    assert!(message.contains("another-cluster"), "{message}");
     // A node of this cluster that is neither in its configuration nor
     // known to it is refused too.
-    let status = node_status(&test, 1).await;
+    let status = test.cluster.status(1).await.expect("node 1 answers");
     let stranger = PeerBatch {
         cluster_id: status.cluster_id,
         from: 9,
         ..Default::default()
     };
-    let call = peer.stream(tokio_stream::iter(vec![stranger]));
-    let status = tokio::time::timeout(Duration::from_secs(5), call)
-        .await
-        .expect("answered in time")
-        .expect_err("refused");
-    assert_eq!(status.code(), tonic::Code::PermissionDenied);
-    assert!(
-        status.message().contains("not a member"),
-        "{}",
-        status.message()
-    );
+    let message = refused(stranger).await;
+    assert!(message.contains("not a member"), "{message}");
     // The node is unharmed.
     test.leader().await;
-}
-
-async fn node_status(test: &TestCluster, id: u64) -> proto::kv::StatusResponse {
-    let addr = test.cluster.members()[&id].client_addr.clone();
-    let mut client = proto::kv::kv_client::KvClient::connect(format!("http://{addr}"))
-        .await
-        .expect("connect");
-    client
-        .status(proto::kv::StatusRequest {})
-        .await
-        .expect("status")
-        .into_inner()
 }
 
 /// Runs kvnode to completion (it must exit by itself) and returns its exit

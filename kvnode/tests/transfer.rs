@@ -10,22 +10,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{PROTOCOLS, Protocol, Recorder, TestCluster, spawn_load};
+use common::{Protocol, Recorder, TestCluster, spawn_load};
 
 const TEST_LIMIT: Duration = Duration::from_secs(90);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn leadership_moves_on_request_and_on_sigterm_under_load() {
-    let runs = PROTOCOLS.map(|protocol| {
-        tokio::spawn(async move {
-            tokio::time::timeout(TEST_LIMIT, scenario(protocol))
-                .await
-                .unwrap_or_else(|_| panic!("{protocol}: not done within {TEST_LIMIT:?}"));
-        })
-    });
-    for run in runs {
-        run.await.expect("scenario");
-    }
+    common::run_each_protocol(TEST_LIMIT, scenario).await;
 }
 
 async fn scenario(protocol: Protocol) {

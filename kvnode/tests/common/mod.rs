@@ -195,3 +195,28 @@ pub fn spawn_load(
         })
         .collect()
 }
+
+/// Runs `scenario` for every protocol at once, each within `limit`
+/// (`KVNODE_TEST_PROTOCOL=nilext`, say, runs one only).
+pub async fn run_each_protocol<F, Fut>(limit: Duration, scenario: F)
+where
+    F: Fn(Protocol) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let only = std::env::var("KVNODE_TEST_PROTOCOL").ok();
+    let runs: Vec<_> = PROTOCOLS
+        .into_iter()
+        .filter(|p| only.as_deref().is_none_or(|o| o == p.name()))
+        .map(|protocol| {
+            let run = scenario(protocol);
+            tokio::spawn(async move {
+                tokio::time::timeout(limit, run)
+                    .await
+                    .unwrap_or_else(|_| panic!("{protocol}: not done within {limit:?}"));
+            })
+        })
+        .collect();
+    for run in runs {
+        run.await.expect("scenario");
+    }
+}
