@@ -199,7 +199,14 @@ async fn metrics_are_served_in_prometheus_text_format() {
     // Nil-ext, so that the writes take the fast path.
     let test = TestCluster::start_with_flags(PROTOCOLS[2], 1, &["--metrics-addr", &addr]);
     test.leader().await;
-    let mut client = test.client(Duration::from_secs(5));
+    // A fast-path timeout long enough that a loaded machine does not send
+    // writes to the slow path (the count below is exact).
+    let options = kvclient::ClientOptions {
+        timeout: Duration::from_secs(5),
+        fast_path_timeout: Duration::from_secs(2),
+        ..kvclient::ClientOptions::default()
+    };
+    let mut client = kvclient::Client::new(test.cluster.endpoints(), options).expect("endpoints");
     for i in 0..20 {
         client
             .put(format!("k{i}"), b"v".to_vec())
