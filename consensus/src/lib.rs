@@ -153,4 +153,10 @@ pub trait Consensus {
     fn follower_matches(&self) -> Vec<(NodeId, LogIndex)> {
         Vec::new()
     }
+
+    /// Nil-ext: the records its durability log holds and their bytes, for
+    /// metrics; `None` for protocols without one.
+    fn durability_log_size(&self) -> Option<(usize, usize)> {
+        None
+    }
 }

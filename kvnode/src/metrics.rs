@@ -1,7 +1,8 @@
 //! Prometheus metrics, served as text over HTTP (`--metrics-addr`): the
 //! node's role, term, leader and indexes, its sessions and configuration,
-//! synced writes and their latency, and client requests by kind and
-//! outcome with their latency.
+//! synced writes, their latency and what each made durable, the log's
+//! size, the leader's batches, snapshots, Nil-ext's durability log, and
+//! client requests by kind, path and outcome with their latency.
 
 use std::sync::LazyLock;
 use std::time::Duration;
@@ -42,6 +43,21 @@ pub struct Metrics {
     pub requests: IntCounterVec,
     /// Client request latency by kind.
     pub request_seconds: HistogramVec,
+    /// What one synced write batch made durable: log entries, and on
+    /// Nil-ext, durability-log records.
+    pub writes_per_sync: HistogramVec,
+    /// Log entries and their encoded bytes appended to the durable log.
+    pub log_appended: IntCounterVec,
+    /// The log's size in storage (RocksDB's estimate: files and memtables).
+    pub log_bytes: IntGauge,
+    /// Entries per AppendEntries message sent: the leader's batch sizes.
+    pub append_batch: Histogram,
+    /// Messages dropped because a peer's queue was full.
+    pub dropped_messages: IntCounter,
+    /// Snapshots taken here, installed from a leader, and chunks sent.
+    pub snapshots: IntCounterVec,
+    /// Nil-ext: the records and bytes its durability log holds.
+    pub durability_log: IntGaugeVec,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -57,6 +73,7 @@ fn gauge_vec(name: &str, help: &str, label: &str) -> IntGaugeVec {
 /// The process's metrics.
 pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
     let latency_buckets = prometheus::exponential_buckets(0.000_05, 2.0, 18).expect("buckets");
+    let count_buckets = prometheus::exponential_buckets(1.0, 2.0, 14).expect("buckets");
     let metrics = Metrics {
         registry: Registry::new_custom(Some("kvnode".into()), None).expect("a registry"),
         role: gauge_vec("role", "1 for the role the node plays", "role"),
@@ -106,6 +123,59 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             &["kind"],
         )
         .expect("a valid metric"),
+        writes_per_sync: HistogramVec::new(
+            HistogramOpts::new(
+                "writes_per_sync",
+                "What one synced write batch made durable, by what (log entries; \
+                 Nil-ext: durability-log records); batches without any are not counted",
+            )
+            .buckets(count_buckets.clone()),
+            &["what"],
+        )
+        .expect("a valid metric"),
+        log_appended: IntCounterVec::new(
+            Opts::new(
+                "log_appended_total",
+                "Log entries and their encoded bytes made durable",
+            ),
+            &["unit"],
+        )
+        .expect("a valid metric"),
+        log_bytes: IntGauge::new(
+            "log_bytes",
+            "The log's size in storage (RocksDB's estimate of its files and memtables)",
+        )
+        .expect("a valid metric"),
+        append_batch: Histogram::with_opts(
+            HistogramOpts::new(
+                "append_entries_batch",
+                "Entries per AppendEntries message sent (heartbeats count as 0)",
+            )
+            .buckets(
+                std::iter::once(0.0)
+                    .chain(count_buckets.iter().copied())
+                    .collect(),
+            ),
+        )
+        .expect("a valid metric"),
+        dropped_messages: IntCounter::new(
+            "peer_messages_dropped_total",
+            "Messages dropped because a peer's queue was full (the protocol resends what matters)",
+        )
+        .expect("a valid metric"),
+        snapshots: IntCounterVec::new(
+            Opts::new(
+                "snapshots_total",
+                "Snapshots taken here, installed from a leader, and snapshot chunks sent",
+            ),
+            &["event"],
+        )
+        .expect("a valid metric"),
+        durability_log: gauge_vec(
+            "durability_log",
+            "Nil-ext: the records and bytes the durability log holds",
+            "unit",
+        ),
     };
     let r = &metrics.registry;
     for collector in [
@@ -121,6 +191,13 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         Box::new(metrics.sync_seconds.clone()),
         Box::new(metrics.requests.clone()),
         Box::new(metrics.request_seconds.clone()),
+        Box::new(metrics.writes_per_sync.clone()),
+        Box::new(metrics.log_appended.clone()),
+        Box::new(metrics.log_bytes.clone()),
+        Box::new(metrics.append_batch.clone()),
+        Box::new(metrics.dropped_messages.clone()),
+        Box::new(metrics.snapshots.clone()),
+        Box::new(metrics.durability_log.clone()),
     ] {
         r.register(collector).expect("metric names are unique");
     }
@@ -181,6 +258,15 @@ pub async fn follow_status(events: mpsc::Sender<Event>) {
             m.index.with_label_values(&[which]).set(gauge(value));
         }
         m.sessions.set(gauge(node.sessions));
+        m.log_bytes.set(gauge(node.log_bytes));
+        if let Some((records, bytes)) = node.durability_log {
+            m.durability_log
+                .with_label_values(&["records"])
+                .set(gauge(records as u64));
+            m.durability_log
+                .with_label_values(&["bytes"])
+                .set(gauge(bytes as u64));
+        }
         // Followers are shown only while this node leads.
         m.follower_match.reset();
         m.follower_lag.reset();

@@ -144,6 +144,10 @@ pub struct NodeStatus {
     pub sessions: u64,
     /// As leader: each other member's match index.
     pub follower_matches: Vec<(NodeId, LogIndex)>,
+    /// The log's size in storage (an estimate).
+    pub log_bytes: u64,
+    /// Nil-ext: the records and bytes of its durability log.
+    pub durability_log: Option<(usize, usize)>,
 }
 
 /// An event for the runtime loop.
@@ -307,9 +311,20 @@ impl Peers {
         {
             queues.insert(envelope.to, queue);
         }
+        let metrics = &*crate::metrics::METRICS;
+        match &envelope.message {
+            Message::AppendEntries(append) => {
+                metrics.append_batch.observe(append.entries.len() as f64);
+            }
+            Message::InstallSnapshot(_) => {
+                metrics.snapshots.with_label_values(&["chunk_sent"]).inc();
+            }
+            _ => {}
+        }
         match queues.get(&envelope.to) {
             Some(queue) => {
                 if queue.try_send(envelope.message).is_err() {
+                    metrics.dropped_messages.inc();
                     tracing::debug!(
                         node = self.node_id,
                         to = envelope.to,
@@ -668,6 +683,8 @@ impl Runtime {
                     synced_writes: self.storage.synced_writes(),
                     sessions: self.state_machine.sessions().len() as u64,
                     follower_matches: self.protocol.follower_matches(),
+                    log_bytes: self.storage.log_bytes(),
+                    durability_log: self.protocol.durability_log_size(),
                 });
                 return Ok(());
             }
@@ -684,6 +701,10 @@ impl Runtime {
     ) -> Result<(), RuntimeError> {
         let started = Instant::now();
         self.state_machine = self.storage.switch_to_installed(snapshot)?;
+        crate::metrics::METRICS
+            .snapshots
+            .with_label_values(&["installed"])
+            .inc();
         self.since_snapshot = SinceSnapshot::default();
         tracing::info!(
             node = self.node_id,
@@ -923,6 +944,10 @@ impl Effects for NodeEffects<'_> {
         }
         let started = Instant::now();
         self.storage.capture(at)?;
+        crate::metrics::METRICS
+            .snapshots
+            .with_label_values(&["taken"])
+            .inc();
         tracing::info!(
             node = self.node_id,
             index = at.index,

@@ -765,6 +765,7 @@ impl Storage {
         // Terms of entries appended earlier in this same batch (not yet in
         // the database), for a truncation that ends the log among them.
         let mut appended: HashMap<LogIndex, Term> = HashMap::new();
+        let (mut appended_bytes, mut records_appended) = (0, 0);
         for write in writes {
             match write {
                 Write::HardState(hard_state) => {
@@ -787,12 +788,16 @@ impl Storage {
                     for entry in entries {
                         debug_assert_eq!(entry.index, last_index + 1, "appends are contiguous");
                         let bytes = raft::Entry::from(entry).encode_to_vec();
+                        appended_bytes += bytes.len();
                         batch.put_cf(self.cf(CF_LOG), index_key(entry.index), bytes);
                         appended.insert(entry.index, entry.term);
                         (last_index, last_term) = (entry.index, entry.term);
                     }
                 }
-                Write::DurabilityAppend(records) => self.put_records(&mut batch, records),
+                Write::DurabilityAppend(records) => {
+                    records_appended += records.len();
+                    self.put_records(&mut batch, records);
+                }
                 Write::DurabilityRemove(ids) => {
                     for id in ids {
                         batch.delete_cf(self.cf(CF_DURABILITY_LOG), record_key(*id));
@@ -847,6 +852,28 @@ impl Storage {
             }
         }
         self.write_synced(batch)?;
+        let metrics = &*crate::metrics::METRICS;
+        if !appended.is_empty() {
+            let entries = appended.len();
+            metrics
+                .writes_per_sync
+                .with_label_values(&["log_entries"])
+                .observe(entries as f64);
+            metrics
+                .log_appended
+                .with_label_values(&["entries"])
+                .inc_by(entries as u64);
+            metrics
+                .log_appended
+                .with_label_values(&["bytes"])
+                .inc_by(appended_bytes as u64);
+        }
+        if records_appended > 0 {
+            metrics
+                .writes_per_sync
+                .with_label_values(&["durable_records"])
+                .observe(records_appended as f64);
+        }
         *ends = LogEnds {
             last: (last_index, last_term),
             base,
@@ -1152,6 +1179,19 @@ impl Storage {
         let mut batch = WriteBatch::default();
         batch.put_cf(self.cf(CF_META), KEY_ADDRESSES, book.as_bytes());
         self.write_synced(batch)
+    }
+
+    /// The log's size in storage: RocksDB's estimate of its files and
+    /// memtables (0 when RocksDB does not say).
+    pub fn log_bytes(&self) -> u64 {
+        let cf = self.cf(CF_LOG);
+        [
+            "rocksdb.total-sst-files-size",
+            "rocksdb.cur-size-all-mem-tables",
+        ]
+        .iter()
+        .filter_map(|p| self.db.property_int_value_cf(cf, *p).ok().flatten())
+        .sum()
     }
 
     /// How many synced batches this node has written since it started.

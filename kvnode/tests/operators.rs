@@ -197,7 +197,9 @@ async fn metrics_are_served_in_prometheus_text_format() {
     let port = kvnode::local_cluster::free_ports(1).expect("a port")[0];
     let addr = format!("127.0.0.1:{port}");
     // Nil-ext, so that the writes take the fast path.
-    let test = TestCluster::start_with_flags(PROTOCOLS[2], 1, &["--metrics-addr", &addr]);
+    // A snapshot every 10 entries, so that the 20 writes take some.
+    let flags = ["--metrics-addr", &addr, "--snapshot-entries", "10"];
+    let test = TestCluster::start_with_flags(PROTOCOLS[2], 1, &flags);
     test.leader().await;
     // A fast-path timeout long enough that a loaded machine does not send
     // writes to the slow path (the count below is exact).
@@ -262,6 +264,22 @@ async fn metrics_are_served_in_prometheus_text_format() {
         "the sync histogram counts"
     );
     assert_eq!(value("kvnode_members", Some(("kind", "voters"))), 1.0);
+    // What the syncs made durable: every log entry (the 20 writes, ordered),
+    // and on the fast path, durability-log records.
+    assert!(value("kvnode_log_appended_total", Some(("unit", "entries"))) >= 20.0);
+    assert!(
+        value("kvnode_log_appended_total", Some(("unit", "bytes")))
+            > value("kvnode_log_appended_total", Some(("unit", "entries")))
+    );
+    assert!(value("kvnode_writes_per_sync", Some(("what", "log_entries"))) >= 1.0);
+    assert!(value("kvnode_writes_per_sync", Some(("what", "durable_records"))) >= 1.0);
+    assert!(value("kvnode_log_bytes", None) > 0.0);
+    assert!(value("kvnode_snapshots_total", Some(("event", "taken"))) >= 1.0);
+    let records = scraped
+        .samples
+        .iter()
+        .any(|s| s.metric == "kvnode_durability_log" && s.labels.get("unit") == Some("records"));
+    assert!(records, "Nil-ext's durability-log length is shown");
 }
 
 /// As leader, a node reports each follower's match index and lag.
@@ -301,6 +319,20 @@ async fn a_leader_reports_each_followers_lag() {
             .collect();
         if followers.len() == 2 && followers.iter().all(|(_, matched)| *matched >= 10.0) {
             assert!(followers.iter().all(|(f, _)| *f != leader.to_string()));
+            // The leader's batches: the writes went out in AppendEntries
+            // messages with entries.
+            let batches = scraped
+                .samples
+                .iter()
+                .find(|s| s.metric == "kvnode_append_entries_batch")
+                .map(|s| match &s.value {
+                    prometheus_parse::Value::Histogram(buckets) => buckets.clone(),
+                    _ => Vec::new(),
+                })
+                .expect("the batch-size histogram");
+            let all = buckets_count(&batches, f64::INFINITY);
+            let empty = buckets_count(&batches, 0.0);
+            assert!(all - empty >= 1.0, "messages with entries: {batches:?}");
             break;
         }
         assert!(
@@ -309,6 +341,14 @@ async fn a_leader_reports_each_followers_lag() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// The count of a histogram's bucket whose bound is `le`.
+fn buckets_count(buckets: &[prometheus_parse::HistogramCount], le: f64) -> f64 {
+    buckets
+        .iter()
+        .find(|b| b.less_than == le)
+        .map_or(0.0, |b| b.count)
 }
 
 /// `GET /metrics` at `addr`, parsed by a Prometheus text parser.

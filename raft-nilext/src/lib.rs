@@ -1135,4 +1135,8 @@ impl Consensus for NilextRaft {
     fn follower_matches(&self) -> Vec<(NodeId, consensus::LogIndex)> {
         self.inner.follower_matches()
     }
+
+    fn durability_log_size(&self) -> Option<(usize, usize)> {
+        Some((self.durability_log.len(), self.durability_log.bytes))
+    }
 }
