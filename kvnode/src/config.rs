@@ -109,6 +109,12 @@ pub struct NodeArgs {
     /// none by default.
     #[arg(long, value_name = "IP:PORT")]
     pub metrics_addr: Option<String>,
+    /// Serve the Redis protocol (RESP2) at this address: GET, SET, DEL,
+    /// MGET, MSET, INCR, INCRBY, PING, INFO and a few more, linearizable
+    /// like the gRPC API (a follower forwards to the leader); none by
+    /// default.
+    #[arg(long, value_name = "IP:PORT")]
+    pub resp_addr: Option<String>,
     /// The cluster's id (default: derived from --peers, the same on every member).
     #[arg(long)]
     pub cluster_id: Option<String>,
@@ -209,6 +215,7 @@ impl NodeArgs {
             client_addr: self.client_addr.or(other.client_addr),
             peer_addr: self.peer_addr.or(other.peer_addr),
             metrics_addr: self.metrics_addr.or(other.metrics_addr),
+            resp_addr: self.resp_addr.or(other.resp_addr),
             cluster_id: self.cluster_id.or(other.cluster_id),
             tick: self.tick.or(other.tick),
             election_timeout_ticks: self.election_timeout_ticks.or(other.election_timeout_ticks),
@@ -357,6 +364,8 @@ pub struct NodeConfig {
     pub peer_addr: String,
     /// Where Prometheus metrics are served, if anywhere.
     pub metrics_addr: Option<String>,
+    /// Where the Redis-protocol endpoint listens, if anywhere.
+    pub resp_addr: Option<String>,
     /// The cluster id.
     pub cluster_id: String,
     /// Tick length.
@@ -562,6 +571,7 @@ impl NodeConfig {
             client_addr: args.client_addr.unwrap_or_else(|| me.client_addr.clone()),
             peer_addr: args.peer_addr.unwrap_or_else(|| me.peer_addr.clone()),
             metrics_addr: args.metrics_addr,
+            resp_addr: args.resp_addr,
             // With --join, learned from the cluster at start.
             cluster_id: args.cluster_id.unwrap_or_else(|| {
                 if join.is_empty() {

@@ -29,6 +29,7 @@ pub mod members;
 pub mod metrics;
 pub mod netdelay;
 pub mod node;
+pub mod resp;
 pub mod runtime;
 pub mod service;
 pub mod storage;

@@ -29,6 +29,38 @@ pub fn free_ports(count: usize) -> std::io::Result<Vec<u16>> {
         .collect()
 }
 
+/// A Debian tool the tests and the bench use as a peer (`redis-cli` from
+/// `redis-tools`, say): found on PATH, or installed with apt-get (which
+/// needs root). The error says why not, for the caller to report
+/// loudly.
+pub fn debian_tool(binary: &str, package: &str) -> Result<PathBuf, String> {
+    let find = || {
+        std::env::var_os("PATH").and_then(|path| {
+            std::env::split_paths(&path)
+                .map(|dir| dir.join(binary))
+                .find(|candidate| candidate.is_file())
+        })
+    };
+    if let Some(found) = find() {
+        return Ok(found);
+    }
+    eprintln!("{binary} is not on PATH: installing Debian's {package} package");
+    let installed = std::process::Command::new("apt-get")
+        .args(["install", "-y", "-qq", package])
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .stdout(std::process::Stdio::null())
+        .status();
+    match (installed, find()) {
+        (_, Some(found)) => Ok(found),
+        (Ok(status), None) => Err(format!(
+            "apt-get install {package} failed ({status}; it needs root); {binary} is needed"
+        )),
+        (Err(error), None) => Err(format!(
+            "cannot run apt-get to install {package} ({error}); {binary} is needed"
+        )),
+    }
+}
+
 /// The data directories of `nodes` nodes kept under one directory, as
 /// [`LocalCluster::start`] lays them out: `dir/node1`, `dir/node2`, ...
 pub fn data_dirs_under(dir: &Path, nodes: u64) -> Vec<PathBuf> {

@@ -288,6 +288,7 @@ pub async fn run(mut config: NodeConfig) -> anyhow::Result<()> {
         request_timeout: config.request_timeout,
         net_delay: config.net_delay,
     };
+    let resp_book = book.clone();
     let peers = PeerService {
         node_id: config.id,
         cluster_id: config.cluster_id.clone(),
@@ -359,6 +360,24 @@ pub async fn run(mut config: NodeConfig) -> anyhow::Result<()> {
         tokio::spawn(crate::metrics::serve(listener));
         tokio::spawn(crate::metrics::follow_status(events_tx.clone()));
         tracing::info!(node = config.id, %addr, "serving metrics");
+    }
+    if let Some(addr) = &config.resp_addr {
+        let addr = parse_listen(addr, "Redis-protocol address")?;
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen for Redis-protocol clients on {addr}"))?;
+        let addr = listener.local_addr().unwrap_or(addr);
+        let endpoint = crate::resp::RespEndpoint {
+            node_id: config.id,
+            protocol: config.protocol,
+            client_addr: config.client_addr.clone(),
+            book: resp_book,
+            events: events_tx.clone(),
+            request_timeout: config.request_timeout,
+            connections: kvclient::SharedConnections::default(),
+        };
+        tokio::spawn(crate::resp::serve(listener, std::sync::Arc::new(endpoint)));
+        tracing::info!(node = config.id, %addr, "serving the Redis protocol");
     }
     let client_task = tokio::spawn(client_server);
     let peer_task = tokio::spawn(peer_server);

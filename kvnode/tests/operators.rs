@@ -296,13 +296,7 @@ async fn a_leader_reports_each_followers_lag() {
             .await
             .expect("put");
     }
-    let log = std::fs::read_to_string(test.cluster.log_file(leader)).expect("the leader's log");
-    let addr = log
-        .lines()
-        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
-        .find(|l| l["fields"]["message"] == "serving metrics")
-        .and_then(|l| l["fields"]["addr"].as_str().map(str::to_string))
-        .expect("the leader logs its metrics address");
+    let addr = test.logged_addr(leader, "serving metrics");
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         let scraped = scrape(&addr).await;
