@@ -68,6 +68,9 @@ pub struct CompareSpec {
     /// Also run the workloads against a local etcd cluster, first, and show
     /// every protocol's ratio to it.
     pub etcd: bool,
+    /// Requests of each redis-benchmark test (SET, GET) against each
+    /// protocol's leader, through its Redis-protocol endpoint (0: none).
+    pub redis_benchmark_requests: u64,
 }
 
 /// One measured run.
@@ -169,6 +172,8 @@ pub struct Report {
     pub availability: Vec<AvailabilityResult>,
     /// Every rolling restart.
     pub rolling_restarts: Vec<RollingRestartResult>,
+    /// redis-benchmark's figures.
+    pub redis_benchmark: Vec<crate::redis::RedisBenchmarkResult>,
     /// The machine's cores, for context.
     pub cores: usize,
 }
@@ -194,6 +199,9 @@ fn node_flags(spec: &CompareSpec, protocol: Protocol) -> Vec<String> {
     // Nil-ext reads through raft-optimized's read path: the same mode.
     if protocol.has_read_modes() {
         flags.push(format!("--read-mode={}", spec.read_mode));
+    }
+    if spec.redis_benchmark_requests > 0 {
+        flags.push(crate::redis::NODE_FLAG.into());
     }
     flags
 }
@@ -461,6 +469,15 @@ pub async fn run(spec: &CompareSpec, exe: &Path, work_dir: &Path) -> anyhow::Res
     let mut runs = Vec::new();
     let mut availability = Vec::new();
     let mut rolling_restarts = Vec::new();
+    let mut redis_benchmark = Vec::new();
+    let redis_tool = match spec.redis_benchmark_requests {
+        0 => None,
+        _ => crate::redis::tool()
+            .inspect_err(|why| {
+                eprintln!("WARNING: redis-benchmark's figures are left out of this report: {why}");
+            })
+            .ok(),
+    };
     if spec.etcd {
         let dir = work_dir.join("etcd");
         std::fs::create_dir_all(&dir)?;
@@ -491,6 +508,23 @@ pub async fn run(spec: &CompareSpec, exe: &Path, work_dir: &Path) -> anyhow::Res
             &mut runs,
         )
         .await?;
+        if let Some(tool) = &redis_tool {
+            // As many connections as bench's largest client count, to set
+            // its figures beside bench's own.
+            let clients = spec.clients.iter().copied().max().unwrap_or(50);
+            let progress = bar(&multi, 1, format!("{protocol} redis-benchmark x{clients}"));
+            let measured =
+                crate::redis::measure(tool, spec, protocol.name(), &cluster, clients).await?;
+            progress.finish_with_message(format!(
+                "{protocol} redis-benchmark x{clients}: {}",
+                measured
+                    .iter()
+                    .map(|r| format!("{} {:.0} ops/s", r.test, r.rps))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+            redis_benchmark.extend(measured);
+        }
         if spec.availability_clients > 0 {
             availability.push(leader_kill(spec, &mut cluster, protocol.name(), &multi).await?);
         }
@@ -525,6 +559,7 @@ pub async fn run(spec: &CompareSpec, exe: &Path, work_dir: &Path) -> anyhow::Res
         runs,
         availability,
         rolling_restarts,
+        redis_benchmark,
         cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
     })
 }
@@ -773,6 +808,7 @@ mod tests {
             node_flags: Vec::new(),
             node_dirs,
             etcd: false,
+            redis_benchmark_requests: 0,
         }
     }
 

@@ -7,6 +7,7 @@ pub mod compare;
 pub mod etcd;
 pub mod load;
 pub mod metrics;
+pub mod redis;
 pub mod report;
 pub mod target;
 pub mod workload;

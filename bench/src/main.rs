@@ -119,6 +119,13 @@ struct CompareArgs {
     /// etcd-server) and reports each protocol's ratio to it.
     #[arg(long)]
     target: Option<String>,
+    /// Requests of each redis-benchmark test (SET, then GET) against each
+    /// protocol's leader through its Redis-protocol endpoint, with as many
+    /// connections as the largest --clients; its figures are shown beside
+    /// bench's own (0 skips it; redis-benchmark comes from Debian's
+    /// redis-tools, installed when missing, or left out with a warning).
+    #[arg(long, default_value_t = 20_000)]
+    redis_benchmark_requests: u64,
     /// Extra flags for every node (e.g. --node-flag=--tick=10ms).
     #[arg(long = "node-flag", allow_hyphen_values = true)]
     node_flags: Vec<String>,
@@ -281,6 +288,7 @@ async fn compare(args: CompareArgs) -> anyhow::Result<()> {
                 anyhow::bail!("unknown --target {other:?}; the live peer supported is etcd")
             }
         },
+        redis_benchmark_requests: args.redis_benchmark_requests,
     };
     let exe = std::env::current_exe().context("cannot find the bench executable")?;
     let work = tempfile::tempdir().context("cannot create a working directory")?;

@@ -159,6 +159,40 @@ pub fn markdown(report: &Report) -> String {
             );
         }
     }
+    if !report.redis_benchmark.is_empty() {
+        let first = &report.redis_benchmark[0];
+        let _ = writeln!(
+            out,
+            "\n## redis-benchmark through the Redis-protocol endpoint, beside bench\n\n\
+             redis-benchmark (Debian's redis-tools) against the leader's `--resp-addr`: {} requests \
+             per test, {} connections, random keys over {}, {}-byte values. Each connection is a \
+             client session of the store, one loopback hop behind the endpoint (`kvnode::resp`). \
+             Beside it, bench's own run with as many clients: `write` for SET, `ycsb-c` for GET.\n",
+            first.requests, first.clients, s.keys, s.value_bytes
+        );
+        let _ = writeln!(
+            out,
+            "| protocol | test | redis-benchmark ops/s | p50 ms | p99 ms | bench workload | bench ops/s | p50 ms | p99 ms |"
+        );
+        let _ = writeln!(out, "|---|---|---:|---:|---:|---|---:|---:|---:|");
+        for r in &report.redis_benchmark {
+            let workload = if r.test == "SET" { "write" } else { "ycsb-c" };
+            let own = report.runs.iter().find(|b| {
+                b.protocol == r.protocol && b.workload == workload && b.clients == r.clients
+            });
+            let own = own.map_or("not run | - | - | -".to_string(), |b| {
+                format!(
+                    "{workload} | {:.0} | {:.2} | {:.2}",
+                    b.throughput, b.p50_ms, b.p99_ms
+                )
+            });
+            let _ = writeln!(
+                out,
+                "| {} | {} | {:.0} | {:.2} | {:.2} | {own} |",
+                r.protocol, r.test, r.rps, r.p50_ms, r.p99_ms
+            );
+        }
+    }
     if !report.rolling_restarts.is_empty() {
         let _ = writeln!(
             out,

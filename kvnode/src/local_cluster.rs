@@ -266,6 +266,21 @@ impl LocalCluster {
             .join(format!("node{id}.log"))
     }
 
+    /// The address node `id` logged last in its line `message` (the field
+    /// `addr`, in the text or the JSON log format): where it bound a
+    /// listener given port 0, say. `None` until it logged one.
+    pub fn logged_addr(&self, id: u64, message: &str) -> Option<String> {
+        let log = std::fs::read_to_string(self.log_file(id)).ok()?;
+        let line = log.lines().rev().find(|line| line.contains(message))?;
+        let (_, rest) = line
+            .split_once("\"addr\":\"")
+            .or_else(|| line.split_once("addr="))?;
+        let end = rest
+            .find(|c: char| c == '"' || c.is_whitespace())
+            .unwrap_or(rest.len());
+        Some(rest[..end].to_string())
+    }
+
     /// Starts (or restarts) node `id` on its data directory.
     pub fn start_node(&mut self, id: u64) -> std::io::Result<()> {
         if self.is_running(id) {

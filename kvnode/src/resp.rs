@@ -474,7 +474,7 @@ impl RespEndpoint {
                 Reply::Integer(i64::from(set))
             }
             "MSET" => {
-                arity(args.len() >= 2 && args.len() % 2 == 0)?;
+                arity(args.len() >= 2 && args.len().is_multiple_of(2))?;
                 let pairs = args
                     .chunks(2)
                     .map(|pair| (pair[0].clone(), pair[1].clone()))

@@ -68,19 +68,12 @@ impl TestCluster {
         Client::new(self.cluster.endpoints(), options).expect("endpoints")
     }
 
-    /// An address node `id` logged (the field `addr` of its JSON log line
-    /// `message`; the nodes run with `--log-format json`): where it bound
-    /// a listener given port 0.
+    /// An address node `id` logged in its line `message`
+    /// ([`LocalCluster::logged_addr`]), waited for.
     pub fn logged_addr(&self, id: u64, message: &str) -> String {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            let log = std::fs::read_to_string(self.cluster.log_file(id)).unwrap_or_default();
-            let found = log
-                .lines()
-                .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
-                .find(|l| l["fields"]["message"] == message)
-                .and_then(|l| l["fields"]["addr"].as_str().map(str::to_string));
-            if let Some(addr) = found {
+            if let Some(addr) = self.cluster.logged_addr(id, message) {
                 return addr;
             }
             assert!(
