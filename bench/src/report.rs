@@ -3,6 +3,9 @@
 
 use std::fmt::Write as _;
 
+use plotters::coord::ranged1d::{AsRangedCoord, ValueFormatter};
+use plotters::prelude::*;
+
 use crate::compare::Report;
 
 /// The systems measured: etcd first when it ran, then the protocols.
@@ -220,8 +223,14 @@ pub fn markdown(report: &Report) -> String {
     out
 }
 
-const COLORS: [&str; 6] = [
-    "#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b",
+/// The series' colours (matplotlib's first six).
+const COLORS: [RGBColor; 6] = [
+    RGBColor(0x1f, 0x77, 0xb4),
+    RGBColor(0xd6, 0x27, 0x28),
+    RGBColor(0x2c, 0xa0, 0x2c),
+    RGBColor(0x94, 0x67, 0xbd),
+    RGBColor(0xff, 0x7f, 0x0e),
+    RGBColor(0x8c, 0x56, 0x4b),
 ];
 
 fn escape(text: &str) -> String {
@@ -230,100 +239,257 @@ fn escape(text: &str) -> String {
         .replace('>', "&gt;")
 }
 
-/// A line chart: one series per name, points (x, y).
-fn line_chart(
-    title: &str,
-    x_label: &str,
-    y_label: &str,
-    series: &[(String, Vec<(f64, f64)>)],
-    log_x: bool,
-) -> String {
-    let (width, height, margin) = (560.0, 300.0, 55.0);
-    let xs = series.iter().flat_map(|(_, p)| p.iter().map(|(x, _)| *x));
-    let ys = series.iter().flat_map(|(_, p)| p.iter().map(|(_, y)| *y));
-    let tx = |x: f64| if log_x { x.max(1.0).log2() } else { x };
-    let (x_min, x_max) = xs.clone().fold((f64::MAX, f64::MIN), |(a, b), x| {
-        (a.min(tx(x)), b.max(tx(x)))
-    });
-    let y_max = ys.fold(0.0f64, f64::max).max(1e-9) * 1.1;
-    let x_span = (x_max - x_min).max(1e-9);
-    let px = |x: f64| margin + (tx(x) - x_min) / x_span * (width - 2.0 * margin);
-    let py = |y: f64| height - margin + 10.0 - y / y_max * (height - 2.0 * margin);
-    let mut svg = format!(
-        "<svg xmlns='http://www.w3.org/2000/svg' width='{width}' height='{height}' font-family='sans-serif' font-size='11'>\
-         <text x='{}' y='16' text-anchor='middle' font-size='13'>{}</text>\
-         <line x1='{margin}' y1='{}' x2='{}' y2='{}' stroke='#333'/>\
-         <line x1='{margin}' y1='{}' x2='{margin}' y2='{}' stroke='#333'/>\
-         <text x='{}' y='{}' text-anchor='middle'>{}</text>\
-         <text x='12' y='{}' transform='rotate(-90 12 {})' text-anchor='middle'>{}</text>\
-         <text x='{}' y='{}' text-anchor='end'>{:.0}</text>",
-        width / 2.0,
-        escape(title),
-        height - margin + 10.0,
-        width - margin,
-        height - margin + 10.0,
-        height - margin + 10.0,
-        margin - 10.0,
-        width / 2.0,
-        height - 12.0,
-        escape(x_label),
-        height / 2.0,
-        height / 2.0,
-        escape(y_label),
-        margin - 4.0,
-        margin - 6.0,
-        y_max
-    );
-    let mut ticks: Vec<f64> = series
-        .iter()
-        .flat_map(|(_, p)| p.iter().map(|(x, _)| *x))
-        .collect();
-    ticks.sort_by(f64::total_cmp);
-    ticks.dedup();
-    if ticks.len() <= 12 {
-        for x in ticks {
-            let _ = write!(
-                svg,
-                "<text x='{:.1}' y='{}' text-anchor='middle'>{}</text>",
-                px(x),
-                height - margin + 24.0,
-                x
-            );
+/// How an axis places values.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Scale {
+    Linear,
+    /// Logarithmic (latency; client counts).
+    Log,
+    /// Percentiles, the nines evenly spaced: 50, 90, 99, 99.9 one step
+    /// apart (values are the percentiles; placed by [`NINES`]).
+    Nines,
+}
+
+/// The percentiles a [`Scale::Nines`] axis shows, one step apart.
+const NINES: [f64; 4] = [50.0, 90.0, 99.0, 99.9];
+
+impl Scale {
+    /// Where `value` goes on the axis's coordinate.
+    fn place(self, value: f64) -> f64 {
+        match self {
+            Scale::Nines => NINES
+                .iter()
+                .position(|p| (p - value).abs() < 1e-9)
+                .map_or(-1.0, |i| i as f64),
+            Scale::Linear | Scale::Log => value,
         }
     }
-    for (i, (name, points)) in series.iter().enumerate() {
-        let color = COLORS[i % COLORS.len()];
-        let path: Vec<String> = points
-            .iter()
-            .map(|(x, y)| format!("{:.1},{:.1}", px(*x), py(*y)))
-            .collect();
-        let _ = write!(
-            svg,
-            "<polyline fill='none' stroke='{color}' stroke-width='2' points='{}'/>",
-            path.join(" ")
-        );
-        if points.len() <= 12 {
-            for (x, y) in points {
-                let _ = write!(
-                    svg,
-                    "<circle cx='{:.1}' cy='{:.1}' r='3' fill='{color}'/>",
-                    px(*x),
-                    py(*y)
-                );
+
+    /// The axis's range for values placed between `lo` and `hi`.
+    fn range(self, lo: f64, hi: f64) -> (f64, f64) {
+        match self {
+            Scale::Nines => (-0.25, NINES.len() as f64 - 0.75),
+            Scale::Linear => (lo.min(0.0), if hi > lo { hi * 1.08 } else { lo + 1.0 }),
+            Scale::Log => {
+                let lo = lo.max(1e-3);
+                (lo / 1.5, hi.max(lo * 2.0) * 1.5)
             }
         }
-        let _ = write!(
-            svg,
-            "<rect x='{}' y='{}' width='10' height='10' fill='{color}'/><text x='{}' y='{}'>{}</text>",
-            width - margin - 100.0,
-            28.0 + 14.0 * i as f64,
-            width - margin - 86.0,
-            37.0 + 14.0 * i as f64,
-            escape(name)
-        );
     }
-    svg.push_str("</svg>");
-    svg
+
+    /// A tick's label.
+    fn label(self, value: f64) -> String {
+        match self {
+            Scale::Nines => {
+                let i = value.round();
+                if (value - i).abs() > 1e-6 || i < 0.0 || i as usize >= NINES.len() {
+                    String::new()
+                } else {
+                    format!("p{}", NINES[i as usize])
+                }
+            }
+            Scale::Linear | Scale::Log => short_number(value),
+        }
+    }
+}
+
+/// A number as a tick label: 12k, 1.5M, 0.25.
+fn short_number(value: f64) -> String {
+    let trim = |s: String| {
+        if s.contains('.') {
+            s.trim_end_matches('0').trim_end_matches('.').to_string()
+        } else {
+            s
+        }
+    };
+    let magnitude = value.abs();
+    if magnitude >= 1e6 {
+        format!("{}M", trim(format!("{:.1}", value / 1e6)))
+    } else if magnitude >= 1e3 {
+        format!("{}k", trim(format!("{:.1}", value / 1e3)))
+    } else if magnitude >= 1.0 || magnitude == 0.0 {
+        trim(format!("{value:.1}"))
+    } else {
+        trim(format!("{value:.3}"))
+    }
+}
+
+/// 1, 2 and 5 times the powers of ten between `lo` and `hi`.
+fn one_two_five(lo: f64, hi: f64) -> Vec<f64> {
+    let mut keys = Vec::new();
+    let mut decade = 10f64.powf(lo.max(1e-9).log10().floor());
+    while decade <= hi {
+        for step in [1.0, 2.0, 5.0] {
+            let key = decade * step;
+            if key >= lo && key <= hi {
+                keys.push(key);
+            }
+        }
+        decade *= 10.0;
+    }
+    keys
+}
+
+/// A line chart (SVG, drawn with plotters): one series per name, with
+/// ticks, gridlines, axis titles and a legend.
+struct Chart<'a> {
+    title: &'a str,
+    x_label: &'a str,
+    y_label: &'a str,
+    x: Scale,
+    y: Scale,
+    series: &'a [(String, Vec<(f64, f64)>)],
+    /// Vertical lines across the plot, labelled (a leader kill).
+    marks: Vec<(f64, String)>,
+}
+
+impl Chart<'_> {
+    fn svg(&self) -> String {
+        let placed = |scale: Scale, values: &mut dyn Iterator<Item = f64>| {
+            values
+                .map(|v| scale.place(v))
+                .filter(|v| v.is_finite() && (scale != Scale::Log || *v > 0.0))
+                .fold(None, |range: Option<(f64, f64)>, v| {
+                    Some(range.map_or((v, v), |(lo, hi)| (lo.min(v), hi.max(v))))
+                })
+                .unwrap_or((0.0, 1.0))
+        };
+        let points = || self.series.iter().flat_map(|(_, p)| p.iter().copied());
+        let (x_lo, x_hi) = placed(self.x, &mut points().map(|(x, _)| x));
+        let (y_lo, y_hi) = placed(self.y, &mut points().map(|(_, y)| y));
+        let (x_lo, x_hi) = self.x.range(x_lo, x_hi);
+        let (y_lo, y_hi) = self.y.range(y_lo, y_hi);
+        // Log axes are labelled at the values measured (client counts),
+        // or at 1, 2, 5 times the powers of ten.
+        let mut measured: Vec<f64> = points().map(|(x, _)| x).filter(|x| *x > 0.0).collect();
+        measured.sort_by(f64::total_cmp);
+        measured.dedup();
+        let x_keys = if measured.len() <= 12 {
+            measured
+        } else {
+            one_two_five(x_lo, x_hi)
+        };
+        let y_keys = one_two_five(y_lo, y_hi);
+        let mut svg = String::new();
+        let drawn = match (self.x == Scale::Log, self.y == Scale::Log) {
+            (false, false) => self.draw(&mut svg, x_lo..x_hi, y_lo..y_hi),
+            (true, false) => self.draw(
+                &mut svg,
+                (x_lo..x_hi).log_scale().with_key_points(x_keys),
+                y_lo..y_hi,
+            ),
+            (false, true) => self.draw(
+                &mut svg,
+                x_lo..x_hi,
+                (y_lo..y_hi).log_scale().with_key_points(y_keys),
+            ),
+            (true, true) => self.draw(
+                &mut svg,
+                (x_lo..x_hi).log_scale().with_key_points(x_keys),
+                (y_lo..y_hi).log_scale().with_key_points(y_keys),
+            ),
+        };
+        match drawn {
+            Ok(()) => svg,
+            Err(error) => format!(
+                "<p>(chart \"{}\" not drawn: {error})</p>",
+                escape(self.title)
+            ),
+        }
+    }
+
+    fn draw<X, Y>(&self, svg: &mut String, x: X, y: Y) -> Result<(), Box<dyn std::error::Error>>
+    where
+        X: AsRangedCoord<Value = f64>,
+        Y: AsRangedCoord<Value = f64>,
+        X::CoordDescType: ValueFormatter<f64>,
+        Y::CoordDescType: ValueFormatter<f64>,
+    {
+        let root = SVGBackend::with_string(svg, (620, 340)).into_drawing_area();
+        root.fill(&WHITE)?;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(self.title, ("sans-serif", 15))
+            .margin(12)
+            .x_label_area_size(40)
+            .y_label_area_size(58)
+            .build_cartesian_2d(x, y)?;
+        let (x_scale, y_scale) = (self.x, self.y);
+        let x_format = move |v: &f64| x_scale.label(*v);
+        let y_format = move |v: &f64| y_scale.label(*v);
+        chart
+            .configure_mesh()
+            .x_desc(self.x_label)
+            .y_desc(self.y_label)
+            .x_labels(if self.x == Scale::Nines {
+                NINES.len()
+            } else {
+                10
+            })
+            .y_labels(8)
+            .x_label_formatter(&x_format)
+            .y_label_formatter(&y_format)
+            .light_line_style(RGBColor(0xee, 0xee, 0xee))
+            // Log axes' key points are gridlines enough.
+            .x_max_light_lines(if self.x == Scale::Linear { 4 } else { 0 })
+            .y_max_light_lines(if self.y == Scale::Linear { 4 } else { 0 })
+            .bold_line_style(RGBColor(0xcc, 0xcc, 0xcc))
+            .label_style(("sans-serif", 12))
+            .axis_desc_style(("sans-serif", 13))
+            .draw()?;
+        let (y_lo, y_hi) = {
+            let range = chart.y_range();
+            (range.start, range.end)
+        };
+        for (at, label) in &self.marks {
+            let grey = RGBColor(0x55, 0x55, 0x55);
+            chart.draw_series(DashedLineSeries::new(
+                [(*at, y_lo), (*at, y_hi)],
+                6,
+                4,
+                grey.stroke_width(1),
+            ))?;
+            chart.draw_series(std::iter::once(Text::new(
+                label.clone(),
+                (*at, y_lo + 0.97 * (y_hi - y_lo)),
+                ("sans-serif", 12).into_font().color(&grey),
+            )))?;
+        }
+        for (i, (name, points)) in self.series.iter().enumerate() {
+            let color = COLORS[i % COLORS.len()];
+            let placed: Vec<(f64, f64)> = points
+                .iter()
+                .map(|(x, y)| (self.x.place(*x), *y))
+                .filter(|(x, y)| {
+                    x.is_finite()
+                        && (self.x != Scale::Log || *x > 0.0)
+                        && (self.y != Scale::Log || *y > 0.0)
+                })
+                .collect();
+            let dots = placed.len() <= 12;
+            chart
+                .draw_series(LineSeries::new(placed.clone(), color.stroke_width(2)))?
+                .label(name.as_str())
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
+                });
+            if dots {
+                chart.draw_series(
+                    placed
+                        .into_iter()
+                        .map(|point| Circle::new(point, 3, color.filled())),
+                )?;
+            }
+        }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperLeft)
+            .background_style(WHITE.mix(0.85))
+            .border_style(RGBColor(0xbb, 0xbb, 0xbb))
+            .label_font(("sans-serif", 12))
+            .draw()?;
+        root.present()?;
+        Ok(())
+    }
 }
 
 /// The report as an HTML page with plots.
@@ -347,13 +513,16 @@ pub fn html(report: &Report) -> String {
             body,
             "<h2>{}</h2><div class='row'>{}",
             escape(workload),
-            line_chart(
-                &format!("{workload}: throughput"),
-                "clients",
-                "ops/s",
-                &throughput,
-                true
-            )
+            Chart {
+                title: &format!("{workload}: throughput"),
+                x_label: "clients (log scale)",
+                y_label: "ops/s",
+                x: Scale::Log,
+                y: Scale::Linear,
+                series: &throughput,
+                marks: Vec::new(),
+            }
+            .svg()
         );
         let latency: Vec<(String, Vec<(f64, f64)>)> = systems(report)
             .iter()
@@ -388,13 +557,16 @@ pub fn html(report: &Report) -> String {
         let _ = write!(
             body,
             "{}</div>",
-            line_chart(
-                &format!("{workload}: latency percentiles, most clients"),
-                "percentile",
-                "ms",
-                &latency,
-                false
-            )
+            Chart {
+                title: &format!("{workload}: latency percentiles, most clients"),
+                x_label: "percentile",
+                y_label: "latency, ms (log scale)",
+                x: Scale::Nines,
+                y: Scale::Log,
+                series: &latency,
+                marks: Vec::new(),
+            }
+            .svg()
         );
     }
     // Resident memory over time: each node of each system, in the run
@@ -424,13 +596,16 @@ pub fn html(report: &Report) -> String {
             let _ = write!(
                 body,
                 "<h2>Resident memory per node</h2>{}",
-                line_chart(
-                    &format!("{workload}, most clients: resident memory of each node"),
-                    "seconds",
-                    "MiB",
-                    &series,
-                    false
-                )
+                Chart {
+                    title: &format!("{workload}, most clients: resident memory of each node"),
+                    x_label: "seconds into the run",
+                    y_label: "MiB",
+                    x: Scale::Linear,
+                    y: Scale::Linear,
+                    series: &series,
+                    marks: Vec::new(),
+                }
+                .svg()
             );
         }
     }
@@ -446,26 +621,30 @@ pub fn html(report: &Report) -> String {
                     .enumerate()
                     .map(|(i, ops)| (i as f64 * bucket_s, *ops as f64 / bucket_s))
                     .collect();
-                (
-                    format!(
-                        "{} (kill at {:.1} s)",
-                        a.protocol,
-                        a.kill_at_ms as f64 / 1000.0
-                    ),
-                    points,
-                )
+                (a.protocol.clone(), points)
             })
             .collect();
+        // One mark per kill time (the same for every protocol of a run).
+        let mut marks: Vec<(f64, String)> = Vec::new();
+        for a in &report.availability {
+            let at = a.kill_at_ms as f64 / 1000.0;
+            if !marks.iter().any(|(m, _)| (m - at).abs() < 1e-3) {
+                marks.push((at, format!(" leader killed at {at:.1} s")));
+            }
+        }
         let _ = write!(
             body,
             "<h2>Throughput over time across a leader kill</h2>{}",
-            line_chart(
-                "writes per second, leader SIGKILLed at a third of the run",
-                "seconds",
-                "ops/s",
-                &series,
-                false
-            )
+            Chart {
+                title: "writes per second, leader SIGKILLed at a third of the run",
+                x_label: "seconds into the run",
+                y_label: "ops/s (100 ms buckets)",
+                x: Scale::Linear,
+                y: Scale::Linear,
+                series: &series,
+                marks,
+            }
+            .svg()
         );
     }
     if !report.rolling_restarts.is_empty() {
@@ -491,13 +670,16 @@ pub fn html(report: &Report) -> String {
         let _ = write!(
             body,
             "<h2>Throughput over time across a rolling restart</h2>{}",
-            line_chart(
-                "writes per second, each node restarted in turn, 3 s apart",
-                "seconds",
-                "ops/s",
-                &series,
-                false
-            )
+            Chart {
+                title: "writes per second, each node restarted in turn, 3 s apart",
+                x_label: "seconds into the run",
+                y_label: "ops/s (100 ms buckets)",
+                x: Scale::Linear,
+                y: Scale::Linear,
+                series: &series,
+                marks: Vec::new(),
+            }
+            .svg()
         );
     }
     let table = markdown_table_to_html(&markdown(report));
@@ -544,4 +726,75 @@ fn markdown_table_to_html(markdown: &str) -> String {
         out.push_str("</table>");
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The x position of each tick label of an SVG chart, by text.
+    fn label_positions(svg: &str) -> Vec<(String, f64)> {
+        svg.split("<text")
+            .skip(1)
+            .filter_map(|t| {
+                let (attributes, rest) = t.split_once('>')?;
+                let (text, _) = rest.split_once("</text>")?;
+                let x = attributes.split_once("x=\"")?.1.split_once('"')?.0;
+                Some((text.trim().to_string(), x.parse().ok()?))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_nines_are_evenly_spaced_and_latency_is_on_a_log_axis() {
+        let series = vec![(
+            "optimized x64".to_string(),
+            vec![(50.0, 0.4), (90.0, 0.9), (99.0, 3.0), (99.9, 40.0)],
+        )];
+        let svg = Chart {
+            title: "latency",
+            x_label: "percentile",
+            y_label: "ms",
+            x: Scale::Nines,
+            y: Scale::Log,
+            series: &series,
+            marks: Vec::new(),
+        }
+        .svg();
+        let labels = label_positions(&svg);
+        let at = |name: &str| {
+            labels
+                .iter()
+                .find(|(text, _)| text == name)
+                .map(|(_, x)| *x)
+                .unwrap_or_else(|| panic!("no label {name}: {labels:?}"))
+        };
+        let steps = [
+            at("p90") - at("p50"),
+            at("p99") - at("p90"),
+            at("p99.9") - at("p99"),
+        ];
+        assert!(steps[0] > 50.0, "{steps:?}");
+        assert!(
+            steps.iter().all(|s| (s - steps[0]).abs() <= 2.0),
+            "evenly spaced: {steps:?}"
+        );
+        // A log axis: 1, 2, 5 times powers of ten from 0.4 to 40 ms.
+        for key in ["0.5", "1", "2", "5", "10", "20"] {
+            at(key);
+        }
+    }
+
+    #[test]
+    fn tick_labels_are_short() {
+        assert_eq!(short_number(12_345.0), "12.3k");
+        assert_eq!(short_number(8_000.0), "8k");
+        assert_eq!(short_number(2_500_000.0), "2.5M");
+        assert_eq!(short_number(0.25), "0.25");
+        assert_eq!(short_number(16.0), "16");
+        assert_eq!(
+            one_two_five(0.3, 60.0),
+            vec![0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0]
+        );
+    }
 }

@@ -24,6 +24,7 @@ fn a_tiny_comparison_writes_a_complete_report() {
             "2",
         ])
         .args(["--availability-duration", "2s", "--keys", "100"])
+        .args(["--redis-benchmark-requests", "300"])
         // Two clients on one set of connections: calls side by side on one
         // connection per node, on every path (fast path, redirects, leader kill).
         .args(["--conns", "1"])
@@ -98,4 +99,41 @@ fn a_tiny_comparison_writes_a_complete_report() {
         "plots for throughput, latency and the leader kill"
     );
     assert_eq!(html.matches("<svg").count(), html.matches("</svg>").count());
+    // Axes as a reader expects them: the nines evenly spaced and labelled,
+    // the kill marked on the timeline, axis titles.
+    let texts: Vec<&str> = html
+        .split("<text")
+        .skip(1)
+        .filter_map(|t| t.split_once('>')?.1.split_once("</text>"))
+        .map(|(text, _)| text.trim())
+        .collect();
+    for label in [
+        "p50",
+        "p90",
+        "p99",
+        "p99.9",
+        "leader killed at 0.7 s",
+        "clients (log scale)",
+        "latency, ms (log scale)",
+    ] {
+        assert!(
+            texts.contains(&label),
+            "the plots label {label:?}: {texts:?}"
+        );
+    }
+
+    // redis-benchmark's figures beside bench's own (when the tool is there;
+    // compare installs it from redis-tools when it can).
+    if kvnode::local_cluster::debian_tool("redis-benchmark", "redis-tools").is_ok() {
+        let results = json["redis_benchmark"].as_array().expect("redis_benchmark");
+        assert_eq!(
+            results.len(),
+            2 * protocols.len(),
+            "SET and GET per protocol"
+        );
+        assert!(results.iter().all(|r| r["rps"].as_f64() > Some(0.0)));
+        assert!(markdown.contains("redis-benchmark through the Redis-protocol endpoint"));
+    } else {
+        eprintln!("WARNING: redis-benchmark not available: its part of the report is not checked");
+    }
 }

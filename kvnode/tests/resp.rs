@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use common::{Protocol, TestCluster, run_each_protocol};
 
-const FLAGS: &[&str] = &["--resp-addr", "127.0.0.1:0", "--log-format", "json"];
+const FLAGS: &[&str] = &["--resp-addr", "127.0.0.1:0"];
 
 fn redis_cli() -> Option<PathBuf> {
     match kvnode::local_cluster::debian_tool("redis-cli", "redis-tools") {
