@@ -88,6 +88,7 @@
 //! simulator (`sim::Simulation`) with faults, many clients and the checks
 //! described in `docs/architecture.md`.
 
+pub mod cache;
 pub mod clock;
 pub mod cluster_time;
 pub mod config;

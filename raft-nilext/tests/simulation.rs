@@ -173,6 +173,24 @@ fn leadership_transfers_under_every_fault_kind() {
     sim::assert_leadership_transferred(&runs);
 }
 
+/// Issue 19: every node reads through a read cache (small ones evict all
+/// the time), with the fast path, under every fault kind and snapshot
+/// installs.
+#[test]
+fn read_caches_under_faults() {
+    let fast_path = |seed, nodes| SimConfig {
+        nilext_fast_path: true,
+        ..sim::cache_suite(seed, nodes)
+    };
+    let mut runs = check(19_000..19_060, ReadMode::Lease, 1, |seed| {
+        fast_path(seed, 3)
+    });
+    runs.extend(check(19_100..19_140, ReadMode::ReadIndex, 2, |seed| {
+        fast_path(seed, 5)
+    }));
+    sim::assert_cache_used(&runs);
+}
+
 /// Without the freshness margin, a replica takes a fast write of a session
 /// about to expire; ordered after the expiry, the write the client was
 /// told is durable is refused: lost. Clients idle for 95 to 101% of the

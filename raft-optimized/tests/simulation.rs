@@ -249,6 +249,89 @@ fn catches_sessions_expired_by_a_local_clock() {
     assert!(failures.contains("state-machine safety"), "{failures}");
 }
 
+/// Issue 19: every node reads through a read cache (small ones evict all
+/// the time), under every fault kind and snapshot installs.
+#[test]
+fn read_caches_under_faults() {
+    let mut runs = check(19_000..19_060, ReadMode::Lease, |seed| {
+        sim::cache_suite(seed, 3)
+    });
+    runs.extend(check(19_100..19_140, ReadMode::ReadIndex, |seed| {
+        sim::cache_suite(seed, 5)
+    }));
+    sim::assert_cache_used(&runs);
+}
+
+/// A cache bug shows as a read no linearizable order explains, or as
+/// replicas whose states differ at one index (an increment or
+/// compare-and-swap executed on a stale value).
+fn assert_caught_stale_reads(failures: &str) {
+    eprintln!(
+        "{}",
+        failures.lines().take(3).collect::<Vec<_>>().join("\n")
+    );
+    assert!(
+        failures.contains("not linearizable") || failures.contains("state-machine safety"),
+        "{failures}"
+    );
+}
+
+fn with_cache_bug(seed: u64, bug: sim::CacheBug) -> SimConfig {
+    let mut config = sim::cache_suite(seed, 3);
+    config.injected_cache_bug = Some(bug);
+    config
+}
+
+/// A cache that applied deletes do not reach serves a deleted key's old
+/// value: the linearizability check (or, through a compare-and-swap, the
+/// state comparison) catches it.
+#[test]
+fn catches_a_read_cache_that_misses_deletes() {
+    let result = run_seeds(
+        19_200..19_300,
+        |seed| with_cache_bug(seed, sim::CacheBug::DeletesNotApplied),
+        factory(ReadMode::Lease),
+        REPLAY,
+    );
+    let failures = result.expect_err("a cache that keeps deleted values must be caught");
+    assert_caught_stale_reads(&failures);
+}
+
+/// A cache not cleared when a snapshot replaces the node's data serves
+/// values from before it.
+#[test]
+fn catches_a_read_cache_kept_across_a_snapshot_install() {
+    let result = run_seeds(
+        19_300..19_500,
+        |seed| with_cache_bug(seed, sim::CacheBug::KeptAcrossSnapshotInstall),
+        factory(ReadMode::Lease),
+        REPLAY,
+    );
+    let failures = result.expect_err("a cache kept across a snapshot install must be caught");
+    assert_caught_stale_reads(&failures);
+}
+
+/// A cache that survives a crash in which the state database rolls back
+/// serves values the node has not applied again yet.
+#[test]
+fn catches_a_read_cache_kept_across_a_restart() {
+    let result = run_seeds(
+        19_500..19_700,
+        |seed| {
+            let mut config = with_cache_bug(seed, sim::CacheBug::KeptAcrossRestart);
+            config.faults = Faults {
+                crashes: true,
+                ..Faults::none()
+            };
+            config
+        },
+        factory(ReadMode::Lease),
+        REPLAY,
+    );
+    let failures = result.expect_err("a cache kept across a restart must be caught");
+    assert_caught_stale_reads(&failures);
+}
+
 fn with_snapshot_bug(seed: u64, bug: sim::SnapshotBug) -> SimConfig {
     let mut config = SimConfig::new(seed, 3);
     config.snapshots = sim::small_snapshots(seed);

@@ -90,6 +90,15 @@ fn leadership_transfers_under_every_fault_kind() {
     sim::assert_leadership_transferred(&runs);
 }
 
+/// Issue 19: every node reads through a read cache (small ones evict all
+/// the time), under every fault kind and snapshot installs.
+#[test]
+fn read_caches_under_faults() {
+    let mut runs = check(19_000..19_060, |seed| sim::cache_suite(seed, 3));
+    runs.extend(check(19_100..19_140, |seed| sim::cache_suite(seed, 5)));
+    sim::assert_cache_used(&runs);
+}
+
 #[test]
 fn five_nodes_every_fault_kind() {
     let runs = check(1_000..1_200, |seed| SimConfig::new(seed, 5));

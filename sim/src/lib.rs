@@ -16,7 +16,9 @@ pub mod linearizability;
 pub mod manual;
 pub mod simulator;
 
-pub use simulator::{Failure, Faults, RunStats, SessionBug, SimConfig, Simulation, SnapshotBug};
+pub use simulator::{
+    CacheBug, Failure, Faults, RunStats, SessionBug, SimConfig, Simulation, SnapshotBug,
+};
 
 /// The base election timeout the protocol suites give every node in the
 /// simulator: shorter than kvnode's default
@@ -159,6 +161,31 @@ pub fn assert_sessions_expired(runs: &[RunStats]) {
     assert!(refused > 0, "updates of expired sessions were refused");
 }
 
+/// The settings of the read-cache suites: every fault kind, small
+/// snapshots (installs replace a node's data under its cache), and a cache
+/// drawn from the seed between one that evicts all the time and one that
+/// holds everything.
+pub fn cache_suite(seed: u64, nodes: usize) -> SimConfig {
+    let mut config = SimConfig::new(seed, nodes);
+    config.snapshots = small_snapshots(seed);
+    config.cache_bytes =
+        [300, 1_000, 1 << 20][DetRng::new(seed ^ 0xCAC4_E000_0019_0001).range(0, 3) as usize];
+    config
+}
+
+/// Checks that a cache suite's runs read through the caches: hits and
+/// misses both. Prints the tallies.
+pub fn assert_cache_used(runs: &[RunStats]) {
+    let hits: u64 = runs.iter().map(|r| r.cache_hits).sum();
+    let misses: u64 = runs.iter().map(|r| r.cache_misses).sum();
+    let installs: u64 = runs.iter().map(|r| r.snapshots_installed).sum();
+    eprintln!(
+        "{} runs: {hits} reads from the read caches, {misses} from the stores, {installs} snapshots installed",
+        runs.len()
+    );
+    assert!(hits > 0 && misses > 0, "reads went through the caches");
+}
+
 /// The settings of the leadership-transfer suites: every fault kind, and
 /// the nemesis asks the leader to hand leadership over as often as it
 /// injects any one fault.
@@ -275,6 +302,11 @@ pub fn soak_config(
     if membership {
         with_membership_changes(&mut config);
     }
+    // The read cache: none, one that evicts all the time, the default,
+    // one that holds everything.
+    let cache_bytes =
+        [0, 300, 1_000, 1 << 20][DetRng::new(seed ^ 0xCAC4_E000_0019_0000).range(0, 4) as usize];
+    config.cache_bytes = cache_bytes;
     let large_values = variant.chance(0.002);
     if large_values {
         config.value_padding_bytes = (0, consensus::limits::VALUE_BYTES_MAX);
@@ -291,6 +323,7 @@ pub fn soak_config(
             ("sessions expire", sessions.to_string()),
             ("leader transfers", transfers.to_string()),
             ("membership changes", membership.to_string()),
+            ("read cache bytes", cache_bytes.to_string()),
         ],
     )
 }

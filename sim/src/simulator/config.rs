@@ -233,6 +233,11 @@ pub struct SimConfig {
     /// removed node as a learner, promotes a learner, removes a learner or
     /// a voter (never below three voters, never the leader).
     pub membership_changes: bool,
+    /// Each node's read cache in front of its data, in bytes (0: none;
+    /// `consensus::cache`). Small by default, so that it evicts.
+    pub cache_bytes: u64,
+    /// A deliberate read-cache bug.
+    pub injected_cache_bug: Option<CacheBug>,
 }
 
 /// Deliberate session bugs.
@@ -245,6 +250,20 @@ pub enum SessionBug {
     /// A node expires sessions by its own clock (its tick count), not by
     /// the stamps in the log: nodes disagree on the sessions at one index.
     ExpireByLocalClock,
+}
+
+/// Deliberate read-cache bugs of a runtime.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CacheBug {
+    /// Applied deletes do not reach the cache: a deleted key's old value is
+    /// served.
+    DeletesNotApplied,
+    /// An installed snapshot does not clear the cache: values from before
+    /// it are served.
+    KeptAcrossSnapshotInstall,
+    /// The cache survives a crash while the state database rolls back
+    /// (as a cache kept on disk would).
+    KeptAcrossRestart,
 }
 
 /// Deliberate snapshot bugs of a runtime.
@@ -295,6 +314,8 @@ impl SimConfig {
             leader_transfers: false,
             spare_nodes: 0,
             membership_changes: false,
+            cache_bytes: 1_000,
+            injected_cache_bug: None,
         }
     }
 }
@@ -392,6 +413,11 @@ pub struct RunStats {
     pub snapshots_taken: u64,
     /// Snapshots installed from a leader, over all nodes.
     pub snapshots_installed: u64,
+    /// Reads the nodes' read caches answered, and those that loaded from
+    /// the store, over all nodes.
+    pub cache_hits: u64,
+    /// See `cache_hits`.
+    pub cache_misses: u64,
     /// The recorded history.
     pub history: Vec<Operation>,
 }

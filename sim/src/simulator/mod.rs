@@ -30,6 +30,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::fmt::Write as _;
 use std::hash::{DefaultHasher, Hash, Hasher};
 
+use consensus::cache::{Cached, ReadCache};
 use consensus::clock::TickClock;
 use consensus::cluster_time::Stamp;
 use consensus::deadline::DeadlineQueue;
@@ -65,7 +66,7 @@ mod snapshots;
 mod storage;
 
 use clients::Client;
-pub use config::{Failure, Faults, RunStats, SessionBug, SimConfig, SnapshotBug};
+pub use config::{CacheBug, Failure, Faults, RunStats, SessionBug, SimConfig, SnapshotBug};
 use invariants::Invariants;
 use network::{position_of, short};
 use storage::{PendingPersist, Storage, Undo, digest};
@@ -157,6 +158,8 @@ struct Node<P> {
     storage: Storage,
     state_machine: StateMachine,
     kv: MemKv,
+    /// The read cache in front of `kv` (in memory: lost in a crash).
+    cache: ReadCache,
     pending: VecDeque<PendingPersist>,
     /// For the latest applies, newest last: the state machine before each,
     /// and the values its keys held before it (for a state database that
@@ -328,6 +331,7 @@ where
                     storage: Storage::default(),
                     state_machine: StateMachine::default(),
                     kv: MemKv::default(),
+                    cache: ReadCache::new(config.cache_bytes),
                     pending: VecDeque::new(),
                     undo: VecDeque::new(),
                     waiters: HashMap::new(),
@@ -518,6 +522,11 @@ where
             None => {
                 self.stats.completed = self.history.iter().filter(|o| o.ret.is_some()).count();
                 self.stats.unknown = self.history.len() - self.stats.completed;
+                for node in self.nodes.values() {
+                    let cache = node.cache.stats();
+                    self.stats.cache_hits += cache.hits;
+                    self.stats.cache_misses += cache.misses;
+                }
                 self.stats.history = std::mem::take(&mut self.history);
                 Ok(self.stats)
             }

@@ -172,6 +172,9 @@ where
             ..ApplyBatch::default()
         });
         node.kv = kv;
+        if self.config.injected_cache_bug != Some(super::CacheBug::KeptAcrossSnapshotInstall) {
+            node.cache.clear();
+        }
         node.state_machine = StateMachine::restore(snapshot.index, snapshot.stamp, sessions);
         node.undo.clear();
         node.since_snapshot = SinceSnapshot::default();

@@ -99,7 +99,11 @@ where
         for request in reads {
             self.stats.reads_outside_log += 1;
             let node = &self.nodes[&id];
-            let result = node.state_machine.read(&node.kv, &request.command);
+            let store = Cached {
+                store: &node.kv,
+                cache: &node.cache,
+            };
+            let result = node.state_machine.read(&store, &request.command);
             self.answer(id, request.id, false, Answer::Result(result));
         }
     }
@@ -263,9 +267,17 @@ where
                 .iter()
                 .map(|e| Entry { stamp, ..e.clone() })
                 .collect();
-            node.state_machine.apply(&node.kv, &restamped)
+            let store = Cached {
+                store: &node.kv,
+                cache: &node.cache,
+            };
+            node.state_machine.apply(&store, &restamped)
         } else {
-            node.state_machine.apply(&node.kv, entries)
+            let store = Cached {
+                store: &node.kv,
+                cache: &node.cache,
+            };
+            node.state_machine.apply(&store, entries)
         };
         node.since_snapshot.applied(entries);
         self.stats.entries_applied += entries.len() as u64;
@@ -281,6 +293,14 @@ where
             node.undo.push_back((before, old_values));
         }
         node.kv.commit(&batch);
+        // In the same step, as kvnode's storage does.
+        if self.config.injected_cache_bug == Some(CacheBug::DeletesNotApplied) {
+            let mut changes = batch.data.clone();
+            changes.retain(|_, change| change.is_some());
+            node.cache.apply(&changes);
+        } else {
+            node.cache.apply(&batch.data);
+        }
         self.stats.sessions_expired += batch.expired.len() as u64;
         self.log(|| {
             let mut line = format!("node {id} applied up to {}", batch.applied_index);
@@ -331,6 +351,11 @@ where
         node.waiters.clear();
         node.paused = false;
         node.backlog.clear();
+        // The process's memory is gone, its read cache with it (unless the
+        // deliberate bug keeps it).
+        if self.config.injected_cache_bug != Some(CacheBug::KeptAcrossRestart) {
+            node.cache.clear();
+        }
         // The state database returns to some earlier apply boundary.
         let undo = std::mem::take(&mut node.undo);
         let lose = self.rng.range(0, undo.len() as u64 + 1) as usize;
