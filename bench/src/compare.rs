@@ -104,6 +104,9 @@ pub struct RunResult {
     pub syncs_per_second: Vec<f64>,
     /// Client writes per synced batch, per node.
     pub writes_per_sync: Vec<f64>,
+    /// Of the state-machine reads of all nodes during the run, the share
+    /// their read caches answered (`None`: no read, or not this store).
+    pub cache_hit_ratio: Option<f64>,
     /// CPU seconds of all node processes per 1,000 operations.
     pub cpu_seconds_per_1000_ops: f64,
     /// Highest resident memory of each node during the run, MiB.
@@ -334,6 +337,7 @@ impl Probe<'_> {
             Probe::Store(cluster) => metrics::snapshot(cluster).await,
             Probe::Pids(pids) => metrics::Snapshot {
                 syncs: Default::default(),
+                cache: Default::default(),
                 cpu: pids
                     .iter()
                     .enumerate()
@@ -422,6 +426,13 @@ async fn measure_all(
                     result.writes as f64 / synced as f64
                 });
             }
+            let (mut hits, mut misses) = (0, 0);
+            for (id, (after_hits, after_misses)) in &after.cache {
+                let (before_hits, before_misses) = before.cache.get(id).copied().unwrap_or((0, 0));
+                hits += after_hits.saturating_sub(before_hits);
+                misses += after_misses.saturating_sub(before_misses);
+            }
+            let cache_hit_ratio = (hits + misses > 0).then(|| hits as f64 / (hits + misses) as f64);
             let cpu: f64 = after
                 .cpu
                 .iter()
@@ -442,6 +453,7 @@ async fn measure_all(
                 p999_ms: percentile_ms(&result.latency_us, 0.999),
                 syncs_per_second,
                 writes_per_sync,
+                cache_hit_ratio,
                 cpu_seconds_per_1000_ops: if result.ops == 0 {
                     0.0
                 } else {

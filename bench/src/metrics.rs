@@ -104,6 +104,8 @@ pub struct Snapshot {
     pub syncs: BTreeMap<u64, u64>,
     /// CPU seconds per node process.
     pub cpu: BTreeMap<u64, f64>,
+    /// Read-cache hits and misses per node.
+    pub cache: BTreeMap<u64, (u64, u64)>,
 }
 
 /// Reads every running node's counters.
@@ -111,6 +113,9 @@ pub async fn snapshot(cluster: &LocalCluster) -> Snapshot {
     let mut snapshot = Snapshot::default();
     for (id, status) in cluster.statuses().await {
         snapshot.syncs.insert(id, status.synced_writes);
+        snapshot
+            .cache
+            .insert(id, (status.cache_hits, status.cache_misses));
     }
     for &id in cluster.members().keys() {
         if let Some(cpu) = cluster.pid(id).and_then(cpu_seconds) {

@@ -80,18 +80,18 @@ pub fn markdown(report: &Report) -> String {
     );
     let _ = writeln!(
         out,
-        "| workload | protocol | clients | ops/s | p50 ms | p90 ms | p99 ms | p99.9 ms | errors | syncs/s per node | writes per sync per node | CPU s per 1000 ops | max RSS MiB per node | data MiB per node at end |"
+        "| workload | protocol | clients | ops/s | p50 ms | p90 ms | p99 ms | p99.9 ms | errors | syncs/s per node | writes per sync per node | read-cache hits | CPU s per 1000 ops | max RSS MiB per node | data MiB per node at end |"
     );
     let _ = writeln!(
         out,
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---|---|---:|---|---|"
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---|---|---:|---:|---|---|"
     );
     let workloads = workload_names(report);
     for workload in &workloads {
         for run in report.runs.iter().filter(|r| r.workload == *workload) {
             let _ = writeln!(
                 out,
-                "| {} | {} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {} | {} | {} | {:.3} | {} | {} |",
+                "| {} | {} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {} | {} | {} | {} | {:.3} | {} | {} |",
                 run.workload,
                 run.protocol,
                 run.clients,
@@ -103,6 +103,8 @@ pub fn markdown(report: &Report) -> String {
                 run.errors,
                 fmt_list(&run.syncs_per_second, 0),
                 fmt_list(&run.writes_per_sync, 1),
+                run.cache_hit_ratio
+                    .map_or("-".to_string(), |r| format!("{:.1}%", 100.0 * r)),
                 run.cpu_seconds_per_1000_ops,
                 fmt_list(&run.rss_mib_max, 0),
                 fmt_list(&run.data_mib_end, 0)

@@ -36,6 +36,8 @@ impl Defaults {
     /// (`scripts/catch-up vanilla`: 7.8 s with 3,000, 10.3 s with 10,000,
     /// over a minute with 100,000).
     pub const SNAPSHOT_ENTRIES_VANILLA: u64 = 3_000;
+    /// The read cache's bytes.
+    pub const CACHE_BYTES: u64 = 64 << 20;
 }
 
 /// A setting given as text (a flag's value, or a string in the file) and
@@ -186,6 +188,16 @@ pub struct NodeArgs {
     /// behind gets entries rather than the whole snapshot.
     #[arg(long)]
     pub snapshot_keep_entries: Option<u64>,
+    /// Bytes of the read cache in front of the state database: recently
+    /// read and written keys (their values or their absence), updated by
+    /// every apply, cleared when a snapshot is installed; 0 turns it off.
+    #[arg(long)]
+    pub cache_bytes: Option<u64>,
+    /// Bytes of RocksDB's own row cache for the state database (0: none),
+    /// kept to compare with --cache-bytes (docs/architecture.md, "Read
+    /// cache").
+    #[arg(long)]
+    pub row_cache_bytes: Option<u64>,
     /// On SIGTERM or Ctrl-C, a leader first hands leadership to the most
     /// up-to-date follower (waiting up to two election timeouts), so the
     /// cluster does not wait out an election timeout: true or false.
@@ -234,6 +246,8 @@ impl NodeArgs {
             snapshot_entries: self.snapshot_entries.or(other.snapshot_entries),
             snapshot_bytes: self.snapshot_bytes.or(other.snapshot_bytes),
             snapshot_keep_entries: self.snapshot_keep_entries.or(other.snapshot_keep_entries),
+            cache_bytes: self.cache_bytes.or(other.cache_bytes),
+            row_cache_bytes: self.row_cache_bytes.or(other.row_cache_bytes),
             session_timeout: self.session_timeout.or(other.session_timeout),
             hand_over_on_stop: self.hand_over_on_stop.or(other.hand_over_on_stop),
             fault_injection: self.fault_injection.or(other.fault_injection),
@@ -253,7 +267,7 @@ pub fn help_with_defaults(command: clap::Command) -> clap::Command {
         "one default per setting"
     );
     let snapshots = SnapshotPolicy::default();
-    let defaults: [(&str, String); 21] = [
+    let defaults: [(&str, String); 23] = [
         ("initial_cluster_state", "existing".into()),
         ("tick", format_duration(Defaults::TICK)),
         (
@@ -294,6 +308,8 @@ pub fn help_with_defaults(command: clap::Command) -> clap::Command {
         ),
         ("snapshot_bytes", snapshots.bytes.to_string()),
         ("snapshot_keep_entries", snapshots.keep_entries.to_string()),
+        ("cache_bytes", Defaults::CACHE_BYTES.to_string()),
+        ("row_cache_bytes", "0".into()),
         (
             "session_timeout",
             format_duration(Defaults::SESSION_TIMEOUT),
@@ -382,6 +398,8 @@ pub struct NodeConfig {
     pub net_delay: crate::netdelay::NetDelay,
     /// When to take snapshots and compact the log.
     pub snapshots: SnapshotPolicy,
+    /// The caches in front of the state database.
+    pub caches: crate::storage::CacheOptions,
     /// How long a client session lasts without an update.
     pub session_timeout: Duration,
     /// A leader hands leadership over before it stops.
@@ -609,6 +627,10 @@ impl NodeConfig {
                 jitter: args.net_jitter.unwrap_or_default(),
             },
             snapshots,
+            caches: crate::storage::CacheOptions {
+                read_cache_bytes: args.cache_bytes.unwrap_or(Defaults::CACHE_BYTES),
+                row_cache_bytes: args.row_cache_bytes.unwrap_or(0),
+            },
             fault_injection: args.fault_injection.unwrap_or(false),
             unsafe_local_reads: args.unsafe_local_reads.unwrap_or(false),
         })

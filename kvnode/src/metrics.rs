@@ -58,6 +58,11 @@ pub struct Metrics {
     pub snapshots: IntCounterVec,
     /// Nil-ext: the records and bytes its durability log holds.
     pub durability_log: IntGaugeVec,
+    /// The read cache: reads it answered, and reads that went to the
+    /// state database.
+    pub cache_reads: IntCounterVec,
+    /// The read cache's bytes and keys held.
+    pub cache_size: IntGaugeVec,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -176,6 +181,19 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             "Nil-ext: the records and bytes the durability log holds",
             "unit",
         ),
+        cache_reads: IntCounterVec::new(
+            Opts::new(
+                "read_cache_reads_total",
+                "State-machine reads by the read cache's answer (hit: from the cache; miss: from the database)",
+            ),
+            &["result"],
+        )
+        .expect("a valid metric"),
+        cache_size: gauge_vec(
+            "read_cache",
+            "The read cache's bytes and keys held",
+            "unit",
+        ),
     };
     let r = &metrics.registry;
     for collector in [
@@ -198,6 +216,8 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         Box::new(metrics.dropped_messages.clone()),
         Box::new(metrics.snapshots.clone()),
         Box::new(metrics.durability_log.clone()),
+        Box::new(metrics.cache_reads.clone()),
+        Box::new(metrics.cache_size.clone()),
     ] {
         r.register(collector).expect("metric names are unique");
     }
@@ -259,6 +279,20 @@ pub async fn follow_status(events: mpsc::Sender<Event>) {
         }
         m.sessions.set(gauge(node.sessions));
         m.log_bytes.set(gauge(node.log_bytes));
+        // Counters follow the cache's own totals.
+        for (result, total) in [
+            ("hit", node.read_cache.hits),
+            ("miss", node.read_cache.misses),
+        ] {
+            let counter = m.cache_reads.with_label_values(&[result]);
+            counter.inc_by(total.saturating_sub(counter.get()));
+        }
+        m.cache_size
+            .with_label_values(&["bytes"])
+            .set(gauge(node.read_cache.bytes));
+        m.cache_size
+            .with_label_values(&["keys"])
+            .set(gauge(node.read_cache.entries));
         if let Some((records, bytes)) = node.durability_log {
             m.durability_log
                 .with_label_values(&["records"])

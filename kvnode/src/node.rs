@@ -211,7 +211,7 @@ pub async fn run(mut config: NodeConfig) -> anyhow::Result<()> {
         protocol: config.protocol.name().to_string(),
         node_id: config.id,
     };
-    let (storage, loaded) = Storage::open(&config.data_dir, &identity)?;
+    let (storage, loaded) = Storage::open_with(&config.data_dir, &identity, config.caches)?;
     tracing::info!(
         node = config.id,
         protocol = %config.protocol,

@@ -148,6 +148,8 @@ pub struct NodeStatus {
     pub log_bytes: u64,
     /// Nil-ext: the records and bytes of its durability log.
     pub durability_log: Option<(usize, usize)>,
+    /// The read cache's counts.
+    pub read_cache: consensus::cache::CacheStats,
 }
 
 /// An event for the runtime loop.
@@ -685,6 +687,7 @@ impl Runtime {
                     follower_matches: self.protocol.follower_matches(),
                     log_bytes: self.storage.log_bytes(),
                     durability_log: self.protocol.durability_log_size(),
+                    read_cache: self.storage.read_cache_stats(),
                 });
                 return Ok(());
             }

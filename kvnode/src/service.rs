@@ -826,6 +826,8 @@ impl Kv for KvService {
             sessions: node.sessions,
             members: self.members(s.membership),
             membership_index: s.membership_index,
+            cache_hits: node.read_cache.hits,
+            cache_misses: node.read_cache.misses,
         }))
     }
 

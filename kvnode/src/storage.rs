@@ -40,6 +40,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, RwLock, RwLockReadGuard};
 
+use consensus::cache::ReadCache;
 use consensus::cluster_time::Stamp;
 use consensus::io::{HardState, Recovered, Write};
 use consensus::lock;
@@ -222,6 +223,31 @@ pub struct Storage {
     /// When a transfer last read each capture: one read lately is kept
     /// when a newer snapshot is recorded.
     captures_in_use: Mutex<HashMap<SnapshotMeta, std::time::Instant>>,
+    /// The read cache in front of the state database (`--cache-bytes`;
+    /// `consensus::cache`): updated by every apply, cleared when a snapshot
+    /// is installed.
+    read_cache: ReadCache,
+    /// RocksDB's own row cache for the state database
+    /// (`--row-cache-bytes`), kept for comparison.
+    row_cache: Option<RowCache>,
+}
+
+/// RocksDB's row cache (its handle has no `Debug`).
+struct RowCache(rocksdb::Cache);
+
+impl std::fmt::Debug for RowCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RowCache")
+    }
+}
+
+/// The caches in front of the state database.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CacheOptions {
+    /// The read cache's bytes (0: none).
+    pub read_cache_bytes: u64,
+    /// RocksDB's row cache's bytes (0: none).
+    pub row_cache_bytes: u64,
 }
 
 /// A capture read for a transfer within this long is kept when a newer
@@ -346,8 +372,16 @@ fn family<'a>(db: &'a DB, name: &str) -> &'a ColumnFamily {
 /// Opens (or creates) a database: the state database's kind (small
 /// memtables, bloom filters, atomic flushes) when `state`, else the raft
 /// database's (RocksDB's defaults).
-fn open_db(dir: &Path, families: &[&str], state: bool) -> Result<DB, StorageError> {
+fn open_db(
+    dir: &Path,
+    families: &[&str],
+    state: bool,
+    row_cache: Option<&rocksdb::Cache>,
+) -> Result<DB, StorageError> {
     let mut options = Options::default();
+    if let Some(cache) = row_cache {
+        options.set_row_cache(cache);
+    }
     options.create_if_missing(true);
     options.create_missing_column_families(true);
     // Fail on corruption found while opening rather than dropping data.
@@ -479,6 +513,15 @@ impl Storage {
     /// Opens (or creates) the database in `dir` and checks it belongs to
     /// `identity`.
     pub fn open(dir: &Path, identity: &Identity) -> Result<(Storage, Loaded), StorageError> {
+        Storage::open_with(dir, identity, CacheOptions::default())
+    }
+
+    /// As [`Storage::open`], with caches in front of the state database.
+    pub fn open_with(
+        dir: &Path,
+        identity: &Identity,
+        caches: CacheOptions,
+    ) -> Result<(Storage, Loaded), StorageError> {
         let exists = Storage::holds_database(dir);
         if !exists
             && dir.is_dir()
@@ -498,12 +541,22 @@ impl Storage {
                 dir: dir.to_path_buf(),
             });
         }
-        let db = open_db(dir, &FAMILIES, false)?;
+        let db = open_db(dir, &FAMILIES, false, None)?;
         let state_dir = match db.get_cf(family(&db, CF_META), KEY_STATE_DIR)? {
             Some(name) => String::from_utf8_lossy(&name).into_owned(),
             None => STATE_DIR.to_string(),
         };
-        let state = open_db(&dir.join(&state_dir), &STATE_FAMILIES, true)?;
+        let row_cache = (caches.row_cache_bytes > 0).then(|| {
+            RowCache(rocksdb::Cache::new_lru_cache(
+                caches.row_cache_bytes as usize,
+            ))
+        });
+        let state = open_db(
+            &dir.join(&state_dir),
+            &STATE_FAMILIES,
+            true,
+            row_cache.as_ref().map(|c| &c.0),
+        )?;
         let mut storage = Storage {
             dir: dir.to_path_buf(),
             db,
@@ -516,6 +569,8 @@ impl Storage {
             next_record_position: AtomicU64::new(0),
             staging: Mutex::new(None),
             captures_in_use: Mutex::new(HashMap::new()),
+            read_cache: ReadCache::new(caches.read_cache_bytes),
+            row_cache,
         };
         storage.check_identity(dir, identity, exists)?;
         let loaded = storage.load()?;
@@ -920,7 +975,7 @@ impl Storage {
                     StorageError::Corrupt(format!("cannot remove {}: {e}", path.display()))
                 })?;
             }
-            *staging = Some((snapshot, open_db(&path, &STATE_FAMILIES, true)?));
+            *staging = Some((snapshot, open_db(&path, &STATE_FAMILIES, true, None)?));
         }
         let Some((staged, db)) = staging.as_ref().filter(|(s, _)| *s == snapshot) else {
             return Err(StorageError::Corrupt(format!(
@@ -1116,7 +1171,12 @@ impl Storage {
         snapshot: SnapshotMeta,
     ) -> Result<StateMachine, StorageError> {
         let name = format!("state-{}", capture_name(snapshot));
-        let db = open_db(&self.dir.join(&name), &STATE_FAMILIES, true)?;
+        let db = open_db(
+            &self.dir.join(&name),
+            &STATE_FAMILIES,
+            true,
+            self.row_cache.as_ref().map(|c| &c.0),
+        )?;
         let state_machine = read_state_machine(&db)?;
         if state_machine.applied_index() != snapshot.index {
             return Err(StorageError::Corrupt(format!(
@@ -1129,6 +1189,8 @@ impl Storage {
             let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
             std::mem::replace(&mut *state, StateDb { db, dir_name: name })
         };
+        // The data was replaced: nothing cached from before may be served.
+        self.read_cache.clear();
         let old_dir = self.dir.join(&old.dir_name);
         drop(old);
         if let Err(e) = std::fs::remove_dir_all(&old_dir) {
@@ -1194,6 +1256,11 @@ impl Storage {
         .sum()
     }
 
+    /// The read cache's counts.
+    pub fn read_cache_stats(&self) -> consensus::cache::CacheStats {
+        self.read_cache.stats()
+    }
+
     /// How many synced batches this node has written since it started.
     pub fn synced_writes(&self) -> u64 {
         self.synced_writes.load(Ordering::Relaxed)
@@ -1237,6 +1304,9 @@ impl Storage {
         let mut options = WriteOptions::default();
         options.disable_wal(true);
         state.db.write_opt(batch, &options)?;
+        // In the same step, before any other read (reads and applies are
+        // the runtime thread's).
+        self.read_cache.apply(&applied.data);
         Ok(())
     }
 }
@@ -1388,13 +1458,15 @@ impl CaptureReader {
 
 impl KvRead for Storage {
     fn get(&self, key: &[u8]) -> Option<Value> {
-        // A failed read of local storage cannot be answered correctly, and
-        // answering "absent" would be a lie: stop the node.
-        let state = self.state_db();
-        state
-            .db
-            .get_cf(family(&state.db, CF_DATA), key)
-            .expect("RocksDB read failed")
+        self.read_cache.get(key, || {
+            // A failed read of local storage cannot be answered correctly,
+            // and answering "absent" would be a lie: stop the node.
+            let state = self.state_db();
+            state
+                .db
+                .get_cf(family(&state.db, CF_DATA), key)
+                .expect("RocksDB read failed")
+        })
     }
 }
 
