@@ -60,6 +60,52 @@ impl FromStr for Protocol {
     }
 }
 
+/// Whether the nodes sync their logs and votes to disk before they count
+/// as written (one setting for the whole cluster, every protocol alike).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// Every log append, vote and durability-log record is synced (fsync)
+    /// before the node acts on it: what is acknowledged survives the loss
+    /// of every machine's power.
+    #[default]
+    Sync,
+    /// UNSAFE against the loss of a majority: written without fsync, left
+    /// to the operating system. A process that dies loses nothing (the
+    /// kernel holds its writes), but a machine that crashes or loses power
+    /// may lose what its node acknowledged: what is acknowledged survives
+    /// only while a majority of the machines stays up. The setting of the
+    /// Skyros paper and of Viewstamped Replication (logs in memory,
+    /// replication for durability), and of etcd's `--unsafe-no-fsync`.
+    Memory,
+}
+
+impl Durability {
+    /// The name flags and reports use.
+    pub fn name(self) -> &'static str {
+        match self {
+            Durability::Sync => "sync",
+            Durability::Memory => "memory",
+        }
+    }
+}
+
+impl fmt::Display for Durability {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Durability {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "sync" => Ok(Durability::Sync),
+            "memory" => Ok(Durability::Memory),
+            other => Err(format!("unknown durability {other:?}; use sync or memory")),
+        }
+    }
+}
+
 /// How a leader of raft-optimized or raft-nilext serves reads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum ReadMode {

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use consensus::NodeId;
-use consensus::config::{Protocol, ReadMode, format_duration, parse_duration};
+use consensus::config::{Durability, Protocol, ReadMode, format_duration, parse_duration};
 use consensus::snapshot::SnapshotPolicy;
 use serde::{Deserialize, Deserializer};
 
@@ -188,6 +188,15 @@ pub struct NodeArgs {
     /// behind gets entries rather than the whole snapshot.
     #[arg(long)]
     pub snapshot_keep_entries: Option<u64>,
+    /// sync: every log append and vote is synced before it counts. memory:
+    /// UNSAFE against the loss of a majority of machines: written without
+    /// fsync (the Skyros paper's setting, etcd's --unsafe-no-fsync); a killed
+    /// process loses nothing, a crashed machine may lose what its node
+    /// acknowledged. One setting for the whole cluster (peers with the
+    /// other are refused), kept in the data directory.
+    #[arg(long, value_name = "sync|memory")]
+    #[serde(default, deserialize_with = "parsed")]
+    pub durability: Option<Durability>,
     /// Bytes of the read cache in front of the state database: recently
     /// read and written keys (their values or their absence), updated by
     /// every apply, cleared when a snapshot is installed; 0 turns it off.
@@ -246,6 +255,7 @@ impl NodeArgs {
             snapshot_entries: self.snapshot_entries.or(other.snapshot_entries),
             snapshot_bytes: self.snapshot_bytes.or(other.snapshot_bytes),
             snapshot_keep_entries: self.snapshot_keep_entries.or(other.snapshot_keep_entries),
+            durability: self.durability.or(other.durability),
             cache_bytes: self.cache_bytes.or(other.cache_bytes),
             row_cache_bytes: self.row_cache_bytes.or(other.row_cache_bytes),
             session_timeout: self.session_timeout.or(other.session_timeout),
@@ -267,7 +277,7 @@ pub fn help_with_defaults(command: clap::Command) -> clap::Command {
         "one default per setting"
     );
     let snapshots = SnapshotPolicy::default();
-    let defaults: [(&str, String); 23] = [
+    let defaults: [(&str, String); 24] = [
         ("initial_cluster_state", "existing".into()),
         ("tick", format_duration(Defaults::TICK)),
         (
@@ -308,6 +318,7 @@ pub fn help_with_defaults(command: clap::Command) -> clap::Command {
         ),
         ("snapshot_bytes", snapshots.bytes.to_string()),
         ("snapshot_keep_entries", snapshots.keep_entries.to_string()),
+        ("durability", "sync".into()),
         ("cache_bytes", Defaults::CACHE_BYTES.to_string()),
         ("row_cache_bytes", "0".into()),
         (
@@ -399,7 +410,7 @@ pub struct NodeConfig {
     /// When to take snapshots and compact the log.
     pub snapshots: SnapshotPolicy,
     /// The caches in front of the state database.
-    pub caches: crate::storage::CacheOptions,
+    pub caches: crate::storage::StorageOptions,
     /// How long a client session lasts without an update.
     pub session_timeout: Duration,
     /// A leader hands leadership over before it stops.
@@ -627,7 +638,8 @@ impl NodeConfig {
                 jitter: args.net_jitter.unwrap_or_default(),
             },
             snapshots,
-            caches: crate::storage::CacheOptions {
+            caches: crate::storage::StorageOptions {
+                durability: args.durability.unwrap_or_default(),
                 read_cache_bytes: args.cache_bytes.unwrap_or(Defaults::CACHE_BYTES),
                 row_cache_bytes: args.row_cache_bytes.unwrap_or(0),
             },

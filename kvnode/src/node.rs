@@ -211,6 +211,14 @@ pub async fn run(mut config: NodeConfig) -> anyhow::Result<()> {
         protocol: config.protocol.name().to_string(),
         node_id: config.id,
     };
+    if config.caches.durability == consensus::config::Durability::Memory {
+        tracing::warn!(
+            node = config.id,
+            "UNSAFE: --durability memory: logs and votes are written without fsync; what this \
+             node acknowledges survives a killed process, but not a crashed machine: it is \
+             durable only while a majority of the machines stays up"
+        );
+    }
     let (storage, loaded) = Storage::open_with(&config.data_dir, &identity, config.caches)?;
     tracing::info!(
         node = config.id,
@@ -246,6 +254,7 @@ pub async fn run(mut config: NodeConfig) -> anyhow::Result<()> {
     let identity = SenderIdentity {
         node_id: config.id,
         cluster_id: config.cluster_id.clone(),
+        durability: config.caches.durability,
         own: crate::config::Member {
             peer_addr: config.peer_addr.clone(),
             client_addr: config.client_addr.clone(),
@@ -292,6 +301,7 @@ pub async fn run(mut config: NodeConfig) -> anyhow::Result<()> {
     let peers = PeerService {
         node_id: config.id,
         cluster_id: config.cluster_id.clone(),
+        durability: config.caches.durability,
         book,
         events: events_tx.clone(),
         faults: faults.clone(),

@@ -42,6 +42,7 @@ use std::sync::{Mutex, RwLock, RwLockReadGuard};
 
 use consensus::cache::ReadCache;
 use consensus::cluster_time::Stamp;
+use consensus::config::Durability;
 use consensus::io::{HardState, Recovered, Write};
 use consensus::lock;
 use consensus::snapshot::{ChunkRequest, SnapshotItem, SnapshotMeta};
@@ -109,6 +110,8 @@ const KEY_SNAPSHOT: &[u8] = b"snapshot";
 const KEY_ADDRESSES: &[u8] = b"addresses";
 /// The state's stamp: its last applied entry's (`consensus::cluster_time`).
 const KEY_STAMP: &[u8] = b"stamp";
+/// The durability the directory was created with (absent: sync).
+const KEY_DURABILITY: &[u8] = b"durability";
 const SESSION_PREFIX: &[u8] = b"s/";
 
 /// What a data directory belongs to. Fixed at first start; a node refuses to
@@ -230,6 +233,8 @@ pub struct Storage {
     /// RocksDB's own row cache for the state database
     /// (`--row-cache-bytes`), kept for comparison.
     row_cache: Option<RowCache>,
+    /// Whether `write_synced` syncs.
+    durability: Durability,
 }
 
 /// RocksDB's row cache (its handle has no `Debug`).
@@ -241,9 +246,13 @@ impl std::fmt::Debug for RowCache {
     }
 }
 
-/// The caches in front of the state database.
+/// How a node keeps its data: durability, and the caches in front of the
+/// state database.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct CacheOptions {
+pub struct StorageOptions {
+    /// Whether writes are synced (kept in the data directory: a directory
+    /// is opened with the setting it was created with only).
+    pub durability: Durability,
     /// The read cache's bytes (0: none).
     pub read_cache_bytes: u64,
     /// RocksDB's row cache's bytes (0: none).
@@ -513,14 +522,14 @@ impl Storage {
     /// Opens (or creates) the database in `dir` and checks it belongs to
     /// `identity`.
     pub fn open(dir: &Path, identity: &Identity) -> Result<(Storage, Loaded), StorageError> {
-        Storage::open_with(dir, identity, CacheOptions::default())
+        Storage::open_with(dir, identity, StorageOptions::default())
     }
 
     /// As [`Storage::open`], with caches in front of the state database.
     pub fn open_with(
         dir: &Path,
         identity: &Identity,
-        caches: CacheOptions,
+        caches: StorageOptions,
     ) -> Result<(Storage, Loaded), StorageError> {
         let exists = Storage::holds_database(dir);
         if !exists
@@ -571,9 +580,11 @@ impl Storage {
             captures_in_use: Mutex::new(HashMap::new()),
             read_cache: ReadCache::new(caches.read_cache_bytes),
             row_cache,
+            durability: caches.durability,
         };
         storage.check_identity(dir, identity, exists)?;
         let loaded = storage.load()?;
+        storage.check_durability(dir)?;
         storage.remove_leftovers(loaded.recovered.snapshot)?;
         Ok((storage, loaded))
     }
@@ -639,6 +650,38 @@ impl Storage {
         self.db
             .cf_handle(name)
             .expect("every column family is created at open")
+    }
+
+    /// The durability the directory was created with must be this
+    /// start's: a directory written without fsync may already have lost
+    /// what its node acknowledged, and one written with it was promised
+    /// more than memory mode keeps. (Directories older than the setting
+    /// were synced.)
+    fn check_durability(&self, dir: &Path) -> Result<(), StorageError> {
+        let meta = self.cf(CF_META);
+        let expected = self.durability.name();
+        match self.db.get_cf(meta, KEY_DURABILITY)? {
+            None if self.durability == Durability::Sync => Ok(()),
+            None if self.last_log().0 == 0 => {
+                let mut batch = WriteBatch::default();
+                batch.put_cf(meta, KEY_DURABILITY, expected.as_bytes());
+                self.write_synced(batch)
+            }
+            found => {
+                let found = found.map_or("sync".to_string(), |f| {
+                    String::from_utf8_lossy(&f).into_owned()
+                });
+                if found == expected {
+                    return Ok(());
+                }
+                Err(StorageError::IdentityMismatch {
+                    dir: dir.to_path_buf(),
+                    field: "durability (--durability)",
+                    found,
+                    expected: expected.to_string(),
+                })
+            }
+        }
     }
 
     fn check_identity(
@@ -790,9 +833,11 @@ impl Storage {
         })
     }
 
+    /// Writes `batch` durably as the node's durability says: synced, or
+    /// (memory) left to the operating system.
     fn write_synced(&self, batch: WriteBatch) -> Result<(), StorageError> {
         let mut options = WriteOptions::default();
-        options.set_sync(true);
+        options.set_sync(self.durability == Durability::Sync);
         let started = std::time::Instant::now();
         self.db.write_opt(batch, &options)?;
         let metrics = &*crate::metrics::METRICS;

@@ -45,6 +45,7 @@ pub async fn run_peer_sender(
     let SenderIdentity {
         node_id,
         cluster_id,
+        durability,
         own,
         faults,
     } = sender;
@@ -85,6 +86,7 @@ pub async fn run_peer_sender(
             node_id,
             peer_id,
             cluster_id: cluster_id.clone(),
+            durability,
             own: own.clone(),
             faults: faults.clone(),
         };
@@ -122,6 +124,7 @@ struct OutgoingBatches {
     node_id: NodeId,
     peer_id: NodeId,
     cluster_id: String,
+    durability: consensus::config::Durability,
     own: crate::config::Member,
     faults: crate::faults::PeerFaults,
 }
@@ -133,6 +136,8 @@ pub struct SenderIdentity {
     pub node_id: NodeId,
     /// Its cluster.
     pub cluster_id: String,
+    /// Its durability setting (the cluster's).
+    pub durability: consensus::config::Durability,
     /// Where it listens (peers that missed the entry adding it learn it).
     pub own: crate::config::Member,
     /// Injected faults.
@@ -171,6 +176,7 @@ impl Stream for OutgoingBatches {
                 messages: vec![convert::peer_message(self.node_id, self.peer_id, &message)],
                 sender_peer_addr: self.own.peer_addr.clone(),
                 sender_client_addr: self.own.client_addr.clone(),
+                durability: self.durability.name().to_string(),
             }));
         }
     }
@@ -184,6 +190,8 @@ pub struct PeerService {
     pub node_id: NodeId,
     /// This node's cluster.
     pub cluster_id: String,
+    /// This node's durability setting: peers must have the same.
+    pub durability: consensus::config::Durability,
     /// Where nodes listen, and the configuration in force: streams are
     /// taken from its members and known nodes only.
     pub book: Arc<crate::members::AddressBook>,
@@ -211,6 +219,23 @@ impl RaftPeer for PeerService {
                 return Err(Status::permission_denied(format!(
                     "node {} belongs to cluster {:?}, not {:?}",
                     self.node_id, self.cluster_id, batch.cluster_id
+                )));
+            }
+            let theirs = if batch.durability.is_empty() {
+                "sync"
+            } else {
+                batch.durability.as_str()
+            };
+            if theirs != self.durability.name() {
+                tracing::warn!(
+                    node = self.node_id,
+                    from = batch.from,
+                    their_durability = theirs,
+                    "refused a peer with another --durability"
+                );
+                return Err(Status::failed_precondition(format!(
+                    "node {} runs with --durability {}, node {} with {theirs}: one setting for the whole cluster",
+                    self.node_id, self.durability, batch.from
                 )));
             }
             if !self.book.accepts(batch.from) || batch.from == self.node_id {
