@@ -68,6 +68,10 @@ pub struct CompareSpec {
     /// Also run the workloads against a local etcd cluster, first, and show
     /// every protocol's ratio to it.
     pub etcd: bool,
+    /// The durability settings to run every protocol with, in order
+    /// (`--durability sync|memory|both`).
+    #[serde(serialize_with = "durability_names")]
+    pub durabilities: Vec<consensus::config::Durability>,
     /// Requests of each redis-benchmark test (SET, GET) against each
     /// protocol's leader, through its Redis-protocol endpoint (0: none).
     pub redis_benchmark_requests: u64,
@@ -183,6 +187,13 @@ pub struct Report {
 
 fn names<S: serde::Serializer>(protocols: &[Protocol], s: S) -> Result<S::Ok, S::Error> {
     s.collect_seq(protocols.iter().map(|p| p.name()))
+}
+
+fn durability_names<S: serde::Serializer>(
+    durabilities: &[consensus::config::Durability],
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    s.collect_seq(durabilities.iter().map(|d| d.name()))
 }
 
 fn name<S: serde::Serializer>(mode: &ReadMode, s: S) -> Result<S::Ok, S::Error> {
@@ -468,6 +479,15 @@ async fn measure_all(
     Ok(())
 }
 
+/// A system's name in the report: the protocol, and `/memory` for
+/// `--durability memory` (it promises less, and every row says so).
+pub fn system_label(protocol: Protocol, durability: consensus::config::Durability) -> String {
+    match durability {
+        consensus::config::Durability::Sync => protocol.name().to_string(),
+        consensus::config::Durability::Memory => format!("{}/memory", protocol.name()),
+    }
+}
+
 /// The etcd target runs puts, gets and deletes: not compare-and-swap
 /// (YCSB F) nor increments.
 fn workload_runs_on_etcd(workload: &Workload) -> bool {
@@ -505,64 +525,75 @@ pub async fn run(spec: &CompareSpec, exe: &Path, work_dir: &Path) -> anyhow::Res
         )
         .await?;
     }
-    for &protocol in &spec.protocols {
-        let dir = work_dir.join(protocol.name());
-        std::fs::create_dir_all(&dir)?;
-        let (data_dirs, _removed_after_the_run) = node_data_dirs(spec, protocol.name(), &dir)?;
-        let mut cluster = start_cluster(exe, spec, protocol, &dir, data_dirs).await?;
-        let target = TargetSpec::Store(cluster.endpoints());
-        measure_all(
-            spec,
-            protocol.name(),
-            &target,
-            &Probe::Store(&cluster),
-            &multi,
-            &mut runs,
-        )
-        .await?;
-        if let Some(tool) = &redis_tool {
-            // As many connections as bench's largest client count, to set
-            // its figures beside bench's own.
-            let clients = spec.clients.iter().copied().max().unwrap_or(50);
-            let progress = bar(&multi, 1, format!("{protocol} redis-benchmark x{clients}"));
-            let measured =
-                crate::redis::measure(tool, spec, protocol.name(), &cluster, clients).await?;
-            progress.finish_with_message(format!(
-                "{protocol} redis-benchmark x{clients}: {}",
-                measured
-                    .iter()
-                    .map(|r| format!("{} {:.0} ops/s", r.test, r.rps))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ));
-            redis_benchmark.extend(measured);
-        }
-        if spec.availability_clients > 0 {
-            availability.push(leader_kill(spec, &mut cluster, protocol.name(), &multi).await?);
-        }
-        cluster.kill_all();
-        if spec.rolling_restart && spec.availability_clients > 0 {
-            for hand_over in [true, false] {
-                let name = format!(
-                    "{}-rolling-{}",
-                    protocol.name(),
-                    if hand_over {
-                        "hand-over"
-                    } else {
-                        "no-hand-over"
-                    }
-                );
-                let dir = work_dir.join(&name);
-                std::fs::create_dir_all(&dir)?;
-                let (data_dirs, _removed_after_the_run) = node_data_dirs(spec, &name, &dir)?;
-                let mut flagged = spec.clone();
-                flagged
-                    .node_flags
-                    .push(format!("--hand-over-on-stop={hand_over}"));
-                let cluster = start_cluster(exe, &flagged, protocol, &dir, data_dirs).await?;
-                rolling_restarts.push(
-                    rolling_restart(spec, cluster, protocol.name(), hand_over, &multi).await?,
-                );
+    for &durability in &spec.durabilities {
+        // Memory mode is always named: its figures promise less.
+        let durable = {
+            let mut flagged = spec.clone();
+            flagged
+                .node_flags
+                .push(format!("--durability={durability}"));
+            flagged
+        };
+        for &protocol in &spec.protocols {
+            let label = system_label(protocol, durability);
+            let dir = work_dir.join(label.as_str());
+            std::fs::create_dir_all(&dir)?;
+            let (data_dirs, _removed_after_the_run) = node_data_dirs(spec, label.as_str(), &dir)?;
+            let mut cluster = start_cluster(exe, &durable, protocol, &dir, data_dirs).await?;
+            let target = TargetSpec::Store(cluster.endpoints());
+            measure_all(
+                spec,
+                label.as_str(),
+                &target,
+                &Probe::Store(&cluster),
+                &multi,
+                &mut runs,
+            )
+            .await?;
+            if let Some(tool) = &redis_tool {
+                // As many connections as bench's largest client count, to set
+                // its figures beside bench's own.
+                let clients = spec.clients.iter().copied().max().unwrap_or(50);
+                let progress = bar(&multi, 1, format!("{label} redis-benchmark x{clients}"));
+                let measured =
+                    crate::redis::measure(tool, spec, label.as_str(), &cluster, clients).await?;
+                progress.finish_with_message(format!(
+                    "{label} redis-benchmark x{clients}: {}",
+                    measured
+                        .iter()
+                        .map(|r| format!("{} {:.0} ops/s", r.test, r.rps))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ));
+                redis_benchmark.extend(measured);
+            }
+            if spec.availability_clients > 0 {
+                availability.push(leader_kill(spec, &mut cluster, label.as_str(), &multi).await?);
+            }
+            cluster.kill_all();
+            if spec.rolling_restart && spec.availability_clients > 0 {
+                for hand_over in [true, false] {
+                    let name = format!(
+                        "{}-rolling-{}",
+                        label.as_str(),
+                        if hand_over {
+                            "hand-over"
+                        } else {
+                            "no-hand-over"
+                        }
+                    );
+                    let dir = work_dir.join(&name);
+                    std::fs::create_dir_all(&dir)?;
+                    let (data_dirs, _removed_after_the_run) = node_data_dirs(spec, &name, &dir)?;
+                    let mut flagged = durable.clone();
+                    flagged
+                        .node_flags
+                        .push(format!("--hand-over-on-stop={hand_over}"));
+                    let cluster = start_cluster(exe, &flagged, protocol, &dir, data_dirs).await?;
+                    rolling_restarts.push(
+                        rolling_restart(spec, cluster, label.as_str(), hand_over, &multi).await?,
+                    );
+                }
             }
         }
     }
@@ -820,6 +851,7 @@ mod tests {
             node_flags: Vec::new(),
             node_dirs,
             etcd: false,
+            durabilities: vec![consensus::config::Durability::Sync],
             redis_benchmark_requests: 0,
         }
     }

@@ -10,7 +10,7 @@ use bench::compare::{self, CompareSpec};
 use bench::load::{self, LoadSpec};
 use bench::workload::{Distribution, Workload};
 use clap::{Args, Parser, Subcommand};
-use consensus::config::{Protocol, ReadMode, format_duration, parse_duration};
+use consensus::config::{Durability, Protocol, ReadMode, format_duration, parse_duration};
 
 /// Measures the consensus protocols side by side on real local clusters.
 #[derive(Parser, Debug)]
@@ -24,7 +24,7 @@ struct Cli {
 enum Cmd {
     /// Start a fresh 3-node cluster per protocol, run the same workloads on
     /// each, and write a report (markdown, HTML with plots, JSON).
-    Compare(CompareArgs),
+    Compare(Box<CompareArgs>),
     /// Run one workload against a running cluster and print what it measured.
     Load(LoadArgs),
     /// A Jepsen-style fault run on a fresh local cluster: kills, pauses and
@@ -119,6 +119,11 @@ struct CompareArgs {
     /// etcd-server) and reports each protocol's ratio to it.
     #[arg(long)]
     target: Option<String>,
+    /// sync (every log write fsynced: the default), memory (UNSAFE against
+    /// the loss of a majority of machines: no fsync, the Skyros paper's
+    /// setting; every row is labelled "/memory"), or both, side by side.
+    #[arg(long, default_value = "sync", value_name = "sync|memory|both")]
+    durability: String,
     /// Requests of each redis-benchmark test (SET, then GET) against each
     /// protocol's leader through its Redis-protocol endpoint, with as many
     /// connections as the largest --clients; its figures are shown beside
@@ -289,6 +294,13 @@ async fn compare(args: CompareArgs) -> anyhow::Result<()> {
             }
         },
         redis_benchmark_requests: args.redis_benchmark_requests,
+        durabilities: match args.durability.as_str() {
+            "both" => vec![Durability::Sync, Durability::Memory],
+            one => vec![
+                one.parse()
+                    .map_err(|e: String| anyhow::anyhow!("--durability: {e}, or both"))?,
+            ],
+        },
     };
     let exe = std::env::current_exe().context("cannot find the bench executable")?;
     let work = tempfile::tempdir().context("cannot create a working directory")?;
@@ -373,7 +385,7 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Cmd::Compare(args) => compare(args).await,
+            Cmd::Compare(args) => compare(*args).await,
             Cmd::Load(args) => run_load(args).await,
             Cmd::Nemesis(args) => match nemesis(args).await {
                 Ok(true) => Ok(()),

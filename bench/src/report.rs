@@ -9,12 +9,20 @@ use plotters::prelude::*;
 use crate::compare::Report;
 
 /// The systems measured: etcd first when it ran, then the protocols.
+/// (Each protocol once per durability setting: `optimized`,
+/// `optimized/memory`.)
 fn systems(report: &Report) -> Vec<String> {
     let mut systems: Vec<String> = report
         .spec
-        .protocols
+        .durabilities
         .iter()
-        .map(|p| p.name().to_string())
+        .flat_map(|&d| {
+            report
+                .spec
+                .protocols
+                .iter()
+                .map(move |&p| crate::compare::system_label(p, d))
+        })
         .collect();
     if report.spec.etcd {
         systems.insert(0, "etcd".into());
@@ -48,9 +56,14 @@ pub fn markdown(report: &Report) -> String {
     let _ = writeln!(out, "# Protocol comparison\n");
     let _ = writeln!(
         out,
-        "{} nodes per cluster (real processes, RocksDB, fsync on, {}), {} s per run after {} s warm-up, \
+        "{} nodes per cluster (real processes, RocksDB, {}, {}), {} s per run after {} s warm-up, \
          {}-byte values over {} keys ({:?}), network delay {} ± {}, {}, reads of optimized and nilext by {}; machine: {} cores.\n",
         s.nodes,
+        match s.durabilities[..] {
+            [consensus::config::Durability::Sync] => "fsync on",
+            [consensus::config::Durability::Memory] => "fsync OFF (--durability memory)",
+            _ => "fsync on, and off in the /memory rows",
+        },
         if s.node_dirs.is_empty() {
             "every node's data on one file system".to_string()
         } else {
@@ -78,6 +91,17 @@ pub fn markdown(report: &Report) -> String {
         s.read_mode,
         report.cores
     );
+    if s.durabilities
+        .contains(&consensus::config::Durability::Memory)
+    {
+        let _ = writeln!(
+            out,
+            "**Rows labelled `/memory` ran with `--durability memory`: logs and votes written \
+             without fsync. UNSAFE against the loss of a majority of machines: what they \
+             acknowledged survives a killed process, not a crashed machine (the Skyros paper's \
+             setting). The other rows sync every log write.**\n"
+        );
+    }
     let _ = writeln!(
         out,
         "| workload | protocol | clients | ops/s | p50 ms | p90 ms | p99 ms | p99.9 ms | errors | syncs/s per node | writes per sync per node | read-cache hits | CPU s per 1000 ops | max RSS MiB per node | data MiB per node at end |"
