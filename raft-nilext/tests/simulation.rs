@@ -191,6 +191,25 @@ fn read_caches_under_faults() {
     sim::assert_cache_used(&runs);
 }
 
+/// Issue 20: memory mode (`--durability memory`), with the fast path:
+/// crashes sometimes lose the machine for good, lost voters are replaced
+/// by new nodes; with at most a minority lost, nothing acknowledged is
+/// lost, fast-path writes included.
+#[test]
+fn memory_mode_under_faults() {
+    let fast_path = |seed, nodes| SimConfig {
+        nilext_fast_path: true,
+        ..sim::memory_suite(seed, nodes)
+    };
+    let mut runs = check(20_000..20_080, ReadMode::Lease, 1, |seed| {
+        fast_path(seed, 3)
+    });
+    runs.extend(check(20_100..20_140, ReadMode::ReadIndex, 2, |seed| {
+        fast_path(seed, 5)
+    }));
+    sim::assert_machines_lost(&runs);
+}
+
 /// Without the freshness margin, a replica takes a fast write of a session
 /// about to expire; ordered after the expiry, the write the client was
 /// told is durable is refused: lost. Clients idle for 95 to 101% of the

@@ -99,6 +99,16 @@ fn read_caches_under_faults() {
     sim::assert_cache_used(&runs);
 }
 
+/// Issue 20: memory mode (`--durability memory`): crashes sometimes lose
+/// the machine for good, lost voters are replaced by new nodes; with at
+/// most a minority lost, nothing acknowledged is lost.
+#[test]
+fn memory_mode_under_faults() {
+    let mut runs = check(20_000..20_080, |seed| sim::memory_suite(seed, 3));
+    runs.extend(check(20_100..20_140, |seed| sim::memory_suite(seed, 5)));
+    sim::assert_machines_lost(&runs);
+}
+
 #[test]
 fn five_nodes_every_fault_kind() {
     let runs = check(1_000..1_200, |seed| SimConfig::new(seed, 5));

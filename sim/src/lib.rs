@@ -17,7 +17,7 @@ pub mod manual;
 pub mod simulator;
 
 pub use simulator::{
-    CacheBug, Failure, Faults, RunStats, SessionBug, SimConfig, Simulation, SnapshotBug,
+    CacheBug, Failure, Faults, MemoryBug, RunStats, SessionBug, SimConfig, Simulation, SnapshotBug,
 };
 
 /// The base election timeout the protocol suites give every node in the
@@ -186,6 +186,29 @@ pub fn assert_cache_used(runs: &[RunStats]) {
     assert!(hits > 0 && misses > 0, "reads went through the caches");
 }
 
+/// The settings of the memory-mode suites (kvnode's `--durability
+/// memory`): every fault kind, crashes that sometimes lose the machine, and
+/// two spare nodes the membership nemesis adds to replace lost ones.
+pub fn memory_suite(seed: u64, nodes: usize) -> SimConfig {
+    let mut config = SimConfig::new(seed, nodes);
+    config.memory_durability = true;
+    with_membership_changes(&mut config);
+    config
+}
+
+/// Checks that a memory-mode suite's runs lost machines and replaced some.
+/// Prints the tallies.
+pub fn assert_machines_lost(runs: &[RunStats]) {
+    let lost: u64 = runs.iter().map(|r| r.machines_lost).sum();
+    let removed: u64 = runs.iter().map(|r| r.removals_applied).sum();
+    let promoted: u64 = runs.iter().map(|r| r.promotions_applied).sum();
+    eprintln!(
+        "{} runs: {lost} machines lost, {removed} removals and {promoted} promotions applied",
+        runs.len()
+    );
+    assert!(lost > 0, "machines were lost");
+}
+
 /// The settings of the leadership-transfer suites: every fault kind, and
 /// the nemesis asks the leader to hand leadership over as often as it
 /// injects any one fault.
@@ -307,6 +330,9 @@ pub fn soak_config(
     let cache_bytes =
         [0, 300, 1_000, 1 << 20][DetRng::new(seed ^ 0xCAC4_E000_0019_0000).range(0, 4) as usize];
     config.cache_bytes = cache_bytes;
+    // Memory mode (`--durability memory`): crashes may lose the machine.
+    let memory = DetRng::new(seed ^ 0x3E30_0000_0020_0000).chance(0.25);
+    config.memory_durability = memory;
     let large_values = variant.chance(0.002);
     if large_values {
         config.value_padding_bytes = (0, consensus::limits::VALUE_BYTES_MAX);
@@ -324,6 +350,7 @@ pub fn soak_config(
             ("leader transfers", transfers.to_string()),
             ("membership changes", membership.to_string()),
             ("read cache bytes", cache_bytes.to_string()),
+            ("memory durability", memory.to_string()),
         ],
     )
 }

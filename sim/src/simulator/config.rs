@@ -238,6 +238,26 @@ pub struct SimConfig {
     pub cache_bytes: u64,
     /// A deliberate read-cache bug.
     pub injected_cache_bug: Option<CacheBug>,
+    /// kvnode's `--durability memory`: writes are not synced, so a crash is
+    /// sometimes a machine's loss (a third of the crashes, while fewer than
+    /// a majority of the initial voters are lost): the node never comes back
+    /// with its data. A lost machine is replaced by a new node (a spare,
+    /// added by the membership nemesis), never under its old id. What is
+    /// still promised, and checked: with at most a minority lost, nothing
+    /// acknowledged is lost (the history stays linearizable) and the
+    /// cluster stays live.
+    pub memory_durability: bool,
+    /// A deliberate bug of memory mode.
+    pub injected_memory_bug: Option<MemoryBug>,
+}
+
+/// Deliberate bugs of memory mode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MemoryBug {
+    /// A lost machine comes back under its old id with an empty disk, as a
+    /// member: it may vote again in a term it voted in, and no longer
+    /// holds entries it acknowledged.
+    LostMachineRejoinsEmpty,
 }
 
 /// Deliberate session bugs.
@@ -316,6 +336,8 @@ impl SimConfig {
             membership_changes: false,
             cache_bytes: 1_000,
             injected_cache_bug: None,
+            memory_durability: false,
+            injected_memory_bug: None,
         }
     }
 }
@@ -413,6 +435,8 @@ pub struct RunStats {
     pub snapshots_taken: u64,
     /// Snapshots installed from a leader, over all nodes.
     pub snapshots_installed: u64,
+    /// Machines lost (memory mode): nodes that never came back.
+    pub machines_lost: u64,
     /// Reads the nodes' read caches answered, and those that loaded from
     /// the store, over all nodes.
     pub cache_hits: u64,

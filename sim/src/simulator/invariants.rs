@@ -84,7 +84,8 @@ where
             .and_then(|leader| self.nodes[&leader].protocol.as_ref())
             .map(|p| p.status().membership);
         for (&id, node) in &self.nodes {
-            if membership.is_some_and(|m| !m.contains(id)) {
+            // A lost machine (memory mode) is not expected back.
+            if membership.is_some_and(|m| !m.contains(id)) || node.lost {
                 continue;
             }
             let Some(protocol) = &node.protocol else {

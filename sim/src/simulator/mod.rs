@@ -66,7 +66,9 @@ mod snapshots;
 mod storage;
 
 use clients::Client;
-pub use config::{CacheBug, Failure, Faults, RunStats, SessionBug, SimConfig, SnapshotBug};
+pub use config::{
+    CacheBug, Failure, Faults, MemoryBug, RunStats, SessionBug, SimConfig, SnapshotBug,
+};
 use invariants::Invariants;
 use network::{position_of, short};
 use storage::{PendingPersist, Storage, Undo, digest};
@@ -160,6 +162,8 @@ struct Node<P> {
     kv: MemKv,
     /// The read cache in front of `kv` (in memory: lost in a crash).
     cache: ReadCache,
+    /// Memory mode: the node's machine was lost; it never comes back.
+    lost: bool,
     pending: VecDeque<PendingPersist>,
     /// For the latest applies, newest last: the state machine before each,
     /// and the values its keys held before it (for a state database that
@@ -332,6 +336,7 @@ where
                     state_machine: StateMachine::default(),
                     kv: MemKv::default(),
                     cache: ReadCache::new(config.cache_bytes),
+                    lost: false,
                     pending: VecDeque::new(),
                     undo: VecDeque::new(),
                     waiters: HashMap::new(),

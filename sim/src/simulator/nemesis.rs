@@ -56,6 +56,50 @@ where
         self.schedule(delay, Event::Tick { node: id, chain });
     }
 
+    /// Whether node `id`'s machine may be lost: with it, the voters lost
+    /// stay a minority of the configuration in force (as the leader, or
+    /// else node `id`, sees it).
+    fn may_lose_machine(&self, id: NodeId) -> bool {
+        let seen_by = self.current_leader().unwrap_or(id);
+        let Some(membership) = self.nodes[&seen_by]
+            .protocol
+            .as_ref()
+            .map(|p| p.status().membership)
+        else {
+            return false;
+        };
+        let voters: Vec<NodeId> = membership.voters.iter().collect();
+        let lost = voters
+            .iter()
+            .filter(|v| self.nodes.get(v).is_some_and(|n| n.lost) || **v == id)
+            .count();
+        !self.nodes[&id].lost && lost <= consensus::quorum::max_failures(voters.len())
+    }
+
+    /// Memory mode: node `id`'s machine is gone, and its unsynced disk with
+    /// it. It never comes back under this id (a new node replaces it), or,
+    /// with the deliberate bug, comes back at once with an empty disk.
+    fn lose_machine(&mut self, id: NodeId) {
+        self.stats.machines_lost += 1;
+        if self.config.injected_memory_bug == Some(MemoryBug::LostMachineRejoinsEmpty) {
+            let node = self.nodes.get_mut(&id).expect("node exists");
+            node.storage = Storage::default();
+            node.state_machine = StateMachine::default();
+            node.kv = MemKv::default();
+            node.cache.clear();
+            node.undo.clear();
+            node.captures.clear();
+            self.log(|| {
+                format!("node {id}'s machine is lost; it comes back empty (deliberate bug)")
+            });
+            let down_for = self.rng.range(50, 800);
+            self.schedule(down_for, Event::Restart { node: id });
+            return;
+        }
+        self.nodes.get_mut(&id).expect("node exists").lost = true;
+        self.log(|| format!("node {id}'s machine is lost (memory mode): it never comes back"));
+    }
+
     // ----- the nemesis -----
 
     pub(super) fn current_leader(&self) -> Option<NodeId> {
@@ -150,9 +194,16 @@ where
                     Some(members[self.rng.range(0, n as u64) as usize])
                 };
                 if let Some(id) = target {
+                    let machine_lost = self.config.memory_durability
+                        && self.rng.chance(0.3)
+                        && self.may_lose_machine(id);
                     self.crash(id);
-                    let down_for = self.rng.range(50, 800);
-                    self.schedule(down_for, Event::Restart { node: id });
+                    if machine_lost {
+                        self.lose_machine(id);
+                    } else {
+                        let down_for = self.rng.range(50, 800);
+                        self.schedule(down_for, Event::Restart { node: id });
+                    }
                 }
             }
             "restart-client" => self.restart_client(),
@@ -210,17 +261,26 @@ where
         let outsiders: Vec<NodeId> = self
             .members()
             .into_iter()
-            .filter(|&id| !membership.contains(id))
+            .filter(|&id| !membership.contains(id) && !self.nodes[&id].lost)
             .collect();
         let learners: Vec<NodeId> = membership.learners.iter().collect();
-        let removable: Vec<NodeId> = if membership.voters.len() > 3 {
+        // Lost machines (memory mode) are removed first: removing another
+        // voter could leave them a majority.
+        let lost_voters: Vec<NodeId> = membership
+            .voters
+            .iter()
+            .filter(|id| self.nodes[id].lost)
+            .collect();
+        let removable: Vec<NodeId> = if membership.voters.len() <= 3 {
+            Vec::new()
+        } else if !lost_voters.is_empty() {
+            lost_voters
+        } else {
             membership
                 .voters
                 .iter()
                 .filter(|&id| id != leader)
                 .collect()
-        } else {
-            Vec::new()
         };
         let mut kinds: Vec<Vec<MembershipChange>> = vec![
             outsiders

@@ -380,7 +380,7 @@ where
         let members = self.initial_members(id);
         let seed = self.rng.next_u64();
         let node = self.nodes.get_mut(&id).expect("node exists");
-        if node.protocol.is_some() {
+        if node.protocol.is_some() || node.lost {
             return;
         }
         let recovered = Recovered {
