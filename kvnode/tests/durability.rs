@@ -115,3 +115,44 @@ async fn kill_one_at_a_time(protocol: Protocol) {
         "{protocol}: {stderr}"
     );
 }
+
+/// A node started with the other setting is refused by its peers, and says
+/// so in their logs: a cluster never mixes them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn peers_with_another_durability_are_refused() {
+    let mut test =
+        TestCluster::start_with_flags(Protocol::Optimized, 3, &["--durability", "memory"]);
+    test.leader().await;
+    // Node 3's machine is replaced, and it comes back on an empty
+    // directory with the default setting (sync).
+    test.cluster.kill(3);
+    let dir = tempfile::tempdir().expect("directory");
+    let log = std::fs::File::create(dir.path().join("node3.log")).expect("log file");
+    let mut node = std::process::Command::new(env!("CARGO_BIN_EXE_kvnode"))
+        .args(["--protocol", "optimized", "--id", "3", "--tick", "10ms"])
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .args(["--peers", &test.cluster.peers_flag()])
+        .args(["--initial-cluster-state", "new", "--exit-with-parent"])
+        .env("RUST_LOG", "info")
+        .stderr(log)
+        .spawn()
+        .expect("start node 3");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let refused = loop {
+        let logs: String = [1, 2]
+            .iter()
+            .map(|&id| std::fs::read_to_string(test.cluster.log_file(id)).unwrap_or_default())
+            .collect();
+        if logs.contains("refused a peer with another --durability") {
+            break true;
+        }
+        if std::time::Instant::now() > deadline {
+            break false;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let _ = node.kill();
+    let _ = node.wait();
+    assert!(refused, "nodes 1 and 2 refuse node 3's peer stream");
+}
