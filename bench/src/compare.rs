@@ -826,10 +826,11 @@ pub fn write_report(report: &Report, out_dir: &Path) -> anyhow::Result<Vec<PathB
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn spec(nodes: u64, node_dirs: Vec<PathBuf>) -> CompareSpec {
+    /// A small spec for tests.
+    pub(crate) fn spec(nodes: u64, node_dirs: Vec<PathBuf>) -> CompareSpec {
         CompareSpec {
             protocols: vec![Protocol::Optimized],
             workloads: vec![Workload::Write],

@@ -811,6 +811,68 @@ mod tests {
         }
     }
 
+    fn run(protocol: &str, throughput: f64) -> crate::compare::RunResult {
+        crate::compare::RunResult {
+            protocol: protocol.into(),
+            workload: "write".into(),
+            clients: 1,
+            ops: 100,
+            writes: 100,
+            errors: 0,
+            seconds: 1.0,
+            throughput,
+            p50_ms: 1.0,
+            p90_ms: 2.0,
+            p99_ms: 3.0,
+            p999_ms: 4.0,
+            syncs_per_second: vec![100.0; 3],
+            writes_per_sync: vec![1.0; 3],
+            cache_hit_ratio: None,
+            cpu_seconds_per_1000_ops: 0.1,
+            rss_mib_max: vec![50.0; 3],
+            data_mib_end: vec![1.0; 3],
+            memory: Vec::new(),
+        }
+    }
+
+    /// Rows of memory mode are labelled, and the report says what they
+    /// promise.
+    #[test]
+    fn memory_mode_is_labelled_unsafe() {
+        use consensus::config::Durability;
+        let mut spec = crate::compare::tests::spec(3, Vec::new());
+        spec.durabilities = vec![Durability::Sync, Durability::Memory];
+        let report = Report {
+            spec,
+            runs: vec![run("optimized", 1000.0), run("optimized/memory", 1200.0)],
+            availability: Vec::new(),
+            rolling_restarts: Vec::new(),
+            redis_benchmark: Vec::new(),
+            cores: 2,
+        };
+        let text = markdown(&report);
+        assert!(
+            text.contains("UNSAFE against the loss of a majority"),
+            "{text}"
+        );
+        assert!(
+            text.contains("fsync on, and off in the /memory rows"),
+            "{text}"
+        );
+        assert!(text.contains("| write | optimized/memory | 1 |"), "{text}");
+        assert!(text.contains("| write | 1 | 1.0x | 1.2x |"), "{text}");
+        assert_eq!(
+            crate::compare::system_label(consensus::config::Protocol::Nilext, Durability::Memory),
+            "nilext/memory"
+        );
+        let sync_only = Report {
+            spec: crate::compare::tests::spec(3, Vec::new()),
+            runs: vec![run("optimized", 1000.0)],
+            ..report
+        };
+        assert!(!markdown(&sync_only).contains("UNSAFE"));
+    }
+
     #[test]
     fn tick_labels_are_short() {
         assert_eq!(short_number(12_345.0), "12.3k");
