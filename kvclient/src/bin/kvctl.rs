@@ -357,6 +357,7 @@ async fn run(cli: Cli) -> Result<(String, serde_json::Value), ClientError> {
                             "last_log_index": s.last_log_index, "last_log_term": s.last_log_term,
                             "first_log_index": s.first_log_index, "snapshot_index": s.snapshot_index,
                             "sessions": s.sessions,
+                            "cache_hits": s.cache_hits, "cache_misses": s.cache_misses,
                             "protocol": s.protocol, "cluster_id": s.cluster_id,
                         }));
                     }
