@@ -223,8 +223,12 @@ fn small_limits_and_values_up_to_the_client_limit() {
 /// with the old term's last entry uncommitted, and vanilla, appending no
 /// entry of its own on election, could not commit it while no client wrote
 /// (a leader now sends TimeoutNow once its whole log is committed, with its
-/// commit index, which the target adopts).
-const SOAK_REGRESSIONS: &[u64] = &[3_800_014_726, 4_100_022_345];
+/// commit index, which the target adopts); 5800019676 (memory mode, a
+/// flaw of the simulator's nemesis, not of the protocol), a learner whose
+/// machine was lost was promoted, leaving two of four voters lost and no
+/// quorum (the nemesis now promotes no lost learner, and counts learners
+/// among the machines it may lose).
+const SOAK_REGRESSIONS: &[u64] = &[3_800_014_726, 4_100_022_345, 5_800_019_676];
 
 #[test]
 fn soak_regressions() {

@@ -68,12 +68,16 @@ where
         else {
             return false;
         };
-        let voters: Vec<NodeId> = membership.voters.iter().collect();
-        let lost = voters
+        // Learners count as voters-to-be: one promoted after its machine
+        // was lost (asked just before) would count against the quorum.
+        let voters = membership.voters.len();
+        let lost = membership
+            .voters
             .iter()
-            .filter(|v| self.nodes.get(v).is_some_and(|n| n.lost) || **v == id)
+            .chain(membership.learners.iter())
+            .filter(|&m| self.nodes.get(&m).is_some_and(|n| n.lost) || m == id)
             .count();
-        !self.nodes[&id].lost && lost <= consensus::quorum::max_failures(voters.len())
+        !self.nodes[&id].lost && lost <= consensus::quorum::max_failures(voters)
     }
 
     /// Memory mode: node `id`'s machine is gone, and its unsynced disk with
@@ -264,6 +268,12 @@ where
             .filter(|&id| !membership.contains(id) && !self.nodes[&id].lost)
             .collect();
         let learners: Vec<NodeId> = membership.learners.iter().collect();
+        // An operator promotes no learner whose machine is gone.
+        let promotable: Vec<NodeId> = learners
+            .iter()
+            .copied()
+            .filter(|id| !self.nodes[id].lost)
+            .collect();
         // Lost machines (memory mode) are removed first: removing another
         // voter could leave them a majority.
         let lost_voters: Vec<NodeId> = membership
@@ -287,7 +297,7 @@ where
                 .iter()
                 .map(|&id| MembershipChange::AddLearner(id))
                 .collect(),
-            learners
+            promotable
                 .iter()
                 .map(|&id| MembershipChange::Promote(id))
                 .collect(),
