@@ -536,14 +536,14 @@ pub async fn run(spec: &CompareSpec, exe: &Path, work_dir: &Path) -> anyhow::Res
         };
         for &protocol in &spec.protocols {
             let label = system_label(protocol, durability);
-            let dir = work_dir.join(label.as_str());
+            let dir = work_dir.join(&label);
             std::fs::create_dir_all(&dir)?;
-            let (data_dirs, _removed_after_the_run) = node_data_dirs(spec, label.as_str(), &dir)?;
+            let (data_dirs, _removed_after_the_run) = node_data_dirs(spec, &label, &dir)?;
             let mut cluster = start_cluster(exe, &durable, protocol, &dir, data_dirs).await?;
             let target = TargetSpec::Store(cluster.endpoints());
             measure_all(
                 spec,
-                label.as_str(),
+                &label,
                 &target,
                 &Probe::Store(&cluster),
                 &multi,
@@ -555,8 +555,7 @@ pub async fn run(spec: &CompareSpec, exe: &Path, work_dir: &Path) -> anyhow::Res
                 // its figures beside bench's own.
                 let clients = spec.clients.iter().copied().max().unwrap_or(50);
                 let progress = bar(&multi, 1, format!("{label} redis-benchmark x{clients}"));
-                let measured =
-                    crate::redis::measure(tool, spec, label.as_str(), &cluster, clients).await?;
+                let measured = crate::redis::measure(tool, spec, &label, &cluster, clients).await?;
                 progress.finish_with_message(format!(
                     "{label} redis-benchmark x{clients}: {}",
                     measured
@@ -568,14 +567,14 @@ pub async fn run(spec: &CompareSpec, exe: &Path, work_dir: &Path) -> anyhow::Res
                 redis_benchmark.extend(measured);
             }
             if spec.availability_clients > 0 {
-                availability.push(leader_kill(spec, &mut cluster, label.as_str(), &multi).await?);
+                availability.push(leader_kill(spec, &mut cluster, &label, &multi).await?);
             }
             cluster.kill_all();
             if spec.rolling_restart && spec.availability_clients > 0 {
                 for hand_over in [true, false] {
                     let name = format!(
                         "{}-rolling-{}",
-                        label.as_str(),
+                        &label,
                         if hand_over {
                             "hand-over"
                         } else {
@@ -590,9 +589,8 @@ pub async fn run(spec: &CompareSpec, exe: &Path, work_dir: &Path) -> anyhow::Res
                         .node_flags
                         .push(format!("--hand-over-on-stop={hand_over}"));
                     let cluster = start_cluster(exe, &flagged, protocol, &dir, data_dirs).await?;
-                    rolling_restarts.push(
-                        rolling_restart(spec, cluster, label.as_str(), hand_over, &multi).await?,
-                    );
+                    rolling_restarts
+                        .push(rolling_restart(spec, cluster, &label, hand_over, &multi).await?);
                 }
             }
         }

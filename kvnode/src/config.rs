@@ -409,8 +409,8 @@ pub struct NodeConfig {
     pub net_delay: crate::netdelay::NetDelay,
     /// When to take snapshots and compact the log.
     pub snapshots: SnapshotPolicy,
-    /// The caches in front of the state database.
-    pub caches: crate::storage::StorageOptions,
+    /// Durability, and the caches in front of the state database.
+    pub storage: crate::storage::StorageOptions,
     /// How long a client session lasts without an update.
     pub session_timeout: Duration,
     /// A leader hands leadership over before it stops.
@@ -638,7 +638,7 @@ impl NodeConfig {
                 jitter: args.net_jitter.unwrap_or_default(),
             },
             snapshots,
-            caches: crate::storage::StorageOptions {
+            storage: crate::storage::StorageOptions {
                 durability: args.durability.unwrap_or_default(),
                 read_cache_bytes: args.cache_bytes.unwrap_or(Defaults::CACHE_BYTES),
                 row_cache_bytes: args.row_cache_bytes.unwrap_or(0),

@@ -211,7 +211,7 @@ pub async fn run(mut config: NodeConfig) -> anyhow::Result<()> {
         protocol: config.protocol.name().to_string(),
         node_id: config.id,
     };
-    if config.caches.durability == consensus::config::Durability::Memory {
+    if config.storage.durability == consensus::config::Durability::Memory {
         tracing::warn!(
             node = config.id,
             "UNSAFE: --durability memory: logs and votes are written without fsync; what this \
@@ -219,7 +219,7 @@ pub async fn run(mut config: NodeConfig) -> anyhow::Result<()> {
              durable only while a majority of the machines stays up"
         );
     }
-    let (storage, loaded) = Storage::open_with(&config.data_dir, &identity, config.caches)?;
+    let (storage, loaded) = Storage::open_with(&config.data_dir, &identity, config.storage)?;
     tracing::info!(
         node = config.id,
         protocol = %config.protocol,
@@ -254,7 +254,7 @@ pub async fn run(mut config: NodeConfig) -> anyhow::Result<()> {
     let identity = SenderIdentity {
         node_id: config.id,
         cluster_id: config.cluster_id.clone(),
-        durability: config.caches.durability,
+        durability: config.storage.durability,
         own: crate::config::Member {
             peer_addr: config.peer_addr.clone(),
             client_addr: config.client_addr.clone(),
@@ -301,7 +301,7 @@ pub async fn run(mut config: NodeConfig) -> anyhow::Result<()> {
     let peers = PeerService {
         node_id: config.id,
         cluster_id: config.cluster_id.clone(),
-        durability: config.caches.durability,
+        durability: config.storage.durability,
         book,
         events: events_tx.clone(),
         faults: faults.clone(),

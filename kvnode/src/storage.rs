@@ -525,11 +525,12 @@ impl Storage {
         Storage::open_with(dir, identity, StorageOptions::default())
     }
 
-    /// As [`Storage::open`], with caches in front of the state database.
+    /// As [`Storage::open`], with `options`: durability, and the caches in
+    /// front of the state database.
     pub fn open_with(
         dir: &Path,
         identity: &Identity,
-        caches: StorageOptions,
+        options: StorageOptions,
     ) -> Result<(Storage, Loaded), StorageError> {
         let exists = Storage::holds_database(dir);
         if !exists
@@ -555,9 +556,9 @@ impl Storage {
             Some(name) => String::from_utf8_lossy(&name).into_owned(),
             None => STATE_DIR.to_string(),
         };
-        let row_cache = (caches.row_cache_bytes > 0).then(|| {
+        let row_cache = (options.row_cache_bytes > 0).then(|| {
             RowCache(rocksdb::Cache::new_lru_cache(
-                caches.row_cache_bytes as usize,
+                options.row_cache_bytes as usize,
             ))
         });
         let state = open_db(
@@ -578,9 +579,9 @@ impl Storage {
             next_record_position: AtomicU64::new(0),
             staging: Mutex::new(None),
             captures_in_use: Mutex::new(HashMap::new()),
-            read_cache: ReadCache::new(caches.read_cache_bytes),
+            read_cache: ReadCache::new(options.read_cache_bytes),
             row_cache,
-            durability: caches.durability,
+            durability: options.durability,
         };
         storage.check_identity(dir, identity, exists)?;
         let loaded = storage.load()?;

@@ -180,13 +180,7 @@ async fn increments_through_every_node_are_applied_exactly_once() {
                     let redis_cli = redis_cli.clone();
                     tokio::spawn(async move {
                         let repeat = EACH.to_string();
-                        let (host, port) = addr.rsplit_once(':').expect("HOST:PORT");
-                        let output = tokio::process::Command::new(&redis_cli)
-                            .args(["-h", host, "-p", port, "-r", &repeat, "INCR", "n"])
-                            .output()
-                            .await
-                            .expect("redis-cli");
-                        String::from_utf8_lossy(&output.stdout).to_string()
+                        cli(&redis_cli, &addr, &["-r", &repeat, "INCR", "n"]).await
                     })
                 })
                 .collect();
@@ -194,10 +188,11 @@ async fn increments_through_every_node_are_applied_exactly_once() {
             for run in runs {
                 let output = run.await.expect("redis-cli");
                 for line in output.lines() {
+                    let value = line
+                        .strip_prefix("(integer) ")
+                        .and_then(|n| n.trim().parse::<i64>().ok());
                     seen.push(
-                        line.trim()
-                            .parse::<i64>()
-                            .unwrap_or_else(|_| panic!("{protocol}: INCR answered {line:?}")),
+                        value.unwrap_or_else(|| panic!("{protocol}: INCR answered {line:?}")),
                     );
                 }
             }

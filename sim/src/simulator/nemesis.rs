@@ -61,11 +61,7 @@ where
     /// else node `id`, sees it).
     fn may_lose_machine(&self, id: NodeId) -> bool {
         let seen_by = self.current_leader().unwrap_or(id);
-        let Some(membership) = self.nodes[&seen_by]
-            .protocol
-            .as_ref()
-            .map(|p| p.status().membership)
-        else {
+        let Some(membership) = self.membership_at(seen_by) else {
             return false;
         };
         // Learners count as voters-to-be: one promoted after its machine
@@ -78,6 +74,14 @@ where
             .filter(|&m| self.nodes.get(&m).is_some_and(|n| n.lost) || m == id)
             .count();
         !self.nodes[&id].lost && lost <= consensus::quorum::max_failures(voters)
+    }
+
+    /// The configuration in force at node `id`, if it runs.
+    fn membership_at(&self, id: NodeId) -> Option<consensus::Membership> {
+        self.nodes[&id]
+            .protocol
+            .as_ref()
+            .map(|p| p.status().membership)
     }
 
     /// Memory mode: node `id`'s machine is gone, and its unsynced disk with
@@ -253,11 +257,7 @@ where
         let Some(leader) = self.current_leader().filter(|id| !self.nodes[id].paused) else {
             return;
         };
-        let Some(membership) = self.nodes[&leader]
-            .protocol
-            .as_ref()
-            .map(|p| p.status().membership)
-        else {
+        let Some(membership) = self.membership_at(leader) else {
             return;
         };
         // A kind of change first, then a node for it: promotions are as

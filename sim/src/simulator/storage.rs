@@ -256,29 +256,27 @@ where
             }
         }
         let before = node.state_machine.clone();
-        let batch = if self.config.injected_session_bug == Some(SessionBug::ExpireByLocalClock) {
+        let restamped: Vec<Entry>;
+        let to_apply = if self.config.injected_session_bug == Some(SessionBug::ExpireByLocalClock) {
             // The deliberate bug: stamps from this node's own clock.
             let local = self.now / self.config.tick_ms;
             let stamp = Stamp {
                 time: local,
                 expire_before: local.saturating_sub(self.config.session_timeout_ticks),
             };
-            let restamped: Vec<Entry> = entries
+            restamped = entries
                 .iter()
                 .map(|e| Entry { stamp, ..e.clone() })
                 .collect();
-            let store = Cached {
-                store: &node.kv,
-                cache: &node.cache,
-            };
-            node.state_machine.apply(&store, &restamped)
+            &restamped
         } else {
-            let store = Cached {
-                store: &node.kv,
-                cache: &node.cache,
-            };
-            node.state_machine.apply(&store, entries)
+            entries
         };
+        let store = Cached {
+            store: &node.kv,
+            cache: &node.cache,
+        };
+        let batch = node.state_machine.apply(&store, to_apply);
         node.since_snapshot.applied(entries);
         self.stats.entries_applied += entries.len() as u64;
         if self.config.state_rollback_max > 0 {
