@@ -281,13 +281,15 @@ fn integer_arg(arg: &[u8]) -> Result<i64, Reply> {
         .ok_or_else(|| Reply::error("ERR value is not an integer or out of range"))
 }
 
-/// A client error as Redis clients expect errors: a code word first.
+/// A client error as Redis clients expect errors: a code word first (an
+/// execution error arrives as its text: `ExecutionError`'s, compared whole).
 fn client_error(error: ClientError) -> Reply {
+    use consensus::ExecutionError;
     match error {
-        ClientError::Execution(message) if message.contains("not a decimal integer") => {
+        ClientError::Execution(message) if message == ExecutionError::NotAnInteger.to_string() => {
             Reply::error("ERR value is not an integer or out of range")
         }
-        ClientError::Execution(message) if message.contains("overflows") => {
+        ClientError::Execution(message) if message == ExecutionError::Overflow.to_string() => {
             Reply::error("ERR increment or decrement would overflow")
         }
         ClientError::Execution(message) => Reply::error(format!("ERR {message}")),
