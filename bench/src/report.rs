@@ -371,18 +371,34 @@ struct Chart<'a> {
 
 impl Chart<'_> {
     fn svg(&self) -> String {
-        let placed = |scale: Scale, values: &mut dyn Iterator<Item = f64>| {
+        // Each series' points where the axes place them, those an axis
+        // cannot show left out: computed once, for the ranges and the lines.
+        let placed: Vec<(&str, Vec<(f64, f64)>)> = self
+            .series
+            .iter()
+            .map(|(name, points)| {
+                let points = points
+                    .iter()
+                    .map(|&(x, y)| (self.x.place(x), y))
+                    .filter(|&(x, y)| {
+                        x.is_finite()
+                            && (self.x != Scale::Log || x > 0.0)
+                            && (self.y != Scale::Log || y > 0.0)
+                    })
+                    .collect();
+                (name.as_str(), points)
+            })
+            .collect();
+        let points = || placed.iter().flat_map(|(_, p)| p.iter().copied());
+        let span = |values: &mut dyn Iterator<Item = f64>| {
             values
-                .map(|v| scale.place(v))
-                .filter(|v| v.is_finite() && (scale != Scale::Log || *v > 0.0))
                 .fold(None, |range: Option<(f64, f64)>, v| {
                     Some(range.map_or((v, v), |(lo, hi)| (lo.min(v), hi.max(v))))
                 })
                 .unwrap_or((0.0, 1.0))
         };
-        let points = || self.series.iter().flat_map(|(_, p)| p.iter().copied());
-        let (x_lo, x_hi) = placed(self.x, &mut points().map(|(x, _)| x));
-        let (y_lo, y_hi) = placed(self.y, &mut points().map(|(_, y)| y));
+        let (x_lo, x_hi) = span(&mut points().map(|(x, _)| x));
+        let (y_lo, y_hi) = span(&mut points().map(|(_, y)| y));
         let (x_lo, x_hi) = self.x.range(x_lo, x_hi);
         let (y_lo, y_hi) = self.y.range(y_lo, y_hi);
         // Log axes are labelled at the values measured (client counts),
@@ -398,19 +414,22 @@ impl Chart<'_> {
         let y_keys = one_two_five(y_lo, y_hi);
         let mut svg = String::new();
         let drawn = match (self.x == Scale::Log, self.y == Scale::Log) {
-            (false, false) => self.draw(&mut svg, x_lo..x_hi, y_lo..y_hi),
+            (false, false) => self.draw(&mut svg, &placed, x_lo..x_hi, y_lo..y_hi),
             (true, false) => self.draw(
                 &mut svg,
+                &placed,
                 (x_lo..x_hi).log_scale().with_key_points(x_keys),
                 y_lo..y_hi,
             ),
             (false, true) => self.draw(
                 &mut svg,
+                &placed,
                 x_lo..x_hi,
                 (y_lo..y_hi).log_scale().with_key_points(y_keys),
             ),
             (true, true) => self.draw(
                 &mut svg,
+                &placed,
                 (x_lo..x_hi).log_scale().with_key_points(x_keys),
                 (y_lo..y_hi).log_scale().with_key_points(y_keys),
             ),
@@ -424,7 +443,13 @@ impl Chart<'_> {
         }
     }
 
-    fn draw<X, Y>(&self, svg: &mut String, x: X, y: Y) -> Result<(), Box<dyn std::error::Error>>
+    fn draw<X, Y>(
+        &self,
+        svg: &mut String,
+        placed: &[(&str, Vec<(f64, f64)>)],
+        x: X,
+        y: Y,
+    ) -> Result<(), Box<dyn std::error::Error>>
     where
         X: AsRangedCoord<Value = f64>,
         Y: AsRangedCoord<Value = f64>,
@@ -480,29 +505,20 @@ impl Chart<'_> {
                 ("sans-serif", 12).into_font().color(&grey),
             )))?;
         }
-        for (i, (name, points)) in self.series.iter().enumerate() {
+        for (i, (name, points)) in placed.iter().enumerate() {
             let color = COLORS[i % COLORS.len()];
-            let placed: Vec<(f64, f64)> = points
-                .iter()
-                .map(|(x, y)| (self.x.place(*x), *y))
-                .filter(|(x, y)| {
-                    x.is_finite()
-                        && (self.x != Scale::Log || *x > 0.0)
-                        && (self.y != Scale::Log || *y > 0.0)
-                })
-                .collect();
-            let dots = placed.len() <= 12;
+            let dots = points.len() <= 12;
             chart
-                .draw_series(LineSeries::new(placed.clone(), color.stroke_width(2)))?
-                .label(name.as_str())
+                .draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))?
+                .label(*name)
                 .legend(move |(x, y)| {
                     PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
                 });
             if dots {
                 chart.draw_series(
-                    placed
-                        .into_iter()
-                        .map(|point| Circle::new(point, 3, color.filled())),
+                    points
+                        .iter()
+                        .map(|&point| Circle::new(point, 3, color.filled())),
                 )?;
             }
         }
