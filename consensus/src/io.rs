@@ -487,6 +487,9 @@ pub struct Status {
     /// A committed configuration no longer holds this node, which an
     /// earlier one did: it was removed, and takes no further part.
     pub removed: bool,
+    /// As leader: the member it is handing leadership to, if a transfer is
+    /// under way.
+    pub leader_transfer: Option<NodeId>,
 }
 
 /// What a node finds in its storage when it starts.

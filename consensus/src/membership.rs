@@ -355,6 +355,14 @@ pub enum MembershipBug {
     /// before it has committed an entry of its term: two changes in flight
     /// may differ by two voters, whose majorities need not overlap.
     ChangesWithoutWaiting,
+    /// A node that is not a voter in its own log never campaigns, even
+    /// counted as one by a candidate behind it
+    /// ([`crate::raft::RaftCore::note_vote_request`]): a cluster can be left
+    /// unable to elect anyone.
+    NonVotersNeverCampaign,
+    /// A non-voter elected keeps leading instead of handing leadership to
+    /// a voter ([`crate::raft::RaftCore::non_voter_hands_over`]).
+    NonVoterLeadsOn,
 }
 
 /// Why a leader did not append a membership change.

@@ -105,6 +105,11 @@ pub struct RaftCore {
     /// ([`RaftCore::told_not_a_voter`]): it does not campaign until it
     /// hears from a leader.
     pub quiet: bool,
+    /// Not a voter in its own log, but counted as one by a candidate that
+    /// it refused because its own log is ahead
+    /// ([`RaftCore::note_vote_request`]): it may campaign until it hears
+    /// from a leader.
+    counted_as_voter: bool,
     /// Figure 2: `currentTerm`. Invariant: never decreases.
     pub term: Term,
     /// Figure 2: `votedFor`, in `term`.
@@ -215,6 +220,7 @@ impl RaftCore {
             configs,
             adjusted_to: Default::default(),
             quiet: false,
+            counted_as_voter: false,
             leaving: BTreeMap::new(),
             membership_bug: None,
             term: recovered.hard_state.term,
@@ -292,6 +298,66 @@ impl RaftCore {
     /// Whether this node votes in the configuration in force.
     pub fn is_voter(&self) -> bool {
         self.membership().is_voter(self.id)
+    }
+
+    /// Whether this node may stand for election: a voter, or a node counted
+    /// as one ([`RaftCore::note_vote_request`]); never a node told it is not
+    /// a voter of a later configuration, nor one whose removal committed.
+    fn may_campaign(&self) -> bool {
+        !self.quiet && (self.is_voter() || (self.counted_as_voter && !self.removed()))
+    }
+
+    /// A vote request (or pre-vote) reached this node. A candidate asks
+    /// only the voters of its configuration, so if this node is not a voter
+    /// in its own log (a learner, or a voter whose removal it holds
+    /// uncommitted), some log differs from its own on its vote. If the
+    /// candidate's log is also behind this node's, this node may be the
+    /// only one that can win: voters behind it cannot win its vote, and a
+    /// non-voter does not campaign. Two cases the simulator found, both in
+    /// memory mode with a machine lost for good:
+    /// - a leader replicated an entry only to a learner and was lost, while
+    ///   a stale leader had appended the learner's promotion (seed
+    ///   5910083992);
+    /// - a leader appended a voter's removal, replicated it only to that
+    ///   voter and was lost; the other voters, behind, needed its vote
+    ///   (seed 5900013399).
+    ///
+    /// Nobody could be elected again. So this node may campaign until it
+    /// hears from a leader. Its votes are counted in its own configuration,
+    /// like any candidate's, and once elected it hands leadership to a
+    /// voter ([`RaftCore::non_voter_hands_over`]).
+    pub fn note_vote_request(&mut self, m: &RequestVote) {
+        let membership = self.membership();
+        if !membership.is_empty()
+            && !membership.is_voter(self.id)
+            && !self
+                .log
+                .candidate_is_up_to_date(m.last_log_index, m.last_log_term)
+            && self.membership_bug != Some(crate::membership::MembershipBug::NonVotersNeverCampaign)
+        {
+            self.counted_as_voter = true;
+        }
+    }
+
+    /// As a leader that is not a voter of its configuration (counted as
+    /// one, [`RaftCore::note_vote_request`]): starts handing leadership to
+    /// `target`, a voter, unless a transfer is under way. It
+    /// first appends an empty entry if it has none of its term (vanilla
+    /// appends none on election): the transfer waits until its whole log
+    /// is committed, and only an entry of its term commits the rest.
+    /// Meanwhile it takes no client command and no membership change (a
+    /// transfer is under way). Returns true when the transfer began.
+    pub fn non_voter_hands_over(&mut self, target: NodeId, out: &mut Outbox) -> bool {
+        if self.role != Role::Leader || self.is_voter() || self.leader_transfer.is_some() {
+            return false;
+        }
+        if self.membership_bug == Some(crate::membership::MembershipBug::NonVoterLeadsOn) {
+            return false;
+        }
+        if self.log.last_term() != self.term {
+            self.append_as_leader(vec![EntryPayload::Noop], out);
+        }
+        self.begin_leader_transfer(target)
     }
 
     /// The members a leader replicates to, this node excepted: those of
@@ -619,8 +685,9 @@ impl RaftCore {
     }
 
     fn campaign_with(&mut self, transfer: bool, out: &mut Outbox) -> bool {
-        if !self.is_voter() || self.quiet {
-            // A learner, or a node removed: it never campaigns.
+        if !self.may_campaign() {
+            // A learner or a node removed (unless counted as a voter), or a
+            // node told it is not a voter: it does not campaign.
             self.election.reset();
             return false;
         }
@@ -651,7 +718,7 @@ impl RaftCore {
     /// term included). Returns true when its own answer is already a
     /// majority.
     pub fn pre_campaign(&mut self, out: &mut Outbox) -> bool {
-        if !self.is_voter() || self.quiet {
+        if !self.may_campaign() {
             self.election.reset();
             return false;
         }
@@ -692,6 +759,7 @@ impl RaftCore {
     pub fn become_leader(&mut self, out: &mut Outbox) {
         self.role = Role::Leader;
         self.leader = Some(self.id);
+        self.counted_as_voter = false;
         self.votes.clear();
         self.leader_transfer = None;
         self.timeout_now_sent = false;
@@ -855,6 +923,7 @@ impl RaftCore {
         debug_assert!(m.term == self.term && self.role == Role::Follower);
         self.election.reset();
         self.quiet = false;
+        self.counted_as_voter = false;
         let (success, match_index, conflict_index, conflict_term) =
             match self.append_entries(m, out) {
                 Ok(match_index) => (true, match_index, 0, 0),
@@ -1201,6 +1270,7 @@ impl RaftCore {
         debug_assert!(m.term == self.term && self.role == Role::Follower);
         self.election.reset();
         self.quiet = false;
+        self.counted_as_voter = false;
         let answer = |next: Vec<u8>, rejected: bool, installed: bool| InstallSnapshotResponse {
             term: m.term,
             snapshot: m.snapshot,
@@ -1316,6 +1386,7 @@ impl RaftCore {
             membership: self.membership(),
             membership_index: self.membership_index(),
             removed: self.removed(),
+            leader_transfer: self.leader_transfer.map(|t| t.target),
         }
     }
 }
@@ -1477,6 +1548,16 @@ pub fn step<V: RaftVariant>(variant: &mut V, input: crate::io::Input, out: &mut 
     if variant.core_mut().membership_moved() {
         variant.on_membership_changed(out);
     }
+    // A leader that is not a voter (counted as one) hands leadership to a
+    // voter.
+    if variant.core().role == Role::Leader
+        && !variant.core().is_voter()
+        && variant.core().leader_transfer().is_none()
+        && let Some(target) = most_up_to_date_voter(variant)
+        && variant.core_mut().non_voter_hands_over(target, out)
+    {
+        variant.on_transfer_begun(target, out);
+    }
     // A leadership transfer goes on with whatever the input changed (the
     // target's match index, the commit index).
     if let Some(transfer) = variant.core().leader_transfer()
@@ -1487,6 +1568,15 @@ pub fn step<V: RaftVariant>(variant: &mut V, input: crate::io::Input, out: &mut 
             .core_mut()
             .leader_transfer_progress(transfer.target, matched, out);
     }
+}
+
+/// The voter, this node excepted, whose log matches the leader's the most.
+fn most_up_to_date_voter<V: RaftVariant>(variant: &V) -> Option<NodeId> {
+    variant
+        .core()
+        .voting_peers()
+        .into_iter()
+        .max_by_key(|&peer| variant.match_index_of(peer))
 }
 
 fn step_input<V: RaftVariant>(variant: &mut V, input: crate::io::Input, out: &mut Outbox) {
@@ -1507,14 +1597,7 @@ fn step_input<V: RaftVariant>(variant: &mut V, input: crate::io::Input, out: &mu
         }
         Input::TransferLeadership { to } => {
             // Named, or the follower whose log matches the most.
-            let most_up_to_date = || {
-                variant
-                    .core()
-                    .voting_peers()
-                    .into_iter()
-                    .max_by_key(|&peer| variant.match_index_of(peer))
-            };
-            if let Some(target) = to.or_else(most_up_to_date)
+            if let Some(target) = to.or_else(|| most_up_to_date_voter(variant))
                 && variant.core_mut().begin_leader_transfer(target)
             {
                 variant.on_transfer_begun(target, out);
@@ -1581,6 +1664,9 @@ fn step_input<V: RaftVariant>(variant: &mut V, input: crate::io::Input, out: &mu
             }
             if message.term() > variant.core().term && variant.adopts_term_first(&message) {
                 variant.become_follower(message.term(), message.leader_hint(), out);
+            }
+            if let Message::RequestVote(m) = &message {
+                variant.core_mut().note_vote_request(m);
             }
             match message {
                 Message::AppendEntries(m) => {

@@ -181,3 +181,153 @@ fn learners_and_removed_servers_stay_out_of_elections() {
     assert_eq!(c.node(1).status().role, Role::Leader, "undisturbed");
     assert!(c.node(3).status().role == Role::Follower);
 }
+
+/// Leads the cluster to the state the simulator found (seed 5910083992):
+/// node 1, a stale leader, appends learner 4's promotion that nobody else
+/// receives, while node 3, elected in a later term, replicates an entry
+/// only to the learner, and is then lost for good. Node 1 needs the
+/// learner's vote (its configuration makes it a voter), which the learner
+/// refuses (its log is ahead); node 2 needs node 1's, refused likewise.
+/// Returns node 3's term.
+fn promoted_unawares(c: &mut ManualCluster<VanillaRaft>) -> u64 {
+    c.elect(1, 100);
+    c.settle(10_000);
+    put(c, 1, 1);
+    c.settle(10_000);
+    ask(c, 1, MembershipChange::AddLearner(4)).expect("added");
+    c.settle(10_000);
+    put(c, 1, 2);
+    c.settle(10_000);
+    // Node 1 is cut off, and appends the promotion nobody receives.
+    for other in [2, 3, 4] {
+        c.cut.insert((1, other));
+        c.cut.insert((other, 1));
+    }
+    let promotion = ask(c, 1, MembershipChange::Promote(4)).expect("appended");
+    c.settle(10_000);
+    // Node 3 is elected with node 2's vote, and replicates an entry only
+    // to the learner.
+    c.elect(3, 100);
+    c.settle(10_000);
+    c.cut.insert((3, 2));
+    c.cut.insert((2, 3));
+    put(c, 3, 3);
+    c.settle(10_000);
+    let (last, term) = c.durable_last(4);
+    assert_eq!(
+        last, promotion,
+        "the learner's entry is at the promotion's index"
+    );
+    assert!(term > c.durable_last(1).1, "and of a later term");
+    // Node 3's machine is lost; the others hear each other again.
+    c.cut.clear();
+    for other in [1, 2, 4] {
+        c.cut.insert((3, other));
+        c.cut.insert((other, 3));
+    }
+    c.node(3).status().term
+}
+
+/// Leads a cluster of four voters to the other state the simulator found
+/// (seed 5900013399): node 1 leads, appends node 2's removal, replicates it
+/// only to node 2, and is lost for good. Nodes 3 and 4 need node 2's vote
+/// (their configuration still holds it), which it refuses (its log is
+/// ahead); node 2, not a voter in its own log, would not campaign. Returns
+/// node 1's term.
+fn removed_unawares(c: &mut ManualCluster<VanillaRaft>) -> u64 {
+    c.elect(1, 100);
+    c.settle(10_000);
+    put(c, 1, 1);
+    c.settle(10_000);
+    for other in [3, 4] {
+        c.cut.insert((1, other));
+        c.cut.insert((other, 1));
+    }
+    ask(c, 1, MembershipChange::Remove(2)).expect("appended");
+    c.settle(10_000);
+    assert!(
+        !c.node(2).status().membership.contains(2),
+        "node 2 holds its removal"
+    );
+    assert!(c.node(3).status().membership.is_voter(2));
+    c.cut.clear();
+    for other in [2, 3, 4] {
+        c.cut.insert((1, other));
+        c.cut.insert((other, 1));
+    }
+    c.node(1).status().term
+}
+
+/// Ticks the `live` nodes in turn, settling between ticks, until one of
+/// them leads a term after `lost_term` and is a voter; returns it.
+fn voter_elected(
+    c: &mut ManualCluster<VanillaRaft>,
+    live: [NodeId; 3],
+    lost_term: u64,
+    max_ticks: u64,
+) -> Option<NodeId> {
+    for _ in 0..max_ticks {
+        for id in live {
+            c.tick(id, 1);
+            c.settle(100_000);
+            let status = c.node(id).status();
+            if status.role == Role::Leader
+                && status.term > lost_term
+                && status.membership.is_voter(id)
+            {
+                return Some(id);
+            }
+        }
+    }
+    None
+}
+
+#[test]
+fn a_learner_promoted_unawares_is_elected_and_hands_leadership_to_a_voter() {
+    let mut c = cluster(1);
+    let lost_term = promoted_unawares(&mut c);
+    let leader = voter_elected(&mut c, [1, 2, 4], lost_term, 500).expect("a voter leads again");
+    // The learner's entry survived (it was ahead of every live voter), the
+    // stale promotion did not, and the cluster takes writes again.
+    let status = c.node(leader).status();
+    assert!(!status.membership.is_voter(4), "{}", status.membership);
+    put(&mut c, leader, 4);
+    c.settle(100_000);
+    let result = c.result_of(RequestId { client: 7, seq: 4 });
+    assert!(result.is_some(), "the write after the election committed");
+}
+
+#[test]
+fn a_voter_removed_unawares_is_elected_and_hands_leadership_to_a_voter() {
+    let mut c = ManualCluster::new(4, |id, members| {
+        VanillaRaft::new(Config::new(id, members.to_vec(), 5), Default::default())
+    });
+    let lost_term = removed_unawares(&mut c);
+    let leader = voter_elected(&mut c, [2, 3, 4], lost_term, 500).expect("a voter leads again");
+    // Node 2's removal survived, and commits under the new leader.
+    assert_ne!(leader, 2);
+    let status = c.node(leader).status();
+    assert!(!status.membership.contains(2), "{}", status.membership);
+    put(&mut c, leader, 4);
+    c.settle(100_000);
+    assert!(c.result_of(RequestId { client: 7, seq: 4 }).is_some());
+}
+
+/// Both states with the deliberate bug: a node that is not a voter in its
+/// own log never campaigns. Nobody is elected.
+#[test]
+fn without_the_non_voters_campaign_nobody_is_elected() {
+    let never = |id: NodeId, members: &[NodeId]| {
+        let mut config = Config::new(id, members.to_vec(), 5);
+        config.injected_bug = Some(raft_vanilla::InjectedBug::Membership(
+            consensus::membership::MembershipBug::NonVotersNeverCampaign,
+        ));
+        VanillaRaft::new(config, Default::default())
+    };
+    let mut c = ManualCluster::with_spares(3, 1, never);
+    let lost_term = promoted_unawares(&mut c);
+    assert_eq!(voter_elected(&mut c, [1, 2, 4], lost_term, 500), None);
+    let mut c = ManualCluster::new(4, never);
+    let lost_term = removed_unawares(&mut c);
+    assert_eq!(voter_elected(&mut c, [2, 3, 4], lost_term, 500), None);
+}

@@ -227,8 +227,49 @@ fn small_limits_and_values_up_to_the_client_limit() {
 /// flaw of the simulator's nemesis, not of the protocol), a learner whose
 /// machine was lost was promoted, leaving two of four voters lost and no
 /// quorum (the nemesis now promotes no lost learner, and counts learners
-/// among the machines it may lose).
-const SOAK_REGRESSIONS: &[u64] = &[3_800_014_726, 4_100_022_345, 5_800_019_676];
+/// among the machines it may lose); 5910083992 and 5900013399 (memory mode
+/// with membership changes), a node that was not a voter in its own log (a
+/// learner whose promotion only a stale leader had appended; a voter whose
+/// removal only it held) had the longest log after a leader's machine was
+/// lost, and nobody could be elected (it now campaigns when a candidate
+/// behind it counts it as a voter, and, elected, hands leadership to a
+/// voter: `RaftCore::note_vote_request`); 5900031610 (memory mode, a flaw
+/// of the nemesis), a second machine was lost while the voters lost were a
+/// minority only of the leader's uncommitted configuration, not of the one
+/// the surviving nodes held (the nemesis now checks every node's).
+const SOAK_REGRESSIONS: &[u64] = &[
+    3_800_014_726,
+    4_100_022_345,
+    5_800_019_676,
+    5_910_083_992,
+    5_900_013_399,
+    5_900_031_610,
+];
+
+/// The two seeds above where a non-voter had to lead, with deliberate
+/// bugs: kept leading, it is caught by the invariant that a non-voter
+/// leader hands leadership over; never campaigning, the cluster stalls
+/// and liveness fails.
+#[test]
+fn catches_a_non_voter_that_leads_on_or_never_campaigns() {
+    use consensus::membership::MembershipBug::{NonVoterLeadsOn, NonVotersNeverCampaign};
+    for (bug, expected) in [
+        (NonVoterLeadsOn, "hands leadership to none"),
+        (NonVotersNeverCampaign, "liveness"),
+    ] {
+        let failures = run_seeds(
+            [5_910_083_992, 5_900_013_399],
+            |seed| sim::soak_config(seed, &mut sim::variant_rng(seed)).0,
+            factory(Some(InjectedBug::Membership(bug))),
+            SOAK_REPLAY,
+        )
+        .expect_err("the broken protocol must fail");
+        assert!(
+            failures.matches(expected).count() >= 2,
+            "{bug:?}: both seeds fail with {expected:?}:\n{failures}"
+        );
+    }
+}
 
 #[test]
 fn soak_regressions() {

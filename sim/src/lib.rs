@@ -202,8 +202,10 @@ pub fn assert_machines_lost(runs: &[RunStats]) {
     let lost: u64 = runs.iter().map(|r| r.machines_lost).sum();
     let removed: u64 = runs.iter().map(|r| r.removals_applied).sum();
     let promoted: u64 = runs.iter().map(|r| r.promotions_applied).sum();
+    let non_voters: u64 = runs.iter().map(|r| r.non_voter_leaders).sum();
     eprintln!(
-        "{} runs: {lost} machines lost, {removed} removals and {promoted} promotions applied",
+        "{} runs: {lost} machines lost, {removed} removals and {promoted} promotions applied, \
+         {non_voters} terms led by a non-voter",
         runs.len()
     );
     assert!(lost > 0, "machines were lost");

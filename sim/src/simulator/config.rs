@@ -437,6 +437,10 @@ pub struct RunStats {
     pub snapshots_installed: u64,
     /// Machines lost (memory mode): nodes that never came back.
     pub machines_lost: u64,
+    /// Terms led by a node that was not a voter of its configuration
+    /// (counted as one by a candidate behind it, it was elected and handed
+    /// leadership to a voter: `RaftCore::note_vote_request`).
+    pub non_voter_leaders: u64,
     /// Reads the nodes' read caches answered, and those that loaded from
     /// the store, over all nodes.
     pub cache_hits: u64,

@@ -170,9 +170,19 @@ where
             if status.role != Role::Leader {
                 continue;
             }
-            if !status.membership.is_voter(id) {
+            // A leader is a voter of its configuration, or a node counted
+            // as a voter by another's log, elected, which hands leadership
+            // to a voter at once (it takes no command meanwhile:
+            // RaftCore::note_vote_request).
+            if !status.membership.is_voter(id)
+                && !self.invariants.leaders_checked.contains(&(id, status.term))
+            {
+                self.stats.non_voter_leaders += 1;
+            }
+            if !status.membership.is_voter(id) && status.leader_transfer.is_none() {
                 problems.push(format!(
-                    "node {id} leads term {} but is not a voter of its configuration ({})",
+                    "node {id} leads term {} but is not a voter of its configuration ({}), \
+                     and hands leadership to none",
                     status.term, status.membership
                 ));
             }

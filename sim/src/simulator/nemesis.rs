@@ -57,23 +57,36 @@ where
     }
 
     /// Whether node `id`'s machine may be lost: with it, the voters lost
-    /// stay a minority of the configuration in force (as the leader, or
-    /// else node `id`, sees it).
+    /// stay a minority of every configuration that may still decide, that
+    /// is, of the one in force at every node that runs (an uncommitted
+    /// change seen by the leader alone does not count: judged by it, the
+    /// loss of a second voter of four once left two live nodes whose logs
+    /// lack the change and need three votes, simulator seed 5900031610).
     fn may_lose_machine(&self, id: NodeId) -> bool {
-        let seen_by = self.current_leader().unwrap_or(id);
-        let Some(membership) = self.membership_at(seen_by) else {
+        if self.nodes[&id].lost {
             return false;
-        };
-        // Learners count as voters-to-be: one promoted after its machine
-        // was lost (asked just before) would count against the quorum.
-        let voters = membership.voters.len();
-        let lost = membership
-            .voters
-            .iter()
-            .chain(membership.learners.iter())
-            .filter(|&m| self.nodes.get(&m).is_some_and(|n| n.lost) || m == id)
-            .count();
-        !self.nodes[&id].lost && lost <= consensus::quorum::max_failures(voters)
+        }
+        // (A node that knows it was removed decides nothing.)
+        let configurations: Vec<consensus::Membership> = self
+            .nodes
+            .values()
+            .filter_map(|node| node.protocol.as_ref().map(|p| p.status()))
+            .filter(|status| !status.removed && !status.membership.is_empty())
+            .map(|status| status.membership)
+            .collect();
+        !configurations.is_empty()
+            && configurations.iter().all(|membership| {
+                // Learners count as voters-to-be: one promoted after its
+                // machine was lost (asked just before) would count against
+                // the quorum.
+                let lost = membership
+                    .voters
+                    .iter()
+                    .chain(membership.learners.iter())
+                    .filter(|&m| self.nodes.get(&m).is_some_and(|n| n.lost) || m == id)
+                    .count();
+                lost <= consensus::quorum::max_failures(membership.voters.len())
+            })
     }
 
     /// The configuration in force at node `id`, if it runs.
