@@ -119,21 +119,28 @@ enum ServiceError {
     /// Refused before it reached the runtime: the request's way in and the
     /// error's way out.
     Refused(Status),
-    /// Answered so by the runtime, or failed here after reaching it
-    /// (deadline, shutdown): the way out, as every answer.
+    /// Answered so by the runtime: the answer travelled its way out
+    /// already (`ReplyTo`).
     Failed(Status),
+    /// Failed here after reaching the runtime (deadline, shutdown): the way
+    /// out.
+    FailedHere(Status),
 }
 
 impl ServiceError {
     fn code(&self) -> Code {
         match self {
-            ServiceError::Refused(status) | ServiceError::Failed(status) => status.code(),
+            ServiceError::Refused(status)
+            | ServiceError::Failed(status)
+            | ServiceError::FailedHere(status) => status.code(),
         }
     }
 
     fn into_status(self) -> Status {
         match self {
-            ServiceError::Refused(status) | ServiceError::Failed(status) => status,
+            ServiceError::Refused(status)
+            | ServiceError::Failed(status)
+            | ServiceError::FailedHere(status) => status,
         }
     }
 }
@@ -235,12 +242,14 @@ impl KvService {
             .requests
             .with_label_values(&[kind, path, &outcome])
             .inc();
-        // The injected delay is applied here, at the edge, never in the
-        // runtime: every answer travels the way out; a request refused
-        // before reaching the runtime travels the way in too.
+        // The injected delay is applied at the edge, never in the runtime:
+        // an answer travels the way out as it leaves the runtime
+        // (`ReplyTo::delayed`); a failure here travels it now, and a request
+        // refused before reaching the runtime the way in too.
         let hops = match &result {
             Err(ServiceError::Refused(_)) => 2,
-            _ => 1,
+            Err(ServiceError::FailedHere(_)) => 1,
+            Ok(_) | Err(ServiceError::Failed(_)) => 0,
         };
         for _ in 0..hops {
             self.net_delay.wait().await;
@@ -276,7 +285,7 @@ impl KvService {
             )));
         }
         let (reply, answer) = oneshot::channel();
-        let reply = ReplyTo::new(reply, &command);
+        let reply = ReplyTo::new(reply, &command).delayed(self.net_delay);
         let event = Event::Client {
             request: ClientRequest { id, command },
             fast,
@@ -310,8 +319,8 @@ impl KvService {
             });
         }
         match tokio::time::timeout_at(deadline, answer).await {
-            Err(_) => Err(ServiceError::Failed(self.deadline_exceeded())),
-            Ok(Err(_)) => Err(ServiceError::Failed(unavailable())),
+            Err(_) => Err(ServiceError::FailedHere(self.deadline_exceeded())),
+            Ok(Err(_)) => Err(ServiceError::FailedHere(unavailable())),
             Ok(Ok(ClientAnswer::Result(CommandResult::Failed(error)))) => {
                 let kind = match error {
                     ExecutionError::SessionExpired { .. } => Kind::SessionExpired,
