@@ -559,11 +559,20 @@ impl RaftCore {
     /// and still votes) until it hears from a leader: a server removed
     /// that never learned it, which would otherwise raise its term at
     /// every timeout and, once added back, depose the leader with it.
+    ///
+    /// A node counted as a voter ([`RaftCore::note_vote_request`]) stops
+    /// even when its own configuration is as late: a voter ahead of it
+    /// holds a configuration without it, so its campaign is not what the
+    /// cluster needs, and each one raised the term of voters behind it,
+    /// which then deposed the leader (a removed node whose removal it held
+    /// uncommitted, counted as a voter by a stale voter, kept a healthy
+    /// cluster from serving: simulator seed 6100005819).
     pub fn told_not_a_voter(&mut self, index: LogIndex, out: &mut Outbox) {
-        if index <= self.membership_index() || self.quiet {
+        if self.quiet || (index <= self.membership_index() && !self.counted_as_voter) {
             return;
         }
         self.quiet = true;
+        self.counted_as_voter = false;
         if matches!(self.role, Role::Candidate | Role::PreCandidate) {
             self.role = Role::Follower;
             self.votes.clear();
