@@ -363,6 +363,11 @@ pub enum MembershipBug {
     /// A non-voter elected keeps leading instead of handing leadership to
     /// a voter ([`crate::raft::RaftCore::non_voter_hands_over`]).
     NonVoterLeadsOn,
+    /// A node counted as a voter campaigns at every election timeout, not
+    /// once, and goes on when voters ahead of it answer that it is not a
+    /// voter of theirs ([`crate::raft::RaftCore::note_vote_request`]): its
+    /// campaigns raise the terms of voters, which depose the leader.
+    CountedVoterCampaignsOn,
 }
 
 /// Why a leader did not append a membership change.

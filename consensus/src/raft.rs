@@ -322,10 +322,14 @@ impl RaftCore {
     ///   voter and was lost; the other voters, behind, needed its vote
     ///   (seed 5900013399).
     ///
-    /// Nobody could be elected again. So this node may campaign until it
-    /// hears from a leader. Its votes are counted in its own configuration,
-    /// like any candidate's, and once elected it hands leadership to a
-    /// voter ([`RaftCore::non_voter_hands_over`]).
+    /// Nobody could be elected again. So this node may campaign, once per
+    /// such request (the stuck candidate asks again at its every timeout),
+    /// and not after a voter ahead of it said it is not one of its voters
+    /// ([`RaftCore::told_not_a_voter`]): a campaign that cannot win raises
+    /// the terms of the voters it reaches, which depose a healthy leader.
+    /// Its votes are counted in its own configuration, like any
+    /// candidate's, and once elected it hands leadership to a voter
+    /// ([`RaftCore::non_voter_hands_over`]).
     pub fn note_vote_request(&mut self, m: &RequestVote) {
         let membership = self.membership();
         if !membership.is_empty()
@@ -568,7 +572,10 @@ impl RaftCore {
     /// uncommitted, counted as a voter by a stale voter, kept a healthy
     /// cluster from serving: simulator seed 6100005819).
     pub fn told_not_a_voter(&mut self, index: LogIndex, out: &mut Outbox) {
-        if self.quiet || (index <= self.membership_index() && !self.counted_as_voter) {
+        let ignores =
+            self.membership_bug == Some(crate::membership::MembershipBug::CountedVoterCampaignsOn);
+        let counted = self.counted_as_voter && !ignores;
+        if self.quiet || (index <= self.membership_index() && !counted) {
             return;
         }
         self.quiet = true;
@@ -696,9 +703,22 @@ impl RaftCore {
     fn campaign_with(&mut self, transfer: bool, out: &mut Outbox) -> bool {
         if !self.may_campaign() {
             // A learner or a node removed (unless counted as a voter), or a
-            // node told it is not a voter: it does not campaign.
+            // node told it is not a voter: it does not campaign (and one
+            // that did, and lost, follows again).
             self.election.reset();
+            if matches!(self.role, Role::Candidate | Role::PreCandidate) {
+                self.role = Role::Follower;
+                self.votes.clear();
+                self.report(out);
+            }
             return false;
+        }
+        if !self.is_voter()
+            && self.membership_bug
+                != Some(crate::membership::MembershipBug::CountedVoterCampaignsOn)
+        {
+            // Counted as a voter: this campaign uses it up.
+            self.counted_as_voter = false;
         }
         self.role = Role::Candidate;
         self.leader = None;
@@ -729,6 +749,11 @@ impl RaftCore {
     pub fn pre_campaign(&mut self, out: &mut Outbox) -> bool {
         if !self.may_campaign() {
             self.election.reset();
+            if matches!(self.role, Role::Candidate | Role::PreCandidate) {
+                self.role = Role::Follower;
+                self.votes.clear();
+                self.report(out);
+            }
             return false;
         }
         self.role = Role::PreCandidate;

@@ -7,7 +7,7 @@ use consensus::io::Input;
 use consensus::{
     ClientRequest, Command, Consensus, MembershipChange, MembershipError, NodeId, RequestId, Role,
 };
-use raft_vanilla::{Config, VanillaRaft};
+use raft_vanilla::{Config, InjectedBug, VanillaRaft};
 use sim::manual::ManualCluster;
 
 /// Voters 1 to 3 and `spares` nodes that know no cluster.
@@ -311,6 +311,75 @@ fn a_voter_removed_unawares_is_elected_and_hands_leadership_to_a_voter() {
     put(&mut c, leader, 4);
     c.settle(100_000);
     assert!(c.result_of(RequestId { client: 7, seq: 4 }).is_some());
+}
+
+/// Voters 1 to 4; node 4 is cut off (stale: its configuration still holds
+/// node 1), and node 2 removes node 1, which receives its removal but not
+/// its commit; then node 4 campaigns, heard by node 1 alone, which counts
+/// node 1 as a voter. Returns the cluster, node 4 cut off again.
+fn removed_and_counted_by_a_stale_voter(bug: Option<InjectedBug>) -> ManualCluster<VanillaRaft> {
+    let mut c = ManualCluster::new(4, |id, members| {
+        let mut config = Config::new(id, members.to_vec(), 5);
+        config.injected_bug = bug;
+        VanillaRaft::new(config, Default::default())
+    });
+    c.elect(2, 100);
+    c.settle(10_000);
+    put(&mut c, 2, 1);
+    c.settle(10_000);
+    for other in [1, 2, 3] {
+        c.cut.insert((4, other));
+        c.cut.insert((other, 4));
+    }
+    ask(&mut c, 2, MembershipChange::Remove(1)).expect("appended");
+    // Node 1 receives the removal; then it hears no more from node 2.
+    while c.node(1).status().membership.contains(1) {
+        c.sync_all();
+        c.deliver_one().expect("the removal reaches node 1");
+    }
+    c.cut.insert((2, 1));
+    c.cut.insert((1, 2));
+    c.settle(10_000);
+    let status = c.node(1).status();
+    assert!(!status.removed, "node 1 holds its removal uncommitted");
+    // Node 4 reaches node 1 alone, long enough to campaign once, then
+    // nobody.
+    c.cut.remove(&(4, 1));
+    c.cut.remove(&(1, 4));
+    while c.node(4).status().role != Role::Candidate {
+        c.tick(4, 1);
+    }
+    c.settle(10_000);
+    c.cut.insert((4, 1));
+    c.cut.insert((1, 4));
+    c
+}
+
+/// Node 4, stale, campaigns and counts node 1 as a voter; node 1, whose
+/// log is ahead, campaigns once and stops: its term stops rising. With the deliberate bug it goes on campaigning and raises the
+/// terms for ever (the simulator's seed 6100005819).
+#[test]
+fn a_removed_node_counted_by_a_stale_voter_campaigns_no_more_once_told() {
+    let terms = |bug| {
+        let mut c = removed_and_counted_by_a_stale_voter(bug);
+        let mut terms = Vec::new();
+        for _ in 0..6 {
+            for _ in 0..100 {
+                for id in [1, 2, 3] {
+                    c.tick(id, 1);
+                    c.settle(100_000);
+                }
+            }
+            terms.push(c.node(1).status().term);
+        }
+        terms
+    };
+    let fixed = terms(None);
+    assert_eq!(fixed[3], fixed[5], "node 1 stopped campaigning: {fixed:?}");
+    let broken = terms(Some(InjectedBug::Membership(
+        consensus::membership::MembershipBug::CountedVoterCampaignsOn,
+    )));
+    assert!(broken[3] < broken[5], "with the bug it goes on: {broken:?}");
 }
 
 /// Both states with the deliberate bug: a node that is not a voter in its
