@@ -345,12 +345,10 @@ impl RaftCore {
 
     /// As a leader that is not a voter of its configuration (counted as
     /// one, [`RaftCore::note_vote_request`]): starts handing leadership to
-    /// `target`, a voter, unless a transfer is under way. It
-    /// first appends an empty entry if it has none of its term (vanilla
-    /// appends none on election): the transfer waits until its whole log
-    /// is committed, and only an entry of its term commits the rest.
-    /// Meanwhile it takes no client command and no membership change (a
-    /// transfer is under way). Returns true when the transfer began.
+    /// `target`, a voter, unless a transfer is under way
+    /// ([`RaftCore::begin_leader_transfer`]). Meanwhile it takes no client
+    /// command and no membership change (a transfer is under way). Returns
+    /// true when the transfer began.
     pub fn non_voter_hands_over(&mut self, target: NodeId, out: &mut Outbox) -> bool {
         if self.role != Role::Leader || self.is_voter() || self.leader_transfer.is_some() {
             return false;
@@ -358,10 +356,7 @@ impl RaftCore {
         if self.membership_bug == Some(crate::membership::MembershipBug::NonVoterLeadsOn) {
             return false;
         }
-        if self.log.last_term() != self.term {
-            self.append_as_leader(vec![EntryPayload::Noop], out);
-        }
-        self.begin_leader_transfer(target)
+        self.begin_leader_transfer(target, out)
     }
 
     /// The members a leader replicates to, this node excepted: those of
@@ -807,10 +802,17 @@ impl RaftCore {
     /// and nothing changes, unless this node leads and `target` is another
     /// member. The variant then brings the target's log up to this one;
     /// [`step`] reports its progress to [`RaftCore::leader_transfer_progress`]
-    /// after every input.
-    pub fn begin_leader_transfer(&mut self, target: NodeId) -> bool {
+    /// after every input. TimeoutNow waits until the whole log is
+    /// committed, and only an entry of this term commits the entries before
+    /// it, so a leader that has none (vanilla appends none on election)
+    /// appends an empty one first: otherwise, on an idle cluster, the
+    /// transfer waited for a client write.
+    pub fn begin_leader_transfer(&mut self, target: NodeId, out: &mut Outbox) -> bool {
         if self.role != Role::Leader || target == self.id || !self.membership().is_voter(target) {
             return false;
+        }
+        if self.log.last_term() != self.term {
+            self.append_as_leader(vec![EntryPayload::Noop], out);
         }
         self.leader_transfer = Some(LeaderTransfer {
             target,
@@ -1632,7 +1634,7 @@ fn step_input<V: RaftVariant>(variant: &mut V, input: crate::io::Input, out: &mu
         Input::TransferLeadership { to } => {
             // Named, or the follower whose log matches the most.
             if let Some(target) = to.or_else(|| most_up_to_date_voter(variant))
-                && variant.core_mut().begin_leader_transfer(target)
+                && variant.core_mut().begin_leader_transfer(target, out)
             {
                 variant.on_transfer_begun(target, out);
             }

@@ -94,11 +94,7 @@ async fn no_stale_reads(protocol: Protocol) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // It leads: its reads, and the reads inside its increments, must see
-    // the snapshot's values, not its cache's from before. (One write first:
-    // the resumed node may have forced an election, and a new vanilla
-    // leader, appending nothing of its own, commits the old term's tail,
-    // and so hands leadership over, only once a client writes.)
-    client.put("settle", "1").await.expect("put");
+    // the snapshot's values, not its cache's from before.
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let _ = client.transfer_leader(Some(follower)).await;
