@@ -12,6 +12,7 @@ use sim::{Faults, SimConfig, run_seeds};
 
 const REPLAY: &str = "SIM_SEED={seed} cargo test -p raft-nilext --test simulation -- --nocapture";
 const SOAK_REPLAY: &str = "SIM_SEED={seed} cargo test --release -p raft-nilext --test simulation -- --ignored --exact many_seeds --nocapture";
+const NON_VOTER_REPLAY: &str = "SIM_SEED={seed} cargo test --release -p raft-nilext --test simulation -- --ignored --exact many_non_voter_seeds --nocapture";
 
 fn factory(
     read_mode: ReadMode,
@@ -517,6 +518,32 @@ fn soak_regressions() {
 /// and a failure
 /// prints the command that replays exactly that run:
 /// `SIM_FIRST=7000000 SIM_SEEDS=100000 cargo test --release -p raft-nilext --test simulation -- --ignored --exact many_seeds --nocapture`
+/// The non-voter suite (`sim::non_voter_suite`), fast path on: a non-voter
+/// elected, because a candidate behind it counted it as a voter; it must
+/// hand leadership to a voter, and everything else hold.
+#[test]
+fn non_voters_elected_under_faults() {
+    let fast_path = |seed| SimConfig {
+        nilext_fast_path: true,
+        ..sim::non_voter_suite(seed)
+    };
+    let mut runs = check(21_000..21_100, ReadMode::Lease, 1, fast_path);
+    runs.extend(check(21_100..21_200, ReadMode::ReadIndex, 2, fast_path));
+    sim::assert_non_voters_elected(&runs);
+}
+
+/// As `many_seeds`, every seed with the non-voter suite's settings
+/// (`sim::non_voter_scenario`): a soak of the rare path, not run by
+/// default.
+#[test]
+#[ignore]
+fn many_non_voter_seeds() {
+    sim::run_many(
+        |seed| sim::non_voter_scenario(soak_scenario(seed)),
+        NON_VOTER_REPLAY,
+    );
+}
+
 #[test]
 #[ignore]
 fn many_seeds() {
