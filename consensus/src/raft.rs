@@ -107,8 +107,8 @@ pub struct RaftCore {
     pub quiet: bool,
     /// Not a voter in its own log, but counted as one by a candidate that
     /// it refused because its own log is ahead
-    /// ([`RaftCore::note_vote_request`]): it may campaign until it hears
-    /// from a leader.
+    /// ([`RaftCore::note_vote_request`]): it may campaign once, unless it
+    /// hears from a leader first.
     counted_as_voter: bool,
     /// Figure 2: `currentTerm`. Invariant: never decreases.
     pub term: Term,
@@ -575,11 +575,7 @@ impl RaftCore {
         }
         self.quiet = true;
         self.counted_as_voter = false;
-        if matches!(self.role, Role::Candidate | Role::PreCandidate) {
-            self.role = Role::Follower;
-            self.votes.clear();
-            self.report(out);
-        }
+        self.stop_campaigning(out);
     }
 
     /// As leader: brings `progress` (the variant's record of each
@@ -701,11 +697,7 @@ impl RaftCore {
             // node told it is not a voter: it does not campaign (and one
             // that did, and lost, follows again).
             self.election.reset();
-            if matches!(self.role, Role::Candidate | Role::PreCandidate) {
-                self.role = Role::Follower;
-                self.votes.clear();
-                self.report(out);
-            }
+            self.stop_campaigning(out);
             return false;
         }
         if !self.is_voter()
@@ -744,11 +736,7 @@ impl RaftCore {
     pub fn pre_campaign(&mut self, out: &mut Outbox) -> bool {
         if !self.may_campaign() {
             self.election.reset();
-            if matches!(self.role, Role::Candidate | Role::PreCandidate) {
-                self.role = Role::Follower;
-                self.votes.clear();
-                self.report(out);
-            }
+            self.stop_campaigning(out);
             return false;
         }
         self.role = Role::PreCandidate;
@@ -760,6 +748,16 @@ impl RaftCore {
             out.send(peer, Message::RequestVote(request.clone()), Timing::Now);
         }
         self.has_majority_of_votes()
+    }
+
+    /// A candidate (or pre-candidate) that may no longer campaign follows
+    /// again, in its term, knowing no leader.
+    fn stop_campaigning(&mut self, out: &mut Outbox) {
+        if matches!(self.role, Role::Candidate | Role::PreCandidate) {
+            self.role = Role::Follower;
+            self.votes.clear();
+            self.report(out);
+        }
     }
 
     /// Counts a vote (or pre-vote) granted by `from`; true once a majority
@@ -1588,7 +1586,6 @@ pub fn step<V: RaftVariant>(variant: &mut V, input: crate::io::Input, out: &mut 
     // voter.
     if variant.core().role == Role::Leader
         && !variant.core().is_voter()
-        && variant.core().leader_transfer().is_none()
         && let Some(target) = most_up_to_date_voter(variant)
         && variant.core_mut().non_voter_hands_over(target, out)
     {
