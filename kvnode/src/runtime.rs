@@ -6,9 +6,7 @@
 //! 1. messages and replies marked `Now` are handed to the transport and the
 //!    waiting callers at once;
 //! 2. the outbox's writes go to the persist thread as one job: one synced
-//!    RocksDB batch; jobs are carried out one at a time, in order (in
-//!    memory mode a job that finds the persist thread idle is carried out
-//!    at once on the loop's thread: `Persister`);
+//!    RocksDB batch; jobs are carried out one at a time, in order;
 //! 3. messages and replies marked `AfterPersist` travel with the job and
 //!    leave when it is durable (and every job before it);
 //! 4. committed entries are applied (one atomic batch) and their waiting
@@ -105,8 +103,8 @@ pub enum ClientAnswer {
 
 /// Where a client request's answer goes: back to its gRPC handler, after
 /// the injected network delay, if any (the service's, given here so that
-/// the answer's way out starts when the node answers: the handler then
-/// wakes once, when the answer arrives).
+/// the answer's way out starts when the node answers, as a network's does,
+/// not when the handler next runs).
 #[derive(Debug)]
 pub struct ReplyTo {
     handler: oneshot::Sender<ClientAnswer>,
@@ -362,9 +360,6 @@ enum PersistDone {
     /// A job is durable; `wrote` tells whether it had writes, and the durable
     /// log's end after it; `installed`, the snapshot it installed.
     Done {
-        /// Carried out on the loop's thread ([`Persister`]): it was never
-        /// counted in flight.
-        inline: bool,
         wrote: bool,
         last_index: u64,
         last_term: u64,
@@ -413,65 +408,43 @@ fn persist_thread(
     done: mpsc::UnboundedSender<PersistDone>,
 ) {
     for job in jobs {
-        let outcome = carry_out_job(&storage, &peers, &waiters, job);
-        let failed = matches!(outcome, PersistDone::Failed(_));
-        if done.send(outcome).is_err() || failed {
+        let wrote = !job.writes.is_empty();
+        let installed = if wrote {
+            match storage.persist(&job.writes) {
+                Ok(installed) => installed,
+                Err(error) => {
+                    let _ = done.send(PersistDone::Failed(error));
+                    return;
+                }
+            }
+        } else {
+            None
+        };
+        for envelope in job.after {
+            peers.send(envelope);
+        }
+        let mut waiting = lock(&waiters);
+        for reply in job.replies {
+            waiting.answer(
+                reply.request,
+                reply.fast_path,
+                ClientAnswer::Outcome(reply.outcome),
+            );
+        }
+        drop(waiting);
+        let (last_index, last_term) = storage.last_log();
+        if done
+            .send(PersistDone::Done {
+                wrote,
+                last_index,
+                last_term,
+                installed,
+            })
+            .is_err()
+        {
             return;
         }
     }
-}
-
-/// One persist job: its writes as one batch (synced in sync mode), then its
-/// messages and replies.
-fn carry_out_job(
-    storage: &Storage,
-    peers: &Peers,
-    waiters: &SharedWaiters,
-    job: PersistJob,
-) -> PersistDone {
-    let wrote = !job.writes.is_empty();
-    let installed = if wrote {
-        match storage.persist(&job.writes) {
-            Ok(installed) => installed,
-            Err(error) => return PersistDone::Failed(error),
-        }
-    } else {
-        None
-    };
-    for envelope in job.after {
-        peers.send(envelope);
-    }
-    let mut waiting = lock(waiters);
-    for reply in job.replies {
-        waiting.answer(
-            reply.request,
-            reply.fast_path,
-            ClientAnswer::Outcome(reply.outcome),
-        );
-    }
-    drop(waiting);
-    let (last_index, last_term) = storage.last_log();
-    PersistDone::Done {
-        inline: false,
-        wrote,
-        last_index,
-        last_term,
-        installed,
-    }
-}
-
-/// Where the loop's persist jobs go: to the persist thread, in order. In
-/// memory mode (`--durability memory`), a job handed over while the persist
-/// thread is idle is carried out at once on the loop's thread instead: a
-/// write without sync takes microseconds, and handing it over cost two
-/// thread wake-ups on the path of every write (to the persist thread and
-/// back). Its completion still reaches the loop as a `PersistDone`, so the
-/// protocol sees the same inputs in the same order either way. Snapshot
-/// writes always go to the thread (they may be megabytes).
-struct Persister {
-    jobs: std::sync::mpsc::Sender<PersistJob>,
-    done: mpsc::UnboundedSender<PersistDone>,
-    inline_when_idle: bool,
 }
 
 /// Reads snapshot chunks from the node's captures and sends them: off the
@@ -574,11 +547,6 @@ impl Runtime {
             .map_err(|e| RuntimeError::Start(format!("the loop's executor: {e}")))?;
         let (jobs_tx, jobs_rx) = std::sync::mpsc::channel::<PersistJob>();
         let (done_tx, mut done_rx) = mpsc::unbounded_channel();
-        let persister = Persister {
-            jobs: jobs_tx,
-            done: done_tx.clone(),
-            inline_when_idle: self.storage.durability() == consensus::config::Durability::Memory,
-        };
         let (chunks_tx, chunks_rx) = std::sync::mpsc::sync_channel(CHUNK_REQUESTS_MAX);
         {
             let (storage, peers) = (self.storage.clone(), self.peers.clone());
@@ -589,7 +557,7 @@ impl Runtime {
                 .map_err(|e| RuntimeError::Start(format!("the snapshot sender: {e}")))?;
         }
         self.chunks = Some(chunks_tx);
-        let persist_thread_handle = {
+        let persister = {
             let (storage, peers, waiters) = (
                 self.storage.clone(),
                 self.peers.clone(),
@@ -614,38 +582,40 @@ impl Runtime {
                     // then time, then new inputs.
                     biased;
                     done = done_rx.recv() => match done {
-                        Some(PersistDone::Done { inline, wrote, last_index, last_term, installed }) => {
-                            if !inline {
-                                self.jobs_in_flight -= 1;
-                            }
+                        Some(PersistDone::Done { wrote, last_index, last_term, installed }) => {
+                            self.jobs_in_flight -= 1;
                             if let Some(snapshot) = installed {
-                                self.switch_to_installed(snapshot, &persister)?;
+                                self.switch_to_installed(snapshot, &jobs_tx)?;
                             }
                             if wrote {
-                                self.step(Input::Persisted { last_index, last_term }, &persister)?;
+                                self.step(Input::Persisted { last_index, last_term }, &jobs_tx)?;
                             }
                         }
                         Some(PersistDone::Failed(error)) => return Err(RuntimeError::Storage(error)),
                         None => return Ok(()),
                     },
                     () = &mut tick_timer => {
-                        self.deliver_due_ticks(&persister)?;
+                        self.deliver_due_ticks(&jobs_tx)?;
                     }
                     event = events.recv(), if can_take_input => match event {
                         None | Some(Event::Shutdown) => return Ok(()),
-                        Some(event) => self.handle(event, &persister)?,
+                        Some(event) => self.handle(event, &jobs_tx)?,
                     },
                 }
             }
         });
-        drop(persister);
+        drop(jobs_tx);
         self.chunks = None;
-        let _ = persist_thread_handle.join();
+        let _ = persister.join();
         tracing::info!(node = self.node_id, "runtime stopped");
         result
     }
 
-    fn handle(&mut self, event: Event, jobs: &Persister) -> Result<(), RuntimeError> {
+    fn handle(
+        &mut self,
+        event: Event,
+        jobs: &std::sync::mpsc::Sender<PersistJob>,
+    ) -> Result<(), RuntimeError> {
         let input = match event {
             Event::Shutdown => return Ok(()),
             Event::Peer { from, message } => Input::Message { from, message },
@@ -742,7 +712,7 @@ impl Runtime {
     fn switch_to_installed(
         &mut self,
         snapshot: SnapshotMeta,
-        jobs: &Persister,
+        jobs: &std::sync::mpsc::Sender<PersistJob>,
     ) -> Result<(), RuntimeError> {
         let started = Instant::now();
         self.state_machine = self.storage.switch_to_installed(snapshot)?;
@@ -768,7 +738,11 @@ impl Runtime {
     /// Feeds `input` to the protocol, after every tick real time owes it
     /// (`consensus::io`, rule 0), and carries out what follows by the rules
     /// of `consensus::executor`.
-    fn step(&mut self, input: Input, jobs: &Persister) -> Result<(), RuntimeError> {
+    fn step(
+        &mut self,
+        input: Input,
+        jobs: &std::sync::mpsc::Sender<PersistJob>,
+    ) -> Result<(), RuntimeError> {
         self.deliver_due_ticks(jobs)?;
         let (protocol, _, mut effects) = self.parts(jobs);
         executor::step(protocol, input, &mut effects)?;
@@ -780,7 +754,7 @@ impl Runtime {
         &mut self,
         change: consensus::MembershipChange,
         address: String,
-        jobs: &Persister,
+        jobs: &std::sync::mpsc::Sender<PersistJob>,
     ) -> Result<Result<LogIndex, consensus::MembershipError>, RuntimeError> {
         self.deliver_due_ticks(jobs)?;
         let (protocol, _, mut effects) = self.parts(jobs);
@@ -828,7 +802,7 @@ impl Runtime {
     /// with the rest of the runtime.
     fn parts<'a>(
         &'a mut self,
-        jobs: &'a Persister,
+        jobs: &'a std::sync::mpsc::Sender<PersistJob>,
     ) -> (
         &'a mut (dyn Consensus + Send),
         &'a mut TickClock,
@@ -870,7 +844,10 @@ impl Runtime {
 
     /// Gives the protocol the ticks real time owes it. After a stall that is
     /// many at once; each is a step of its own, as if the timer had fired.
-    fn deliver_due_ticks(&mut self, jobs: &Persister) -> Result<(), RuntimeError> {
+    fn deliver_due_ticks(
+        &mut self,
+        jobs: &std::sync::mpsc::Sender<PersistJob>,
+    ) -> Result<(), RuntimeError> {
         let now_us = u64::try_from(self.started.elapsed().as_micros()).unwrap_or(u64::MAX);
         let before = self.clock.delivered();
         let (protocol, clock, mut effects) = self.parts(jobs);
@@ -895,7 +872,7 @@ struct NodeEffects<'a> {
     state_machine: &'a mut StateMachine,
     peers: &'a Peers,
     waiters: &'a SharedWaiters,
-    jobs: &'a Persister,
+    jobs: &'a std::sync::mpsc::Sender<PersistJob>,
     jobs_in_flight: &'a mut usize,
     snapshots: &'a SnapshotPolicy,
     since_snapshot: &'a mut SinceSnapshot,
@@ -904,27 +881,8 @@ struct NodeEffects<'a> {
 
 impl NodeEffects<'_> {
     fn hand_over(&mut self, job: PersistJob) -> Result<(), RuntimeError> {
-        let snapshot_write = job.writes.iter().any(|write| {
-            matches!(
-                write,
-                consensus::io::Write::SnapshotChunk { .. }
-                    | consensus::io::Write::InstallSnapshot { .. }
-            )
-        });
-        if self.jobs.inline_when_idle && *self.jobs_in_flight == 0 && !snapshot_write {
-            let mut done = carry_out_job(self.storage, self.peers, self.waiters, job);
-            if let PersistDone::Done { inline, .. } = &mut done {
-                *inline = true;
-            }
-            return self
-                .jobs
-                .done
-                .send(done)
-                .map_err(|_| RuntimeError::PersistThreadStopped);
-        }
         *self.jobs_in_flight += 1;
         self.jobs
-            .jobs
             .send(job)
             .map_err(|_| RuntimeError::PersistThreadStopped)
     }

@@ -836,11 +836,6 @@ impl Storage {
 
     /// Writes `batch` durably as the node's durability says: synced, or
     /// (memory) left to the operating system.
-    /// The durability setting the node runs with.
-    pub fn durability(&self) -> Durability {
-        self.durability
-    }
-
     fn write_synced(&self, batch: WriteBatch) -> Result<(), StorageError> {
         let mut options = WriteOptions::default();
         options.set_sync(self.durability == Durability::Sync);
