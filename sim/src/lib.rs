@@ -214,6 +214,10 @@ pub fn non_voter_suite(seed: u64) -> SimConfig {
 /// of [`non_voter_suite`]; `chosen` says so.
 pub fn with_non_voter_settings(config: &mut SimConfig) {
     config.nodes = 5;
+    // Values of ordinary size: eight seconds of faults with values up to the
+    // client limit held gigabytes in the simulated logs (the soak runs
+    // those for 1.5 seconds).
+    config.value_padding_bytes = SimConfig::new(config.seed, 5).value_padding_bytes;
     with_membership_changes(config);
     config.memory_durability = config.seed.is_multiple_of(2);
     config.fault_phase_ms = 8_000;
@@ -229,7 +233,13 @@ pub fn with_non_voter_settings(config: &mut SimConfig) {
 /// (`many_non_voter_seeds` in each protocol's simulation tests).
 pub fn non_voter_scenario<F>(mut scenario: Scenario<F>) -> Scenario<F> {
     with_non_voter_settings(&mut scenario.config);
-    let replaced = ["nodes", "faults", "membership changes", "memory durability"];
+    let replaced = [
+        "nodes",
+        "faults",
+        "membership changes",
+        "memory durability",
+        "values up to the client limit",
+    ];
     scenario.chosen.retain(|(name, _)| !replaced.contains(name));
     scenario.chosen.extend([
         ("non-voter settings", "true".to_string()),
