@@ -32,13 +32,17 @@
 //!
 //! # Learners and removed members
 //!
-//! Learners receive the log (or a snapshot) like voters but never vote,
-//! campaign or count towards a quorum; a learner is promoted only once it
-//! has caught up (its log matches the leader's to within
-//! [`PROMOTION_LAG_MAX`] entries of the commit index). A node that is not a voter of its
-//! configuration never campaigns; voters ignore vote requests of servers
-//! that are not voters of their own configuration, so a removed server
-//! cannot disrupt the cluster by raising terms. The leader goes on
+//! Learners receive the log (or a snapshot) like voters but never count
+//! towards a quorum; a learner is promoted only once it has caught up (its
+//! log matches the leader's to within [`PROMOTION_LAG_MAX`] entries of the
+//! commit index). A node that is not a voter of its configuration does not
+//! campaign, unless a candidate behind it counts it as a voter (it may then
+//! hold the only log that can win; it campaigns once and, elected, hands
+//! leadership to a voter: [`crate::raft::RaftCore::note_vote_request`]). It
+//! answers vote requests, since a promotion may be in other logs before its
+//! own. Voters ignore vote requests of servers that are not voters of their
+//! own configuration and are behind them, so a removed server cannot
+//! disrupt the cluster by raising terms. The leader goes on
 //! replicating to a removed member until the removal commits, then sends it
 //! one last heartbeat that tells it so.
 //!
