@@ -512,12 +512,6 @@ fn soak_regressions() {
     sim::run_scenarios(SOAK_REGRESSIONS.iter().copied(), soak_scenario, SOAK_REPLAY);
 }
 
-/// A long soak, not run by default, with progress: each seed draws every
-/// setting the tests above vary (nodes, fault kinds, read mode, ordering
-/// interval, fast path on or off, late fast-path copies, slow replication),
-/// and a failure
-/// prints the command that replays exactly that run:
-/// `SIM_FIRST=7000000 SIM_SEEDS=100000 cargo test --release -p raft-nilext --test simulation -- --ignored --exact many_seeds --nocapture`
 /// The non-voter suite (`sim::non_voter_suite`), fast path on: a non-voter
 /// elected, because a candidate behind it counted it as a voter; it must
 /// hand leadership to a voter, and everything else hold.
@@ -544,6 +538,12 @@ fn many_non_voter_seeds() {
     );
 }
 
+/// A long soak, not run by default, with progress: each seed draws every
+/// setting the tests above vary (nodes, fault kinds, read mode, ordering
+/// interval, fast path on or off, late fast-path copies, slow replication),
+/// and a failure
+/// prints the command that replays exactly that run:
+/// `SIM_FIRST=7000000 SIM_SEEDS=100000 cargo test --release -p raft-nilext --test simulation -- --ignored --exact many_seeds --nocapture`
 #[test]
 #[ignore]
 fn many_seeds() {

@@ -511,11 +511,6 @@ fn a_thousand_seeds_of_the_soak() {
     eprintln!("1000 seeds in {:.1} s", started.elapsed().as_secs_f64());
 }
 
-/// A long soak, not run by default, with progress: each seed draws every
-/// setting the tests above vary (nodes, fault kinds, read mode,
-/// check-quorum), and a failure prints the command that replays exactly
-/// that run:
-/// `SIM_FIRST=7000000 SIM_SEEDS=100000 cargo test --release -p raft-optimized --test simulation -- --ignored --exact many_seeds --nocapture`
 /// The non-voter suite (`sim::non_voter_suite`): a non-voter elected,
 /// because a candidate behind it counted it as a voter; it must hand
 /// leadership to a voter, and everything else hold.
@@ -542,6 +537,11 @@ fn many_non_voter_seeds() {
     );
 }
 
+/// A long soak, not run by default, with progress: each seed draws every
+/// setting the tests above vary (nodes, fault kinds, read mode,
+/// check-quorum), and a failure prints the command that replays exactly
+/// that run:
+/// `SIM_FIRST=7000000 SIM_SEEDS=100000 cargo test --release -p raft-optimized --test simulation -- --ignored --exact many_seeds --nocapture`
 #[test]
 #[ignore]
 fn many_seeds() {
