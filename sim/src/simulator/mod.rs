@@ -499,10 +499,19 @@ where
                 .filter(|(i, _)| !self.refused_as_stale.contains(i))
                 .map(|(_, op)| op.clone())
                 .collect();
-            let verdict = linearizability::check(&checked);
+            // SIM_LIN_BUDGET raises the search budget, to get a verdict when
+            // a replay exceeded the default.
+            let budget = std::env::var("SIM_LIN_BUDGET")
+                .ok()
+                .and_then(|text| text.parse().ok())
+                .unwrap_or(linearizability::DEFAULT_STEP_BUDGET);
+            let verdict = linearizability::check_with_budget(&checked, budget);
             match verdict {
                 Verdict::Linearizable => {}
-                Verdict::Unknown => self.fail("linearizability check exceeded its budget".into()),
+                Verdict::Unknown => self.fail(format!(
+                    "linearizability check exceeded its budget of {budget} steps per key group \
+                     (replay with SIM_LIN_BUDGET set higher for a verdict)"
+                )),
                 Verdict::NotLinearizable {
                     keys,
                     operations,
