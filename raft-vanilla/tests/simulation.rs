@@ -291,7 +291,7 @@ fn a_thousand_seeds_of_the_soak() {
 }
 
 /// The non-voter suite (`sim::non_voter_suite`): a non-voter elected,
-/// because a candidate behind it counted it as a voter, in 4 of these 60
+/// because a candidate behind it counted it as a voter, in 3 of these 60
 /// runs; it must hand leadership to a voter, and everything else hold.
 #[test]
 fn non_voters_elected_under_faults() {
