@@ -12,8 +12,16 @@ use sim::manual::ManualCluster;
 
 /// Voters 1 to 3 and `spares` nodes that know no cluster.
 fn cluster(spares: u64) -> ManualCluster<VanillaRaft> {
-    ManualCluster::with_spares(3, spares, |id, members| {
-        VanillaRaft::new(Config::new(id, members.to_vec(), 5), Default::default())
+    cluster_with(3, spares, None)
+}
+
+/// Voters 1 to `voters` and `spares` nodes that know no cluster, every one
+/// with the deliberate `bug`, if any.
+fn cluster_with(voters: u64, spares: u64, bug: Option<InjectedBug>) -> ManualCluster<VanillaRaft> {
+    ManualCluster::with_spares(voters, spares, |id, members| {
+        let mut config = Config::new(id, members.to_vec(), 5);
+        config.injected_bug = bug;
+        VanillaRaft::new(config, Default::default())
     })
 }
 
@@ -299,9 +307,7 @@ fn a_learner_promoted_unawares_is_elected_and_hands_leadership_to_a_voter() {
 
 #[test]
 fn a_voter_removed_unawares_is_elected_and_hands_leadership_to_a_voter() {
-    let mut c = ManualCluster::new(4, |id, members| {
-        VanillaRaft::new(Config::new(id, members.to_vec(), 5), Default::default())
-    });
+    let mut c = cluster_with(4, 0, None);
     let lost_term = removed_unawares(&mut c);
     let leader = voter_elected(&mut c, [2, 3, 4], lost_term, 500).expect("a voter leads again");
     // Node 2's removal survived, and commits under the new leader.
@@ -318,11 +324,7 @@ fn a_voter_removed_unawares_is_elected_and_hands_leadership_to_a_voter() {
 /// its commit; then node 4 campaigns, heard by node 1 alone, which counts
 /// node 1 as a voter. Returns the cluster, node 4 cut off again.
 fn removed_and_counted_by_a_stale_voter(bug: Option<InjectedBug>) -> ManualCluster<VanillaRaft> {
-    let mut c = ManualCluster::new(4, |id, members| {
-        let mut config = Config::new(id, members.to_vec(), 5);
-        config.injected_bug = bug;
-        VanillaRaft::new(config, Default::default())
-    });
+    let mut c = cluster_with(4, 0, bug);
     c.elect(2, 100);
     c.settle(10_000);
     put(&mut c, 2, 1);
@@ -386,17 +388,13 @@ fn a_removed_node_counted_by_a_stale_voter_campaigns_no_more_once_told() {
 /// own log never campaigns. Nobody is elected.
 #[test]
 fn without_the_non_voters_campaign_nobody_is_elected() {
-    let never = |id: NodeId, members: &[NodeId]| {
-        let mut config = Config::new(id, members.to_vec(), 5);
-        config.injected_bug = Some(raft_vanilla::InjectedBug::Membership(
-            consensus::membership::MembershipBug::NonVotersNeverCampaign,
-        ));
-        VanillaRaft::new(config, Default::default())
-    };
-    let mut c = ManualCluster::with_spares(3, 1, never);
+    let never = Some(InjectedBug::Membership(
+        consensus::membership::MembershipBug::NonVotersNeverCampaign,
+    ));
+    let mut c = cluster_with(3, 1, never);
     let lost_term = promoted_unawares(&mut c);
     assert_eq!(voter_elected(&mut c, [1, 2, 4], lost_term, 500), None);
-    let mut c = ManualCluster::new(4, never);
+    let mut c = cluster_with(4, 0, never);
     let lost_term = removed_unawares(&mut c);
     assert_eq!(voter_elected(&mut c, [2, 3, 4], lost_term, 500), None);
 }

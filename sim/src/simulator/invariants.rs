@@ -174,17 +174,17 @@ where
             // as a voter by another's log, elected, which hands leadership
             // to a voter at once (it takes no command meanwhile:
             // RaftCore::note_vote_request).
-            if !status.membership.is_voter(id)
-                && !self.invariants.leaders_checked.contains(&(id, status.term))
-            {
-                self.stats.non_voter_leaders += 1;
-            }
-            if !status.membership.is_voter(id) && status.leader_transfer.is_none() {
-                problems.push(format!(
-                    "node {id} leads term {} but is not a voter of its configuration ({}), \
-                     and hands leadership to none",
-                    status.term, status.membership
-                ));
+            if !status.membership.is_voter(id) {
+                if !self.invariants.leaders_checked.contains(&(id, status.term)) {
+                    self.stats.non_voter_leaders += 1;
+                }
+                if status.leader_transfer.is_none() {
+                    problems.push(format!(
+                        "node {id} leads term {} but is not a voter of its configuration ({}), \
+                         and hands leadership to none",
+                        status.term, status.membership
+                    ));
+                }
             }
             // Election safety: at most one leader per term.
             match self.invariants.leader_of_term.get(&status.term) {
